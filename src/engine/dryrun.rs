@@ -1,0 +1,77 @@
+//! `bootplan plan`: what a run would do, with no side effects. It reads the
+//! journal and checks `creates` paths; it never runs a command (so `unless`
+//! is reported as "would check").
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::journal::{self, JournalDoc};
+use crate::facts::Facts;
+use crate::plan::{Plan, StepKind, refs};
+
+/// One step's predicted fate.
+#[derive(Debug, Serialize)]
+pub struct Decision {
+    pub step: String,
+    pub kind: &'static str,
+    pub needs: Vec<String>,
+    pub action: &'static str,
+    pub reason: String,
+}
+
+/// Predicts, for each step in plan order, whether a run would run or skip it.
+pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
+    let doc = journal::read_doc(state_dir).unwrap_or_else(|_| JournalDoc::default());
+    let records = doc.plans.get(&plan.name);
+    plan.steps
+        .iter()
+        .map(|step| {
+            let needs = step
+                .needs
+                .iter()
+                .map(|&d| plan.steps[d].name.clone())
+                .collect();
+            let (action, reason) = if let Some(reason) = records
+                .and_then(|r| r.get(&step.name))
+                .and_then(|rec| journal::skip_reason(rec, step, facts))
+            {
+                ("skip", reason)
+            } else if let Some(path) = step
+                .creates
+                .as_deref()
+                .filter(|c| !refs::is_template(c))
+                .map(|c| plan.path.parent().unwrap_or(Path::new(".")).join(c))
+                .filter(|p| p.exists())
+            {
+                ("skip", format!("creates: {} exists", path.display()))
+            } else if let Some(unless) = &step.unless {
+                (
+                    "check",
+                    format!("runs unless `{}` succeeds", unless.join(" ")),
+                )
+            } else if matches!(step.kind, StepKind::Exec { .. }) {
+                (
+                    "exec",
+                    "replaces bootplan once every other step is done".to_string(),
+                )
+            } else {
+                let why = match records.and_then(|r| r.get(&step.name)) {
+                    None => "never completed".to_string(),
+                    Some(rec) if rec.fingerprint != step.fingerprint => {
+                        "definition changed since it last ran".to_string()
+                    }
+                    Some(_) => format!("frequency {}", step.frequency.as_str()),
+                };
+                ("run", why)
+            };
+            Decision {
+                step: step.name.clone(),
+                kind: step.kind.name(),
+                needs,
+                action,
+                reason,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! The journal: which steps completed, with what definition, on which boot
+//! and instance. A step is recorded only after it succeeded; the file is
+//! rewritten atomically (temp, fsync, rename, fsync dir) by a background
+//! writer, so recording never stalls the next step. A crash before a record
+//! is durable only means the step runs again (at-least-once), never that a
+//! step is marked done without having run.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::facts::Facts;
+use crate::fsutil::BackgroundWriter;
+use crate::plan::{Frequency, Step};
+
+pub const JOURNAL_FILE: &str = "journal.json";
+const LOCK_FILE: &str = "lock";
+
+/// The journal file: records by plan name, then step name.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct JournalDoc {
+    pub version: u32,
+    pub plans: BTreeMap<String, BTreeMap<String, Record>>,
+}
+
+/// One completed step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    pub fingerprint: String,
+    pub frequency: Frequency,
+    pub completed_at: String,
+    pub bootstrap_id: String,
+    pub boot_id: String,
+    pub instance_key: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot use state directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another bootplan is running with state directory {path}")]
+    Locked { path: PathBuf },
+}
+
+/// The open journal of one plan, holding the state directory's lock.
+pub struct Journal {
+    plan: String,
+    doc: Arc<Mutex<JournalDoc>>,
+    writer: BackgroundWriter,
+    _lock: Flock<std::fs::File>,
+    /// Set when the file was unreadable and set aside.
+    pub recovered_from: Option<PathBuf>,
+}
+
+/// Takes the state directory's exclusive lock (released by the kernel if
+/// bootplan dies), so two runs never interleave their records.
+pub fn lock_state_dir(state_dir: &Path) -> Result<Flock<std::fs::File>, JournalError> {
+    let io = |source| JournalError::Io {
+        path: state_dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(state_dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state_dir.join(LOCK_FILE))
+        .map_err(io)?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => JournalError::Locked {
+            path: state_dir.to_path_buf(),
+        },
+        other => io(std::io::Error::from(other)),
+    })
+}
+
+/// Reads the journal file; a missing file is an empty journal.
+pub fn read_doc(state_dir: &Path) -> Result<JournalDoc, (PathBuf, String)> {
+    let path = state_dir.join(JOURNAL_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| (path, e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JournalDoc {
+            version: 1,
+            ..Default::default()
+        }),
+        Err(e) => Err((path, e.to_string())),
+    }
+}
+
+impl Journal {
+    pub fn open(state_dir: &Path, plan: &str) -> Result<Journal, JournalError> {
+        let lock = lock_state_dir(state_dir)?;
+        let mut recovered_from = None;
+        let doc = match read_doc(state_dir) {
+            Ok(doc) => doc,
+            Err((path, _)) => {
+                // Atomic writes make this nearly impossible; if it happens, keep
+                // the evidence and start over: steps rerun, none is wrongly skipped.
+                let aside = path.with_extension(format!("corrupt-{}", std::process::id()));
+                let _ = std::fs::rename(&path, &aside);
+                recovered_from = Some(aside);
+                JournalDoc {
+                    version: 1,
+                    ..Default::default()
+                }
+            }
+        };
+        let doc = Arc::new(Mutex::new(doc));
+        let for_render = doc.clone();
+        let writer = BackgroundWriter::new(
+            state_dir.join(JOURNAL_FILE),
+            0o600,
+            true,
+            Box::new(move || {
+                serde_json::to_vec_pretty(&*for_render.lock().unwrap_or_else(|p| p.into_inner()))
+                    .unwrap_or_default()
+            }),
+        );
+        Ok(Journal {
+            plan: plan.to_string(),
+            doc,
+            writer,
+            _lock: lock,
+            recovered_from,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, JournalDoc> {
+        self.doc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why `step` need not run again, or `None` when it must run.
+    pub fn skip_reason(&self, step: &Step, facts: &Facts) -> Option<String> {
+        let doc = self.lock();
+        let record = doc.plans.get(&self.plan)?.get(&step.name)?;
+        skip_reason(record, step, facts)
+    }
+
+    /// Records that `step` succeeded. Durable soon; see [`Journal::flush`].
+    pub fn record(&self, step: &Step, facts: &Facts, bootstrap_id: &str) {
+        let record = Record {
+            fingerprint: step.fingerprint.clone(),
+            frequency: step.frequency,
+            completed_at: crate::telemetry::timestamp(std::time::SystemTime::now()),
+            bootstrap_id: bootstrap_id.to_string(),
+            boot_id: facts.boot_id.clone(),
+            instance_key: facts.instance_key(),
+        };
+        self.lock()
+            .plans
+            .entry(self.plan.clone())
+            .or_default()
+            .insert(step.name.clone(), record);
+        self.writer.mark_dirty();
+    }
+
+    /// Waits until every record so far is durable.
+    pub fn flush(&self) -> Result<(), String> {
+        self.writer.flush()
+    }
+}
+
+/// The decision, separate from I/O so it is easy to test.
+pub fn skip_reason(record: &Record, step: &Step, facts: &Facts) -> Option<String> {
+    if step.frequency == Frequency::Always || record.fingerprint != step.fingerprint {
+        return None;
+    }
+    let when = format!(
+        "done at {} by bootstrap {}",
+        record.completed_at, record.bootstrap_id
+    );
+    match step.frequency {
+        Frequency::Always => None,
+        Frequency::Once => Some(format!("{when}; unchanged (frequency once)")),
+        Frequency::PerBoot => (record.boot_id == facts.boot_id)
+            .then(|| format!("{when}; unchanged, same boot (frequency per-boot)")),
+        Frequency::PerInstance => (record.instance_key == facts.instance_key())
+            .then(|| format!("{when}; unchanged, same instance (frequency per-instance)")),
+    }
+}
+
+/// Removes records: the named steps, or all of them; for one plan or all.
+/// Returns how many were removed.
+pub fn reset(
+    state_dir: &Path,
+    plan: Option<&str>,
+    steps: &[String],
+) -> Result<usize, JournalError> {
+    let _lock = lock_state_dir(state_dir)?;
+    let mut doc = read_doc(state_dir).map_err(|(path, msg)| JournalError::Io {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+    })?;
+    let mut removed = 0;
+    for (name, records) in doc.plans.iter_mut() {
+        if plan.is_some_and(|p| p != name) {
+            continue;
+        }
+        let before = records.len();
+        if steps.is_empty() {
+            records.clear();
+        } else {
+            records.retain(|step, _| !steps.contains(step));
+        }
+        removed += before - records.len();
+    }
+    doc.plans.retain(|_, records| !records.is_empty());
+    let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    crate::fsutil::write_atomic(&state_dir.join(JOURNAL_FILE), &bytes, 0o600).map_err(|e| {
+        JournalError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    })?;
+    Ok(removed)
+}

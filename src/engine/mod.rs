@@ -1,0 +1,572 @@
+//! The engine: runs a validated plan as a DAG.
+//!
+//! One loop owns every step's state (`StepState` by dense id), starts ready
+//! steps up to `max_parallel`, and reacts to three things: a step finishing,
+//! the global deadline, and a stop signal. On a failure (unless the step says
+//! `on_failure: continue`), the deadline or a signal, it cancels running
+//! steps (their process groups get SIGTERM, then SIGKILL after the grace),
+//! starts nothing new, and runs `undo`s in reverse when the plan asks.
+//! The engine knows nothing about clouds or secret stores: it sees steps,
+//! a context, a journal and a reporter.
+
+pub mod dryrun;
+pub mod journal;
+pub mod retry;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{ErrorCode, exit};
+use crate::plan::{OnFailure, Plan, Step, StepKind};
+use crate::steps::exec::ExecRequest;
+use crate::steps::process::{self, Output};
+use crate::steps::{self, StepContext, StepError, StepInputs};
+use crate::telemetry::{ErrorInfo, EventKind, Outcome, StepState};
+use journal::Journal;
+
+/// Longest an `undo` command may take when its step sets no timeout.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The verdict of a run, and the exec to perform if it ended in one.
+#[derive(Debug)]
+pub struct RunSummary {
+    pub outcome: Outcome,
+    pub exit_code: i32,
+    pub error: Option<ErrorInfo>,
+    pub failed_step: Option<String>,
+    pub exec: Option<ExecRequest>,
+}
+
+/// How one step ended, as seen by the scheduler.
+enum StepResult {
+    Done {
+        attempts: u32,
+        duration: Duration,
+    },
+    Skipped(String),
+    Failed {
+        error: StepError,
+        attempts: u32,
+        duration: Duration,
+    },
+    Cancelled {
+        attempts: u32,
+        duration: Duration,
+    },
+}
+
+/// Why the run stopped early.
+enum Stop {
+    Failed { step: usize, error: ErrorInfo },
+    Deadline,
+    Signal(i32),
+}
+
+/// Runs `plan` to its end. Never panics on a step's behalf: a panicking step
+/// task becomes an `internal.error` failure.
+pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> RunSummary {
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + plan.deadline;
+    let n = plan.steps.len();
+    let mut state = vec![StepState::Pending; n];
+    let mut waiting_on: Vec<usize> = plan.steps.iter().map(|s| s.needs.len()).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for step in &plan.steps {
+        for &dep in &step.needs {
+            dependents[dep].push(step.id);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
+    let cancel = CancellationToken::new();
+    let mut tasks: JoinSet<(usize, StepResult)> = JoinSet::new();
+    let mut task_ids = std::collections::HashMap::new();
+    let mut stop: Option<Stop> = None;
+    let mut completed: Vec<usize> = Vec::new();
+    let mut degraded = false;
+    let mut exec_step: Option<usize> = None;
+    let mut signals = StopSignals::new();
+
+    loop {
+        while stop.is_none() && tasks.len() < plan.max_parallel {
+            let Some(id) = ready.pop_front() else { break };
+            if matches!(plan.steps[id].kind, StepKind::Exec { .. }) {
+                exec_step = Some(id);
+                continue;
+            }
+            state[id] = StepState::Running;
+            let (step, ctx, journal, token) = (
+                plan.steps[id].clone(),
+                ctx.clone(),
+                journal.clone(),
+                cancel.child_token(),
+            );
+            let handle =
+                tasks.spawn(async move { (step.id, execute(&step, &ctx, &journal, &token).await) });
+            task_ids.insert(handle.id(), id);
+        }
+        if tasks.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(joined) = tasks.join_next_with_id() => {
+                let (id, result) = match joined {
+                    Ok((_, pair)) => pair,
+                    Err(err) => {
+                        let id = task_ids.get(&err.id()).copied().unwrap_or(0);
+                        (id, StepResult::Failed {
+                            error: StepError::Render { what: "step task".into(), message: format!("internal error: {err}") },
+                            attempts: 0,
+                            duration: Duration::ZERO,
+                        })
+                    }
+                };
+                let step = &plan.steps[id];
+                let finished = finish_step(step, result, stop.as_ref(), &ctx);
+                state[id] = finished.state;
+                match finished.state {
+                    StepState::Done | StepState::Skipped => {
+                        if finished.state == StepState::Done {
+                            completed.push(id);
+                        }
+                        release(id, &dependents, &mut waiting_on, &mut ready);
+                    }
+                    StepState::Failed if step.on_failure == OnFailure::Continue => {
+                        degraded = true;
+                        release(id, &dependents, &mut waiting_on, &mut ready);
+                    }
+                    StepState::Failed => {
+                        if stop.is_none() {
+                            stop = Some(Stop::Failed { step: id, error: finished.error.unwrap_or(ErrorInfo { code: ErrorCode::Internal, message: "failed".into() }) });
+                            cancel.cancel();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            () = tokio::time::sleep_until(deadline), if stop.is_none() => {
+                stop = Some(Stop::Deadline);
+                cancel.cancel();
+            }
+            Some(signal) = signals.recv(), if stop.is_none() => {
+                stop = Some(Stop::Signal(signal));
+                cancel.cancel();
+            }
+        }
+    }
+
+    let mut exec = None;
+    if stop.is_none() {
+        if let Some(id) = exec_step {
+            match prepare_exec(&plan.steps[id], &ctx).await {
+                Ok(request) => {
+                    state[id] = StepState::Done;
+                    exec = Some(request);
+                }
+                Err(error) => {
+                    let info = error_info(&error);
+                    ctx.reporter.emit(EventKind::StepFinished {
+                        step: plan.steps[id].name.clone(),
+                        state: StepState::Failed,
+                        attempts: 1,
+                        duration: Duration::ZERO,
+                        error: Some(info.clone()),
+                    });
+                    state[id] = StepState::Failed;
+                    stop = Some(Stop::Failed {
+                        step: id,
+                        error: info,
+                    });
+                }
+            }
+        }
+    }
+
+    report_not_run(plan, &state, stop.as_ref(), &ctx);
+    if plan.rollback && stop.is_some() {
+        rollback(plan, &completed, &ctx).await;
+    }
+    if exec.is_none() {
+        ctx.services.stop_all(plan.kill_grace).await;
+    }
+    if let Err(err) = journal.flush() {
+        ctx.reporter.notice(
+            crate::telemetry::Level::Error,
+            format!("journal not saved: {err}"),
+        );
+    }
+
+    let summary = summarize(plan, stop, degraded, exec);
+    ctx.reporter.emit(EventKind::RunFinished {
+        outcome: summary.outcome,
+        exit_code: summary.exit_code,
+        error: summary.error.clone(),
+        failed_step: summary.failed_step.clone(),
+        duration: started.elapsed(),
+    });
+    summary
+}
+
+/// Marks `id` finished for its dependents; those with nothing left to wait for become ready.
+fn release(
+    id: usize,
+    dependents: &[Vec<usize>],
+    waiting_on: &mut [usize],
+    ready: &mut VecDeque<usize>,
+) {
+    for &dependent in &dependents[id] {
+        waiting_on[dependent] -= 1;
+        if waiting_on[dependent] == 0 {
+            ready.push_back(dependent);
+        }
+    }
+}
+
+struct Finished {
+    state: StepState,
+    error: Option<ErrorInfo>,
+}
+
+/// Emits the step's final event and says what state it ended in.
+fn finish_step(
+    step: &Step,
+    result: StepResult,
+    stop: Option<&Stop>,
+    ctx: &StepContext,
+) -> Finished {
+    let name = step.name.clone();
+    let (state, attempts, duration, error) = match result {
+        StepResult::Skipped(reason) => {
+            ctx.reporter
+                .emit(EventKind::StepSkipped { step: name, reason });
+            return Finished {
+                state: StepState::Skipped,
+                error: None,
+            };
+        }
+        StepResult::Done { attempts, duration } => (StepState::Done, attempts, duration, None),
+        StepResult::Failed {
+            error,
+            attempts,
+            duration,
+        } => (
+            StepState::Failed,
+            attempts,
+            duration,
+            Some(error_info(&error)),
+        ),
+        StepResult::Cancelled { attempts, duration } => (
+            StepState::Cancelled,
+            attempts,
+            duration,
+            Some(cancel_info(stop)),
+        ),
+    };
+    ctx.reporter.emit(EventKind::StepFinished {
+        step: name,
+        state,
+        attempts,
+        duration,
+        error: error.clone(),
+    });
+    Finished { state, error }
+}
+
+fn error_info(error: &StepError) -> ErrorInfo {
+    ErrorInfo {
+        code: error.code(),
+        message: error.to_string(),
+    }
+}
+
+fn cancel_info(stop: Option<&Stop>) -> ErrorInfo {
+    match stop {
+        Some(Stop::Deadline) => ErrorInfo {
+            code: ErrorCode::DeadlineExceeded,
+            message: "stopped: the plan's deadline passed".into(),
+        },
+        Some(Stop::Signal(sig)) => ErrorInfo {
+            code: ErrorCode::RunInterrupted,
+            message: format!("stopped: bootplan received signal {sig}"),
+        },
+        Some(Stop::Failed { .. }) | None => ErrorInfo {
+            code: ErrorCode::StepCancelled,
+            message: "stopped because another step failed".into(),
+        },
+    }
+}
+
+/// Runs one step: skip checks, secrets, then attempts with retries.
+async fn execute(
+    step: &Step,
+    ctx: &StepContext,
+    journal: &Journal,
+    cancel: &CancellationToken,
+) -> StepResult {
+    if let Some(reason) = journal.skip_reason(step, &ctx.facts) {
+        return StepResult::Skipped(reason);
+    }
+    let started = Instant::now();
+    let failed = |error: StepError, attempts: u32| StepResult::Failed {
+        error,
+        attempts,
+        duration: started.elapsed(),
+    };
+    // Secrets first: nothing runs with an unresolved secret.
+    let secrets = match ctx.secrets.resolve(&step.secret_refs).await {
+        Ok(values) => values,
+        Err(err) => return failed(err.into(), 0),
+    };
+    let inputs = StepInputs { step, secrets };
+    match skip_by_condition(&inputs, ctx, cancel).await {
+        Ok(Some(reason)) => return StepResult::Skipped(reason),
+        Ok(None) => {}
+        Err(StepError::Cancelled) => {
+            return StepResult::Cancelled {
+                attempts: 0,
+                duration: started.elapsed(),
+            };
+        }
+        Err(err) => return failed(err, 0),
+    }
+    ctx.reporter.emit(EventKind::StepStarted {
+        step: step.name.clone(),
+    });
+    let mut delays = retry::delays(&step.retry);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        ctx.reporter.emit(EventKind::AttemptStarted {
+            step: step.name.clone(),
+            attempt,
+        });
+        match attempt_with_timeout(&inputs, ctx, cancel).await {
+            Ok(()) => {
+                journal.record(step, &ctx.facts, &ctx.bootstrap_id);
+                return StepResult::Done {
+                    attempts: attempt,
+                    duration: started.elapsed(),
+                };
+            }
+            Err(StepError::Cancelled) => {
+                return StepResult::Cancelled {
+                    attempts: attempt,
+                    duration: started.elapsed(),
+                };
+            }
+            Err(error) => {
+                let delay = if error.is_retryable() {
+                    delays.next()
+                } else {
+                    None
+                };
+                let Some(delay) = delay else {
+                    return failed(error, attempt);
+                };
+                ctx.reporter.emit(EventKind::AttemptFailed {
+                    step: step.name.clone(),
+                    attempt,
+                    error: error_info(&error),
+                    retry_in: Some(delay),
+                });
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => return StepResult::Cancelled { attempts: attempt, duration: started.elapsed() },
+                }
+            }
+        }
+    }
+}
+
+/// `creates` and `unless`: reasons to skip that come from the machine's state.
+async fn skip_by_condition(
+    inputs: &StepInputs<'_>,
+    ctx: &StepContext,
+    cancel: &CancellationToken,
+) -> Result<Option<String>, StepError> {
+    let step = inputs.step;
+    if let Some(creates) = &step.creates {
+        let path = inputs.path(creates, "creates", ctx)?;
+        if path.exists() {
+            return Ok(Some(format!("creates: {} exists", path.display())));
+        }
+    }
+    if let Some(unless) = &step.unless {
+        let cmd = inputs.command(unless, ctx)?;
+        match process::run(&step.name, &cmd, ctx, Output::Discard, cancel).await {
+            Ok(()) => return Ok(Some(format!("unless: `{}` succeeded", unless.join(" ")))),
+            Err(StepError::Cancelled) => return Err(StepError::Cancelled),
+            Err(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// One attempt, bounded by the step's timeout. `wait` and `service` steps
+/// bound their whole wait themselves, so the limit is theirs to apply.
+async fn attempt_with_timeout(
+    inputs: &StepInputs<'_>,
+    ctx: &StepContext,
+    cancel: &CancellationToken,
+) -> Result<(), StepError> {
+    let limit = match inputs.step.kind {
+        StepKind::Wait(_) | StepKind::Service { .. } => None,
+        _ => inputs.step.timeout,
+    };
+    let Some(limit) = limit else {
+        return steps::run_attempt(inputs, ctx, cancel).await;
+    };
+    let attempt_cancel = cancel.child_token();
+    let attempt = steps::run_attempt(inputs, ctx, &attempt_cancel);
+    tokio::pin!(attempt);
+    tokio::select! {
+        result = &mut attempt => result,
+        () = tokio::time::sleep(limit) => {
+            attempt_cancel.cancel();
+            // Let the attempt kill its processes before reporting.
+            let _ = attempt.await;
+            if cancel.is_cancelled() { Err(StepError::Cancelled) } else { Err(StepError::Timeout { after: limit }) }
+        }
+    }
+}
+
+async fn prepare_exec(step: &Step, ctx: &StepContext) -> Result<ExecRequest, StepError> {
+    let StepKind::Exec { argv } = &step.kind else {
+        return Err(StepError::Render {
+            what: "exec".into(),
+            message: "not an exec step".into(),
+        });
+    };
+    let secrets = ctx.secrets.resolve(&step.secret_refs).await?;
+    let inputs = StepInputs { step, secrets };
+    steps::exec::prepare(argv, &inputs, ctx)
+}
+
+fn report_not_run(plan: &Plan, state: &[StepState], stop: Option<&Stop>, ctx: &StepContext) {
+    let reason = match stop {
+        Some(Stop::Failed { step, .. }) => format!(
+            "the run stopped after step `{}` failed",
+            plan.steps[*step].name
+        ),
+        Some(Stop::Deadline) => "the run's deadline passed first".to_string(),
+        Some(Stop::Signal(sig)) => format!("bootplan received signal {sig}"),
+        None => "a step it needs did not complete".to_string(),
+    };
+    for step in &plan.steps {
+        if state[step.id] == StepState::Pending {
+            ctx.reporter.emit(EventKind::StepNotRun {
+                step: step.name.clone(),
+                reason: reason.clone(),
+            });
+        }
+    }
+}
+
+/// Runs the `undo` of every step completed in this run, newest first.
+async fn rollback(plan: &Plan, completed: &[usize], ctx: &StepContext) {
+    for &id in completed.iter().rev() {
+        let step = &plan.steps[id];
+        let Some(undo) = &step.undo else { continue };
+        let secrets = ctx
+            .secrets
+            .resolve(&step.secret_refs)
+            .await
+            .unwrap_or_default();
+        let inputs = StepInputs { step, secrets };
+        let result = match inputs.command(undo, ctx) {
+            Ok(cmd) => {
+                let token = CancellationToken::new();
+                let limit = step.timeout.unwrap_or(UNDO_TIMEOUT);
+                let run = process::run(&step.name, &cmd, ctx, Output::Log, &token);
+                tokio::pin!(run);
+                tokio::select! {
+                    r = &mut run => r,
+                    () = tokio::time::sleep(limit) => { token.cancel(); let _ = run.await; Err(StepError::Timeout { after: limit }) }
+                }
+            }
+            Err(err) => Err(err),
+        };
+        ctx.reporter.emit(EventKind::UndoFinished {
+            step: step.name.clone(),
+            error: result.err().map(|e| error_info(&e)),
+        });
+    }
+}
+
+fn summarize(
+    plan: &Plan,
+    stop: Option<Stop>,
+    degraded: bool,
+    exec: Option<ExecRequest>,
+) -> RunSummary {
+    let (outcome, exit_code, error, failed_step) = match stop {
+        None if degraded => (Outcome::Degraded, exit::READY, None, None),
+        None => (Outcome::Ready, exit::READY, None, None),
+        Some(Stop::Failed { step, error }) => (
+            Outcome::Failed,
+            error.code.exit_code(),
+            Some(error),
+            Some(plan.steps[step].name.clone()),
+        ),
+        Some(Stop::Deadline) => (
+            Outcome::DeadlineExceeded,
+            exit::DEADLINE,
+            Some(ErrorInfo {
+                code: ErrorCode::DeadlineExceeded,
+                message: format!(
+                    "the plan's deadline of {} passed before the run finished",
+                    humantime::format_duration(plan.deadline)
+                ),
+            }),
+            None,
+        ),
+        Some(Stop::Signal(sig)) => (
+            Outcome::Interrupted,
+            128 + sig,
+            Some(ErrorInfo {
+                code: ErrorCode::RunInterrupted,
+                message: format!("bootplan received signal {sig} and stopped the run"),
+            }),
+            None,
+        ),
+    };
+    RunSummary {
+        outcome,
+        exit_code,
+        error,
+        failed_step,
+        exec,
+    }
+}
+
+/// SIGINT and SIGTERM, as a stream of signal numbers.
+struct StopSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) -> Option<i32> {
+        async fn next(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+            match sig {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            Some(()) = next(&mut self.int) => Some(libc::SIGINT),
+            Some(()) = next(&mut self.term) => Some(libc::SIGTERM),
+        }
+    }
+}

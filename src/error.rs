@@ -1,0 +1,111 @@
+//! Stable error codes and the exit codes they map to (DESIGN.md §6).
+//!
+//! Each code has a runbook entry in `docs/runbook.md`; a test checks that
+//! every variant here has one. Codes are part of the contract: add new ones,
+//! never rename.
+
+use serde::{Serialize, Serializer};
+
+/// Process exit codes (sysexits-style).
+pub mod exit {
+    pub const READY: i32 = 0;
+    pub const STEP_FAILED: i32 = 1;
+    pub const USAGE: i32 = 64;
+    pub const INVALID_PLAN: i32 = 65;
+    pub const UNAVAILABLE: i32 = 69;
+    pub const SOFTWARE: i32 = 70;
+    pub const CANT_CREATE: i32 = 73;
+    pub const DEADLINE: i32 = 75;
+    pub const DENIED: i32 = 77;
+}
+
+macro_rules! error_codes {
+    ($( $variant:ident => ($code:literal, $exit:expr, $summary:literal) ),+ $(,)?) => {
+        /// A stable, dotted error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum ErrorCode { $( $variant ),+ }
+
+        impl ErrorCode {
+            /// Every code, for documentation checks.
+            pub const ALL: &'static [ErrorCode] = &[ $( ErrorCode::$variant ),+ ];
+
+            /// The dotted name, e.g. `step.timeout`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $code ),+ }
+            }
+
+            /// The exit code a run that ends on this error returns.
+            pub fn exit_code(self) -> i32 {
+                match self { $( ErrorCode::$variant => $exit ),+ }
+            }
+
+            /// One line on what the code means.
+            pub fn summary(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $summary ),+ }
+            }
+
+            pub fn from_str(code: &str) -> Option<ErrorCode> {
+                match code { $( $code => Some(ErrorCode::$variant), )+ _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    UsageInvalid => ("usage.invalid", exit::USAGE, "the command line is wrong"),
+    PlanInvalid => ("plan.invalid", exit::INVALID_PLAN, "the plan failed validation; nothing ran"),
+    PlanUnreadable => ("plan.unreadable", exit::INVALID_PLAN, "the plan file could not be read"),
+    StepExitNonzero => ("step.exit_nonzero", exit::STEP_FAILED, "a step's command exited with a non-zero status"),
+    StepSignaled => ("step.signaled", exit::STEP_FAILED, "a step's command was killed by a signal"),
+    StepSpawnFailed => ("step.spawn_failed", exit::STEP_FAILED, "a step's command could not be started"),
+    StepTimeout => ("step.timeout", exit::STEP_FAILED, "a step's attempt ran past its timeout"),
+    StepCancelled => ("step.cancelled", exit::STEP_FAILED, "a step was stopped because another step failed"),
+    StepWaitTimeout => ("step.wait_timeout", exit::STEP_FAILED, "a wait step's condition did not become true in time"),
+    TemplateRenderFailed => ("template.render_failed", exit::STEP_FAILED, "a template could not be rendered"),
+    FileWriteFailed => ("file.write_failed", exit::STEP_FAILED, "a file could not be written, or its owner set"),
+    DeadlineExceeded => ("deadline.exceeded", exit::DEADLINE, "the plan's global deadline passed before the run finished"),
+    RunInterrupted => ("run.interrupted", exit::STEP_FAILED, "bootplan was asked to stop (SIGINT or SIGTERM) during the run"),
+    StateUnwritable => ("state.unwritable", exit::CANT_CREATE, "the state or run directory could not be written"),
+    Internal => ("internal.error", exit::SOFTWARE, "a bug in bootplan: a step's task panicked"),
+    ExecFailed => ("exec.failed", exit::STEP_FAILED, "the final exec could not replace bootplan"),
+    FactsUnreachable => ("facts.unreachable", exit::UNAVAILABLE, "no metadata provider answered within the detection budget"),
+    SecretUnreachable => ("secret.unreachable", exit::UNAVAILABLE, "the secret store did not answer after retries"),
+    SecretAuthFailed => ("secret.auth_failed", exit::DENIED, "the secret store rejected bootplan's credentials"),
+    SecretDenied => ("secret.denied", exit::DENIED, "the secret store refused access to a secret"),
+    SecretNotFound => ("secret.not_found", exit::STEP_FAILED, "a secret does not exist at the given path or key"),
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ErrorCode::from_str(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown error code `{text}`")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_dotted() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(code.as_str().contains('.'), "{code}");
+            assert!(seen.insert(code.as_str()), "duplicate {code}");
+            assert_eq!(ErrorCode::from_str(code.as_str()), Some(*code));
+        }
+    }
+}

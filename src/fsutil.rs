@@ -1,0 +1,248 @@
+//! Crash-safe file writes: temp file in the same directory, fsync, rename,
+//! fsync the directory. A reader sees the old content or the new, never half.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// An I/O failure with the path it happened on.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} {path}: {source}")]
+pub struct FsError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn ctx<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
+    move |source| FsError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path` atomically with permission bits `mode`.
+/// The temp file is created with `mode` already set, so the content is never
+/// readable with wider permissions, even for an instant.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(dir).map_err(ctx("cannot create directory", dir))?;
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(ctx("cannot create", &tmp))?;
+        // The umask may have narrowed the mode at creation; set it exactly.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(ctx("cannot set mode of", &tmp))?;
+        file.write_all(contents)
+            .map_err(ctx("cannot write", &tmp))?;
+        file.sync_all().map_err(ctx("cannot fsync", &tmp))?;
+        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Like [`write_atomic`] but without the fsyncs: for files that only need to be
+/// whole, not durable (status snapshots on a tmpfs).
+pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(dir).map_err(ctx("cannot create directory", dir))?;
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(ctx("cannot create", &tmp))?;
+        file.write_all(contents)
+            .map_err(ctx("cannot write", &tmp))?;
+        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// A temp name beside `path`, unique per process and call, hidden by a dot.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let unique = fastrand::u64(..);
+    parent_dir(path).join(format!(".{name}.{}.{unique:016x}.tmp", std::process::id()))
+}
+
+/// Makes a rename in `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(ctx("cannot fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_with_exact_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/out.txt");
+        write_atomic(&path, b"hello", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        write_atomic(&path, b"again", 0o640).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"again");
+        let entries: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "temp files left behind");
+    }
+}
+
+/// Writes a file from a background thread whenever it is marked dirty,
+/// coalescing bursts: many changes in quick succession cost one write. The
+/// content is produced by `render` at write time, so a write always holds the
+/// newest state. Keeps slow disks (and fsync) off the caller's path.
+pub struct BackgroundWriter {
+    shared: std::sync::Arc<WriterShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+type Render = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
+
+struct WriterShared {
+    state: std::sync::Mutex<WriterState>,
+    wake: std::sync::Condvar,
+    path: PathBuf,
+    mode: u32,
+    durable: bool,
+    render: Render,
+}
+
+#[derive(Default)]
+struct WriterState {
+    requested: u64,
+    written: u64,
+    stop: bool,
+    last_error: Option<String>,
+}
+
+impl BackgroundWriter {
+    /// `durable` selects [`write_atomic`] (fsync) over [`replace_file`].
+    pub fn new(path: PathBuf, mode: u32, durable: bool, render: Render) -> BackgroundWriter {
+        let shared = std::sync::Arc::new(WriterShared {
+            state: std::sync::Mutex::new(WriterState::default()),
+            wake: std::sync::Condvar::new(),
+            path,
+            mode,
+            durable,
+            render,
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("bootplan-writer".into())
+            .spawn(move || worker.run())
+            .ok();
+        BackgroundWriter { shared, thread }
+    }
+
+    /// Asks for a write of the current state, soon.
+    pub fn mark_dirty(&self) {
+        let mut state = self.shared.lock();
+        state.requested += 1;
+        self.shared.wake.notify_all();
+    }
+
+    /// Writes now (if anything is pending) and waits until everything requested
+    /// so far is on disk. Returns the last write error, if any.
+    pub fn flush(&self) -> Result<(), String> {
+        let mut state = self.shared.lock();
+        state.requested += 1;
+        let target = state.requested;
+        self.shared.wake.notify_all();
+        if self.thread.is_none() {
+            drop(state);
+            return self.shared.write_once();
+        }
+        while state.written < target && !state.stop {
+            state = self
+                .shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        state.last_error.clone().map_or(Ok(()), Err)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+}
+
+impl Drop for BackgroundWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl WriterShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_once(&self) -> Result<(), String> {
+        let bytes = (self.render)();
+        let result = if self.durable {
+            write_atomic(&self.path, &bytes, self.mode)
+        } else {
+            replace_file(&self.path, &bytes, self.mode)
+        };
+        result.map_err(|e| e.to_string())
+    }
+
+    fn run(&self) {
+        let mut state = self.lock();
+        loop {
+            while state.requested == state.written && !state.stop {
+                state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            if state.stop && state.requested == state.written {
+                return;
+            }
+            let target = state.requested;
+            drop(state);
+            let result = self.write_once();
+            state = self.lock();
+            state.written = target;
+            state.last_error = result.err();
+            self.wake.notify_all();
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! bootplan: takes a machine from a blank start to "ready", driven by a
+//! declarative plan. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod facts;
+pub mod fsutil;
+pub mod plan;
+pub mod secrets;
+pub mod steps;
+pub mod telemetry;

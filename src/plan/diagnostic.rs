@@ -1,0 +1,107 @@
+//! Plan problems with a location, a field path and a hint.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A position in the plan file (1-based). Unknown positions are `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Position {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl Position {
+    /// Converts a serde-saphyr location; its "unknown" location (line 0) becomes `None`.
+    pub fn from_saphyr(loc: serde_saphyr::Location) -> Option<Position> {
+        (loc.line() > 0).then(|| Position {
+            line: loc.line(),
+            column: loc.column(),
+        })
+    }
+}
+
+/// One problem found in a plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+    /// Dotted path of the offending field, e.g. `steps.app.needs`.
+    pub field: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(pos) = self.position {
+            write!(f, ":{}:{}", pos.line, pos.column)?;
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)?;
+        } else {
+            write!(f, ": {}: {}", self.field, self.message)?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The closest candidate to `word`, if any is close enough to be a likely typo.
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::jaro_winkler(word, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
+}
+
+/// Adds a "did you mean" hint to serde's `unknown field `x`, expected one of ...`
+/// and `unknown variant` messages.
+pub fn hint_for_serde_message(message: &str) -> Option<String> {
+    let (word, rest) = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|prefix| {
+            let start = message.find(prefix)? + prefix.len();
+            let end = start + message[start..].find('`')?;
+            Some((&message[start..end], &message[end..]))
+        })?;
+    let expected: Vec<&str> = rest
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(best) = did_you_mean(word, expected.iter().copied()) {
+        return Some(format!("did you mean `{best}`?"));
+    }
+    (!expected.is_empty()).then(|| format!("valid names here: {}", expected.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_field() {
+        let hint =
+            hint_for_serde_message("unknown field `neds`, expected one of `run`, `needs`, `env`");
+        assert_eq!(hint.as_deref(), Some("did you mean `needs`?"));
+    }
+
+    #[test]
+    fn lists_fields_when_nothing_is_close() {
+        let hint = hint_for_serde_message("unknown field `zzz`, expected `run` or `env`").unwrap();
+        assert!(hint.contains("run, env"), "{hint}");
+    }
+}

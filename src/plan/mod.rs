@@ -1,0 +1,219 @@
+//! The plan: loading (`load`), raw file types (`raw`), and the resolved,
+//! validated graph (`Plan`) that the engine runs.
+//!
+//! Loading has two phases, as in ripgrep's argument parsing: the file is
+//! parsed into [`raw::RawPlan`] (a mirror of the file, no I/O beyond reading
+//! it), then [`validate::resolve`] checks everything and builds [`Plan`],
+//! collecting every problem before reporting. Nothing in this module has side
+//! effects beyond reading the plan and the template sources it names.
+
+pub mod diagnostic;
+pub mod duration;
+pub mod load;
+pub mod raw;
+pub mod refs;
+pub mod secret_source;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+pub use diagnostic::{Diagnostic, Position};
+pub use raw::{Frequency, OnFailure, RawStep};
+pub use secret_source::{BackendsConfig, SecretSource};
+
+use crate::error::ErrorCode;
+
+/// Why a plan could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read plan {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in the plan:\n{}", diagnostics.len(), render(diagnostics))]
+    Invalid { diagnostics: Vec<Diagnostic> },
+}
+
+fn render(diagnostics: &[Diagnostic]) -> String {
+    diagnostics.iter().map(|d| format!("{d}\n")).collect()
+}
+
+impl PlanError {
+    pub(crate) fn invalid_one(diagnostic: Diagnostic) -> PlanError {
+        PlanError::Invalid {
+            diagnostics: vec![diagnostic],
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PlanError::Read { .. } => ErrorCode::PlanUnreadable,
+            PlanError::Invalid { .. } => ErrorCode::PlanInvalid,
+        }
+    }
+}
+
+/// Reads, parses and validates the plan at `path`.
+pub fn load(path: &Path) -> Result<Plan, PlanError> {
+    let text = load::read_plan_text(path)?;
+    let raw = load::parse(path, &text).map_err(PlanError::invalid_one)?;
+    validate::resolve(path, &text, raw).map_err(|diagnostics| PlanError::Invalid { diagnostics })
+}
+
+/// A validated plan, ready to run. Steps are addressed by dense ids (their
+/// index in `steps`), in file order.
+#[derive(Debug)]
+pub struct Plan {
+    pub name: String,
+    pub path: PathBuf,
+    /// `sha256:<hex>` of the plan file's bytes.
+    pub digest: String,
+    pub deadline: Duration,
+    pub max_parallel: usize,
+    pub rollback: bool,
+    pub kill_grace: Duration,
+    pub vars: IndexMap<String, serde_json::Value>,
+    pub facts_provider: String,
+    /// The plan's own `state_dir`, resolved against the plan's directory.
+    pub state_dir: Option<PathBuf>,
+    /// The plan's own `run_dir`, resolved against the plan's directory.
+    pub run_dir: Option<PathBuf>,
+    pub secrets: IndexMap<String, SecretSource>,
+    pub backends: BackendsConfig,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// The directory relative paths in the plan are resolved against.
+    pub fn dir(&self) -> &Path {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    }
+
+    pub fn step_id(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+}
+
+/// One validated step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: usize,
+    pub name: String,
+    pub kind: StepKind,
+    /// Ids of the steps this one needs.
+    pub needs: Vec<usize>,
+    pub env: IndexMap<String, String>,
+    pub cwd: Option<String>,
+    pub timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+    pub frequency: Frequency,
+    pub creates: Option<String>,
+    pub unless: Option<Vec<String>>,
+    pub on_failure: OnFailure,
+    pub undo: Option<Vec<String>>,
+    pub ready: Option<WaitSpec>,
+    /// Names of the secrets this step's templates and env use.
+    pub secret_refs: Vec<String>,
+    /// `sha256:<hex>` over the step's definition and non-secret inputs.
+    pub fingerprint: String,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Run { argv: Vec<String> },
+    Shell { script: String },
+    File(FileSpec),
+    Template(TemplateSpec),
+    Wait(WaitSpec),
+    Exec { argv: Vec<String> },
+    Service { argv: Vec<String> },
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Run { .. } => "run",
+            StepKind::Shell { .. } => "shell",
+            StepKind::File(_) => "file",
+            StepKind::Template(_) => "template",
+            StepKind::Wait(_) => "wait",
+            StepKind::Exec { .. } => "exec",
+            StepKind::Service { .. } => "service",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileSpec {
+    pub path: String,
+    pub content: String,
+    pub mode: u32,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TemplateSpec {
+    /// The template text (read from `src` at load time, or given inline).
+    pub source: String,
+    /// Where the text came from, for messages.
+    pub origin: String,
+    pub dest: String,
+    pub mode: u32,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitSpec {
+    pub target: WaitTarget,
+    pub interval: Duration,
+    pub attempt_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitTarget {
+    Tcp(String),
+    Http(String),
+    File(String),
+    Command(Vec<String>),
+}
+
+impl WaitTarget {
+    /// A short human description, e.g. `http://127.0.0.1:8080/healthz`.
+    pub fn describe(&self) -> String {
+        match self {
+            WaitTarget::Tcp(addr) => format!("tcp {addr}"),
+            WaitTarget::Http(url) => url.clone(),
+            WaitTarget::File(path) => format!("file {path}"),
+            WaitTarget::Command(argv) => format!("command `{}`", argv.join(" ")),
+        }
+    }
+}
+
+/// Retry policy: `attempts` in total, delays drawn with full jitter from
+/// `0..=min(max, min·2^n)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub const NONE: RetryPolicy = RetryPolicy {
+        attempts: 1,
+        min_backoff: Duration::from_millis(500),
+        max_backoff: Duration::from_secs(30),
+    };
+}

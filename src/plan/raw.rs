@@ -1,0 +1,251 @@
+//! Raw plan types: a faithful mirror of the plan file, with no I/O and no
+//! cross-field checks. `plan::validate` turns these into a [`super::Plan`].
+//!
+//! Every struct rejects unknown fields so a typo is an error, not a silently
+//! ignored setting. A step's kind is chosen by which kind key it carries
+//! (`run`, `shell`, `file`, …); validation checks that exactly one is present.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+use super::duration::HumanDuration;
+
+/// The whole plan file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "bootplan plan",
+    description = "A bootplan plan: steps that take a machine from blank to ready."
+)]
+pub struct RawPlan {
+    /// Format version; only `1` exists.
+    pub version: u32,
+    /// A short name for the plan, used in the status file, metrics and the journal.
+    pub name: String,
+    /// What this plan is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The whole bootstrap must finish within this (e.g. `120s`, `5m`). Default 15m.
+    #[serde(default)]
+    pub deadline: Option<HumanDuration>,
+    /// How many steps may run at the same time. Default 16.
+    #[serde(default)]
+    pub max_parallel: Option<u32>,
+    /// When a step fails, run the `undo` of steps completed in this run, newest first.
+    #[serde(default)]
+    pub rollback: bool,
+    /// How long a cancelled step's process group gets between SIGTERM and SIGKILL. Default 5s.
+    #[serde(default)]
+    pub kill_grace: Option<HumanDuration>,
+    /// Plan variables, visible to templates as `vars.*`.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, serde_json::Value>")]
+    pub vars: IndexMap<String, serde_json::Value>,
+    /// Where the journal lives, relative to the plan file. `--state-dir` and
+    /// `BOOTPLAN_STATE_DIR` override it. Default `/var/lib/bootplan`.
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// Where the status file, readiness file and secret files go, relative to
+    /// the plan file. `--run-dir` and `BOOTPLAN_RUN_DIR` override it. Default `/run/bootplan`.
+    #[serde(default)]
+    pub run_dir: Option<String>,
+    /// Fact gathering settings.
+    #[serde(default)]
+    pub facts: Option<RawFacts>,
+    /// Named secrets: where each comes from. Visible to templates as `secrets.*`.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, super::secret_source::SecretSource>")]
+    pub secrets: IndexMap<String, Spanned<super::secret_source::SecretSource>>,
+    /// Secret backend settings (Vault address and auth, AWS region, ...).
+    #[serde(default)]
+    pub backends: super::secret_source::BackendsConfig,
+    /// The steps, by name. Order in the file does not matter: `needs` decides.
+    #[schemars(with = "IndexMap<String, RawStep>")]
+    pub steps: IndexMap<String, Spanned<RawStep>>,
+}
+
+/// Fact gathering settings.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFacts {
+    /// Which metadata provider to use: `auto` or `local` (more come with cloud providers).
+    #[serde(default)]
+    pub provider: Option<String>,
+}
+
+/// One step. Exactly one kind key (`run`, `shell`, `file`, `template`, `wait`,
+/// `exec`, `service`) must be present; the other fields are common to all kinds.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// Run a command: an argv array, no shell involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<Vec<String>>,
+    /// Run a script with `/bin/sh -c`. Explicit on purpose: secrets may not appear here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Write a file atomically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<RawFile>,
+    /// Render a MiniJinja template to a file atomically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<RawTemplate>,
+    /// Wait until something is up: a TCP port, an HTTP URL, a file or a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<RawWait>,
+    /// The final process: bootplan replaces itself with it once every other step is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// A long-running process started by bootplan, done once its `ready` check passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Vec<String>>,
+
+    /// What this step does, for people.
+    #[serde(default, skip_serializing)]
+    pub description: Option<String>,
+    /// Steps that must be done before this one starts.
+    #[serde(default, skip_serializing)]
+    #[schemars(with = "Vec<String>")]
+    pub needs: Vec<Spanned<String>>,
+    /// Environment variables for the command (values may use templates).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub env: IndexMap<String, String>,
+    /// Working directory for the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Limit for each attempt (for `wait`: for the whole wait).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Retry a failed attempt with exponential backoff and full jitter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RawRetry>,
+    /// When the step runs again on later runs. Default `per-instance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency: Option<Frequency>,
+    /// Skip the step when this path exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creates: Option<String>,
+    /// Skip the step when this command (argv) exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unless: Option<Vec<String>>,
+    /// `fail` (default) stops the run; `continue` records the failure and goes on (degraded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+    /// A command (argv) that rolls this step back, run when the plan has `rollback: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Vec<String>>,
+    /// Readiness check for `service` steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<RawWait>,
+}
+
+/// `file:` step body.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    /// Destination path (may use templates).
+    pub path: String,
+    /// Literal content, written as is (no template rendering: use `template` for that).
+    #[serde(default)]
+    pub content: String,
+    /// Octal permission bits, e.g. `"0644"`. Default `0644`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `user` or `user:group`; needs root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// `template:` step body: exactly one of `src` or `inline`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    /// Template file, relative to the plan file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<String>,
+    /// Template text given inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// Destination path (may use templates).
+    pub dest: String,
+    /// Octal permission bits, e.g. `"0640"`. Default `0644`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `user` or `user:group`; needs root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// A condition to wait for: exactly one of `tcp`, `http`, `file`, `command`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawWait {
+    /// `host:port` that must accept a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// URL that must answer with a 2xx status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Path that must exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Command (argv) that must exit 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Time between checks. Default 500ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+    /// Limit for one check (connect, request or command). Default 2s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout: Option<HumanDuration>,
+}
+
+/// Retry policy for a step.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Total attempts, including the first. At least 1.
+    pub attempts: u32,
+    /// Backoff range `MIN..MAX`, e.g. `1s..30s`; each delay is drawn uniformly
+    /// from zero to min(MAX, MIN·2^n) (full jitter). Default `500ms..30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+/// When a step runs again on a later run of the same plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Frequency {
+    /// Every run.
+    Always,
+    /// Once per kernel boot (keyed on the boot id).
+    PerBoot,
+    /// Once per instance (keyed on the instance id and the machine id).
+    PerInstance,
+    /// Once, ever (until `bootplan reset`).
+    Once,
+}
+
+impl Frequency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frequency::Always => "always",
+            Frequency::PerBoot => "per-boot",
+            Frequency::PerInstance => "per-instance",
+            Frequency::Once => "once",
+        }
+    }
+}
+
+/// What a step's failure does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Fail the run (the default: fail closed).
+    #[default]
+    Fail,
+    /// Record the failure, mark the run degraded, and go on.
+    Continue,
+}

@@ -1,0 +1,81 @@
+//! Template references: which `facts.*`, `secrets.*`, `vars.*` and `env.*`
+//! names a template string uses, found without rendering it.
+
+use std::collections::BTreeSet;
+
+/// The roots a template may read from.
+pub const ROOTS: [&str; 4] = ["facts", "secrets", "vars", "env"];
+
+/// A dotted reference such as `secrets.db_password`, split at the first dot.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Reference {
+    pub root: String,
+    pub name: Option<String>,
+}
+
+/// Whether `text` contains template syntax at all; plain strings skip the parser.
+pub fn is_template(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%") || text.contains("{#")
+}
+
+/// Parses `text` as a MiniJinja template and returns the variables it reads.
+pub fn references(text: &str) -> Result<BTreeSet<Reference>, String> {
+    if !is_template(text) {
+        return Ok(BTreeSet::new());
+    }
+    let env = minijinja::Environment::new();
+    let template = env
+        .template_from_str(text)
+        .map_err(|err| describe_error(&err))?;
+    Ok(template
+        .undeclared_variables(true)
+        .into_iter()
+        .map(|var| match var.split_once('.') {
+            Some((root, rest)) => Reference {
+                root: root.to_string(),
+                name: Some(rest.split('.').next().unwrap_or(rest).to_string()),
+            },
+            None => Reference {
+                root: var,
+                name: None,
+            },
+        })
+        .collect())
+}
+
+/// A template error as one line: what went wrong and on which template line.
+pub fn describe_error(err: &minijinja::Error) -> String {
+    let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    match err.line() {
+        Some(line) => format!("template error on line {line}: {}{detail}", err.kind()),
+        None => format!("template error: {}{detail}", err.kind()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nested_references() {
+        let refs =
+            references("{{ secrets.db }} {% if facts.cloud == 'aws' %}{{ vars.x.y }}{% endif %}")
+                .unwrap();
+        let names: Vec<String> = refs
+            .iter()
+            .map(|r| format!("{}.{}", r.root, r.name.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(names, ["facts.cloud", "secrets.db", "vars.x"]);
+    }
+
+    #[test]
+    fn plain_text_has_no_references() {
+        assert!(references("hello {world}").unwrap().is_empty());
+    }
+
+    #[test]
+    fn syntax_error_is_reported_with_line() {
+        let err = references("line one\n{{ oops ").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,845 @@
+//! Second loading phase: check a [`RawPlan`] as a whole and build a [`Plan`].
+//!
+//! Every check pushes a [`Diagnostic`] and carries on, so one run of
+//! `bootplan check` reports every problem. The only I/O is reading template
+//! sources named by `template.src`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use super::diagnostic::{Diagnostic, Position, did_you_mean};
+use super::duration::parse_duration;
+use super::raw::{Frequency, RawPlan, RawStep, RawWait};
+use super::refs::{self, ROOTS, Reference};
+use super::{FileSpec, Plan, RetryPolicy, Step, StepKind, TemplateSpec, WaitSpec, WaitTarget};
+use crate::facts::FACT_NAMES;
+
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+const DEFAULT_MAX_PARALLEL: u32 = 16;
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_WAIT_INTERVAL: Duration = Duration::from_millis(500);
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const KIND_KEYS: [&str; 7] = [
+    "run", "shell", "file", "template", "wait", "exec", "service",
+];
+
+/// Validates `raw` (parsed from `text` at `path`) into a runnable plan.
+pub fn resolve(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Vec<Diagnostic>> {
+    let mut v = Validator {
+        file: path.to_path_buf(),
+        plan_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        diagnostics: Vec::new(),
+    };
+    let plan = v.plan(text, raw);
+    if v.diagnostics.is_empty() {
+        Ok(plan)
+    } else {
+        Err(v.diagnostics)
+    }
+}
+
+struct Validator {
+    file: PathBuf,
+    plan_dir: PathBuf,
+    diagnostics: Vec<Diagnostic>,
+}
+
+/// Context for checking one step's template references.
+struct RefScope<'a> {
+    secrets: &'a BTreeSet<String>,
+    vars: &'a BTreeSet<String>,
+}
+
+impl Validator {
+    fn error(
+        &mut self,
+        position: Option<Position>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.diagnostics.push(Diagnostic {
+            file: self.file.clone(),
+            position,
+            field: field.into(),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn plan(&mut self, text: &str, raw: RawPlan) -> Plan {
+        if raw.version != 1 {
+            self.error(
+                None,
+                "version",
+                format!("unsupported plan version {}", raw.version),
+                Some("this bootplan reads `version: 1`".into()),
+            );
+        }
+        if raw.name.trim().is_empty() {
+            self.error(
+                None,
+                "name",
+                "the plan name is empty",
+                Some("give the plan a short name such as `web-node`".into()),
+            );
+        }
+        let max_parallel = raw.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL);
+        if max_parallel == 0 {
+            self.error(
+                None,
+                "max_parallel",
+                "max_parallel must be at least 1",
+                None,
+            );
+        }
+        if raw.steps.is_empty() {
+            self.error(
+                None,
+                "steps",
+                "the plan has no steps",
+                Some("add at least one step under `steps:`".into()),
+            );
+        }
+        let facts_provider = raw
+            .facts
+            .as_ref()
+            .and_then(|f| f.provider.clone())
+            .unwrap_or_else(|| "auto".into());
+
+        let secret_names: BTreeSet<String> = raw.secrets.keys().cloned().collect();
+        for (name, source) in &raw.secrets {
+            let backends = source.value.backend_names();
+            if backends.len() != 1 {
+                self.error(
+                    Position::from_saphyr(source.referenced),
+                    format!("secrets.{name}"),
+                    format!(
+                        "a secret names exactly one backend, found {}",
+                        if backends.is_empty() {
+                            "none".into()
+                        } else {
+                            backends.join(", ")
+                        }
+                    ),
+                    Some("e.g. `db_password: { file: { path: /run/keys/db } }`".into()),
+                );
+            }
+        }
+        let var_names: BTreeSet<String> = raw.vars.keys().cloned().collect();
+        let scope = RefScope {
+            secrets: &secret_names,
+            vars: &var_names,
+        };
+
+        let names: Vec<String> = raw.steps.keys().cloned().collect();
+        let ids: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let mut steps = Vec::with_capacity(names.len());
+        for (id, (name, spanned)) in raw.steps.iter().enumerate() {
+            if let Some(step) = self.step(id, name, spanned, &ids, &scope, &raw.vars) {
+                steps.push(step);
+            }
+        }
+        if steps.len() == names.len() {
+            self.check_cycles(&steps, &raw);
+            self.check_exec(&steps);
+        }
+
+        Plan {
+            name: raw.name,
+            path: self.file.clone(),
+            digest: format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes()))),
+            deadline: raw.deadline.map_or(DEFAULT_DEADLINE, |d| d.get()),
+            max_parallel: max_parallel.max(1) as usize,
+            rollback: raw.rollback,
+            kill_grace: raw.kill_grace.map_or(DEFAULT_KILL_GRACE, |d| d.get()),
+            vars: raw.vars,
+            facts_provider,
+            state_dir: raw.state_dir.as_ref().map(|d| self.plan_dir.join(d)),
+            run_dir: raw.run_dir.as_ref().map(|d| self.plan_dir.join(d)),
+            secrets: raw.secrets.into_iter().map(|(k, v)| (k, v.value)).collect(),
+            backends: raw.backends,
+            steps,
+        }
+    }
+
+    fn step(
+        &mut self,
+        id: usize,
+        name: &str,
+        spanned: &Spanned<RawStep>,
+        ids: &HashMap<&str, usize>,
+        scope: &RefScope,
+        vars: &indexmap::IndexMap<String, serde_json::Value>,
+    ) -> Option<Step> {
+        let pos = Position::from_saphyr(spanned.referenced);
+        let raw = &spanned.value;
+        let field = format!("steps.{name}");
+        let errors_before = self.diagnostics.len();
+
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.error(
+                pos,
+                &field,
+                format!("invalid step name `{name}`"),
+                Some("use letters, digits, `-`, `_` and `.` only".into()),
+            );
+        }
+        let kind = self.kind(pos, &field, raw);
+
+        let mut needs = Vec::new();
+        for need in &raw.needs {
+            let need_pos = Position::from_saphyr(need.referenced).or(pos);
+            match ids.get(need.value.as_str()) {
+                Some(&dep) if dep == id => self.error(
+                    need_pos,
+                    format!("{field}.needs"),
+                    format!("step `{name}` needs itself"),
+                    Some("remove it from its own `needs`".into()),
+                ),
+                Some(&dep) => needs.push(dep),
+                None => {
+                    let hint = did_you_mean(&need.value, ids.keys().copied())
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .or_else(|| Some("`needs` lists names of other steps in this plan".into()));
+                    self.error(
+                        need_pos,
+                        format!("{field}.needs"),
+                        format!("unknown step `{}`", need.value),
+                        hint,
+                    );
+                }
+            }
+        }
+        needs.sort_unstable();
+        needs.dedup();
+
+        let retry = self.retry(pos, &field, raw);
+        let default_frequency = match &kind {
+            Some(StepKind::Wait(_) | StepKind::Exec { .. } | StepKind::Service { .. }) => {
+                Frequency::Always
+            }
+            _ => Frequency::PerInstance,
+        };
+        if let (Some(StepKind::Exec { .. } | StepKind::Service { .. }), Some(f)) =
+            (&kind, raw.frequency)
+        {
+            if f != Frequency::Always {
+                self.error(
+                    pos,
+                    format!("{field}.frequency"),
+                    format!(
+                        "`{}` steps start on every run; frequency `{}` cannot apply",
+                        kind.as_ref().map_or("", StepKind::name),
+                        f.as_str()
+                    ),
+                    Some("remove `frequency` from this step".into()),
+                );
+            }
+        }
+        for (key, argv) in [("unless", &raw.unless), ("undo", &raw.undo)] {
+            if argv
+                .as_ref()
+                .is_some_and(|a| a.is_empty() || a[0].is_empty())
+            {
+                self.error(
+                    pos,
+                    format!("{field}.{key}"),
+                    "the command is empty",
+                    Some(
+                        "give an argv list such as [\"/usr/bin/test\", \"-f\", \"/etc/x\"]".into(),
+                    ),
+                );
+            }
+        }
+        let ready = raw
+            .ready
+            .as_ref()
+            .and_then(|r| self.wait_spec(pos, &format!("{field}.ready"), r));
+        if ready.is_some() && !matches!(kind, Some(StepKind::Service { .. })) {
+            self.error(
+                pos,
+                format!("{field}.ready"),
+                "`ready` applies to `service` steps only",
+                Some("use a separate `wait` step to wait for something".into()),
+            );
+        }
+        if let Some(StepKind::Service { .. }) = kind {
+            if ready.is_none() {
+                self.error(
+                    pos,
+                    &field,
+                    "a service step needs a `ready` check",
+                    Some("e.g. `ready: { tcp: \"127.0.0.1:8080\" }`".into()),
+                );
+            }
+        }
+
+        let secret_refs = self.check_references(pos, &field, raw, kind.as_ref(), scope);
+        if self.diagnostics.len() > errors_before {
+            return None;
+        }
+        let kind = kind?;
+        let fingerprint = fingerprint(raw, &kind, vars);
+        Some(Step {
+            id,
+            name: name.to_string(),
+            kind,
+            needs,
+            env: raw.env.clone(),
+            cwd: raw.cwd.clone(),
+            timeout: raw.timeout.map(|t| t.get()),
+            retry,
+            frequency: raw.frequency.unwrap_or(default_frequency),
+            creates: raw.creates.clone(),
+            unless: raw.unless.clone(),
+            on_failure: raw.on_failure.unwrap_or_default(),
+            undo: raw.undo.clone(),
+            ready,
+            secret_refs,
+            fingerprint,
+        })
+    }
+
+    fn kind(&mut self, pos: Option<Position>, field: &str, raw: &RawStep) -> Option<StepKind> {
+        let present: Vec<&str> = [
+            raw.run.is_some(),
+            raw.shell.is_some(),
+            raw.file.is_some(),
+            raw.template.is_some(),
+            raw.wait.is_some(),
+            raw.exec.is_some(),
+            raw.service.is_some(),
+        ]
+        .iter()
+        .zip(KIND_KEYS)
+        .filter_map(|(present, key)| present.then_some(key))
+        .collect();
+        if present.len() != 1 {
+            let found = if present.is_empty() {
+                "none".to_string()
+            } else {
+                present.join(" and ")
+            };
+            self.error(
+                pos,
+                field,
+                format!("a step has exactly one kind, found {found}"),
+                Some(format!("use one of: {}", KIND_KEYS.join(", "))),
+            );
+            return None;
+        }
+        let argv_ok = |this: &mut Self, key: &str, argv: &[String]| {
+            if argv.is_empty() || argv[0].is_empty() {
+                this.error(
+                    pos,
+                    format!("{field}.{key}"),
+                    "the command is empty",
+                    Some("give an argv list such as [\"/usr/bin/app\", \"serve\"]".into()),
+                );
+            }
+        };
+        if let Some(argv) = &raw.run {
+            argv_ok(self, "run", argv);
+            return Some(StepKind::Run { argv: argv.clone() });
+        }
+        if let Some(script) = &raw.shell {
+            if script.trim().is_empty() {
+                self.error(pos, format!("{field}.shell"), "the script is empty", None);
+            }
+            return Some(StepKind::Shell {
+                script: script.clone(),
+            });
+        }
+        if let Some(argv) = &raw.exec {
+            argv_ok(self, "exec", argv);
+            return Some(StepKind::Exec { argv: argv.clone() });
+        }
+        if let Some(argv) = &raw.service {
+            argv_ok(self, "service", argv);
+            return Some(StepKind::Service { argv: argv.clone() });
+        }
+        if let Some(file) = &raw.file {
+            let mode = self.mode(pos, &format!("{field}.file.mode"), file.mode.as_deref());
+            if file.path.trim().is_empty() {
+                self.error(pos, format!("{field}.file.path"), "the path is empty", None);
+            }
+            return Some(StepKind::File(FileSpec {
+                path: file.path.clone(),
+                content: file.content.clone(),
+                mode,
+                owner: file.owner.clone(),
+            }));
+        }
+        if let Some(t) = &raw.template {
+            let mode = self.mode(pos, &format!("{field}.template.mode"), t.mode.as_deref());
+            let (source, origin) = match (&t.src, &t.inline) {
+                (Some(src), None) => {
+                    let path = self.plan_dir.join(src);
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => (text, path.display().to_string()),
+                        Err(err) => {
+                            self.error(
+                                pos,
+                                format!("{field}.template.src"),
+                                format!("cannot read template {}: {err}", path.display()),
+                                Some("`src` is relative to the plan file's directory".into()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                (None, Some(inline)) => (inline.clone(), format!("{field}.template.inline")),
+                _ => {
+                    self.error(
+                        pos,
+                        format!("{field}.template"),
+                        "a template has exactly one of `src` or `inline`",
+                        None,
+                    );
+                    return None;
+                }
+            };
+            return Some(StepKind::Template(TemplateSpec {
+                source,
+                origin,
+                dest: t.dest.clone(),
+                mode,
+                owner: t.owner.clone(),
+            }));
+        }
+        let wait = raw.wait.as_ref()?;
+        self.wait_spec(pos, &format!("{field}.wait"), wait)
+            .map(StepKind::Wait)
+    }
+
+    fn wait_spec(&mut self, pos: Option<Position>, field: &str, raw: &RawWait) -> Option<WaitSpec> {
+        let mut targets = Vec::new();
+        if let Some(addr) = &raw.tcp {
+            if !addr.contains(':') {
+                self.error(
+                    pos,
+                    format!("{field}.tcp"),
+                    format!("`{addr}` is not host:port"),
+                    Some("e.g. `127.0.0.1:5432`".into()),
+                );
+            }
+            targets.push(WaitTarget::Tcp(addr.clone()));
+        }
+        if let Some(url) = &raw.http {
+            if !(url.starts_with("http://")
+                || url.starts_with("https://")
+                || refs::is_template(url))
+            {
+                self.error(
+                    pos,
+                    format!("{field}.http"),
+                    format!("`{url}` is not an http(s) URL"),
+                    Some("e.g. `http://127.0.0.1:8080/healthz`".into()),
+                );
+            }
+            targets.push(WaitTarget::Http(url.clone()));
+        }
+        if let Some(path) = &raw.file {
+            targets.push(WaitTarget::File(path.clone()));
+        }
+        if let Some(argv) = &raw.command {
+            if argv.is_empty() || argv[0].is_empty() {
+                self.error(
+                    pos,
+                    format!("{field}.command"),
+                    "the command is empty",
+                    None,
+                );
+            }
+            targets.push(WaitTarget::Command(argv.clone()));
+        }
+        if targets.len() != 1 {
+            self.error(
+                pos,
+                field,
+                format!(
+                    "wait for exactly one of tcp, http, file, command; found {}",
+                    targets.len()
+                ),
+                None,
+            );
+            return None;
+        }
+        Some(WaitSpec {
+            target: targets.remove(0),
+            interval: raw.interval.map_or(DEFAULT_WAIT_INTERVAL, |d| d.get()),
+            attempt_timeout: raw
+                .attempt_timeout
+                .map_or(DEFAULT_ATTEMPT_TIMEOUT, |d| d.get()),
+        })
+    }
+
+    fn mode(&mut self, pos: Option<Position>, field: &str, mode: Option<&str>) -> u32 {
+        let Some(text) = mode else { return 0o644 };
+        match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+            Ok(bits) if bits <= 0o7777 => bits,
+            _ => {
+                self.error(
+                    pos,
+                    field,
+                    format!("invalid mode `{text}`"),
+                    Some("write octal permission bits as a string, e.g. \"0640\"".into()),
+                );
+                0o644
+            }
+        }
+    }
+
+    fn retry(&mut self, pos: Option<Position>, field: &str, raw: &RawStep) -> RetryPolicy {
+        let Some(retry) = &raw.retry else {
+            return RetryPolicy::NONE;
+        };
+        let mut policy = RetryPolicy {
+            attempts: retry.attempts,
+            ..RetryPolicy::NONE
+        };
+        if retry.attempts == 0 {
+            self.error(
+                pos,
+                format!("{field}.retry.attempts"),
+                "attempts must be at least 1",
+                Some("attempts counts the first try too".into()),
+            );
+        }
+        if let Some(range) = &retry.backoff {
+            match parse_backoff(range) {
+                Ok((min, max)) => {
+                    policy.min_backoff = min;
+                    policy.max_backoff = max;
+                }
+                Err(msg) => self.error(
+                    pos,
+                    format!("{field}.retry.backoff"),
+                    msg,
+                    Some("write MIN..MAX, e.g. `1s..30s`".into()),
+                ),
+            }
+        }
+        if raw.exec.is_some() && retry.attempts > 1 {
+            self.error(
+                pos,
+                format!("{field}.retry"),
+                "an exec step cannot be retried: bootplan is replaced by it",
+                None,
+            );
+        }
+        policy
+    }
+
+    /// Checks every template string of the step and returns the secrets it uses.
+    fn check_references(
+        &mut self,
+        pos: Option<Position>,
+        field: &str,
+        raw: &RawStep,
+        kind: Option<&StepKind>,
+        scope: &RefScope,
+    ) -> Vec<String> {
+        let mut texts: Vec<(String, &str)> = Vec::new();
+        for (i, arg) in raw
+            .run
+            .iter()
+            .chain(&raw.exec)
+            .chain(&raw.service)
+            .flatten()
+            .enumerate()
+        {
+            texts.push((format!("{field}.argv[{i}]"), arg));
+        }
+        for (k, value) in &raw.env {
+            texts.push((format!("{field}.env.{k}"), value));
+        }
+        for (key, value) in [("cwd", &raw.cwd), ("creates", &raw.creates)] {
+            if let Some(value) = value {
+                texts.push((format!("{field}.{key}"), value));
+            }
+        }
+        for (key, argv) in [("unless", &raw.unless), ("undo", &raw.undo)] {
+            for arg in argv.iter().flatten() {
+                texts.push((format!("{field}.{key}"), arg));
+            }
+        }
+        match kind {
+            Some(StepKind::File(f)) => texts.push((format!("{field}.file.path"), &f.path)),
+            Some(StepKind::Template(t)) => {
+                texts.push((format!("{field}.template.dest"), &t.dest));
+                texts.push((t.origin.clone(), &t.source));
+            }
+            Some(StepKind::Wait(w)) => {
+                push_wait_texts(&mut texts, &format!("{field}.wait"), &w.target)
+            }
+            _ => {}
+        }
+        if let Some(ready) = &raw.ready {
+            for text in [&ready.tcp, &ready.http, &ready.file].into_iter().flatten() {
+                texts.push((format!("{field}.ready"), text));
+            }
+        }
+
+        let mut used_secrets = BTreeSet::new();
+        for (where_, text) in texts {
+            match refs::references(text) {
+                Ok(found) => {
+                    for reference in found {
+                        self.check_reference(pos, &where_, &reference, scope);
+                        if reference.root == "secrets" {
+                            used_secrets.extend(reference.name.clone());
+                        }
+                    }
+                }
+                Err(msg) => self.error(
+                    pos,
+                    where_,
+                    msg,
+                    Some("see the MiniJinja syntax: {{ vars.name }}, {% if ... %}".into()),
+                ),
+            }
+        }
+        if let Some(script) = &raw.shell {
+            match refs::references(script) {
+                Ok(found) if found.iter().any(|r| r.root == "secrets") => self.error(
+                    pos,
+                    format!("{field}.shell"),
+                    "secrets may not be interpolated into a shell string",
+                    Some("pass the secret through `env:` and read \"$NAME\" in the script".into()),
+                ),
+                Ok(found) => {
+                    for reference in found {
+                        self.check_reference(pos, &format!("{field}.shell"), &reference, scope);
+                    }
+                }
+                Err(msg) => self.error(pos, format!("{field}.shell"), msg, None),
+            }
+        }
+        used_secrets.into_iter().collect()
+    }
+
+    fn check_reference(
+        &mut self,
+        pos: Option<Position>,
+        field: &str,
+        reference: &Reference,
+        scope: &RefScope,
+    ) {
+        let name = reference.name.as_deref();
+        match (reference.root.as_str(), name) {
+            ("env", _) => {}
+            ("secrets", Some(n)) if scope.secrets.contains(n) => {}
+            ("secrets", n) => {
+                let n = n.unwrap_or("");
+                let hint = did_you_mean(n, scope.secrets.iter().map(String::as_str))
+                    .map(|s| format!("did you mean `secrets.{s}`?"))
+                    .unwrap_or_else(|| format!("declare `{n}` under `secrets:`"));
+                self.error(
+                    pos,
+                    field,
+                    format!("the template uses undeclared secret `{n}`"),
+                    Some(hint),
+                );
+            }
+            ("vars", Some(n)) if scope.vars.contains(n) => {}
+            ("vars", n) => {
+                let n = n.unwrap_or("");
+                let hint = did_you_mean(n, scope.vars.iter().map(String::as_str))
+                    .map(|s| format!("did you mean `vars.{s}`?"))
+                    .unwrap_or_else(|| format!("declare `{n}` under `vars:`"));
+                self.error(
+                    pos,
+                    field,
+                    format!("the template uses undeclared variable `vars.{n}`"),
+                    Some(hint),
+                );
+            }
+            ("facts", Some(n)) if FACT_NAMES.contains(&n) => {}
+            ("facts", n) => {
+                let n = n.unwrap_or("");
+                let hint = did_you_mean(n, FACT_NAMES.iter().copied())
+                    .map(|s| format!("did you mean `facts.{s}`?"))
+                    .unwrap_or_else(|| format!("known facts: {}", FACT_NAMES.join(", ")));
+                self.error(
+                    pos,
+                    field,
+                    format!("the template uses unknown fact `{n}`"),
+                    Some(hint),
+                );
+            }
+            (root, _) => {
+                let hint = did_you_mean(root, ROOTS)
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| "templates see facts.*, secrets.*, vars.* and env.*".into());
+                self.error(
+                    pos,
+                    field,
+                    format!("the template uses unknown variable `{root}`"),
+                    Some(hint),
+                );
+            }
+        }
+    }
+
+    /// Reports each dependency cycle as the chain `a -> b -> a`.
+    fn check_cycles(&mut self, steps: &[Step], raw: &RawPlan) {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            Active,
+            Finished,
+        }
+        fn visit(
+            id: usize,
+            steps: &[Step],
+            marks: &mut [Mark],
+            stack: &mut Vec<usize>,
+            cycles: &mut Vec<Vec<usize>>,
+        ) {
+            marks[id] = Mark::Active;
+            stack.push(id);
+            for &dep in &steps[id].needs {
+                match marks[dep] {
+                    Mark::New => visit(dep, steps, marks, stack, cycles),
+                    Mark::Active => {
+                        let start = stack.iter().position(|&s| s == dep).unwrap_or(0);
+                        let mut cycle = stack[start..].to_vec();
+                        cycle.push(dep);
+                        cycles.push(cycle);
+                    }
+                    Mark::Finished => {}
+                }
+            }
+            stack.pop();
+            marks[id] = Mark::Finished;
+        }
+        let mut marks = vec![Mark::New; steps.len()];
+        let mut cycles = Vec::new();
+        for id in 0..steps.len() {
+            if marks[id] == Mark::New {
+                visit(id, steps, &mut marks, &mut Vec::new(), &mut cycles);
+            }
+        }
+        for cycle in cycles {
+            let chain: Vec<&str> = cycle.iter().map(|&i| steps[i].name.as_str()).collect();
+            let first = &steps[cycle[0]].name;
+            let pos = raw
+                .steps
+                .get(first)
+                .and_then(|s| Position::from_saphyr(s.referenced));
+            self.error(
+                pos,
+                format!("steps.{first}.needs"),
+                format!("dependency cycle: {}", chain.join(" -> ")),
+                Some("remove one of these `needs` to break the cycle".into()),
+            );
+        }
+    }
+
+    fn check_exec(&mut self, steps: &[Step]) {
+        let execs: Vec<&Step> = steps
+            .iter()
+            .filter(|s| matches!(s.kind, StepKind::Exec { .. }))
+            .collect();
+        if execs.len() > 1 {
+            let names: Vec<&str> = execs.iter().map(|s| s.name.as_str()).collect();
+            self.error(
+                None,
+                "steps",
+                format!("only one exec step may exist, found {}", names.join(", ")),
+                Some("run the others as `run` or `service` steps".into()),
+            );
+        }
+        for exec in execs {
+            for step in steps.iter().filter(|s| s.needs.contains(&exec.id)) {
+                self.error(
+                    None,
+                    format!("steps.{}.needs", step.name),
+                    format!(
+                        "`{}` is the final exec step; nothing can run after it",
+                        exec.name
+                    ),
+                    Some("remove it from `needs`".into()),
+                );
+            }
+        }
+    }
+}
+
+fn push_wait_texts<'a>(texts: &mut Vec<(String, &'a str)>, field: &str, target: &'a WaitTarget) {
+    match target {
+        WaitTarget::Tcp(s) | WaitTarget::Http(s) | WaitTarget::File(s) => {
+            texts.push((field.to_string(), s))
+        }
+        WaitTarget::Command(argv) => {
+            texts.extend(argv.iter().map(|a| (field.to_string(), a.as_str())))
+        }
+    }
+}
+
+/// Parses `MIN..MAX` into two durations with MIN ≤ MAX.
+pub fn parse_backoff(range: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = range
+        .split_once("..")
+        .ok_or_else(|| format!("invalid backoff `{range}`"))?;
+    let (min, max) = (parse_duration(min)?, parse_duration(max)?);
+    if min > max {
+        return Err(format!(
+            "backoff minimum {} is above its maximum {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok((min, max))
+}
+
+/// The step's fingerprint: its definition (without `needs`/`description`),
+/// the template text it renders, and the values of the plan vars it reads.
+/// Secret values never enter it: only secret names, through the definition.
+fn fingerprint(
+    raw: &RawStep,
+    kind: &StepKind,
+    vars: &indexmap::IndexMap<String, serde_json::Value>,
+) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(raw).unwrap_or_default());
+    let mut texts: Vec<&str> = Vec::new();
+    if let StepKind::Template(t) = kind {
+        hasher.update(b"\0template\0");
+        hasher.update(t.source.as_bytes());
+        texts.push(&t.source);
+    }
+    let definition = serde_json::to_string(raw).unwrap_or_default();
+    texts.push(&definition);
+    let mut used_vars = BTreeSet::new();
+    for text in texts {
+        if let Ok(found) = refs::references(text) {
+            used_vars.extend(
+                found
+                    .into_iter()
+                    .filter(|r| r.root == "vars")
+                    .filter_map(|r| r.name),
+            );
+        }
+    }
+    for name in used_vars {
+        hasher.update(b"\0var\0");
+        hasher.update(name.as_bytes());
+        hasher.update(serde_json::to_vec(&vars.get(&name)).unwrap_or_default());
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}

@@ -1,0 +1,44 @@
+//! `exec` steps: the final process replaces bootplan (execve), so the app
+//! gets bootplan's PID (PID 1 in a container) and its exit code is the
+//! container's. The engine calls this only after every other step is done
+//! and the final status and journal are on disk.
+
+use std::os::unix::process::CommandExt;
+
+use super::{StepContext, StepError, StepInputs};
+
+/// The rendered command to exec.
+#[derive(Debug)]
+pub struct ExecRequest {
+    pub step: String,
+    pub cmd: super::process::Cmd,
+    pub bootstrap_id: String,
+}
+
+/// Renders the exec step's argv, env and cwd.
+pub fn prepare(
+    argv: &[String],
+    inputs: &StepInputs<'_>,
+    ctx: &StepContext,
+) -> Result<ExecRequest, StepError> {
+    Ok(ExecRequest {
+        step: inputs.step.name.clone(),
+        cmd: inputs.command(argv, ctx)?,
+        bootstrap_id: ctx.bootstrap_id.clone(),
+    })
+}
+
+/// Replaces this process with the request. Returns only on failure.
+pub fn exec(request: &ExecRequest) -> std::io::Error {
+    let cmd = &request.cmd;
+    let mut command = std::process::Command::new(cmd.program());
+    command
+        .args(&cmd.argv[1..])
+        .env("BOOTPLAN_BOOTSTRAP_ID", &request.bootstrap_id)
+        .env("BOOTPLAN_STEP", &request.step)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)));
+    if let Some(cwd) = &cmd.cwd {
+        command.current_dir(cwd);
+    }
+    command.exec()
+}

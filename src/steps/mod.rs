@@ -1,0 +1,281 @@
+//! Step kinds: one module each, behind [`StepAction`].
+//!
+//! The engine prepares a step's inputs (its resolved secrets) and calls
+//! [`run_attempt`] once per attempt; retries, timeouts and the journal are the
+//! engine's business. To add a kind: add its raw type in `plan/raw.rs`, its
+//! resolved form in `plan::StepKind`, a module here implementing
+//! [`StepAction`], and an arm in [`run_attempt`].
+
+pub mod exec;
+pub mod file;
+pub mod process;
+pub mod run;
+pub mod service;
+pub mod template;
+pub mod wait;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ErrorCode;
+use crate::facts::Facts;
+use crate::fsutil::FsError;
+use crate::plan::{Step, StepKind, refs};
+use crate::secrets::{SecretError, SecretStore, SecretValue};
+use crate::telemetry::Reporter;
+
+/// What one attempt of a step does.
+#[allow(async_fn_in_trait)]
+pub trait StepAction {
+    /// Performs the step once. Must return promptly with
+    /// [`StepError::Cancelled`] after cleaning up (killing its processes)
+    /// when `cancel` fires. Must not retry: the engine owns retries.
+    async fn run(
+        &self,
+        inputs: &StepInputs<'_>,
+        ctx: &StepContext,
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError>;
+}
+
+/// Shared, read-mostly state for every step of a run.
+pub struct StepContext {
+    pub reporter: Arc<Reporter>,
+    pub facts: Facts,
+    pub vars: IndexMap<String, serde_json::Value>,
+    pub secrets: SecretStore,
+    pub plan_dir: PathBuf,
+    pub bootstrap_id: String,
+    pub kill_grace: Duration,
+    pub services: service::Services,
+    http: OnceLock<reqwest::Client>,
+}
+
+impl StepContext {
+    pub fn new(
+        reporter: Arc<Reporter>,
+        facts: Facts,
+        vars: IndexMap<String, serde_json::Value>,
+        secrets: SecretStore,
+        plan_dir: PathBuf,
+        bootstrap_id: String,
+        kill_grace: Duration,
+    ) -> StepContext {
+        StepContext {
+            reporter,
+            facts,
+            vars,
+            secrets,
+            plan_dir,
+            bootstrap_id,
+            kill_grace,
+            services: service::Services::default(),
+            http: OnceLock::new(),
+        }
+    }
+
+    /// The HTTP client, built on first use (most plans never need one).
+    pub fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
+                .no_proxy()
+                .build()
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// A step and the secret values it may use, fetched before it starts.
+pub struct StepInputs<'a> {
+    pub step: &'a Step,
+    pub secrets: BTreeMap<String, SecretValue>,
+}
+
+impl StepInputs<'_> {
+    /// Renders a template string with facts, vars, env and this step's secrets.
+    pub fn render(&self, text: &str, what: &str, ctx: &StepContext) -> Result<String, StepError> {
+        render(text, what, ctx, Some(&self.secrets))
+    }
+
+    /// Renders without secrets in scope (for strings that must never hold one).
+    pub fn render_public(
+        &self,
+        text: &str,
+        what: &str,
+        ctx: &StepContext,
+    ) -> Result<String, StepError> {
+        render(text, what, ctx, None)
+    }
+
+    /// The step's rendered argv, env and cwd.
+    pub fn command(&self, argv: &[String], ctx: &StepContext) -> Result<process::Cmd, StepError> {
+        let argv = argv
+            .iter()
+            .enumerate()
+            .map(|(i, a)| self.render(a, &format!("argv[{i}]"), ctx))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = self
+            .step
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), self.render(v, &format!("env.{k}"), ctx)?)))
+            .collect::<Result<Vec<_>, StepError>>()?;
+        // Relative paths in a plan, the working directory included, are
+        // relative to the plan file's directory.
+        let cwd = match &self.step.cwd {
+            Some(cwd) => ctx.plan_dir.join(self.render(cwd, "cwd", ctx)?),
+            None => ctx.plan_dir.clone(),
+        };
+        let cwd = Some(cwd);
+        Ok(process::Cmd { argv, env, cwd })
+    }
+
+    /// A path from the plan, rendered and made absolute against the plan's directory.
+    pub fn path(&self, text: &str, what: &str, ctx: &StepContext) -> Result<PathBuf, StepError> {
+        Ok(ctx.plan_dir.join(self.render(text, what, ctx)?))
+    }
+}
+
+fn render(
+    text: &str,
+    what: &str,
+    ctx: &StepContext,
+    secrets: Option<&BTreeMap<String, SecretValue>>,
+) -> Result<String, StepError> {
+    if !refs::is_template(text) {
+        return Ok(text.to_string());
+    }
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    let secret_values: BTreeMap<&str, &str> = secrets
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.expose()))
+        .collect();
+    let process_env: BTreeMap<String, String> = std::env::vars().collect();
+    let context = minijinja::context! {
+        facts => minijinja::Value::from(minijinja::value::Serde(&ctx.facts)),
+        vars => minijinja::Value::from(minijinja::value::Serde(&ctx.vars)),
+        env => minijinja::Value::from(minijinja::value::Serde(&process_env)),
+        secrets => minijinja::Value::from(minijinja::value::Serde(&secret_values)),
+    };
+    env.render_str(text, context)
+        .map_err(|err| StepError::Render {
+            what: what.to_string(),
+            message: refs::describe_error(&err),
+        })
+}
+
+/// Why an attempt failed. Messages never contain secret values (and pass the
+/// redactor anyway).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("command `{program}` exited with status {status}")]
+    ExitNonzero { program: String, status: i32 },
+    #[error("command `{program}` was killed by signal {signal}")]
+    Signaled { program: String, signal: i32 },
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attempt timed out after {}", humantime::format_duration(*after))]
+    Timeout { after: Duration },
+    #[error("{target} not ready after {}: {last}", humantime::format_duration(*after))]
+    WaitTimeout {
+        target: String,
+        after: Duration,
+        last: String,
+    },
+    #[error("cannot render {what}: {message}")]
+    Render { what: String, message: String },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("cannot set owner `{owner}` of {path}: {message}")]
+    Owner {
+        owner: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("service `{program}` exited before it was ready ({status})")]
+    ServiceExited { program: String, status: String },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl StepError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StepError::ExitNonzero { .. } | StepError::ServiceExited { .. } => {
+                ErrorCode::StepExitNonzero
+            }
+            StepError::Signaled { .. } => ErrorCode::StepSignaled,
+            StepError::Spawn { .. } => ErrorCode::StepSpawnFailed,
+            StepError::Timeout { .. } => ErrorCode::StepTimeout,
+            StepError::WaitTimeout { .. } => ErrorCode::StepWaitTimeout,
+            StepError::Render { .. } => ErrorCode::TemplateRenderFailed,
+            StepError::Fs(_) | StepError::Owner { .. } => ErrorCode::FileWriteFailed,
+            StepError::Secret(e) => e.code(),
+            // The engine replaces this with the reason it cancelled.
+            StepError::Cancelled => ErrorCode::RunInterrupted,
+        }
+    }
+
+    /// Whether another attempt could succeed. A template that does not render
+    /// or a missing program will not get better by trying again.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            StepError::Render { .. } | StepError::Cancelled | StepError::Secret(_)
+        )
+    }
+}
+
+/// Runs one attempt of `inputs.step`.
+pub async fn run_attempt(
+    inputs: &StepInputs<'_>,
+    ctx: &StepContext,
+    cancel: &CancellationToken,
+) -> Result<(), StepError> {
+    match &inputs.step.kind {
+        StepKind::Run { argv } => run::RunAction { argv }.run(inputs, ctx, cancel).await,
+        StepKind::Shell { script } => run::ShellAction { script }.run(inputs, ctx, cancel).await,
+        StepKind::File(spec) => file::FileAction { spec }.run(inputs, ctx, cancel).await,
+        StepKind::Template(spec) => {
+            template::TemplateAction { spec }
+                .run(inputs, ctx, cancel)
+                .await
+        }
+        StepKind::Wait(spec) => {
+            wait::WaitAction {
+                spec,
+                limit: inputs.step.timeout,
+            }
+            .run(inputs, ctx, cancel)
+            .await
+        }
+        StepKind::Service { argv } => {
+            service::ServiceAction { argv }
+                .run(inputs, ctx, cancel)
+                .await
+        }
+        // The engine runs the exec step itself, last, by replacing bootplan.
+        StepKind::Exec { .. } => Ok(()),
+    }
+}

@@ -1,0 +1,234 @@
+//! Running a command for a step: its own process group, output streamed
+//! line by line to the reporter, and a clean kill of the whole group on
+//! cancellation (SIGTERM, grace, SIGKILL). No child outlives its step: when
+//! the command exits, anything left in its group is killed too, and every
+//! child dies with bootplan (`PR_SET_PDEATHSIG`) if bootplan is killed.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::{StepContext, StepError};
+use crate::telemetry::{EventKind, Stream};
+
+/// Longest captured line; longer lines are cut so one runaway line cannot
+/// exhaust memory.
+const MAX_LINE: usize = 16 * 1024;
+
+/// How long to wait for output pipes to close once the process group is gone.
+const PIPE_DRAIN: Duration = Duration::from_secs(1);
+
+/// A command ready to spawn (already rendered).
+#[derive(Debug, Clone, Default)]
+pub struct Cmd {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<PathBuf>,
+}
+
+impl Cmd {
+    pub fn program(&self) -> &str {
+        self.argv.first().map_or("", String::as_str)
+    }
+
+    /// Builds the spawnable command: own process group, no stdin, piped output,
+    /// killed if bootplan dies.
+    pub fn command(&self, ctx: &StepContext, step: &str) -> Command {
+        let mut cmd = Command::new(self.program());
+        cmd.args(&self.argv[1..])
+            .env("BOOTPLAN_BOOTSTRAP_ID", &ctx.bootstrap_id)
+            .env("BOOTPLAN_STEP", step)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        let bootplan_pid = std::process::id() as libc::pid_t;
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // bootplan may have died between fork and prctl.
+                if libc::getppid() != bootplan_pid {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+/// What to do with the command's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Stream each line to the reporter (redacted there).
+    Log,
+    /// Read and drop (checks such as `unless` and wait commands).
+    Discard,
+}
+
+/// Runs `cmd` to completion. `Ok` means exit status 0.
+pub async fn run(
+    step: &str,
+    cmd: &Cmd,
+    ctx: &StepContext,
+    output: Output,
+    cancel: &CancellationToken,
+) -> Result<(), StepError> {
+    let mut child = spawn(step, cmd, ctx, output)?;
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let readers = take_readers(&mut child, step, ctx, output);
+    let status = tokio::select! {
+        status = child.wait() => status,
+        () = cancel.cancelled() => {
+            if let Some(pgid) = pgid {
+                terminate_group(&mut child, pgid, ctx.kill_grace).await;
+            }
+            drain(readers).await;
+            return Err(StepError::Cancelled);
+        }
+    };
+    if let Some(pgid) = pgid {
+        // Background leftovers of the command die with it.
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    drain(readers).await;
+    let status = status.map_err(|source| StepError::Spawn {
+        program: cmd.program().to_string(),
+        source,
+    })?;
+    exit_result(cmd.program(), status)
+}
+
+/// Spawns without waiting, for services.
+pub fn spawn(
+    step: &str,
+    cmd: &Cmd,
+    ctx: &StepContext,
+    _output: Output,
+) -> Result<Child, StepError> {
+    cmd.command(ctx, step)
+        .spawn()
+        .map_err(|source| StepError::Spawn {
+            program: cmd.program().to_string(),
+            source,
+        })
+}
+
+/// Starts the output readers of a spawned child.
+pub fn take_readers(
+    child: &mut Child,
+    step: &str,
+    ctx: &StepContext,
+    output: Output,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        handles.push(tokio::spawn(pump(
+            out,
+            step.to_string(),
+            Stream::Stdout,
+            ctx.reporter.clone(),
+            output,
+        )));
+    }
+    if let Some(err) = child.stderr.take() {
+        handles.push(tokio::spawn(pump(
+            err,
+            step.to_string(),
+            Stream::Stderr,
+            ctx.reporter.clone(),
+            output,
+        )));
+    }
+    handles
+}
+
+/// Waits briefly for the readers to hit end of file; a process that escaped
+/// the group may hold a pipe open forever, so give up after [`PIPE_DRAIN`].
+pub async fn drain(readers: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in readers {
+        let abort = handle.abort_handle();
+        if tokio::time::timeout(PIPE_DRAIN, handle).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL after `grace` if the leader is still there.
+pub async fn terminate_group(child: &mut Child, pgid: Pid, grace: Duration) {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+pub fn exit_result(program: &str, status: std::process::ExitStatus) -> Result<(), StepError> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return Ok(());
+    }
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Err(StepError::ExitNonzero {
+            program: program.to_string(),
+            status: code,
+        }),
+        (None, Some(signal)) => Err(StepError::Signaled {
+            program: program.to_string(),
+            signal,
+        }),
+        (None, None) => Err(StepError::ExitNonzero {
+            program: program.to_string(),
+            status: -1,
+        }),
+    }
+}
+
+async fn pump(
+    reader: impl AsyncRead + Unpin,
+    step: String,
+    stream: Stream,
+    reporter: std::sync::Arc<crate::telemetry::Reporter>,
+    output: Output,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if output == Output::Discard {
+            continue;
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        reporter.emit(EventKind::Output {
+            step: step.clone(),
+            stream,
+            line: String::from_utf8_lossy(&buf).into_owned(),
+        });
+    }
+}

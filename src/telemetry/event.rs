@@ -1,0 +1,264 @@
+//! Every state change of a run is an [`Event`]; sinks turn events into logs,
+//! the status file, metrics and traces.
+
+use std::time::{Duration, SystemTime};
+
+use crate::error::ErrorCode;
+
+/// Which output stream a captured line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Done,
+    Skipped,
+    Failed,
+    Cancelled,
+    NotRun,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Done => "done",
+            StepState::Skipped => "skipped",
+            StepState::Failed => "failed",
+            StepState::Cancelled => "cancelled",
+            StepState::NotRun => "not_run",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, StepState::Pending | StepState::Running)
+    }
+}
+
+/// The verdict of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Running,
+    Ready,
+    Degraded,
+    Failed,
+    DeadlineExceeded,
+    Interrupted,
+    Invalid,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Ready => "ready",
+            Outcome::Degraded => "degraded",
+            Outcome::Failed => "failed",
+            Outcome::DeadlineExceeded => "deadline_exceeded",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Invalid => "invalid",
+        }
+    }
+
+    /// Whether the machine reached "ready" (possibly with tolerated failures).
+    pub fn is_ready(self) -> bool {
+        matches!(self, Outcome::Ready | Outcome::Degraded)
+    }
+}
+
+/// An error as reported: a stable code and a (redacted) message.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ErrorInfo {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// A timestamped event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at: SystemTime,
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    RunStarted {
+        bootstrap_id: String,
+        plan: String,
+        plan_path: String,
+        digest: String,
+        /// (step name, kind) in plan order.
+        steps: Vec<(String, &'static str)>,
+    },
+    StepSkipped {
+        step: String,
+        reason: String,
+    },
+    StepStarted {
+        step: String,
+    },
+    AttemptStarted {
+        step: String,
+        attempt: u32,
+    },
+    AttemptFailed {
+        step: String,
+        attempt: u32,
+        error: ErrorInfo,
+        retry_in: Option<Duration>,
+    },
+    Output {
+        step: String,
+        stream: Stream,
+        line: String,
+    },
+    Waiting {
+        step: String,
+        target: String,
+        elapsed: Duration,
+    },
+    StepFinished {
+        step: String,
+        state: StepState,
+        attempts: u32,
+        duration: Duration,
+        error: Option<ErrorInfo>,
+    },
+    /// Steps that never started because the run stopped first.
+    StepNotRun {
+        step: String,
+        reason: String,
+    },
+    UndoFinished {
+        step: String,
+        error: Option<ErrorInfo>,
+    },
+    Notice {
+        level: Level,
+        message: String,
+    },
+    RunFinished {
+        outcome: Outcome,
+        exit_code: i32,
+        error: Option<ErrorInfo>,
+        failed_step: Option<String>,
+        duration: Duration,
+    },
+}
+
+/// Log levels, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+impl EventKind {
+    /// A stable event name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::RunStarted { .. } => "run_started",
+            EventKind::StepSkipped { .. } => "step_skipped",
+            EventKind::StepStarted { .. } => "step_started",
+            EventKind::AttemptStarted { .. } => "attempt_started",
+            EventKind::AttemptFailed { .. } => "attempt_failed",
+            EventKind::Output { .. } => "output",
+            EventKind::Waiting { .. } => "waiting",
+            EventKind::StepFinished { .. } => "step_finished",
+            EventKind::StepNotRun { .. } => "step_not_run",
+            EventKind::UndoFinished { .. } => "undo_finished",
+            EventKind::Notice { .. } => "notice",
+            EventKind::RunFinished { .. } => "run_finished",
+        }
+    }
+
+    pub fn level(&self) -> Level {
+        match self {
+            EventKind::AttemptFailed { .. } => Level::Warn,
+            EventKind::StepFinished {
+                state: StepState::Failed,
+                ..
+            } => Level::Error,
+            EventKind::StepFinished {
+                state: StepState::Cancelled,
+                ..
+            } => Level::Warn,
+            EventKind::UndoFinished { error: Some(_), .. } => Level::Error,
+            EventKind::RunFinished { outcome, .. } if !outcome.is_ready() => Level::Error,
+            EventKind::Notice { level, .. } => *level,
+            EventKind::AttemptStarted { .. } => Level::Debug,
+            _ => Level::Info,
+        }
+    }
+
+    pub fn step(&self) -> Option<&str> {
+        match self {
+            EventKind::StepSkipped { step, .. }
+            | EventKind::StepStarted { step }
+            | EventKind::AttemptStarted { step, .. }
+            | EventKind::AttemptFailed { step, .. }
+            | EventKind::Output { step, .. }
+            | EventKind::Waiting { step, .. }
+            | EventKind::StepFinished { step, .. }
+            | EventKind::StepNotRun { step, .. }
+            | EventKind::UndoFinished { step, .. } => Some(step),
+            EventKind::RunStarted { .. }
+            | EventKind::Notice { .. }
+            | EventKind::RunFinished { .. } => None,
+        }
+    }
+
+    /// Applies `redact` to every free-text field (messages and captured output).
+    pub fn redact_with(&mut self, redact: &dyn Fn(&str) -> Option<String>) {
+        let fix = |text: &mut String| {
+            if let Some(clean) = redact(text) {
+                *text = clean;
+            }
+        };
+        match self {
+            EventKind::Output { line, .. } => fix(line),
+            EventKind::StepSkipped { reason, .. } | EventKind::StepNotRun { reason, .. } => {
+                fix(reason)
+            }
+            EventKind::Waiting { target, .. } => fix(target),
+            EventKind::Notice { message, .. } => fix(message),
+            EventKind::AttemptFailed { error, .. } => fix(&mut error.message),
+            EventKind::StepFinished { error: Some(e), .. }
+            | EventKind::UndoFinished { error: Some(e), .. }
+            | EventKind::RunFinished { error: Some(e), .. } => fix(&mut e.message),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The status file: one JSON document describing the run, rewritten
+//! atomically as steps change state (DESIGN.md §6).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+use super::{ErrorInfo, Event, EventKind, Outcome, Sink, StepState, timestamp};
+use crate::fsutil::BackgroundWriter;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The status document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub schema_version: u32,
+    pub bootstrap_id: String,
+    pub plan: PlanInfo,
+    pub pid: u32,
+    pub started_at: String,
+    pub started_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    pub outcome: Outcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_step: Option<String>,
+    pub steps: IndexMap<String, StepStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanInfo {
+    pub name: String,
+    pub path: String,
+    pub digest: String,
+}
+
+/// One step's entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepStatus {
+    pub kind: String,
+    pub state: StepState,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempt_log: Vec<AttemptRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<UndoRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UndoRecord {
+    pub ok: bool,
+    pub finished_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+pub fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl StatusDoc {
+    /// Applies one event. Pure: the file write is the sink's business.
+    pub fn apply(&mut self, event: &Event) {
+        let now = unix_ms(event.at);
+        match &event.kind {
+            EventKind::RunStarted { .. }
+            | EventKind::Output { .. }
+            | EventKind::Waiting { .. }
+            | EventKind::Notice { .. } => {}
+            EventKind::StepSkipped { step, reason } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.state = StepState::Skipped;
+                    s.skip_reason = Some(reason.clone());
+                    s.finished_unix_ms = Some(now);
+                }
+            }
+            EventKind::StepStarted { step } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.state = StepState::Running;
+                    s.started_unix_ms = Some(now);
+                }
+            }
+            EventKind::AttemptStarted { step, attempt } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.attempts = *attempt;
+                    s.attempt_log.push(AttemptRecord {
+                        attempt: *attempt,
+                        started_unix_ms: now,
+                        finished_unix_ms: None,
+                        error: None,
+                        retry_in_ms: None,
+                    });
+                }
+            }
+            EventKind::AttemptFailed {
+                step,
+                error,
+                retry_in,
+                ..
+            } => {
+                if let Some(rec) = self
+                    .steps
+                    .get_mut(step)
+                    .and_then(|s| s.attempt_log.last_mut())
+                {
+                    rec.finished_unix_ms = Some(now);
+                    rec.error = Some(error.clone());
+                    rec.retry_in_ms = retry_in.map(|d| d.as_millis() as u64);
+                }
+            }
+            EventKind::StepFinished {
+                step,
+                state,
+                attempts,
+                duration,
+                error,
+            } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.state = *state;
+                    s.attempts = *attempts;
+                    s.finished_unix_ms = Some(now);
+                    s.duration_ms = Some(duration.as_millis() as u64);
+                    s.error = error.clone();
+                    if let Some(rec) = s.attempt_log.last_mut() {
+                        if rec.finished_unix_ms.is_none() {
+                            rec.finished_unix_ms = Some(now);
+                            rec.error = error.clone();
+                        }
+                    }
+                }
+            }
+            EventKind::StepNotRun { step, reason } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.state = StepState::NotRun;
+                    s.skip_reason = Some(reason.clone());
+                }
+            }
+            EventKind::UndoFinished { step, error } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.undo = Some(UndoRecord {
+                        ok: error.is_none(),
+                        finished_unix_ms: now,
+                        error: error.clone(),
+                    });
+                }
+            }
+            EventKind::RunFinished {
+                outcome,
+                exit_code,
+                error,
+                failed_step,
+                duration,
+            } => {
+                self.outcome = *outcome;
+                self.exit_code = Some(*exit_code);
+                self.error = error.clone();
+                self.failed_step = failed_step.clone();
+                self.finished_at = Some(timestamp(event.at));
+                self.duration_ms = Some(duration.as_millis() as u64);
+            }
+        }
+    }
+
+    /// A fresh document for a run that starts now.
+    pub fn new(event: &Event) -> Option<StatusDoc> {
+        let EventKind::RunStarted {
+            bootstrap_id,
+            plan,
+            plan_path,
+            digest,
+            steps,
+        } = &event.kind
+        else {
+            return None;
+        };
+        Some(StatusDoc {
+            schema_version: SCHEMA_VERSION,
+            bootstrap_id: bootstrap_id.clone(),
+            plan: PlanInfo {
+                name: plan.clone(),
+                path: plan_path.clone(),
+                digest: digest.clone(),
+            },
+            pid: std::process::id(),
+            started_at: timestamp(event.at),
+            started_unix_ms: unix_ms(event.at),
+            finished_at: None,
+            duration_ms: None,
+            outcome: Outcome::Running,
+            exit_code: None,
+            error: None,
+            failed_step: None,
+            steps: steps
+                .iter()
+                .map(|(name, kind)| {
+                    (
+                        name.clone(),
+                        StepStatus {
+                            kind: kind.to_string(),
+                            state: StepState::Pending,
+                            attempts: 0,
+                            started_unix_ms: None,
+                            finished_unix_ms: None,
+                            duration_ms: None,
+                            skip_reason: None,
+                            error: None,
+                            attempt_log: Vec::new(),
+                            undo: None,
+                        },
+                    )
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Keeps the status file current. Intermediate states are written in the
+/// background (coalesced); the final state is written before `RunFinished`
+/// returns, so a reader that sees a final outcome sees the whole run.
+pub struct StatusSink {
+    doc: Arc<Mutex<Option<StatusDoc>>>,
+    writer: BackgroundWriter,
+}
+
+impl StatusSink {
+    pub fn new(path: PathBuf) -> StatusSink {
+        let doc: Arc<Mutex<Option<StatusDoc>>> = Arc::new(Mutex::new(None));
+        let for_render = doc.clone();
+        let writer = BackgroundWriter::new(
+            path,
+            0o644,
+            false,
+            Box::new(move || {
+                let doc = for_render.lock().unwrap_or_else(|p| p.into_inner());
+                let mut bytes = serde_json::to_vec_pretty(&*doc).unwrap_or_default();
+                bytes.push(b'\n');
+                bytes
+            }),
+        );
+        StatusSink { doc, writer }
+    }
+
+    /// A handle to the live document, for other sinks (e.g. the /status endpoint).
+    pub fn document(&self) -> Arc<Mutex<Option<StatusDoc>>> {
+        self.doc.clone()
+    }
+}
+
+impl Sink for StatusSink {
+    fn event(&mut self, event: &Event) {
+        if matches!(
+            event.kind,
+            EventKind::Output { .. } | EventKind::Waiting { .. } | EventKind::Notice { .. }
+        ) {
+            return;
+        }
+        {
+            let mut doc = self.doc.lock().unwrap_or_else(|p| p.into_inner());
+            match doc.as_mut() {
+                Some(doc) => doc.apply(event),
+                None => *doc = StatusDoc::new(event),
+            }
+        }
+        match event.kind {
+            EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => {
+                if let Err(err) = self.writer.flush() {
+                    eprintln!(
+                        "bootplan: cannot write status file {}: {err}",
+                        self.writer.path().display()
+                    );
+                }
+            }
+            _ => self.writer.mark_dirty(),
+        }
+    }
+
+    fn finish(&mut self) {
+        let _ = self.writer.flush();
+    }
+}
+
+/// Reads a status file.
+pub fn read_status(path: &std::path::Path) -> Result<StatusDoc, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("cannot parse {}: {e}", path.display()))
+}

@@ -1,0 +1,137 @@
+//! Test harness: a temp dir per test with a plan in it, helpers to run the
+//! built binary and read what it wrote. Peers (servers) are started by their
+//! own modules with `harness::free_port()` and a readiness check.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Path of the `bootplan` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bootplan"))
+}
+
+/// Whether we run under CI, where a missing peer is a failure, not a skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A scratch directory holding a plan, its state dir and its run dir.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox { dir: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.path().join("run")
+    }
+
+    /// Writes `text` to `name` inside the sandbox and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    /// Writes a plan as `plan.yaml`.
+    pub fn plan(&self, yaml: &str) -> PathBuf {
+        self.write("plan.yaml", yaml)
+    }
+
+    /// A `bootplan` command with this sandbox's state and run dirs and JSON logs.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.env("BOOTPLAN_STATE_DIR", self.state_dir())
+            .env("BOOTPLAN_RUN_DIR", self.run_dir())
+            .env("BOOTPLAN_LOG_FORMAT", "json")
+            .env_remove("BOOTPLAN_LOG_LEVEL")
+            .current_dir(self.path());
+        cmd
+    }
+
+    /// Runs `bootplan run plan.yaml` to completion.
+    pub fn run(&self) -> Output {
+        self.cmd().args(["run", "plan.yaml"]).output().expect("run bootplan")
+    }
+
+    /// The status file as JSON.
+    pub fn status(&self) -> Value {
+        let text = std::fs::read_to_string(self.run_dir().join("status.json")).expect("status.json exists");
+        serde_json::from_str(&text).expect("status.json is JSON")
+    }
+
+    /// One step's status entry.
+    pub fn step(&self, name: &str) -> Value {
+        self.status()["steps"][name].clone()
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap_or_default()
+    }
+}
+
+/// The JSON log lines of a run's stdout.
+pub fn log_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Exit code, or 128+signal.
+pub fn code(output: &Output) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    output.status.code().unwrap_or_else(|| 128 + output.status.signal().unwrap_or(0))
+}
+
+/// Everything the run printed, for failure messages.
+pub fn dump(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Polls `ready` until it returns true or `limit` passes (then panics with `what`).
+/// This is a readiness check, not a sleep: it returns as soon as the condition holds.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether a process with this pid exists (and is not a zombie).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}

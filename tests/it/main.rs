@@ -1,0 +1,8 @@
+//! The one integration-test binary. Each module drives the built `bootplan`
+//! binary against real processes and, where needed, real peers (OpenBao,
+//! moto, etcd, Prometheus) started on loopback by its own module.
+
+mod harness;
+
+mod core;
+mod docs;

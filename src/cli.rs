@@ -44,6 +44,14 @@ pub struct Cli {
     /// Least severe level to log.
     #[arg(long, global = true, value_enum, default_value_t = Level::Info, env = "BOOTPLAN_LOG_LEVEL")]
     log_level: Level,
+    /// `run`: stay the parent of the exec app (forward signals, reap, stop in order)
+    /// even without services. Automatic with services, as PID 1, or with `register`.
+    #[arg(long, global = true, env = "BOOTPLAN_SUPERVISE")]
+    supervise: bool,
+    /// `run`: POST the final status here too (overrides the plan's `report.webhook`;
+    /// the only report URL when the plan cannot be parsed).
+    #[arg(long, global = true, env = "BOOTPLAN_REPORT_URL")]
+    report_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -281,13 +289,16 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         Ok(plan) => plan,
         Err(err) => {
             print_plan_error(&err);
-            write_invalid_status(&run_dir(cli, None), path, &err);
+            let doc = write_invalid_status(&run_dir(cli, None), path, &err);
+            report_invalid_plan(cli, path, &doc);
             return err.code().exit_code();
         }
     };
     let run_dir = run_dir(cli, Some(&plan));
     let redactor = Arc::new(Redactor::new());
     let reporter = reporter(cli, &run_dir, redactor.clone());
+    let ready_file = crate::lifecycle::ready_file(&plan, &run_dir);
+    crate::lifecycle::add_sinks(&reporter, &plan, ready_file.clone(), cli.report_url.as_deref());
     let bootstrap_id = new_bootstrap_id();
 
     let journal = match journal::Journal::open(&state_dir(cli, Some(&plan)), &plan.name) {
@@ -338,8 +349,23 @@ fn run(cli: &Cli, path: &Path) -> i32 {
             return exit::SOFTWARE;
         }
     };
-    let summary = runtime.block_on(engine::run(&plan, ctx, journal.clone()));
+    ctx.services.set_notify_dir(run_dir.join("notify"));
+    let options = crate::lifecycle::Options {
+        supervise_flag: cli.supervise,
+        ready_file,
+        started,
+    };
+    let (summary, supervised) = runtime.block_on(crate::lifecycle::run(
+        &plan,
+        ctx,
+        journal.clone(),
+        &options,
+    ));
     drop(journal);
+    if let Some(code) = supervised {
+        reporter.finish();
+        return code;
+    }
     let Some(request) = summary.exec else {
         reporter.finish();
         return summary.exit_code;
@@ -364,7 +390,19 @@ fn run(cli: &Cli, path: &Path) -> i32 {
 
 /// Records an invalid plan in the status file, so `status` and fleet
 /// tooling see why nothing ran.
-fn write_invalid_status(run_dir: &Path, path: &Path, err: &PlanError) {
+/// Sends the invalid-plan status to the report webhook, when one is known.
+fn report_invalid_plan(cli: &Cli, path: &Path, doc: &serde_json::Value) {
+    let Some(spec) = crate::lifecycle::report::spec_for_invalid_plan(cli.report_url.as_deref(), path)
+    else {
+        return;
+    };
+    let body = serde_json::to_vec(doc).unwrap_or_default();
+    if let Err(err) = crate::lifecycle::report::post_blocking(&spec, body) {
+        eprintln!("bootplan: {err}");
+    }
+}
+
+fn write_invalid_status(run_dir: &Path, path: &Path, err: &PlanError) -> serde_json::Value {
     let now = std::time::SystemTime::now();
     let doc = serde_json::json!({
         "schema_version": status::SCHEMA_VERSION,
@@ -383,6 +421,7 @@ fn write_invalid_status(run_dir: &Path, path: &Path, err: &PlanError) {
     let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
     bytes.push(b'\n');
     let _ = crate::fsutil::replace_file(&run_dir.join(STATUS_FILE), &bytes, 0o644);
+    doc
 }
 
 fn status_path(cli: &Cli, plan_path: Option<&Path>) -> Result<PathBuf, i32> {

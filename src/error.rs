@@ -73,6 +73,8 @@ error_codes! {
     SecretAuthFailed => ("secret.auth_failed", exit::DENIED, "the secret store rejected bootplan's credentials"),
     SecretDenied => ("secret.denied", exit::DENIED, "the secret store refused access to a secret"),
     SecretNotFound => ("secret.not_found", exit::STEP_FAILED, "a secret does not exist at the given path or key"),
+    ServiceFailed => ("service.failed", exit::UNAVAILABLE, "a required service exited and was not brought back within its restart limit"),
+    RegisterFailed => ("register.failed", exit::UNAVAILABLE, "the instance could not be registered in the service registry"),
 }
 
 impl std::fmt::Display for ErrorCode {

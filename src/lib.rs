@@ -6,6 +6,7 @@ pub mod engine;
 pub mod error;
 pub mod facts;
 pub mod fsutil;
+pub mod lifecycle;
 pub mod plan;
 pub mod secrets;
 pub mod steps;

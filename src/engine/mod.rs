@@ -39,6 +39,9 @@ pub struct RunSummary {
     pub error: Option<ErrorInfo>,
     pub failed_step: Option<String>,
     pub exec: Option<ExecRequest>,
+    /// Ids of the steps completed in this run, in completion order (for a
+    /// rollback after the run, by the supervisor).
+    pub completed: Vec<usize>,
 }
 
 /// How one step ended, as seen by the scheduler.
@@ -155,6 +158,12 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                 stop = Some(Stop::Signal(signal));
                 cancel.cancel();
             }
+            Some(failure) = ctx.services.next_failure(), if stop.is_none() => {
+                // A required service is gone for good: the run cannot be ready.
+                let step = plan.step_id(&failure.step).unwrap_or(0);
+                stop = Some(Stop::Failed { step, error: failure.error });
+                cancel.cancel();
+            }
         }
     }
 
@@ -187,7 +196,10 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
 
     report_not_run(plan, &state, stop.as_ref(), &ctx);
     if plan.rollback && stop.is_some() {
+        // Services first, so nothing uses what the undos take away.
+        ctx.services.stop_all(plan.kill_grace).await;
         rollback(plan, &completed, &ctx).await;
+        crate::lifecycle::revoke_secret_tokens(&ctx).await;
     }
     if exec.is_none() {
         ctx.services.stop_all(plan.kill_grace).await;
@@ -199,7 +211,12 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
         );
     }
 
-    let summary = summarize(plan, stop, degraded, exec);
+    let mut summary = summarize(plan, stop, degraded, exec);
+    summary.completed = completed;
+    if summary.exec.is_some() && ctx.services.supervised() {
+        // The supervisor starts the app and gives the verdict once it is ready.
+        return summary;
+    }
     ctx.reporter.emit(EventKind::RunFinished {
         outcome: summary.outcome,
         exit_code: summary.exit_code,
@@ -466,7 +483,7 @@ fn report_not_run(plan: &Plan, state: &[StepState], stop: Option<&Stop>, ctx: &S
 }
 
 /// Runs the `undo` of every step completed in this run, newest first.
-async fn rollback(plan: &Plan, completed: &[usize], ctx: &StepContext) {
+pub async fn rollback(plan: &Plan, completed: &[usize], ctx: &StepContext) {
     for &id in completed.iter().rev() {
         let step = &plan.steps[id];
         let Some(undo) = &step.undo else { continue };
@@ -539,6 +556,7 @@ fn summarize(
         error,
         failed_step,
         exec,
+        completed: Vec::new(),
     }
 }
 

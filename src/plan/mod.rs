@@ -9,6 +9,7 @@
 
 pub mod diagnostic;
 pub mod duration;
+pub mod lifecycle;
 pub mod load;
 pub mod raw;
 pub mod refs;
@@ -87,6 +88,8 @@ pub struct Plan {
     pub secrets: IndexMap<String, SecretSource>,
     pub backends: BackendsConfig,
     pub steps: Vec<Step>,
+    /// Supervision, readiness file, registration and report settings.
+    pub lifecycle: lifecycle::Lifecycle,
 }
 
 impl Plan {
@@ -121,6 +124,10 @@ pub struct Step {
     pub on_failure: OnFailure,
     pub undo: Option<Vec<String>>,
     pub ready: Option<WaitSpec>,
+    /// For `service` steps: when the process is started again after it exits.
+    pub restart: lifecycle::RestartPolicy,
+    /// For `service` steps: whether losing it for good stops the run or the app.
+    pub required: bool,
     /// Names of the secrets this step's templates and env use.
     pub secret_refs: Vec<String>,
     /// `sha256:<hex>` over the step's definition and non-secret inputs.
@@ -187,6 +194,8 @@ pub enum WaitTarget {
     Http(String),
     File(String),
     Command(Vec<String>),
+    /// The process sends READY=1 on its NOTIFY_SOCKET.
+    Notify,
 }
 
 impl WaitTarget {
@@ -197,6 +206,7 @@ impl WaitTarget {
             WaitTarget::Http(url) => url.clone(),
             WaitTarget::File(path) => format!("file {path}"),
             WaitTarget::Command(argv) => format!("command `{}`", argv.join(" ")),
+            WaitTarget::Notify => "sd_notify READY=1".to_string(),
         }
     }
 }

@@ -64,6 +64,19 @@ pub struct RawPlan {
     /// The steps, by name. Order in the file does not matter: `needs` decides.
     #[schemars(with = "IndexMap<String, RawStep>")]
     pub steps: IndexMap<String, Spanned<RawStep>>,
+    /// Keep bootplan as the parent of the `exec` app (signals, reaping, shutdown order).
+    #[serde(default)]
+    pub supervise: Option<super::lifecycle::RawSupervise>,
+    /// The readiness file, written when the plan is ready and removed at the
+    /// start of each run. Relative to the plan file. Default `RUN_DIR/ready`.
+    #[serde(default)]
+    pub ready_file: Option<String>,
+    /// Register the instance in a service registry once the app is ready.
+    #[serde(default)]
+    pub register: Option<super::lifecycle::RawRegister>,
+    /// POST the final status to a webhook, on success and on every failure.
+    #[serde(default)]
+    pub report: Option<super::lifecycle::RawReport>,
 }
 
 /// Fact gathering settings.
@@ -136,9 +149,16 @@ pub struct RawStep {
     /// A command (argv) that rolls this step back, run when the plan has `rollback: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo: Option<Vec<String>>,
-    /// Readiness check for `service` steps.
+    /// Readiness check for `service` steps (and the `exec` app when supervised).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<RawWait>,
+    /// Restart policy for `service` steps. Default: on failure, limit 3, backoff `1s..10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<super::lifecycle::RawRestart>,
+    /// For `service` steps: whether the run (or the supervised app) stops when
+    /// the service is gone for good. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
 }
 
 /// `file:` step body.
@@ -194,6 +214,10 @@ pub struct RawWait {
     /// Command (argv) that must exit 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// `true`: the process itself says READY=1 through sd_notify on the
+    /// `NOTIFY_SOCKET` bootplan gives it (`ready` of services and exec only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<bool>,
     /// Time between checks. Default 500ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<HumanDuration>,

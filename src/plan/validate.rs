@@ -152,6 +152,20 @@ impl Validator {
             self.check_cycles(&steps, &raw);
             self.check_exec(&steps);
         }
+        let (lifecycle, lifecycle_problems) = super::lifecycle::resolve_plan(
+            &self.file,
+            &self.plan_dir,
+            raw.supervise.as_ref(),
+            raw.ready_file.as_deref(),
+            raw.register.as_ref(),
+            raw.report.as_ref(),
+            &super::lifecycle::Names {
+                secrets: &secret_names,
+                vars: &var_names,
+                facts: FACT_NAMES,
+            },
+        );
+        self.diagnostics.extend(lifecycle_problems);
 
         Plan {
             name: raw.name,
@@ -168,6 +182,7 @@ impl Validator {
             secrets: raw.secrets.into_iter().map(|(k, v)| (k, v.value)).collect(),
             backends: raw.backends,
             steps,
+            lifecycle,
         }
     }
 
@@ -268,14 +283,38 @@ impl Validator {
             .ready
             .as_ref()
             .and_then(|r| self.wait_spec(pos, &format!("{field}.ready"), r));
-        if ready.is_some() && !matches!(kind, Some(StepKind::Service { .. })) {
+        if ready.is_some()
+            && !matches!(
+                kind,
+                Some(StepKind::Service { .. } | StepKind::Exec { .. })
+            )
+        {
             self.error(
                 pos,
                 format!("{field}.ready"),
-                "`ready` applies to `service` steps only",
+                "`ready` applies to `service` and `exec` steps only",
                 Some("use a separate `wait` step to wait for something".into()),
             );
         }
+        if let Some(StepKind::Wait(w)) = &kind {
+            if matches!(w.target, WaitTarget::Notify) {
+                self.error(
+                    pos,
+                    format!("{field}.wait.notify"),
+                    "`notify` is a readiness check of a process bootplan starts",
+                    Some("use it in `ready:` of a `service` or `exec` step".into()),
+                );
+            }
+        }
+        let (restart, lifecycle_problems) = super::lifecycle::resolve_step(
+            &self.file,
+            pos,
+            &field,
+            matches!(kind, Some(StepKind::Service { .. })),
+            raw.restart.as_ref(),
+            raw.required,
+        );
+        self.diagnostics.extend(lifecycle_problems);
         if let Some(StepKind::Service { .. }) = kind {
             if ready.is_none() {
                 self.error(
@@ -308,6 +347,8 @@ impl Validator {
             on_failure: raw.on_failure.unwrap_or_default(),
             undo: raw.undo.clone(),
             ready,
+            restart,
+            required: raw.required.unwrap_or(true),
             secret_refs,
             fingerprint,
         })
@@ -466,12 +507,22 @@ impl Validator {
             }
             targets.push(WaitTarget::Command(argv.clone()));
         }
+        match raw.notify {
+            Some(true) => targets.push(WaitTarget::Notify),
+            Some(false) => self.error(
+                pos,
+                format!("{field}.notify"),
+                "`notify: false` waits for nothing",
+                Some("remove it, or use `notify: true`".into()),
+            ),
+            None => {}
+        }
         if targets.len() != 1 {
             self.error(
                 pos,
                 field,
                 format!(
-                    "wait for exactly one of tcp, http, file, command; found {}",
+                    "wait for exactly one of tcp, http, file, command, notify; found {}",
                     targets.len()
                 ),
                 None,
@@ -788,6 +839,7 @@ fn push_wait_texts<'a>(texts: &mut Vec<(String, &'a str)>, field: &str, target: 
         WaitTarget::Command(argv) => {
             texts.extend(argv.iter().map(|a| (field.to_string(), a.as_str())))
         }
+        WaitTarget::Notify => {}
     }
 }
 

@@ -143,7 +143,8 @@ impl StepInputs<'_> {
     }
 }
 
-fn render(
+/// Renders `text` with facts, vars, env and, when given, secrets.
+pub fn render(
     text: &str,
     what: &str,
     ctx: &StepContext,

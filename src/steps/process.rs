@@ -40,9 +40,18 @@ impl Cmd {
     /// Builds the spawnable command: own process group, no stdin, piped output,
     /// killed if bootplan dies.
     pub fn command(&self, ctx: &StepContext, step: &str) -> Command {
+        self.command_for(&ctx.bootstrap_id, step)
+    }
+
+    /// [`Cmd::command`] without a context, for processes started outside a
+    /// step (service restarts, readiness commands). bootplan's own
+    /// `NOTIFY_SOCKET` is not passed on: a child must not tell systemd that
+    /// bootplan is ready.
+    pub fn command_for(&self, bootstrap_id: &str, step: &str) -> Command {
         let mut cmd = Command::new(self.program());
         cmd.args(&self.argv[1..])
-            .env("BOOTPLAN_BOOTSTRAP_ID", &ctx.bootstrap_id)
+            .env_remove("NOTIFY_SOCKET")
+            .env("BOOTPLAN_BOOTSTRAP_ID", bootstrap_id)
             .env("BOOTPLAN_STEP", step)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -121,9 +130,7 @@ pub fn spawn(
     ctx: &StepContext,
     _output: Output,
 ) -> Result<Child, StepError> {
-    cmd.command(ctx, step)
-        .spawn()
-        .map_err(|source| StepError::Spawn {
+    crate::lifecycle::reaper::spawn_tracked(&mut cmd.command(ctx, step)).map_err(|source| StepError::Spawn {
             program: cmd.program().to_string(),
             source,
         })

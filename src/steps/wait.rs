@@ -102,6 +102,7 @@ fn render_target(
             WaitTarget::File(inputs.path(path, "wait.file", ctx)?.display().to_string())
         }
         WaitTarget::Command(argv) => WaitTarget::Command(inputs.command(argv, ctx)?.argv),
+        WaitTarget::Notify => WaitTarget::Notify,
     })
 }
 
@@ -125,6 +126,10 @@ async fn check(
             Ok(_) => Ok(()),
             Err(e) => Err(CheckError::NotYet(e.to_string())),
         },
+        // Validation keeps `notify` out of wait steps; services use lifecycle::probe.
+        WaitTarget::Notify => Err(CheckError::NotYet(
+            "notify readiness needs a process started by bootplan".into(),
+        )),
         WaitTarget::Command(argv) => {
             let mut cmd = inputs
                 .command(&[], ctx)

@@ -1,0 +1,137 @@
+//! The lifecycle around the plan: services (`services`, `probe`), PID 1
+//! supervision (`supervise`, `reaper`), readiness signals (`notify`,
+//! `readyfile`), registration (`register`) and reports off the machine
+//! (`report`).
+//!
+//! `run` is the entry point the CLI calls instead of `engine::run`: it
+//! decides whether to supervise, starts the reaper and the signal forwarder
+//! before the first step, runs the engine, then supervises the app. Readiness
+//! signals are telemetry sinks, registered by [`add_sinks`]. To add a
+//! readiness signal: write a `Sink` that acts on `RunFinished` and register
+//! it in `add_sinks`.
+
+pub mod notify;
+pub mod probe;
+pub mod readyfile;
+pub mod reaper;
+pub mod register;
+pub mod report;
+pub mod services;
+pub mod supervise;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{self, RunSummary, journal::Journal};
+use crate::plan::lifecycle::ReportSpec;
+use crate::plan::{Plan, StepKind};
+use crate::steps::StepContext;
+use crate::telemetry::Reporter;
+
+/// What the CLI knows that the plan does not.
+pub struct Options {
+    /// `--supervise`.
+    pub supervise_flag: bool,
+    /// The readiness file's path.
+    pub ready_file: PathBuf,
+    /// When the run started (the deadline counts from here).
+    pub started: Instant,
+}
+
+/// Whether bootplan stays the parent of the exec app. Only a plan with an
+/// `exec` step has an app; then: `--supervise`, `supervise.enabled`, PID 1,
+/// any service, a `ready` check on the exec step, or `register`.
+pub fn should_supervise(plan: &Plan, flag: bool) -> bool {
+    let Some(exec) = plan
+        .steps
+        .iter()
+        .find(|s| matches!(s.kind, StepKind::Exec { .. }))
+    else {
+        return false;
+    };
+    flag || plan.lifecycle.supervise
+        || std::process::id() == 1
+        || exec.ready.is_some()
+        || plan.lifecycle.register.is_some()
+        || plan
+            .steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Service { .. }))
+}
+
+/// The readiness file: the plan's `ready_file`, else `RUN_DIR/ready`.
+pub fn ready_file(plan: &Plan, run_dir: &std::path::Path) -> PathBuf {
+    plan.lifecycle
+        .ready_file
+        .clone()
+        .unwrap_or_else(|| run_dir.join("ready"))
+}
+
+/// Registers the readiness and report sinks. `report_url` (from
+/// `--report-url`/`BOOTPLAN_REPORT_URL`) overrides the plan's webhook.
+pub fn add_sinks(reporter: &Reporter, plan: &Plan, ready_file: PathBuf, report_url: Option<&str>) {
+    let deadline = Instant::now() + plan.deadline;
+    reporter.add_sink(Box::new(notify::NotifySink::new(deadline)));
+    reporter.add_sink(Box::new(readyfile::ReadyFileSink::new(ready_file)));
+    let plan_report = plan.lifecycle.report.clone();
+    let report = match (report_url, plan_report) {
+        (Some(url), Some(spec)) => Some(ReportSpec {
+            webhook: url.to_string(),
+            ..spec
+        }),
+        (Some(url), None) => Some(ReportSpec {
+            webhook: url.to_string(),
+            timeout: Duration::from_secs(5),
+            attempts: 3,
+        }),
+        (None, spec) => spec,
+    };
+    if let Some(spec) = report {
+        reporter.add_sink(Box::new(report::ReportSink::new(spec)));
+    }
+}
+
+/// Runs the plan, and supervises its app when [`should_supervise`] says so.
+/// Returns the engine's summary and, when supervised, bootplan's exit code
+/// (the caller then neither execs nor reports again).
+pub async fn run(
+    plan: &Plan,
+    ctx: Arc<StepContext>,
+    journal: Arc<Journal>,
+    opts: &Options,
+) -> (RunSummary, Option<i32>) {
+    let supervise = should_supervise(plan, opts.supervise_flag);
+    let reaper = (supervise || std::process::id() == 1).then(reaper::start);
+    if !supervise {
+        let summary = engine::run(plan, ctx, journal).await;
+        if let Some(reaper) = reaper {
+            reaper.abort();
+        }
+        return (summary, None);
+    }
+    ctx.services.set_supervised(true);
+    let mut signals = supervise::Forwarder::new();
+    let summary = engine::run(plan, ctx.clone(), journal).await;
+    if summary.exec.is_none() {
+        // The run failed: the engine gave the verdict and stopped the services.
+        return (summary, None);
+    }
+    let code = supervise::supervise(plan, ctx, summary, &mut signals, opts).await;
+    let summary = RunSummary {
+        outcome: crate::telemetry::Outcome::Ready,
+        exit_code: code,
+        error: None,
+        failed_step: None,
+        exec: None,
+        completed: Vec::new(),
+    };
+    (summary, Some(code))
+}
+
+/// Rollback hook: revoke the tokens the secret store obtained (Vault
+/// tokens, leases). The secret store's `close()` is wired here; until a
+/// backend holds revocable credentials there is nothing to revoke.
+pub async fn revoke_secret_tokens(ctx: &StepContext) {
+    let _ = &ctx.secrets;
+}

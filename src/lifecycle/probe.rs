@@ -1,0 +1,240 @@
+//! Readiness probes for processes bootplan starts (services and the
+//! supervised app). Unlike `steps::wait`, a [`Probe`] is rendered once and
+//! then owns everything it needs, so a service restarted long after its step
+//! finished can be checked again. The `notify` target listens on a datagram
+//! socket given to the process as `NOTIFY_SOCKET` and waits for `READY=1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{WaitSpec, WaitTarget};
+use crate::steps::process::Cmd;
+use crate::steps::wait::{REPORT_EVERY, describe_reqwest};
+use crate::steps::{StepContext, StepError, StepInputs};
+use crate::telemetry::{EventKind, Reporter};
+
+/// Longest notify message read; systemd's own limit is similar.
+const MAX_NOTIFY_MESSAGE: usize = 4096;
+
+/// A socket a child process sends sd_notify messages to.
+pub struct NotifyListener {
+    path: PathBuf,
+    socket: tokio::net::UnixDatagram,
+}
+
+impl NotifyListener {
+    /// Binds `dir/name.sock`, replacing a stale socket from an earlier run.
+    pub fn bind(dir: &Path, name: &str) -> std::io::Result<NotifyListener> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let socket = tokio::net::UnixDatagram::bind(&path)?;
+        Ok(NotifyListener { path, socket })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Drops messages left from an earlier process (before a restart).
+    pub fn clear(&self) {
+        let mut buf = [0u8; MAX_NOTIFY_MESSAGE];
+        while self.socket.try_recv(&mut buf).is_ok() {}
+    }
+
+    /// Waits for one message; `Ok(true)` when it says READY=1.
+    async fn next(&self) -> std::io::Result<(bool, Option<String>)> {
+        let mut buf = vec![0u8; MAX_NOTIFY_MESSAGE];
+        let n = self.socket.recv(&mut buf).await?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        let ready = text.lines().any(|l| l.trim() == "READY=1");
+        let status = text
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS="))
+            .map(str::to_string);
+        Ok((ready, status))
+    }
+}
+
+impl Drop for NotifyListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What a probe checks, rendered.
+enum Target {
+    Tcp(String),
+    Http(String),
+    File(PathBuf),
+    Command(Cmd),
+    Notify(Arc<NotifyListener>),
+}
+
+/// A rendered readiness check.
+pub struct Probe {
+    step: String,
+    target: Target,
+    description: String,
+    interval: Duration,
+    attempt_timeout: Duration,
+    http: reqwest::Client,
+    reporter: Arc<Reporter>,
+    bootstrap_id: String,
+}
+
+impl Probe {
+    /// Renders `spec` for the step in `inputs`. A `notify` spec needs `listener`.
+    pub fn new(
+        spec: &WaitSpec,
+        inputs: &StepInputs<'_>,
+        ctx: &StepContext,
+        listener: Option<Arc<NotifyListener>>,
+    ) -> Result<Probe, StepError> {
+        let target = match &spec.target {
+            WaitTarget::Tcp(addr) => Target::Tcp(inputs.render(addr, "ready.tcp", ctx)?),
+            WaitTarget::Http(url) => Target::Http(inputs.render(url, "ready.http", ctx)?),
+            WaitTarget::File(path) => Target::File(inputs.path(path, "ready.file", ctx)?),
+            WaitTarget::Command(argv) => {
+                let mut cmd = inputs.command(&[], ctx)?;
+                cmd.argv = inputs.command(argv, ctx)?.argv;
+                Target::Command(cmd)
+            }
+            WaitTarget::Notify => match listener {
+                Some(listener) => Target::Notify(listener),
+                None => {
+                    return Err(StepError::Render {
+                        what: "ready.notify".into(),
+                        message: "no notify socket".into(),
+                    });
+                }
+            },
+        };
+        let description = match &target {
+            Target::Tcp(a) => format!("tcp {a}"),
+            Target::Http(u) => u.clone(),
+            Target::File(p) => format!("file {}", p.display()),
+            Target::Command(c) => format!("command `{}`", c.argv.join(" ")),
+            Target::Notify(_) => "sd_notify READY=1".into(),
+        };
+        Ok(Probe {
+            step: inputs.step.name.clone(),
+            target,
+            description,
+            interval: spec.interval,
+            attempt_timeout: spec.attempt_timeout,
+            http: ctx.http().clone(),
+            reporter: ctx.reporter.clone(),
+            bootstrap_id: ctx.bootstrap_id.clone(),
+        })
+    }
+
+    /// Prepares for a fresh process: forgets old notify messages.
+    pub fn reset(&self) {
+        if let Target::Notify(listener) = &self.target {
+            listener.clear();
+        }
+    }
+
+    /// Checks until ready, `limit` passes, `cancel` fires, or `gone` reports
+    /// that the process exited (asked before each check).
+    pub async fn wait(
+        &self,
+        limit: Option<Duration>,
+        cancel: &CancellationToken,
+        mut gone: impl FnMut() -> Option<StepError>,
+    ) -> Result<(), StepError> {
+        let started = Instant::now();
+        let mut next_report = REPORT_EVERY;
+        loop {
+            if let Some(err) = gone() {
+                return Err(err);
+            }
+            let last = tokio::select! {
+                r = tokio::time::timeout(self.attempt_timeout, self.check()) => match r {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(why)) => why,
+                    Err(_) => format!("check timed out after {}", humantime::format_duration(self.attempt_timeout)),
+                },
+                () = cancel.cancelled() => return Err(StepError::Cancelled),
+            };
+            let elapsed = started.elapsed();
+            if limit.is_some_and(|limit| elapsed + self.interval > limit) {
+                return Err(StepError::WaitTimeout {
+                    target: self.description.clone(),
+                    after: elapsed,
+                    last,
+                });
+            }
+            if elapsed >= next_report {
+                self.reporter.emit(EventKind::Waiting {
+                    step: self.step.clone(),
+                    target: format!("{} ({last})", self.description),
+                    elapsed,
+                });
+                next_report += REPORT_EVERY;
+            }
+            // A notify check already waited for a message; poll again at once.
+            if matches!(self.target, Target::Notify(_)) {
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = cancel.cancelled() => return Err(StepError::Cancelled),
+            }
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match &self.target {
+            Target::Tcp(addr) => tokio::net::TcpStream::connect(addr.as_str())
+                .await
+                .map(drop)
+                .map_err(|e| format!("connect: {e}")),
+            Target::Http(url) => match self.http.get(url).send().await {
+                Ok(resp) if resp.status().is_success() => Ok(()),
+                Ok(resp) => Err(format!("HTTP {}", resp.status())),
+                Err(e) => Err(describe_reqwest(&e)),
+            },
+            Target::File(path) => tokio::fs::metadata(path)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Target::Command(cmd) => self.check_command(cmd).await,
+            Target::Notify(listener) => loop {
+                match listener.next().await {
+                    Ok((true, _)) => return Ok(()),
+                    Ok((false, Some(status))) => {
+                        return Err(format!("not ready yet; status: {status}"));
+                    }
+                    Ok((false, None)) => continue,
+                    Err(e) => return Err(format!("notify socket: {e}")),
+                }
+            },
+        }
+    }
+
+    async fn check_command(&self, cmd: &Cmd) -> Result<(), String> {
+        let mut command = cmd.command_for(&self.bootstrap_id, &self.step);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child =
+            super::reaper::spawn_tracked(&mut command).map_err(|e| format!("cannot start: {e}"))?;
+        let pgid = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+        // kill_on_drop kills the command if the check times out.
+        let status = child.wait().await.map_err(|e| e.to_string())?;
+        if let Some(pgid) = pgid {
+            // Leftovers of the check die with it.
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("command exited with {status}"))
+        }
+    }
+}

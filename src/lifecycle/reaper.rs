@@ -1,0 +1,208 @@
+//! Zombie reaping for supervise mode (PID 1 or child subreaper).
+//!
+//! Orphans re-parented to bootplan must be reaped, or they stay zombies.
+//! A plain `waitpid(-1)` loop would also steal the exit statuses of the
+//! children tokio waits for (`tokio::process::Child`), so this reaper only
+//! reaps zombies that nobody else waits for:
+//!
+//! - children spawned through [`spawn_tracked`] are *owned* by tokio and left
+//!   alone (the spawn happens under the same lock the reaper scans under, so
+//!   a fast-exiting child cannot be reaped before it is registered);
+//! - children spawned through [`spawn_watched`] (the supervised app) are
+//!   reaped here and their status is kept in a pid → status map for
+//!   [`wait_watched`];
+//! - every other zombie child (an orphan) is reaped and counted.
+//!
+//! Zombie children are found by scanning `/proc/*/stat` for our pid as the
+//! parent; watched pids are also polled directly in case `/proc` is missing.
+//! Every spawn in bootplan goes through [`spawn_tracked`] (see
+//! `steps::process`); a child spawned another way could lose its status to
+//! this reaper while it runs.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::sync::Notify;
+
+/// How often to scan even without SIGCHLD (signals can coalesce).
+const SCAN_EVERY: Duration = Duration::from_secs(1);
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static ORPHANS_REAPED: AtomicU64 = AtomicU64::new(0);
+/// Pids tokio waits for. Also the lock that orders spawns against scans.
+static OWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
+/// Pids whose status we collect, and the statuses collected so far.
+static WATCHED: LazyLock<Mutex<HashMap<i32, Option<i32>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+static REAPED: LazyLock<Notify> = LazyLock::new(Notify::new);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Spawns a child that tokio will wait for, keeping the reaper off it.
+pub fn spawn_tracked(
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<tokio::process::Child> {
+    let mut owned = lock(&OWNED);
+    let child = cmd.spawn()?;
+    if ACTIVE.load(Ordering::SeqCst) {
+        if let Some(pid) = child.id() {
+            owned.insert(pid as i32);
+        }
+    }
+    Ok(child)
+}
+
+/// Spawns a child whose exit status the reaper collects (see [`wait_watched`]).
+pub fn spawn_watched(cmd: &mut std::process::Command) -> std::io::Result<u32> {
+    let _owned = lock(&OWNED);
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    lock(&WATCHED).insert(pid as i32, None);
+    // Dropping a std Child neither waits nor kills: the reaper reaps it.
+    drop(child);
+    Ok(pid)
+}
+
+/// Waits until the watched child `pid` has exited; returns its exit code,
+/// or 128+n when a signal ended it.
+pub async fn wait_watched(pid: u32) -> i32 {
+    let pid = pid as i32;
+    loop {
+        let notified = REAPED.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(Some(code)) = lock(&WATCHED).get(&pid) {
+            return *code;
+        }
+        notified.await;
+    }
+}
+
+/// How many orphans (children bootplan did not start) were reaped.
+pub fn orphans_reaped() -> u64 {
+    ORPHANS_REAPED.load(Ordering::Relaxed)
+}
+
+/// Makes this process a child subreaper (so orphans of its descendants come
+/// back to it, as they would to PID 1) and starts the reaping task.
+/// Must be called inside the runtime, before any child is spawned.
+pub fn start() -> tokio::task::JoinHandle<()> {
+    if std::process::id() != 1 {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
+    ACTIVE.store(true, Ordering::SeqCst);
+    tokio::spawn(async {
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        loop {
+            match sigchld.as_mut() {
+                Some(s) => {
+                    let _ = tokio::time::timeout(SCAN_EVERY, s.recv()).await;
+                }
+                None => tokio::time::sleep(SCAN_EVERY).await,
+            }
+            reap_once();
+        }
+    })
+}
+
+/// One pass: reap every zombie child nobody else waits for.
+pub fn reap_once() {
+    let mut owned = lock(&OWNED);
+    let me = std::process::id() as i32;
+    let children = scan_children(me);
+    if let Some(children) = &children {
+        // Forget owned pids tokio has reaped already.
+        owned.retain(|pid| children.iter().any(|(c, _)| c == pid));
+    }
+    let mut watched = lock(&WATCHED);
+    let mut any = false;
+    for (pid, zombie) in children.unwrap_or_default() {
+        if !zombie || owned.contains(&pid) {
+            continue;
+        }
+        if let Some(code) = reap(pid) {
+            any = true;
+            match watched.get_mut(&pid) {
+                Some(slot) => *slot = Some(code),
+                None => {
+                    ORPHANS_REAPED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    // Without /proc (or when a scan raced), poll the watched pids directly.
+    for (pid, slot) in watched.iter_mut().filter(|(_, s)| s.is_none()) {
+        if let Some(code) = reap(*pid) {
+            *slot = Some(code);
+            any = true;
+        }
+    }
+    drop(watched);
+    drop(owned);
+    if any {
+        REAPED.notify_waiters();
+    }
+}
+
+/// Reaps `pid` if it has exited; its exit code or 128+signal.
+fn reap(pid: i32) -> Option<i32> {
+    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+/// Children of `parent` as (pid, is_zombie); `None` when /proc is unreadable.
+fn scan_children(parent: i32) -> Option<Vec<(i32, bool)>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let mut children = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((state, ppid)) = parse_stat(&stat) {
+            if ppid == parent {
+                children.push((pid, state == 'Z'));
+            }
+        }
+    }
+    Some(children)
+}
+
+/// State and parent pid from a `/proc/PID/stat` line. The command name may
+/// hold spaces and parentheses, so parse from the last `)`.
+fn parse_stat(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_odd_names_parse() {
+        assert_eq!(
+            parse_stat("42 (a) b (c)) Z 7 42 42 0"),
+            Some(('Z', 7)),
+            "name with a parenthesis"
+        );
+        assert_eq!(parse_stat("garbage"), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! Reports off the machine: POST the final (redacted) status document to a
+//! webhook, on success and on every failure path, with a few retries inside
+//! a short bound, so a fleet learns of a failed boot without SSH.
+//!
+//! [`ReportSink`] keeps its own copy of the status document from the
+//! (already redacted) events and posts it on `RunFinished` from a
+//! background thread; `finish` waits for that thread, so the report is sent
+//! before bootplan exits or execs. For a plan that is invalid, the CLI calls
+//! [`post_blocking`] with the document it wrote, using the URL from
+//! `--report-url`/`BOOTPLAN_REPORT_URL`, or else the `report.webhook` of a
+//! plan that parsed but failed validation.
+
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::plan::lifecycle::ReportSpec;
+use crate::telemetry::status::StatusDoc;
+use crate::telemetry::{Event, EventKind, Sink};
+
+/// First delay between tries; it doubles.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Why a report was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("report to {url} failed after {attempts} attempt(s): {last}")]
+    Undelivered {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("cannot start the report client: {0}")]
+    Client(String),
+}
+
+/// Posts the status document when the run finishes.
+pub struct ReportSink {
+    spec: ReportSpec,
+    doc: Option<StatusDoc>,
+    sending: Option<JoinHandle<()>>,
+}
+
+impl ReportSink {
+    pub fn new(spec: ReportSpec) -> ReportSink {
+        ReportSink {
+            spec,
+            doc: None,
+            sending: None,
+        }
+    }
+}
+
+impl Sink for ReportSink {
+    fn event(&mut self, event: &Event) {
+        if matches!(
+            event.kind,
+            EventKind::Output { .. } | EventKind::Waiting { .. } | EventKind::Notice { .. }
+        ) {
+            return;
+        }
+        match self.doc.as_mut() {
+            Some(doc) => doc.apply(event),
+            None => self.doc = StatusDoc::new(event),
+        }
+        if !matches!(event.kind, EventKind::RunFinished { .. }) {
+            return;
+        }
+        let Some(doc) = &self.doc else { return };
+        let body = serde_json::to_vec(doc).unwrap_or_default();
+        let spec = self.spec.clone();
+        // Sinks must not block the engine: send from a thread, joined in finish().
+        self.sending = Some(std::thread::spawn(move || {
+            if let Err(err) = post(&spec, body) {
+                eprintln!("bootplan: {err}");
+            }
+        }));
+    }
+
+    fn finish(&mut self) {
+        if let Some(handle) = self.sending.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Posts `body` from a fresh thread and waits for the outcome (for paths
+/// where no reporter exists, such as an invalid plan).
+pub fn post_blocking(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
+    let spec = spec.clone();
+    std::thread::spawn(move || post(&spec, body))
+        .join()
+        .unwrap_or_else(|_| Err(ReportError::Client("the report thread panicked".into())))
+}
+
+/// The report URL for a plan that failed to load: the CLI's, else the
+/// `report.webhook` of a plan that parsed but did not validate.
+pub fn spec_for_invalid_plan(cli_url: Option<&str>, plan_path: &Path) -> Option<ReportSpec> {
+    let from_cli = cli_url.map(|url| ReportSpec {
+        webhook: url.to_string(),
+        timeout: Duration::from_secs(5),
+        attempts: 3,
+    });
+    from_cli.or_else(|| {
+        let text = crate::plan::load::read_plan_text(plan_path).ok()?;
+        let raw = crate::plan::load::parse(plan_path, &text).ok()?;
+        let report = raw.report?;
+        Some(ReportSpec {
+            webhook: report.webhook,
+            timeout: report.timeout.map_or(Duration::from_secs(5), |t| t.get()),
+            attempts: report.attempts.unwrap_or(3).clamp(1, 10),
+        })
+    })
+}
+
+fn post(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReportError::Client(e.to_string()))?;
+    runtime.block_on(post_async(spec, body))
+}
+
+#[tracing::instrument(skip_all, fields(url = %spec.webhook))]
+async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
+        .timeout(spec.timeout)
+        .no_proxy()
+        .build()
+        .map_err(|e| ReportError::Client(e.to_string()))?;
+    let mut last = String::new();
+    let mut delay = FIRST_BACKOFF;
+    for attempt in 1..=spec.attempts {
+        let sent = client
+            .post(&spec.webhook)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => return Ok(()),
+            // A 4xx other than 408/429 will not get better by trying again.
+            Ok(resp)
+                if resp.status().is_client_error()
+                    && !matches!(resp.status().as_u16(), 408 | 429) =>
+            {
+                return Err(ReportError::Undelivered {
+                    url: spec.webhook.clone(),
+                    attempts: attempt,
+                    last: format!("HTTP {}", resp.status()),
+                });
+            }
+            Ok(resp) => last = format!("HTTP {}", resp.status()),
+            Err(e) => last = crate::steps::wait::describe_reqwest(&e),
+        }
+        if attempt < spec.attempts {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    Err(ReportError::Undelivered {
+        url: spec.webhook.clone(),
+        attempts: spec.attempts,
+        last,
+    })
+}

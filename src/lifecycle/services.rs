@@ -1,0 +1,370 @@
+//! Running services: start a process, wait for its readiness probe, then
+//! watch it for the rest of the run (and of supervision). A service that
+//! exits is restarted by its policy (backoff doubling from MIN to MAX, up to
+//! `limit` restarts) and must pass its probe again. A required service that
+//! is gone for good is reported once through [`Services::next_failure`]; the
+//! engine and the supervisor stop on it. Services stop in reverse start order.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::probe::{NotifyListener, Probe};
+use crate::error::ErrorCode;
+use crate::plan::lifecycle::{RestartOn, RestartPolicy};
+use crate::steps::StepError;
+use crate::steps::process::{self, Cmd};
+use crate::telemetry::{ErrorInfo, Level, Reporter, Stream};
+
+/// Everything needed to (re)start one service.
+pub struct ServiceUnit {
+    pub step: String,
+    pub cmd: Cmd,
+    pub bootstrap_id: String,
+    pub probe: Probe,
+    /// Bound on one readiness wait (the step's `timeout`).
+    pub ready_limit: Option<Duration>,
+    pub policy: RestartPolicy,
+    pub required: bool,
+    pub grace: Duration,
+    pub reporter: Arc<Reporter>,
+    pub notify: Option<Arc<NotifyListener>>,
+}
+
+/// A started service process that passed its probe.
+pub struct Running {
+    child: Child,
+    pgid: Pid,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// A required service that is gone for good.
+#[derive(Debug, Clone)]
+pub struct ServiceFailure {
+    pub step: String,
+    pub error: ErrorInfo,
+}
+
+struct Handle {
+    stop: CancellationToken,
+    /// The grace to stop with, in ms; set by `stop_all` before `stop` fires.
+    grace_ms: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+/// The services of this run, in start order.
+pub struct Services {
+    running: Mutex<Vec<Handle>>,
+    failure: watch::Sender<Option<ServiceFailure>>,
+    notify_dir: OnceLock<PathBuf>,
+    supervised: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            running: Mutex::new(Vec::new()),
+            failure: watch::channel(None).0,
+            notify_dir: OnceLock::new(),
+            supervised: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl Services {
+    /// Where per-service notify sockets go (RUN_DIR/notify). Set once by the CLI.
+    pub fn set_notify_dir(&self, dir: PathBuf) {
+        let _ = self.notify_dir.set(dir);
+    }
+
+    pub fn notify_dir(&self) -> PathBuf {
+        self.notify_dir
+            .get()
+            .cloned()
+            .unwrap_or_else(|| std::env::temp_dir().join("bootplan-notify"))
+    }
+
+    /// Marks the run as supervised: services outlive the engine, and the
+    /// supervisor (not the engine) stops them and reports the verdict.
+    pub fn set_supervised(&self, on: bool) {
+        self.supervised
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn supervised(&self) -> bool {
+        self.supervised.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Handle>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes over a ready service and watches it until [`Services::stop_all`].
+    pub fn adopt(&self, unit: ServiceUnit, running: Running) {
+        let stop = CancellationToken::new();
+        let failure = self.failure.clone();
+        let grace_ms = Arc::new(AtomicU64::new(unit.grace.as_millis() as u64));
+        let task = tokio::spawn(watch_service(
+            unit,
+            running,
+            stop.clone(),
+            grace_ms.clone(),
+            failure,
+        ));
+        self.lock().push(Handle {
+            stop,
+            grace_ms,
+            task,
+        });
+    }
+
+    /// Resolves when a required service is gone for good (once per run).
+    pub async fn next_failure(&self) -> Option<ServiceFailure> {
+        let mut rx = self.failure.subscribe();
+        let found = rx.wait_for(Option::is_some).await.ok()?.clone();
+        found
+    }
+
+    /// Stops every service, newest first, each within `grace`.
+    pub async fn stop_all(&self, grace: Duration) {
+        let handles: Vec<Handle> = std::mem::take(&mut *self.lock());
+        for handle in handles.into_iter().rev() {
+            handle
+                .grace_ms
+                .store(grace.as_millis() as u64, Ordering::SeqCst);
+            handle.stop.cancel();
+            let _ = handle.task.await;
+        }
+    }
+}
+
+/// Starts the unit's process and waits until its probe passes.
+pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Running, StepError> {
+    let started = Instant::now();
+    unit.probe.reset();
+    let mut command = unit.cmd.command_for(&unit.bootstrap_id, &unit.step);
+    if let Some(listener) = &unit.notify {
+        command.env("NOTIFY_SOCKET", listener.path());
+    }
+    let mut child = super::reaper::spawn_tracked(&mut command).map_err(|source| {
+        StepError::Spawn {
+            program: unit.cmd.program().to_string(),
+            source,
+        }
+    })?;
+    let Some(pid) = child.id() else {
+        return Err(StepError::ServiceExited {
+            program: unit.cmd.program().to_string(),
+            status: "exited at once".into(),
+        });
+    };
+    let pgid = Pid::from_raw(pid as i32);
+    let readers = take_readers(&mut child, &unit.step, &unit.reporter);
+    let program = unit.cmd.program().to_string();
+    let result = unit
+        .probe
+        .wait(unit.ready_limit, cancel, || match child.try_wait() {
+            Ok(Some(status)) => Some(StepError::ServiceExited {
+                program: program.clone(),
+                status: status.to_string(),
+            }),
+            _ => None,
+        })
+        .await;
+    match result {
+        Ok(()) => {
+            metrics::histogram!("bootplan_service_ready_seconds", "step" => unit.step.clone())
+                .record(started.elapsed().as_secs_f64());
+            Ok(Running {
+                child,
+                pgid,
+                readers,
+            })
+        }
+        Err(err) => {
+            process::terminate_group(&mut child, pgid, unit.grace).await;
+            process::drain(readers).await;
+            Err(err)
+        }
+    }
+}
+
+fn take_readers(child: &mut Child, step: &str, reporter: &Arc<Reporter>) -> Vec<JoinHandle<()>> {
+    let mut handles = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        handles.push(tokio::spawn(pump(out, step.to_string(), Stream::Stdout, reporter.clone())));
+    }
+    if let Some(err) = child.stderr.take() {
+        handles.push(tokio::spawn(pump(err, step.to_string(), Stream::Stderr, reporter.clone())));
+    }
+    handles
+}
+
+async fn pump(
+    reader: impl tokio::io::AsyncRead + Unpin,
+    step: String,
+    stream: Stream,
+    reporter: Arc<Reporter>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    // Long lines are cut, as for step output, so one runaway line cannot exhaust memory.
+    const MAX_LINE: u64 = 16 * 1024;
+    let mut reader = tokio::io::BufReader::new(reader);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        reporter.emit(crate::telemetry::EventKind::Output {
+            step: step.clone(),
+            stream,
+            line: String::from_utf8_lossy(&buf).into_owned(),
+        });
+    }
+}
+
+/// Watches one service: restarts it by its policy, reports it when it is
+/// gone for good, and stops it when asked.
+async fn watch_service(
+    unit: ServiceUnit,
+    running: Running,
+    stop: CancellationToken,
+    grace_ms: Arc<AtomicU64>,
+    failure: watch::Sender<Option<ServiceFailure>>,
+) {
+    let mut current = Some(running);
+    let mut restarts = 0u32;
+    loop {
+        let ended = match current.take() {
+            Some(mut proc) => tokio::select! {
+                status = proc.child.wait() => {
+                    let _ = killpg(proc.pgid, Signal::SIGKILL);
+                    process::drain(proc.readers).await;
+                    match status {
+                        Ok(s) => (s.success(), format!("exited with {s}")),
+                        Err(e) => (false, format!("lost: {e}")),
+                    }
+                }
+                () = stop.cancelled() => {
+                    let grace = Duration::from_millis(grace_ms.load(Ordering::SeqCst));
+                    process::terminate_group(&mut proc.child, proc.pgid, grace).await;
+                    process::drain(proc.readers).await;
+                    return;
+                }
+            },
+            None => return,
+        };
+        let (clean, what) = ended;
+        if !unit.policy.wants_restart(clean) || restarts >= unit.policy.limit {
+            gone_for_good(&unit, clean, &what, restarts, &failure);
+            return;
+        }
+        restarts += 1;
+        let delay = unit.policy.delay(restarts);
+        unit.reporter.notice(
+            Level::Warn,
+            format!(
+                "service `{}` {what}; restart {restarts} of {} in {}",
+                unit.step,
+                unit.policy.limit,
+                humantime::format_duration(delay)
+            ),
+        );
+        metrics::counter!("bootplan_service_restarts_total", "step" => unit.step.clone())
+            .increment(1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return,
+        }
+        // Start again; a start that fails counts as one more exit.
+        let mut outcome = start(&unit, &stop).await;
+        while let Err(err) = outcome {
+            if matches!(err, StepError::Cancelled) || stop.is_cancelled() {
+                return;
+            }
+            let what = format!("did not come back: {err}");
+            if restarts >= unit.policy.limit {
+                gone_for_good(&unit, false, &what, restarts, &failure);
+                return;
+            }
+            restarts += 1;
+            let delay = unit.policy.delay(restarts);
+            unit.reporter.notice(
+                Level::Warn,
+                format!(
+                    "service `{}` {what}; restart {restarts} of {} in {}",
+                    unit.step,
+                    unit.policy.limit,
+                    humantime::format_duration(delay)
+                ),
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return,
+            }
+            outcome = start(&unit, &stop).await;
+        }
+        if let Ok(proc) = outcome {
+            unit.reporter
+                .notice(Level::Info, format!("service `{}` is ready again", unit.step));
+            current = Some(proc);
+        }
+    }
+}
+
+fn gone_for_good(
+    unit: &ServiceUnit,
+    clean: bool,
+    what: &str,
+    restarts: u32,
+    failure: &watch::Sender<Option<ServiceFailure>>,
+) {
+    // A clean exit under `on: failure` is the service finishing, not failing.
+    if clean && unit.policy.on == RestartOn::Failure {
+        unit.reporter.notice(
+            Level::Warn,
+            format!("service `{}` {what}; not restarted (clean exit)", unit.step),
+        );
+        return;
+    }
+    let message = format!(
+        "service `{}` {what} after {restarts} restart(s) (limit {})",
+        unit.step, unit.policy.limit
+    );
+    if !unit.required {
+        unit.reporter
+            .notice(Level::Warn, format!("{message}; it is not required, carrying on"));
+        return;
+    }
+    unit.reporter.notice(Level::Error, message.clone());
+    failure.send_if_modified(|slot| {
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(ServiceFailure {
+            step: unit.step.clone(),
+            error: ErrorInfo {
+                code: ErrorCode::ServiceFailed,
+                message,
+            },
+        });
+        true
+    });
+}

@@ -1,0 +1,476 @@
+//! Supervision: bootplan stays the parent of the `exec` app instead of
+//! replacing itself with it.
+//!
+//! The app runs in its own process group. SIGTERM, SIGINT, SIGHUP, SIGQUIT,
+//! SIGUSR1, SIGUSR2 and SIGWINCH are forwarded to that group. The app is
+//! "ready" when the exec step's `ready` check passes (at once without one);
+//! then the instance is registered and the run's verdict (`RunFinished`) is
+//! given, which the sinks turn into READY=1, the readiness file, the status
+//! file and the report. On SIGTERM/SIGINT the app gets the grace to exit
+//! (then SIGKILL); when the app has exited, the registration is removed and
+//! the services are stopped newest first. bootplan exits with the app's
+//! code (128+n for signal n). A required service gone for good stops the app
+//! and exits with `service.failed`'s code.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::probe::{NotifyListener, Probe};
+use super::register::{self, Registration};
+use super::services::ServiceFailure;
+use super::{Options, notify, readyfile, reaper};
+use crate::engine::RunSummary;
+use crate::error::{ErrorCode, exit};
+use crate::plan::lifecycle::Registry;
+use crate::plan::{Plan, Step, WaitTarget};
+use crate::steps::exec::ExecRequest;
+use crate::steps::{StepContext, StepError, StepInputs};
+use crate::telemetry::{ErrorInfo, EventKind, Level, Outcome, StepState};
+
+/// The signals forwarded to the app.
+pub const FORWARDED: [i32; 7] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+];
+
+/// Listens for the forwarded signals. Created before the plan runs, so a
+/// SIGHUP during the boot does not kill bootplan (its default action).
+pub struct Forwarder {
+    streams: Vec<(i32, tokio::signal::unix::Signal)>,
+}
+
+impl Forwarder {
+    pub fn new() -> Forwarder {
+        let streams = FORWARDED
+            .iter()
+            .filter_map(|&n| signal(SignalKind::from_raw(n)).ok().map(|s| (n, s)))
+            .collect();
+        Forwarder { streams }
+    }
+
+    /// Forgets signals that arrived before the app existed (the engine
+    /// handled SIGTERM/SIGINT itself).
+    fn drain_stale(&mut self) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for (_, s) in &mut self.streams {
+            while let Poll::Ready(Some(())) = s.poll_recv(&mut cx) {}
+        }
+    }
+
+    /// The next signal received.
+    async fn recv(&mut self) -> i32 {
+        std::future::poll_fn(|cx| {
+            for (n, s) in &mut self.streams {
+                if let Poll::Ready(Some(())) = s.poll_recv(cx) {
+                    return Poll::Ready(*n);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Default for Forwarder {
+    fn default() -> Self {
+        Forwarder::new()
+    }
+}
+
+/// Where the supervised run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The app runs but is not ready yet; the run has no verdict.
+    Starting,
+    /// The app is ready and registered; the verdict was given.
+    Ready,
+}
+
+/// Why supervision is ending, when not by the app's own exit.
+enum Ending {
+    Signal(i32),
+    Service(ServiceFailure),
+    Deadline,
+    Failed(ErrorInfo),
+}
+
+/// Runs the app under supervision and returns bootplan's exit code.
+pub async fn supervise(
+    plan: &Plan,
+    ctx: Arc<StepContext>,
+    mut summary: RunSummary,
+    signals: &mut Forwarder,
+    opts: &Options,
+) -> i32 {
+    let Some(request) = summary.exec.take() else {
+        return summary.exit_code;
+    };
+    let Some(step) = plan.step_id(&request.step).map(|id| &plan.steps[id]) else {
+        return exit::SOFTWARE;
+    };
+    let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
+    let deadline = tokio::time::Instant::now()
+        + plan.deadline.saturating_sub(opts.started.elapsed());
+    signals.drain_stale();
+    let app_started = Instant::now();
+    ctx.reporter.emit(EventKind::StepStarted {
+        step: step.name.clone(),
+    });
+    ctx.reporter.emit(EventKind::AttemptStarted {
+        step: step.name.clone(),
+        attempt: 1,
+    });
+
+    let prepared = prepare_probe(step, &ctx).await;
+    let (probe, listener) = match prepared {
+        Ok(pair) => pair,
+        Err(err) => {
+            let info = ErrorInfo {
+                code: err.code(),
+                message: err.to_string(),
+            };
+            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started).await;
+        }
+    };
+    let pid = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
+        Ok(pid) => pid,
+        Err(err) => {
+            let info = ErrorInfo {
+                code: ErrorCode::ExecFailed,
+                message: format!("cannot start `{}`: {err}", request.cmd.program()),
+            };
+            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started).await;
+        }
+    };
+    let pgid = Pid::from_raw(pid as i32);
+    ctx.reporter.notice(
+        Level::Info,
+        format!("supervising `{}` (pid {pid})", request.cmd.program()),
+    );
+
+    let probe_cancel = CancellationToken::new();
+    let readiness = async {
+        match &probe {
+            Some(probe) => probe.wait(step.timeout, &probe_cancel, || None).await,
+            None => Ok(()),
+        }
+    };
+    tokio::pin!(readiness);
+    let app_exit = reaper::wait_watched(pid);
+    tokio::pin!(app_exit);
+    let mut phase = Phase::Starting;
+    let mut ending: Option<Ending> = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut registration: Option<Registration> = None;
+    let stop_app = |kill_at: &mut Option<tokio::time::Instant>| {
+        let _ = killpg(pgid, Signal::SIGTERM);
+        *kill_at = Some(tokio::time::Instant::now() + grace);
+    };
+
+    let app_code = loop {
+        tokio::select! {
+            code = &mut app_exit => break code,
+            result = &mut readiness, if phase == Phase::Starting && ending.is_none() => {
+                match result.map_err(|e| ErrorInfo { code: e.code(), message: format!("the app did not get ready: {e}") }) {
+                    Ok(()) => match register_instance(plan, &ctx).await {
+                        Ok(reg) => {
+                            registration = reg;
+                            phase = Phase::Ready;
+                            ctx.reporter.emit(EventKind::StepFinished {
+                                step: step.name.clone(),
+                                state: StepState::Done,
+                                attempts: 1,
+                                duration: app_started.elapsed(),
+                                error: None,
+                            });
+                            ctx.reporter.emit(EventKind::RunFinished {
+                                outcome: summary.outcome,
+                                exit_code: exit::READY,
+                                error: None,
+                                failed_step: None,
+                                duration: opts.started.elapsed(),
+                            });
+                        }
+                        Err(info) => {
+                            ending = Some(Ending::Failed(info));
+                            stop_app(&mut kill_at);
+                        }
+                    },
+                    Err(info) => {
+                        ending = Some(Ending::Failed(info));
+                        stop_app(&mut kill_at);
+                    }
+                }
+            }
+            sig = signals.recv() => {
+                let _ = killpg(pgid, Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+                if (sig == libc::SIGTERM || sig == libc::SIGINT) && ending.is_none() {
+                    ctx.reporter.notice(Level::Info, format!("signal {sig}: stopping the app (grace {})", humantime::format_duration(grace)));
+                    ending = Some(Ending::Signal(sig));
+                    kill_at = Some(tokio::time::Instant::now() + grace);
+                }
+            }
+            Some(failure) = ctx.services.next_failure(), if ending.is_none() => {
+                ending = Some(Ending::Service(failure));
+                stop_app(&mut kill_at);
+            }
+            () = tokio::time::sleep_until(deadline), if phase == Phase::Starting && ending.is_none() => {
+                ending = Some(Ending::Deadline);
+                stop_app(&mut kill_at);
+            }
+            () = sleep_until_opt(kill_at) => {
+                ctx.reporter.notice(Level::Warn, "the app outlived its grace; SIGKILL");
+                let _ = killpg(pgid, Signal::SIGKILL);
+                kill_at = None;
+            }
+        }
+    };
+    // Anything the app left in its group goes with it.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    probe_cancel.cancel();
+    drop(listener);
+    notify::stopping();
+    readyfile::remove(&opts.ready_file);
+    if let Some(reg) = registration {
+        reg.deregister(&ctx.reporter).await;
+    }
+    ctx.services.stop_all(grace).await;
+    let orphans = reaper::orphans_reaped();
+    if orphans > 0 {
+        ctx.reporter
+            .notice(Level::Debug, format!("reaped {orphans} orphaned process(es)"));
+    }
+    conclude(plan, &ctx, &summary, step, phase, ending, app_code, app_started, opts).await
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The verdict and exit code once the app has exited.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    plan: &Plan,
+    ctx: &Arc<StepContext>,
+    summary: &RunSummary,
+    step: &Step,
+    phase: Phase,
+    ending: Option<Ending>,
+    app_code: i32,
+    app_started: Instant,
+    opts: &Options,
+) -> i32 {
+    let failure = match (phase, ending) {
+        (Phase::Ready, None | Some(Ending::Signal(_))) => {
+            ctx.reporter
+                .notice(Level::Info, format!("the app exited with code {app_code}"));
+            return app_code;
+        }
+        (Phase::Ready, Some(Ending::Service(f))) => {
+            ctx.reporter.notice(
+                Level::Error,
+                format!("stopped the app: {} [{}]", f.error.message, f.error.code),
+            );
+            return f.error.code.exit_code();
+        }
+        (Phase::Ready, Some(Ending::Deadline | Ending::Failed(_))) => return app_code,
+        (Phase::Starting, None) => ErrorInfo {
+            code: ErrorCode::StepExitNonzero,
+            message: format!("the app exited with code {app_code} before it was ready"),
+        },
+        (Phase::Starting, Some(Ending::Failed(info))) => info,
+        (Phase::Starting, Some(Ending::Service(f))) => {
+            finish_step(ctx, step, StepState::Cancelled, Some(f.error.clone()), app_started);
+            return finish_run(plan, ctx, summary, Outcome::Failed, f.error.code.exit_code(), Some(f.error), Some(f.step), opts).await;
+        }
+        (Phase::Starting, Some(Ending::Deadline)) => {
+            let info = ErrorInfo {
+                code: ErrorCode::DeadlineExceeded,
+                message: format!(
+                    "the plan's deadline of {} passed before the app was ready",
+                    humantime::format_duration(plan.deadline)
+                ),
+            };
+            finish_step(ctx, step, StepState::Cancelled, Some(info.clone()), app_started);
+            return finish_run(plan, ctx, summary, Outcome::DeadlineExceeded, exit::DEADLINE, Some(info), None, opts).await;
+        }
+        (Phase::Starting, Some(Ending::Signal(sig))) => {
+            let info = ErrorInfo {
+                code: ErrorCode::RunInterrupted,
+                message: format!("bootplan received signal {sig} before the app was ready"),
+            };
+            finish_step(ctx, step, StepState::Cancelled, Some(info.clone()), app_started);
+            return finish_run(plan, ctx, summary, Outcome::Interrupted, 128 + sig, Some(info), None, opts).await;
+        }
+    };
+    finish_step(ctx, step, StepState::Failed, Some(failure.clone()), app_started);
+    let code = if failure.code == ErrorCode::StepExitNonzero && app_code != 0 {
+        app_code
+    } else {
+        failure.code.exit_code()
+    };
+    finish_run(plan, ctx, summary, Outcome::Failed, code, Some(failure), Some(step.name.clone()), opts).await
+}
+
+fn finish_step(
+    ctx: &StepContext,
+    step: &Step,
+    state: StepState,
+    error: Option<ErrorInfo>,
+    started: Instant,
+) {
+    ctx.reporter.emit(EventKind::StepFinished {
+        step: step.name.clone(),
+        state,
+        attempts: 1,
+        duration: started.elapsed(),
+        error,
+    });
+}
+
+/// Gives a failed verdict: rollback when the plan asks, then `RunFinished`.
+#[allow(clippy::too_many_arguments)]
+async fn finish_run(
+    plan: &Plan,
+    ctx: &Arc<StepContext>,
+    summary: &RunSummary,
+    outcome: Outcome,
+    exit_code: i32,
+    error: Option<ErrorInfo>,
+    failed_step: Option<String>,
+    opts: &Options,
+) -> i32 {
+    if plan.rollback {
+        crate::engine::rollback(plan, &summary.completed, ctx).await;
+        super::revoke_secret_tokens(ctx).await;
+    }
+    ctx.reporter.emit(EventKind::RunFinished {
+        outcome,
+        exit_code,
+        error,
+        failed_step,
+        duration: opts.started.elapsed(),
+    });
+    exit_code
+}
+
+/// The app never started: stop the services and give the verdict.
+async fn fail_before_start(
+    plan: &Plan,
+    ctx: &Arc<StepContext>,
+    summary: &RunSummary,
+    step: &Step,
+    info: ErrorInfo,
+    grace: Duration,
+    started: Instant,
+) -> i32 {
+    finish_step(ctx, step, StepState::Failed, Some(info.clone()), started);
+    ctx.services.stop_all(grace).await;
+    let opts = Options {
+        supervise_flag: true,
+        ready_file: Default::default(),
+        started,
+    };
+    let code = info.code.exit_code();
+    finish_run(plan, ctx, summary, Outcome::Failed, code, Some(info), Some(step.name.clone()), &opts).await
+}
+
+/// Renders the exec step's `ready` check (and binds its notify socket).
+async fn prepare_probe(
+    step: &Step,
+    ctx: &StepContext,
+) -> Result<(Option<Probe>, Option<Arc<NotifyListener>>), StepError> {
+    let Some(spec) = &step.ready else {
+        return Ok((None, None));
+    };
+    let listener = match spec.target {
+        WaitTarget::Notify => Some(Arc::new(
+            NotifyListener::bind(&ctx.services.notify_dir(), &step.name).map_err(|source| {
+                StepError::Spawn {
+                    program: "notify socket".into(),
+                    source,
+                }
+            })?,
+        )),
+        _ => None,
+    };
+    let secrets = ctx.secrets.resolve(&step.secret_refs).await?;
+    let inputs = StepInputs { step, secrets };
+    let probe = Probe::new(spec, &inputs, ctx, listener.clone())?;
+    Ok((Some(probe), listener))
+}
+
+/// Registers the instance when the plan asks; an error is the run's failure.
+async fn register_instance(
+    plan: &Plan,
+    ctx: &StepContext,
+) -> Result<Option<Registration>, ErrorInfo> {
+    let Some(Registry::Etcd(spec)) = &plan.lifecycle.register else {
+        return Ok(None);
+    };
+    register::register(spec, &plan.name, ctx)
+        .await
+        .map(Some)
+        .map_err(|e| ErrorInfo {
+            code: e.code(),
+            message: format!("cannot register the instance: {e}"),
+        })
+}
+
+/// Starts the app in its own process group; the reaper collects its status.
+fn spawn_app(request: &ExecRequest, notify_socket: Option<&Path>) -> std::io::Result<u32> {
+    let cmd = &request.cmd;
+    let mut command = std::process::Command::new(cmd.program());
+    command
+        .args(&cmd.argv[1..])
+        .env_remove("NOTIFY_SOCKET")
+        .env("BOOTPLAN_BOOTSTRAP_ID", &request.bootstrap_id)
+        .env("BOOTPLAN_STEP", &request.step)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .process_group(0);
+    if let Some(path) = notify_socket {
+        command.env("NOTIFY_SOCKET", path);
+    }
+    if let Some(cwd) = &cmd.cwd {
+        command.current_dir(cwd);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, isatty, signal,
+    // tcsetpgrp, getpid, _exit) run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // The app goes when bootplan goes, so a killed supervisor leaves nothing.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // On a terminal, the app's group takes the foreground so it can read input.
+            if libc::isatty(0) == 1 {
+                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+                libc::tcsetpgrp(0, libc::getpid());
+                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    reaper::spawn_watched(&mut command)
+}

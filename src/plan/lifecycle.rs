@@ -1,0 +1,454 @@
+//! Plan sections for the lifecycle around the steps: service restart
+//! policies, supervision, the readiness file, registration in etcd and the
+//! report webhook. Raw types (a mirror of the file) and their resolved forms
+//! live together here; `resolve_plan` and `resolve_step` check them and
+//! return every problem as a [`Diagnostic`].
+//!
+//! To add a registry backend: add a field to [`RawRegister`], a variant to
+//! [`Registry`], and a client in `lifecycle::register`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::diagnostic::{Diagnostic, Position};
+use super::duration::HumanDuration;
+use super::refs;
+
+const DEFAULT_RESTART_LIMIT: u32 = 3;
+const DEFAULT_RESTART_BACKOFF: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(10));
+const DEFAULT_ETCD_TTL: Duration = Duration::from_secs(15);
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_REPORT_ATTEMPTS: u32 = 3;
+
+/// When a service that exited is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartOn {
+    /// After a non-zero exit or a signal (the default).
+    #[default]
+    Failure,
+    /// After any exit, clean or not.
+    Always,
+    /// Never: the first exit is final.
+    Never,
+}
+
+/// `restart:` on a `service` step.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestart {
+    /// `failure` (default), `always` or `never`.
+    #[serde(default)]
+    pub on: RestartOn,
+    /// Most restarts over the service's life. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Delay range `MIN..MAX` before a restart, doubling each time. Default `1s..10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+}
+
+/// `supervise:` — bootplan stays the parent of the `exec` app.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSupervise {
+    /// Supervise even without services (as `--supervise`). Supervision is
+    /// automatic with services, as PID 1, with `ready` on the exec step, or with `register`.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// On SIGTERM or failure, how long the app and then each service get
+    /// between SIGTERM and SIGKILL. Default: the plan's `kill_grace`.
+    #[serde(default)]
+    pub stop_grace: Option<HumanDuration>,
+}
+
+/// `register:` — announce the instance once the app is ready.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegister {
+    /// Register in etcd (v3 JSON gateway), under a key attached to a lease.
+    pub etcd: RawEtcd,
+}
+
+/// Etcd registration settings.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcd {
+    /// Client URLs, tried in order, e.g. `["https://10.0.0.5:2379"]`.
+    pub endpoints: Vec<String>,
+    /// The key (may use templates), e.g. `/services/web/{{ facts.instance_id }}`.
+    pub key: String,
+    /// Lease time to live: the entry disappears this long after bootplan dies. Default 15s.
+    #[serde(default)]
+    pub ttl: Option<HumanDuration>,
+    /// The address to announce (may use templates). Default: `facts.local_ipv4`, else the hostname.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The port to announce.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// PEM CA bundle for `https://` endpoints, relative to the plan file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// User for etcd authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for etcd authentication: use `{{ secrets.NAME }}`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Limit for each request. Default 2s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `report:` — send the final status off the machine.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    /// URL that receives the final status JSON as a POST.
+    pub webhook: String,
+    /// Limit for each POST. Default 5s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Total tries, including the first. Default 3.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+}
+
+/// A service's resolved restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RestartPolicy {
+    pub on: RestartOn,
+    pub limit: u32,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            on: RestartOn::Failure,
+            limit: DEFAULT_RESTART_LIMIT,
+            min_backoff: DEFAULT_RESTART_BACKOFF.0,
+            max_backoff: DEFAULT_RESTART_BACKOFF.1,
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// Whether an exit (`clean`: status 0) earns a restart, ignoring the limit.
+    pub fn wants_restart(&self, clean: bool) -> bool {
+        match self.on {
+            RestartOn::Always => true,
+            RestartOn::Failure => !clean,
+            RestartOn::Never => false,
+        }
+    }
+
+    /// The delay before restart number `n` (1-based): MIN·2^(n-1), at most MAX.
+    pub fn delay(&self, n: u32) -> Duration {
+        let factor = 1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.min_backoff
+            .checked_mul(factor)
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+    }
+}
+
+/// The plan's lifecycle settings, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Lifecycle {
+    /// `supervise.enabled`.
+    pub supervise: bool,
+    /// Grace for stopping the app and each service; `None`: the plan's kill_grace.
+    pub stop_grace: Option<Duration>,
+    /// `ready_file`, resolved against the plan's directory; `None`: RUN_DIR/ready.
+    pub ready_file: Option<PathBuf>,
+    pub register: Option<Registry>,
+    pub report: Option<ReportSpec>,
+}
+
+/// Where to register.
+#[derive(Debug, Clone)]
+pub enum Registry {
+    Etcd(EtcdSpec),
+}
+
+/// Etcd registration, resolved (templates still unrendered).
+#[derive(Debug, Clone)]
+pub struct EtcdSpec {
+    pub endpoints: Vec<String>,
+    pub key: String,
+    pub ttl: Duration,
+    pub address: Option<String>,
+    pub port: Option<u16>,
+    pub ca_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+    /// Secrets the key, address and password templates use.
+    pub secret_refs: Vec<String>,
+}
+
+/// The report webhook.
+#[derive(Debug, Clone)]
+pub struct ReportSpec {
+    pub webhook: String,
+    pub timeout: Duration,
+    pub attempts: u32,
+}
+
+/// Collects problems for one plan file.
+struct Problems<'a> {
+    file: &'a Path,
+    found: Vec<Diagnostic>,
+}
+
+impl Problems<'_> {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
+        self.found.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            position: None,
+            field: field.into(),
+            message: message.into(),
+            hint: hint.map(str::to_string),
+        });
+    }
+}
+
+/// The names templates may use, for checking registration templates.
+pub struct Names<'a> {
+    pub secrets: &'a BTreeSet<String>,
+    pub vars: &'a BTreeSet<String>,
+    pub facts: &'a [&'a str],
+}
+
+/// Checks the plan-level lifecycle sections.
+pub fn resolve_plan(
+    file: &Path,
+    plan_dir: &Path,
+    supervise: Option<&RawSupervise>,
+    ready_file: Option<&str>,
+    register: Option<&RawRegister>,
+    report: Option<&RawReport>,
+    names: &Names,
+) -> (Lifecycle, Vec<Diagnostic>) {
+    let mut p = Problems {
+        file,
+        found: Vec::new(),
+    };
+    let lifecycle = Lifecycle {
+        supervise: supervise.and_then(|s| s.enabled).unwrap_or(false),
+        stop_grace: supervise.and_then(|s| s.stop_grace).map(HumanDuration::get),
+        ready_file: ready_file.map(|f| plan_dir.join(f)),
+        register: register.map(|r| Registry::Etcd(etcd(&r.etcd, plan_dir, names, &mut p))),
+        report: report.map(|r| report_spec(r, &mut p)),
+    };
+    (lifecycle, p.found)
+}
+
+fn etcd(raw: &RawEtcd, plan_dir: &Path, names: &Names, p: &mut Problems) -> EtcdSpec {
+    let field = "register.etcd";
+    if raw.endpoints.is_empty() {
+        p.push(
+            format!("{field}.endpoints"),
+            "no etcd endpoints",
+            Some("e.g. `endpoints: [\"http://127.0.0.1:2379\"]`"),
+        );
+    }
+    for url in &raw.endpoints {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            p.push(
+                format!("{field}.endpoints"),
+                format!("`{url}` is not an http(s) URL"),
+                Some("etcd's JSON gateway listens on the client URL, e.g. `http://127.0.0.1:2379`"),
+            );
+        }
+    }
+    if raw.key.trim().is_empty() {
+        p.push(format!("{field}.key"), "the key is empty", None);
+    }
+    let ttl = raw.ttl.map_or(DEFAULT_ETCD_TTL, HumanDuration::get);
+    if ttl < Duration::from_secs(2) {
+        p.push(
+            format!("{field}.ttl"),
+            "the lease TTL must be at least 2s",
+            Some("etcd counts TTLs in whole seconds; 10s to 30s is usual"),
+        );
+    }
+    if raw.username.is_some() != raw.password.is_some() {
+        p.push(
+            field,
+            "`username` and `password` go together",
+            Some("set both, or neither for an etcd without auth"),
+        );
+    }
+    let mut secret_refs = BTreeSet::new();
+    let texts = [
+        ("key", Some(&raw.key)),
+        ("address", raw.address.as_ref()),
+        ("password", raw.password.as_ref()),
+    ];
+    for (key, text) in texts {
+        let Some(text) = text else { continue };
+        check_refs(&format!("{field}.{key}"), text, names, &mut secret_refs, p);
+    }
+    if let Some(password) = &raw.password {
+        if !refs::is_template(password) {
+            p.push(
+                format!("{field}.password"),
+                "a literal password in the plan",
+                Some("declare it under `secrets:` and write `{{ secrets.NAME }}`"),
+            );
+        }
+    }
+    EtcdSpec {
+        endpoints: raw
+            .endpoints
+            .iter()
+            .map(|e| e.trim_end_matches('/').to_string())
+            .collect(),
+        key: raw.key.clone(),
+        ttl,
+        address: raw.address.clone(),
+        port: raw.port,
+        ca_file: raw.ca_file.as_ref().map(|f| plan_dir.join(f)),
+        username: raw.username.clone(),
+        password: raw.password.clone(),
+        timeout: raw.timeout.map_or(DEFAULT_REQUEST_TIMEOUT, HumanDuration::get),
+        secret_refs: secret_refs.into_iter().collect(),
+    }
+}
+
+fn check_refs(
+    field: &str,
+    text: &str,
+    names: &Names,
+    secrets: &mut BTreeSet<String>,
+    p: &mut Problems,
+) {
+    let found = match refs::references(text) {
+        Ok(found) => found,
+        Err(msg) => {
+            p.push(field, msg, None);
+            return;
+        }
+    };
+    for reference in found {
+        let name = reference.name.clone().unwrap_or_default();
+        let known = match reference.root.as_str() {
+            "env" => true,
+            "secrets" => names.secrets.contains(&name),
+            "vars" => names.vars.contains(&name),
+            "facts" => names.facts.contains(&name.as_str()),
+            _ => false,
+        };
+        if !known {
+            p.push(
+                field,
+                format!("the template uses unknown `{}.{name}`", reference.root),
+                Some("templates see declared secrets.*, vars.*, facts.* and env.*"),
+            );
+        } else if reference.root == "secrets" {
+            secrets.insert(name);
+        }
+    }
+}
+
+fn report_spec(raw: &RawReport, p: &mut Problems) -> ReportSpec {
+    if !(raw.webhook.starts_with("http://") || raw.webhook.starts_with("https://")) {
+        p.push(
+            "report.webhook",
+            format!("`{}` is not an http(s) URL", raw.webhook),
+            None,
+        );
+    }
+    let attempts = raw.attempts.unwrap_or(DEFAULT_REPORT_ATTEMPTS);
+    if attempts == 0 || attempts > 10 {
+        p.push(
+            "report.attempts",
+            "attempts must be between 1 and 10",
+            Some("the report must not hold up the verdict for long"),
+        );
+    }
+    ReportSpec {
+        webhook: raw.webhook.clone(),
+        timeout: raw.timeout.map_or(DEFAULT_REPORT_TIMEOUT, HumanDuration::get),
+        attempts: attempts.clamp(1, 10),
+    }
+}
+
+/// Checks a step's `restart` and `required` and returns its restart policy.
+pub fn resolve_step(
+    file: &Path,
+    position: Option<Position>,
+    field: &str,
+    is_service: bool,
+    restart: Option<&RawRestart>,
+    required: Option<bool>,
+) -> (RestartPolicy, Vec<Diagnostic>) {
+    let mut p = Problems {
+        file,
+        found: Vec::new(),
+    };
+    if !is_service && (restart.is_some() || required.is_some()) {
+        p.push(
+            field,
+            "`restart` and `required` apply to `service` steps only",
+            Some("use `retry` to try a command again"),
+        );
+    }
+    let mut policy = RestartPolicy::default();
+    if let Some(raw) = restart {
+        policy.on = raw.on;
+        policy.limit = raw.limit.unwrap_or(DEFAULT_RESTART_LIMIT);
+        if let Some(range) = &raw.backoff {
+            match super::validate::parse_backoff(range) {
+                Ok((min, max)) => {
+                    policy.min_backoff = min;
+                    policy.max_backoff = max;
+                }
+                Err(msg) => p.push(
+                    format!("{field}.restart.backoff"),
+                    msg,
+                    Some("write MIN..MAX, e.g. `1s..10s`"),
+                ),
+            }
+        }
+    }
+    for d in &mut p.found {
+        d.position = position;
+    }
+    (policy, p.found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delays_double_up_to_the_maximum() {
+        let policy = RestartPolicy {
+            on: RestartOn::Failure,
+            limit: 5,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+        };
+        let delays: Vec<u128> = (1..=4).map(|n| policy.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 350, 350]);
+        assert_eq!(policy.delay(200), Duration::from_millis(350));
+    }
+
+    #[test]
+    fn failure_policy_restarts_only_failures() {
+        let policy = RestartPolicy::default();
+        assert!(policy.wants_restart(false));
+        assert!(!policy.wants_restart(true));
+    }
+}

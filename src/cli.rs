@@ -298,7 +298,12 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     let redactor = Arc::new(Redactor::new());
     let reporter = reporter(cli, &run_dir, redactor.clone());
     let ready_file = crate::lifecycle::ready_file(&plan, &run_dir);
-    crate::lifecycle::add_sinks(&reporter, &plan, ready_file.clone(), cli.report_url.as_deref());
+    crate::lifecycle::add_sinks(
+        &reporter,
+        &plan,
+        ready_file.clone(),
+        cli.report_url.as_deref(),
+    );
     let bootstrap_id = new_bootstrap_id();
 
     let journal = match journal::Journal::open(&state_dir(cli, Some(&plan)), &plan.name) {
@@ -355,12 +360,8 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         ready_file,
         started,
     };
-    let (summary, supervised) = runtime.block_on(crate::lifecycle::run(
-        &plan,
-        ctx,
-        journal.clone(),
-        &options,
-    ));
+    let (summary, supervised) =
+        runtime.block_on(crate::lifecycle::run(&plan, ctx, journal.clone(), &options));
     drop(journal);
     if let Some(code) = supervised {
         reporter.finish();
@@ -392,7 +393,8 @@ fn run(cli: &Cli, path: &Path) -> i32 {
 /// tooling see why nothing ran.
 /// Sends the invalid-plan status to the report webhook, when one is known.
 fn report_invalid_plan(cli: &Cli, path: &Path, doc: &serde_json::Value) {
-    let Some(spec) = crate::lifecycle::report::spec_for_invalid_plan(cli.report_url.as_deref(), path)
+    let Some(spec) =
+        crate::lifecycle::report::spec_for_invalid_plan(cli.report_url.as_deref(), path)
     else {
         return;
     };

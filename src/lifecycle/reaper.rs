@@ -45,9 +45,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Spawns a child that tokio will wait for, keeping the reaper off it.
-pub fn spawn_tracked(
-    cmd: &mut tokio::process::Command,
-) -> std::io::Result<tokio::process::Child> {
+pub fn spawn_tracked(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
     let mut owned = lock(&OWNED);
     let child = cmd.spawn()?;
     if ACTIVE.load(Ordering::SeqCst) {

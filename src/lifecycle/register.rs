@@ -120,7 +120,12 @@ impl EtcdClient {
 
     #[tracing::instrument(skip_all, fields(path = path, endpoint = tracing::field::Empty, status = tracing::field::Empty))]
     async fn call_once(&self, path: &str, body: &Value) -> Result<Value, RegisterError> {
-        let token = self.token.lock().await.as_ref().map(|t| t.expose().to_string());
+        let token = self
+            .token
+            .lock()
+            .await
+            .as_ref()
+            .map(|t| t.expose().to_string());
         let mut last = String::from("no endpoints");
         for endpoint in &self.endpoints {
             tracing::Span::current().record("endpoint", endpoint.as_str());
@@ -246,14 +251,14 @@ pub async fn register(
     plan_name: &str,
     ctx: &StepContext,
 ) -> Result<Registration, RegisterError> {
-    let secrets = ctx
-        .secrets
-        .resolve(&spec.secret_refs)
-        .await
-        .map_err(|e| RegisterError::Render {
-            what: "secrets".into(),
-            message: e.to_string(),
-        })?;
+    let secrets =
+        ctx.secrets
+            .resolve(&spec.secret_refs)
+            .await
+            .map_err(|e| RegisterError::Render {
+                what: "secrets".into(),
+                message: e.to_string(),
+            })?;
     let render = |text: &str, what: &str| {
         crate::steps::render(text, what, ctx, Some(&secrets)).map_err(|e| RegisterError::Render {
             what: what.to_string(),
@@ -304,7 +309,10 @@ pub async fn register(
                 ));
                 ctx.reporter.notice(
                     Level::Info,
-                    format!("registered in etcd as {key} (lease TTL {}s)", spec.ttl.as_secs()),
+                    format!(
+                        "registered in etcd as {key} (lease TTL {}s)",
+                        spec.ttl.as_secs()
+                    ),
                 );
                 return Ok(Registration {
                     client,
@@ -358,10 +366,15 @@ async fn keep_alive(
         match client.keepalive(&id).await {
             Ok(left) if left > 0 => {}
             Ok(_) => {
-                reporter.notice(Level::Warn, format!("etcd lease for {key} expired; registering again"));
+                reporter.notice(
+                    Level::Warn,
+                    format!("etcd lease for {key} expired; registering again"),
+                );
                 match put_with_lease(&client, &key, &value, ttl).await {
                     Ok(new) => *lease.lock().unwrap_or_else(|p| p.into_inner()) = new,
-                    Err(err) => reporter.notice(Level::Warn, format!("cannot register again: {err}")),
+                    Err(err) => {
+                        reporter.notice(Level::Warn, format!("cannot register again: {err}"))
+                    }
                 }
             }
             Err(err) => reporter.notice(Level::Warn, format!("etcd keep-alive failed: {err}")),
@@ -381,7 +394,10 @@ impl Registration {
             Ok(()) => reporter.notice(Level::Info, format!("deregistered {} from etcd", self.key)),
             Err(err) => reporter.notice(
                 Level::Warn,
-                format!("deregistering {} failed (the lease will expire): {err}", self.key),
+                format!(
+                    "deregistering {} failed (the lease will expire): {err}",
+                    self.key
+                ),
             ),
         }
     }

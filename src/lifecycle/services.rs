@@ -158,12 +158,11 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
     if let Some(listener) = &unit.notify {
         command.env("NOTIFY_SOCKET", listener.path());
     }
-    let mut child = super::reaper::spawn_tracked(&mut command).map_err(|source| {
-        StepError::Spawn {
+    let mut child =
+        super::reaper::spawn_tracked(&mut command).map_err(|source| StepError::Spawn {
             program: unit.cmd.program().to_string(),
             source,
-        }
-    })?;
+        })?;
     let Some(pid) = child.id() else {
         return Err(StepError::ServiceExited {
             program: unit.cmd.program().to_string(),
@@ -204,10 +203,20 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
 fn take_readers(child: &mut Child, step: &str, reporter: &Arc<Reporter>) -> Vec<JoinHandle<()>> {
     let mut handles = Vec::new();
     if let Some(out) = child.stdout.take() {
-        handles.push(tokio::spawn(pump(out, step.to_string(), Stream::Stdout, reporter.clone())));
+        handles.push(tokio::spawn(pump(
+            out,
+            step.to_string(),
+            Stream::Stdout,
+            reporter.clone(),
+        )));
     }
     if let Some(err) = child.stderr.take() {
-        handles.push(tokio::spawn(pump(err, step.to_string(), Stream::Stderr, reporter.clone())));
+        handles.push(tokio::spawn(pump(
+            err,
+            step.to_string(),
+            Stream::Stderr,
+            reporter.clone(),
+        )));
     }
     handles
 }
@@ -225,7 +234,11 @@ async fn pump(
     let mut buf = Vec::with_capacity(256);
     loop {
         buf.clear();
-        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf).await {
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -322,8 +335,10 @@ async fn watch_service(
             outcome = start(&unit, &stop).await;
         }
         if let Ok(proc) = outcome {
-            unit.reporter
-                .notice(Level::Info, format!("service `{}` is ready again", unit.step));
+            unit.reporter.notice(
+                Level::Info,
+                format!("service `{}` is ready again", unit.step),
+            );
             current = Some(proc);
         }
     }
@@ -349,8 +364,10 @@ fn gone_for_good(
         unit.step, unit.policy.limit
     );
     if !unit.required {
-        unit.reporter
-            .notice(Level::Warn, format!("{message}; it is not required, carrying on"));
+        unit.reporter.notice(
+            Level::Warn,
+            format!("{message}; it is not required, carrying on"),
+        );
         return;
     }
     unit.reporter.notice(Level::Error, message.clone());

@@ -122,8 +122,8 @@ pub async fn supervise(
         return exit::SOFTWARE;
     };
     let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
-    let deadline = tokio::time::Instant::now()
-        + plan.deadline.saturating_sub(opts.started.elapsed());
+    let deadline =
+        tokio::time::Instant::now() + plan.deadline.saturating_sub(opts.started.elapsed());
     signals.drain_stale();
     let app_started = Instant::now();
     ctx.reporter.emit(EventKind::StepStarted {
@@ -250,10 +250,23 @@ pub async fn supervise(
     ctx.services.stop_all(grace).await;
     let orphans = reaper::orphans_reaped();
     if orphans > 0 {
-        ctx.reporter
-            .notice(Level::Debug, format!("reaped {orphans} orphaned process(es)"));
+        ctx.reporter.notice(
+            Level::Debug,
+            format!("reaped {orphans} orphaned process(es)"),
+        );
     }
-    conclude(plan, &ctx, &summary, step, phase, ending, app_code, app_started, opts).await
+    conclude(
+        plan,
+        &ctx,
+        &summary,
+        step,
+        phase,
+        ending,
+        app_code,
+        app_started,
+        opts,
+    )
+    .await
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
@@ -297,8 +310,24 @@ async fn conclude(
         },
         (Phase::Starting, Some(Ending::Failed(info))) => info,
         (Phase::Starting, Some(Ending::Service(f))) => {
-            finish_step(ctx, step, StepState::Cancelled, Some(f.error.clone()), app_started);
-            return finish_run(plan, ctx, summary, Outcome::Failed, f.error.code.exit_code(), Some(f.error), Some(f.step), opts).await;
+            finish_step(
+                ctx,
+                step,
+                StepState::Cancelled,
+                Some(f.error.clone()),
+                app_started,
+            );
+            return finish_run(
+                plan,
+                ctx,
+                summary,
+                Outcome::Failed,
+                f.error.code.exit_code(),
+                Some(f.error),
+                Some(f.step),
+                opts,
+            )
+            .await;
         }
         (Phase::Starting, Some(Ending::Deadline)) => {
             let info = ErrorInfo {
@@ -308,25 +337,73 @@ async fn conclude(
                     humantime::format_duration(plan.deadline)
                 ),
             };
-            finish_step(ctx, step, StepState::Cancelled, Some(info.clone()), app_started);
-            return finish_run(plan, ctx, summary, Outcome::DeadlineExceeded, exit::DEADLINE, Some(info), None, opts).await;
+            finish_step(
+                ctx,
+                step,
+                StepState::Cancelled,
+                Some(info.clone()),
+                app_started,
+            );
+            return finish_run(
+                plan,
+                ctx,
+                summary,
+                Outcome::DeadlineExceeded,
+                exit::DEADLINE,
+                Some(info),
+                None,
+                opts,
+            )
+            .await;
         }
         (Phase::Starting, Some(Ending::Signal(sig))) => {
             let info = ErrorInfo {
                 code: ErrorCode::RunInterrupted,
                 message: format!("bootplan received signal {sig} before the app was ready"),
             };
-            finish_step(ctx, step, StepState::Cancelled, Some(info.clone()), app_started);
-            return finish_run(plan, ctx, summary, Outcome::Interrupted, 128 + sig, Some(info), None, opts).await;
+            finish_step(
+                ctx,
+                step,
+                StepState::Cancelled,
+                Some(info.clone()),
+                app_started,
+            );
+            return finish_run(
+                plan,
+                ctx,
+                summary,
+                Outcome::Interrupted,
+                128 + sig,
+                Some(info),
+                None,
+                opts,
+            )
+            .await;
         }
     };
-    finish_step(ctx, step, StepState::Failed, Some(failure.clone()), app_started);
+    finish_step(
+        ctx,
+        step,
+        StepState::Failed,
+        Some(failure.clone()),
+        app_started,
+    );
     let code = if failure.code == ErrorCode::StepExitNonzero && app_code != 0 {
         app_code
     } else {
         failure.code.exit_code()
     };
-    finish_run(plan, ctx, summary, Outcome::Failed, code, Some(failure), Some(step.name.clone()), opts).await
+    finish_run(
+        plan,
+        ctx,
+        summary,
+        Outcome::Failed,
+        code,
+        Some(failure),
+        Some(step.name.clone()),
+        opts,
+    )
+    .await
 }
 
 fn finish_step(
@@ -389,7 +466,17 @@ async fn fail_before_start(
         started,
     };
     let code = info.code.exit_code();
-    finish_run(plan, ctx, summary, Outcome::Failed, code, Some(info), Some(step.name.clone()), &opts).await
+    finish_run(
+        plan,
+        ctx,
+        summary,
+        Outcome::Failed,
+        code,
+        Some(info),
+        Some(step.name.clone()),
+        &opts,
+    )
+    .await
 }
 
 /// Renders the exec step's `ready` check (and binds its notify socket).

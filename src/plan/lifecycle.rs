@@ -321,7 +321,9 @@ fn etcd(raw: &RawEtcd, plan_dir: &Path, names: &Names, p: &mut Problems) -> Etcd
         ca_file: raw.ca_file.as_ref().map(|f| plan_dir.join(f)),
         username: raw.username.clone(),
         password: raw.password.clone(),
-        timeout: raw.timeout.map_or(DEFAULT_REQUEST_TIMEOUT, HumanDuration::get),
+        timeout: raw
+            .timeout
+            .map_or(DEFAULT_REQUEST_TIMEOUT, HumanDuration::get),
         secret_refs: secret_refs.into_iter().collect(),
     }
 }
@@ -379,7 +381,9 @@ fn report_spec(raw: &RawReport, p: &mut Problems) -> ReportSpec {
     }
     ReportSpec {
         webhook: raw.webhook.clone(),
-        timeout: raw.timeout.map_or(DEFAULT_REPORT_TIMEOUT, HumanDuration::get),
+        timeout: raw
+            .timeout
+            .map_or(DEFAULT_REPORT_TIMEOUT, HumanDuration::get),
         attempts: attempts.clamp(1, 10),
     }
 }

@@ -284,10 +284,7 @@ impl Validator {
             .as_ref()
             .and_then(|r| self.wait_spec(pos, &format!("{field}.ready"), r));
         if ready.is_some()
-            && !matches!(
-                kind,
-                Some(StepKind::Service { .. } | StepKind::Exec { .. })
-            )
+            && !matches!(kind, Some(StepKind::Service { .. } | StepKind::Exec { .. }))
         {
             self.error(
                 pos,

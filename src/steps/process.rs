@@ -130,10 +130,12 @@ pub fn spawn(
     ctx: &StepContext,
     _output: Output,
 ) -> Result<Child, StepError> {
-    crate::lifecycle::reaper::spawn_tracked(&mut cmd.command(ctx, step)).map_err(|source| StepError::Spawn {
+    crate::lifecycle::reaper::spawn_tracked(&mut cmd.command(ctx, step)).map_err(|source| {
+        StepError::Spawn {
             program: cmd.program().to_string(),
             source,
-        })
+        }
+    })
 }
 
 /// Starts the output readers of a spawned child.

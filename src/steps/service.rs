@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use crate::lifecycle::services::Services;
 use crate::lifecycle::probe::{NotifyListener, Probe};
+pub use crate::lifecycle::services::Services;
 use crate::lifecycle::services::{self, ServiceUnit};
 use crate::plan::WaitTarget;
 

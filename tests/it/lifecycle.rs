@@ -1,0 +1,808 @@
+//! Lifecycle: services, supervision (signals, reaping, exit codes, shutdown
+//! order), PID 1 in a fresh PID namespace, sd_notify, etcd registration and
+//! the report webhook. Real processes and a real etcd on loopback.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Sandbox, code, dump, free_port, log_lines, pid_alive, under_ci, wait_until};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// An app (sh) that records each forwarded signal in `signals.log`, exits 0
+/// on SIGTERM, and says it started by creating `app.up`.
+const SIGNAL_APP: &str = r#"
+for s in HUP QUIT USR1 USR2 WINCH INT; do trap "echo $s >> signals.log" $s; done
+trap 'echo TERM >> signals.log; exit 0' TERM
+echo "$$ $PPID" > app.up
+while :; do sleep 0.05; done
+"#;
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill with plain integers.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// Starts `bootplan run plan.yaml` in the background with extra args.
+fn spawn(sb: &Sandbox, extra: &[&str]) -> Child {
+    sb.cmd()
+        .args(["run", "plan.yaml"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bootplan")
+}
+
+fn wait_output(child: Child) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output().expect("wait"));
+    });
+    match rx.recv_timeout(LONG) {
+        Ok(out) => {
+            let _ = handle.join();
+            out
+        }
+        Err(_) => {
+            signal(pid, libc::SIGKILL);
+            panic!("bootplan did not exit within {LONG:?}");
+        }
+    }
+}
+
+fn status_outcome(sb: &Sandbox) -> Option<String> {
+    let text = std::fs::read_to_string(sb.run_dir().join("status.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v["outcome"].as_str().map(str::to_string)
+}
+
+fn wait_ready(sb: &Sandbox, child: &mut Child) {
+    let start = std::time::Instant::now();
+    loop {
+        if status_outcome(sb).as_deref() == Some("ready") {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "bootplan exited ({status}) before ready; status: {:?}",
+                status_outcome(sb)
+            );
+        }
+        assert!(
+            start.elapsed() < LONG,
+            "not ready after {LONG:?}: {:?}",
+            status_outcome(sb)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (state, ppid) of a process, from /proc.
+fn proc_state(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace();
+    Some((f.next()?.chars().next()?, f.next()?.parse().ok()?))
+}
+
+fn zombie_children(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| proc_state(pid) == Some(('Z', parent)))
+        .collect()
+}
+
+#[test]
+fn supervised_app_gets_every_forwarded_signal_and_its_exit_code_is_passed_on() {
+    let sb = Sandbox::new();
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(
+        r#"
+version: 1
+name: signals
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: { file: app.up, interval: 20ms }
+"#,
+    );
+    let mut child = spawn(&sb, &["--supervise"]);
+    wait_ready(&sb, &mut child);
+    let up = sb.read("app.up");
+    let ppid: u32 = up.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(
+        ppid,
+        child.id(),
+        "bootplan is the app's parent (not exec'd)"
+    );
+    for (sig, name) in [
+        (libc::SIGHUP, "HUP"),
+        (libc::SIGQUIT, "QUIT"),
+        (libc::SIGUSR1, "USR1"),
+        (libc::SIGUSR2, "USR2"),
+        (libc::SIGWINCH, "WINCH"),
+        (libc::SIGINT, "INT"),
+    ] {
+        signal(child.id(), sig);
+        wait_until(&format!("app to record {name}"), LONG, || {
+            sb.read("signals.log").lines().any(|l| l == name)
+        });
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "bootplan exited after {name}"
+        );
+    }
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(
+        code(&out),
+        0,
+        "the app's exit code (0 from its TERM trap)\n{}",
+        dump(&out)
+    );
+    assert!(
+        sb.read("signals.log").lines().any(|l| l == "TERM"),
+        "{}",
+        sb.read("signals.log")
+    );
+    assert!(
+        !sb.run_dir().join("ready").exists(),
+        "the readiness file is removed at shutdown"
+    );
+}
+
+#[test]
+fn exit_codes_and_signals_of_the_app_are_passed_on() {
+    for (script, want) in [
+        ("exit 7", 7),
+        ("kill -USR1 $$; sleep 5", 128 + libc::SIGUSR1),
+    ] {
+        let sb = Sandbox::new();
+        sb.plan(&format!(
+            "version: 1\nname: codes\nsteps:\n  app:\n    exec: [\"sh\", \"-c\", \"{script}\"]\n"
+        ));
+        let out = wait_output(spawn(&sb, &["--supervise"]));
+        assert_eq!(code(&out), want, "`{script}`\n{}", dump(&out));
+    }
+}
+
+#[test]
+fn orphans_of_the_app_are_reaped_and_no_zombie_is_left() {
+    let sb = Sandbox::new();
+    // The subshell starts a short sleep and exits at once: the sleep is
+    // orphaned, re-parented to bootplan (a subreaper), and exits while the app runs.
+    sb.write(
+        "app.sh",
+        "trap 'exit 0' TERM\n(sleep 0.3 & echo $! > orphan.pid)\ntouch app.up\nwhile :; do sleep 0.05; done\n",
+    );
+    sb.plan(
+        r#"
+version: 1
+name: reap
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: { file: orphan.pid, interval: 20ms }
+"#,
+    );
+    let mut child = spawn(&sb, &["--supervise"]);
+    wait_ready(&sb, &mut child);
+    let orphan: i32 = sb.read("orphan.pid").trim().parse().unwrap();
+    let bootplan = child.id() as i32;
+    if let Some((_, ppid)) = proc_state(orphan) {
+        assert_eq!(ppid, bootplan, "the orphan was re-parented to bootplan");
+    }
+    wait_until("the orphan to be reaped", LONG, || {
+        proc_state(orphan).is_none()
+    });
+    assert!(
+        zombie_children(bootplan).is_empty(),
+        "zombies: {:?}",
+        zombie_children(bootplan)
+    );
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+}
+
+#[test]
+fn app_starts_after_its_services_are_ready_and_stops_before_them() {
+    let sb = Sandbox::new();
+    // Each service records its stop; `b` needs `a`, so they stop b, then a.
+    // `a` becomes ready only after 300ms; the app checks both are ready at start.
+    let service = |name: &str, delay: &str| {
+        format!(
+            "trap 'echo {name} >> order.log; exit 0' TERM\nsleep {delay}\ntouch {name}.ready\nwhile :; do sleep 0.05; done\n"
+        )
+    };
+    sb.write("a.sh", &service("a", "0.3"));
+    sb.write("b.sh", &service("b", "0"));
+    sb.write(
+        "app.sh",
+        "if [ -f a.ready ] && [ -f b.ready ]; then echo after > app.start; else echo early > app.start; fi\ntrap 'echo app >> order.log; exit 0' TERM\nwhile :; do sleep 0.05; done\n",
+    );
+    sb.plan(
+        r#"
+version: 1
+name: order
+steps:
+  a:
+    service: ["sh", "a.sh"]
+    ready: { file: a.ready, interval: 20ms }
+  b:
+    service: ["sh", "b.sh"]
+    ready: { file: b.ready, interval: 20ms }
+    needs: [a]
+  app:
+    exec: ["sh", "app.sh"]
+    needs: [b]
+    ready: { file: app.start, interval: 20ms }
+"#,
+    );
+    let mut child = spawn(&sb, &[]);
+    wait_ready(&sb, &mut child);
+    assert_eq!(
+        sb.read("app.start").trim(),
+        "after",
+        "the app started before its services were ready"
+    );
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let order: Vec<String> = sb.read("order.log").lines().map(str::to_string).collect();
+    assert_eq!(
+        order,
+        ["app", "b", "a"],
+        "stop order: the app, then services newest first"
+    );
+}
+
+#[test]
+fn crashing_service_is_restarted_within_its_limit_then_fatal_beyond_it() {
+    // Crashes once, then stays up: the app keeps running.
+    let sb = Sandbox::new();
+    sb.write(
+        "svc.sh",
+        "echo start >> starts.log\nif [ ! -f crashed ]; then touch crashed; sleep 0.2; exit 3; fi\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n",
+    );
+    sb.write("app.sh", SIGNAL_APP);
+    let plan = |limit: u32| {
+        format!(
+            r#"
+version: 1
+name: restarts
+steps:
+  svc:
+    service: ["sh", "svc.sh"]
+    ready: {{ file: starts.log, interval: 20ms }}
+    restart: {{ on: failure, limit: {limit}, backoff: 50ms..100ms }}
+  app:
+    exec: ["sh", "app.sh"]
+    needs: [svc]
+    ready: {{ file: app.up, interval: 20ms }}
+"#
+        )
+    };
+    sb.plan(&plan(2));
+    let mut child = spawn(&sb, &[]);
+    wait_ready(&sb, &mut child);
+    wait_until("the service to be restarted", LONG, || {
+        sb.read("starts.log").lines().count() == 2
+    });
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a restart within the limit is not fatal"
+    );
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+
+    // Always crashes: 1 start + 2 restarts, then the app is stopped and bootplan exits 69.
+    let sb = Sandbox::new();
+    sb.write("svc.sh", "echo start >> starts.log\nsleep 0.3\nexit 3\n");
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(&plan(2));
+    let out = wait_output(spawn(&sb, &[]));
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+    assert_eq!(
+        sb.read("starts.log").lines().count(),
+        3,
+        "one start and two restarts"
+    );
+    assert!(
+        sb.read("signals.log").contains("TERM"),
+        "the app was stopped with SIGTERM"
+    );
+    let logs = log_lines(&out);
+    assert!(
+        logs.iter()
+            .any(|l| l.to_string().contains("service.failed")),
+        "the logs name service.failed\n{}",
+        dump(&out)
+    );
+}
+
+#[test]
+fn pid_1_in_a_fresh_pid_namespace_supervises_forwards_and_reaps() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        assert!(
+            !under_ci(),
+            "unshare --pid --fork --mount-proc is unavailable under CI (needs root)"
+        );
+        eprintln!("skipped: unshare --pid --fork --mount-proc is unavailable (not root?)");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.write(
+        "app.sh",
+        "trap 'echo TERM >> signals.log; exit 0' TERM\n(sleep 0.2 & echo $! > orphan.pid)\necho \"$$ $PPID\" > app.up\nwhile :; do sleep 0.05; done\n",
+    );
+    // No services, no --supervise: being PID 1 alone makes bootplan supervise.
+    sb.plan(
+        r#"
+version: 1
+name: pid1
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+"#,
+    );
+    let child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(crate::harness::bin())
+        .args(["run", "plan.yaml"])
+        .env("BOOTPLAN_STATE_DIR", sb.state_dir())
+        .env("BOOTPLAN_RUN_DIR", sb.run_dir())
+        .env("BOOTPLAN_LOG_FORMAT", "json")
+        .current_dir(sb.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn unshare");
+    wait_until("the app to start", LONG, || sb.read("app.up").contains(' '));
+    let up = sb.read("app.up");
+    let ids: Vec<i32> = up.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    assert_ne!(ids[0], 1, "the app is not PID 1: bootplan did not exec");
+    assert_eq!(
+        ids[1], 1,
+        "the app's parent is bootplan, PID 1 of the namespace"
+    );
+    // bootplan's pid as the host sees it: the child of unshare.
+    let unshare = child.id() as i32;
+    let bootplan = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&pid| proc_state(pid).is_some_and(|(_, ppid)| ppid == unshare))
+        .expect("bootplan under unshare");
+    wait_until("the orphan to be reaped", LONG, || {
+        sb.read("orphan.pid").trim().parse::<i32>().is_ok() && zombie_children(bootplan).is_empty()
+    });
+    signal(bootplan as u32, libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert!(
+        sb.read("signals.log").contains("TERM"),
+        "SIGTERM reached the app"
+    );
+}
+
+/// Receives sd_notify datagrams on a test socket.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    socket: UnixDatagram,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            socket,
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+}
+
+#[test]
+fn sd_notify_says_status_per_step_extends_the_timeout_then_ready() {
+    let sb = Sandbox::new();
+    let socket = NotifySocket::new();
+    // The service is ready only when it says so itself, on its own NOTIFY_SOCKET.
+    sb.write(
+        "svc.py",
+        "import os, socket, time\ntime.sleep(0.2)\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'STATUS=warming\\nREADY=1', os.environ['NOTIFY_SOCKET'])\nopen('svc.said-ready', 'w').close()\ntime.sleep(30)\n",
+    );
+    sb.plan(
+        r#"
+version: 1
+name: notify
+deadline: 60s
+steps:
+  svc:
+    service: ["/usr/bin/python3", "svc.py"]
+    ready: { notify: true }
+  first:
+    run: ["sh", "-c", "test -f svc.said-ready"]
+    needs: [svc]
+  second:
+    run: ["true"]
+    needs: [first]
+"#,
+    );
+    let out = sb
+        .cmd()
+        .args(["run", "plan.yaml"])
+        .env("NOTIFY_SOCKET", &socket.path)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let messages = socket.messages();
+    let find = |what: &str| messages.iter().position(|m| m.contains(what));
+    let ready = find("READY=1").unwrap_or_else(|| panic!("no READY=1 in {messages:?}"));
+    let first = find("STATUS=running first").expect("a STATUS for step first");
+    let second = find("STATUS=running second").expect("a STATUS for step second");
+    assert!(first < second && second < ready, "order: {messages:?}");
+    assert!(
+        messages[..ready].iter().all(|m| !m.contains("READY=1")),
+        "{messages:?}"
+    );
+    let extend: Vec<u64> = messages
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+        })
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert!(
+        !extend.is_empty() && extend.iter().all(|&us| us > 0 && us <= 60_000_000),
+        "{extend:?}"
+    );
+    assert_eq!(
+        messages.iter().filter(|m| m.contains("READY=1")).count(),
+        1,
+        "the service's own READY=1 did not leak to systemd"
+    );
+}
+
+/// A single-node etcd on loopback with its data dir on /dev/shm.
+struct Etcd {
+    child: Child,
+    url: String,
+    _data: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_etcd() -> Option<Etcd> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        assert!(!under_ci(), "etcd is not installed (scripts/deps/etcd.sh)");
+        eprintln!("skipped: etcd is not installed (scripts/deps/etcd.sh)");
+        return None;
+    }
+    let shm = Path::new("/dev/shm");
+    let data = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcd");
+    let etcd = Etcd {
+        child,
+        url,
+        _data: data,
+    };
+    wait_until("etcd to answer", LONG, || {
+        etcd_get(&etcd, "/health-probe").is_some()
+    });
+    Some(etcd)
+}
+
+/// The key's lease id as etcdctl sees it: `Some(None)` when absent.
+fn etcd_get(etcd: &Etcd, key: &str) -> Option<Option<(i64, Value)>> {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &etcd.url,
+            "--command-timeout=1s",
+            "get",
+            key,
+            "-w",
+            "json",
+        ])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let Some(kv) = v["kvs"].get(0) else {
+        return Some(None);
+    };
+    use base64::Engine as _;
+    let value = base64::engine::general_purpose::STANDARD
+        .decode(kv["value"].as_str()?)
+        .ok()?;
+    Some(Some((
+        kv["lease"].as_i64().unwrap_or(0),
+        serde_json::from_slice(&value).ok()?,
+    )))
+}
+
+#[test]
+fn registration_in_etcd_follows_the_app_and_expires_when_bootplan_dies() {
+    let Some(etcd) = start_etcd() else { return };
+    let sb = Sandbox::new();
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(&format!(
+        r#"
+version: 1
+name: web
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: {{ file: app.up, interval: 20ms }}
+register:
+  etcd:
+    endpoints: ["{}"]
+    key: "/services/web/{{{{ facts.machine_id }}}}"
+    address: 127.0.0.1
+    port: 8080
+    ttl: 3s
+"#,
+        etcd.url
+    ));
+    let machine_id = {
+        let out = Command::new(crate::harness::bin())
+            .args(["facts", "--json"])
+            .output()
+            .unwrap();
+        let facts: Value = serde_json::from_slice(&out.stdout).unwrap();
+        facts["machine_id"].as_str().unwrap().to_string()
+    };
+    let key = format!("/services/web/{machine_id}");
+
+    // Not registered before ready; registered with a lease once ready.
+    let mut child = spawn(&sb, &[]);
+    wait_ready(&sb, &mut child);
+    let (lease, value) = etcd_get(&etcd, &key)
+        .flatten()
+        .expect("key present after ready");
+    assert_ne!(lease, 0, "the key is attached to a lease");
+    assert_eq!(value["port"], 8080);
+    assert_eq!(value["address"], "127.0.0.1");
+    assert_eq!(value["bootstrap_id"], sb.status()["bootstrap_id"]);
+    assert_eq!(value["facts"]["machine_id"], machine_id.as_str());
+    // The lease is kept alive past its TTL while bootplan supervises.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert!(
+        etcd_get(&etcd, &key).flatten().is_some(),
+        "the keep-alive held the key past its TTL"
+    );
+
+    // SIGTERM: deregistered before bootplan exits.
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(
+        etcd_get(&etcd, &key),
+        Some(None),
+        "the key is removed on SIGTERM"
+    );
+
+    // SIGKILL: nothing deregisters, the lease expires within its TTL.
+    let _ = std::fs::remove_file(sb.path().join("app.up"));
+    let _ = std::fs::remove_file(sb.run_dir().join("status.json"));
+    let mut child = spawn(&sb, &[]);
+    wait_ready(&sb, &mut child);
+    assert!(etcd_get(&etcd, &key).flatten().is_some());
+    let app_pid: i32 = sb
+        .read("app.up")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    child.kill().unwrap();
+    let killed_at = std::time::Instant::now();
+    let _ = child.wait();
+    wait_until("the lease to expire", Duration::from_secs(10), || {
+        etcd_get(&etcd, &key) == Some(None)
+    });
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3 + 2),
+        "expired after {:?}",
+        killed_at.elapsed()
+    );
+    wait_until("the app to die with bootplan", LONG, || !pid_alive(app_pid));
+}
+
+/// A loopback HTTP server that records POST bodies; answers `fail_first`
+/// requests with 503, then 200.
+struct Receiver {
+    url: String,
+    bodies: Arc<Mutex<Vec<Value>>>,
+    hits: Arc<Mutex<u32>>,
+}
+
+fn receiver(fail_first: u32) -> Receiver {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/report", listener.local_addr().unwrap());
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let hits = Arc::new(Mutex::new(0));
+    let (b, h) = (bodies.clone(), hits.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let n = {
+                let mut hits = h.lock().unwrap();
+                *hits += 1;
+                *hits
+            };
+            let mut stream = stream;
+            if n <= fail_first {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 503 Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+            if let Ok(v) = serde_json::from_slice(&body) {
+                b.lock().unwrap().push(v);
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    Receiver { url, bodies, hits }
+}
+
+impl Receiver {
+    fn last(&self) -> Value {
+        self.bodies
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+}
+
+#[test]
+fn webhook_receives_the_status_on_success_failure_invalid_plan_and_deadline() {
+    let plan = |url: &str, extra: &str, steps: &str| {
+        format!(
+            "version: 1\nname: report\n{extra}report: {{ webhook: \"{url}\", timeout: 2s, attempts: 3 }}\nsteps:\n{steps}"
+        )
+    };
+
+    // Success, after one 503 (retried).
+    let rx = receiver(1);
+    let sb = Sandbox::new();
+    sb.plan(&plan(&rx.url, "", "  ok: { run: [\"true\"] }\n"));
+    let out = sb.run();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(rx.last()["outcome"], "ready", "{}", dump(&out));
+    assert_eq!(rx.last()["steps"]["ok"]["state"], "done");
+    assert_eq!(
+        *rx.hits.lock().unwrap(),
+        2,
+        "one 503, then a retry that succeeded"
+    );
+
+    // A failed step.
+    let rx = receiver(0);
+    let sb = Sandbox::new();
+    sb.plan(&plan(&rx.url, "", "  bad: { run: [\"false\"] }\n"));
+    let out = sb.run();
+    assert_eq!(code(&out), 1);
+    assert_eq!(rx.last()["outcome"], "failed");
+    assert_eq!(rx.last()["failed_step"], "bad");
+    assert_eq!(rx.last()["error"]["code"], "step.exit_nonzero");
+
+    // A plan that parses but is invalid: the URL comes from the plan itself.
+    let rx = receiver(0);
+    let sb = Sandbox::new();
+    sb.plan(&plan(
+        &rx.url,
+        "",
+        "  a: { run: [\"true\"], needs: [nope] }\n",
+    ));
+    let out = sb.run();
+    assert_eq!(code(&out), 65);
+    assert_eq!(rx.last()["outcome"], "invalid", "{}", dump(&out));
+    assert_eq!(rx.last()["error"]["code"], "plan.invalid");
+
+    // A plan that does not even parse: only --report-url can name the webhook.
+    let rx = receiver(0);
+    let sb = Sandbox::new();
+    sb.plan("version: 1\nname: [unclosed\n");
+    let out = sb
+        .cmd()
+        .args(["run", "plan.yaml", "--report-url", &rx.url])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 65);
+    assert_eq!(rx.last()["outcome"], "invalid", "{}", dump(&out));
+
+    // The deadline.
+    let rx = receiver(0);
+    let sb = Sandbox::new();
+    sb.plan(&plan(
+        &rx.url,
+        "deadline: 500ms\nkill_grace: 200ms\n",
+        "  slow: { run: [\"sleep\", \"10\"] }\n",
+    ));
+    let out = sb.run();
+    assert_eq!(code(&out), 75);
+    assert_eq!(rx.last()["outcome"], "deadline_exceeded");
+    assert_eq!(rx.last()["error"]["code"], "deadline.exceeded");
+}

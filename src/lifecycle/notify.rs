@@ -82,7 +82,7 @@ impl Sink for NotifySink {
             }
             EventKind::StepSkipped { .. } => self.finished += 1,
             EventKind::RunFinished { outcome, error, .. } if outcome.is_ready() => {
-                let status = format!("{}", outcome.as_str());
+                let status = outcome.as_str().to_string();
                 self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
             }
             EventKind::RunFinished { outcome, error, .. } => {

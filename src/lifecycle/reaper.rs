@@ -48,10 +48,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn spawn_tracked(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
     let mut owned = lock(&OWNED);
     let child = cmd.spawn()?;
-    if ACTIVE.load(Ordering::SeqCst) {
-        if let Some(pid) = child.id() {
-            owned.insert(pid as i32);
-        }
+    if let (true, Some(pid)) = (ACTIVE.load(Ordering::SeqCst), child.id()) {
+        owned.insert(pid as i32);
     }
     Ok(child)
 }
@@ -171,10 +169,9 @@ fn scan_children(parent: i32) -> Option<Vec<(i32, bool)>> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        if let Some((state, ppid)) = parse_stat(&stat) {
-            if ppid == parent {
-                children.push((pid, state == 'Z'));
-            }
+        match parse_stat(&stat) {
+            Some((state, ppid)) if ppid == parent => children.push((pid, state == 'Z')),
+            _ => {}
         }
     }
     Some(children)

@@ -133,8 +133,7 @@ impl Services {
     /// Resolves when a required service is gone for good (once per run).
     pub async fn next_failure(&self) -> Option<ServiceFailure> {
         let mut rx = self.failure.subscribe();
-        let found = rx.wait_for(Option::is_some).await.ok()?.clone();
-        found
+        rx.wait_for(Option::is_some).await.ok()?.clone()
     }
 
     /// Stops every service, newest first, each within `grace`.

@@ -299,14 +299,16 @@ fn etcd(raw: &RawEtcd, plan_dir: &Path, names: &Names, p: &mut Problems) -> Etcd
         let Some(text) = text else { continue };
         check_refs(&format!("{field}.{key}"), text, names, &mut secret_refs, p);
     }
-    if let Some(password) = &raw.password {
-        if !refs::is_template(password) {
-            p.push(
-                format!("{field}.password"),
-                "a literal password in the plan",
-                Some("declare it under `secrets:` and write `{{ secrets.NAME }}`"),
-            );
-        }
+    if raw
+        .password
+        .as_ref()
+        .is_some_and(|pw| !refs::is_template(pw))
+    {
+        p.push(
+            format!("{field}.password"),
+            "a literal password in the plan",
+            Some("declare it under `secrets:` and write `{{ secrets.NAME }}`"),
+        );
     }
     EtcdSpec {
         endpoints: raw

@@ -293,15 +293,17 @@ impl Validator {
                 Some("use a separate `wait` step to wait for something".into()),
             );
         }
-        if let Some(StepKind::Wait(w)) = &kind {
-            if matches!(w.target, WaitTarget::Notify) {
-                self.error(
-                    pos,
-                    format!("{field}.wait.notify"),
-                    "`notify` is a readiness check of a process bootplan starts",
-                    Some("use it in `ready:` of a `service` or `exec` step".into()),
-                );
-            }
+        if let Some(StepKind::Wait(WaitSpec {
+            target: WaitTarget::Notify,
+            ..
+        })) = &kind
+        {
+            self.error(
+                pos,
+                format!("{field}.wait.notify"),
+                "`notify` is a readiness check of a process bootplan starts",
+                Some("use it in `ready:` of a `service` or `exec` step".into()),
+            );
         }
         let (restart, lifecycle_problems) = super::lifecycle::resolve_step(
             &self.file,

@@ -118,7 +118,7 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                     Err(err) => {
                         let id = task_ids.get(&err.id()).copied().unwrap_or(0);
                         (id, StepResult::Failed {
-                            error: StepError::Render { what: "step task".into(), message: format!("internal error: {err}") },
+                            error: StepError::Internal(format!("the step's task failed: {err}")),
                             attempts: 0,
                             duration: Duration::ZERO,
                         })

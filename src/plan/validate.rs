@@ -72,11 +72,11 @@ impl Validator {
     }
 
     fn plan(&mut self, text: &str, raw: RawPlan) -> Plan {
-        if raw.version != 1 {
+        if raw.version.value != 1 {
             self.error(
-                None,
+                Position::from_saphyr(raw.version.referenced),
                 "version",
-                format!("unsupported plan version {}", raw.version),
+                format!("unsupported plan version {}", raw.version.value),
                 Some("this bootplan reads `version: 1`".into()),
             );
         }
@@ -150,7 +150,7 @@ impl Validator {
         }
         if steps.len() == names.len() {
             self.check_cycles(&steps, &raw);
-            self.check_exec(&steps);
+            self.check_exec(&steps, &raw);
         }
 
         Plan {
@@ -750,7 +750,12 @@ impl Validator {
         }
     }
 
-    fn check_exec(&mut self, steps: &[Step]) {
+    fn check_exec(&mut self, steps: &[Step], raw: &RawPlan) {
+        let position = |name: &str| {
+            raw.steps
+                .get(name)
+                .and_then(|s| Position::from_saphyr(s.referenced))
+        };
         let execs: Vec<&Step> = steps
             .iter()
             .filter(|s| matches!(s.kind, StepKind::Exec { .. }))
@@ -758,7 +763,7 @@ impl Validator {
         if execs.len() > 1 {
             let names: Vec<&str> = execs.iter().map(|s| s.name.as_str()).collect();
             self.error(
-                None,
+                position(names[1]),
                 "steps",
                 format!("only one exec step may exist, found {}", names.join(", ")),
                 Some("run the others as `run` or `service` steps".into()),
@@ -767,7 +772,7 @@ impl Validator {
         for exec in execs {
             for step in steps.iter().filter(|s| s.needs.contains(&exec.id)) {
                 self.error(
-                    None,
+                    position(&step.name),
                     format!("steps.{}.needs", step.name),
                     format!(
                         "`{}` is the final exec step; nothing can run after it",

@@ -435,10 +435,10 @@ async fn attempt_with_timeout(
 
 async fn prepare_exec(step: &Step, ctx: &StepContext) -> Result<ExecRequest, StepError> {
     let StepKind::Exec { argv } = &step.kind else {
-        return Err(StepError::Render {
-            what: "exec".into(),
-            message: "not an exec step".into(),
-        });
+        return Err(StepError::Internal(format!(
+            "step `{}` is not an exec step",
+            step.name
+        )));
     };
     let secrets = ctx.secrets.resolve(&step.secret_refs).await?;
     let inputs = StepInputs { step, secrets };

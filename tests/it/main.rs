@@ -5,5 +5,6 @@
 mod harness;
 
 mod core;
+mod crash;
 mod docs;
 mod invalid_plans;

@@ -138,11 +138,10 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                         degraded = true;
                         release(id, &dependents, &mut waiting_on, &mut ready);
                     }
-                    StepState::Failed => {
-                        if stop.is_none() {
-                            stop = Some(Stop::Failed { step: id, error: finished.error.unwrap_or(ErrorInfo { code: ErrorCode::Internal, message: "failed".into() }) });
-                            cancel.cancel();
-                        }
+                    StepState::Failed if stop.is_none() => {
+                        let error = finished.error.unwrap_or(ErrorInfo { code: ErrorCode::Internal, message: "failed".into() });
+                        stop = Some(Stop::Failed { step: id, error });
+                        cancel.cancel();
                     }
                     _ => {}
                 }
@@ -159,28 +158,26 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
     }
 
     let mut exec = None;
-    if stop.is_none() {
-        if let Some(id) = exec_step {
-            match prepare_exec(&plan.steps[id], &ctx).await {
-                Ok(request) => {
-                    state[id] = StepState::Done;
-                    exec = Some(request);
-                }
-                Err(error) => {
-                    let info = error_info(&error);
-                    ctx.reporter.emit(EventKind::StepFinished {
-                        step: plan.steps[id].name.clone(),
-                        state: StepState::Failed,
-                        attempts: 1,
-                        duration: Duration::ZERO,
-                        error: Some(info.clone()),
-                    });
-                    state[id] = StepState::Failed;
-                    stop = Some(Stop::Failed {
-                        step: id,
-                        error: info,
-                    });
-                }
+    if let (None, Some(id)) = (&stop, exec_step) {
+        match prepare_exec(&plan.steps[id], &ctx).await {
+            Ok(request) => {
+                state[id] = StepState::Done;
+                exec = Some(request);
+            }
+            Err(error) => {
+                let info = error_info(&error);
+                ctx.reporter.emit(EventKind::StepFinished {
+                    step: plan.steps[id].name.clone(),
+                    state: StepState::Failed,
+                    attempts: 1,
+                    duration: Duration::ZERO,
+                    error: Some(info.clone()),
+                });
+                state[id] = StepState::Failed;
+                stop = Some(Stop::Failed {
+                    step: id,
+                    error: info,
+                });
             }
         }
     }

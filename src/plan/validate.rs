@@ -235,19 +235,18 @@ impl Validator {
         };
         if let (Some(StepKind::Exec { .. } | StepKind::Service { .. }), Some(f)) =
             (&kind, raw.frequency)
+            && f != Frequency::Always
         {
-            if f != Frequency::Always {
-                self.error(
-                    pos,
-                    format!("{field}.frequency"),
-                    format!(
-                        "`{}` steps start on every run; frequency `{}` cannot apply",
-                        kind.as_ref().map_or("", StepKind::name),
-                        f.as_str()
-                    ),
-                    Some("remove `frequency` from this step".into()),
-                );
-            }
+            self.error(
+                pos,
+                format!("{field}.frequency"),
+                format!(
+                    "`{}` steps start on every run; frequency `{}` cannot apply",
+                    kind.as_ref().map_or("", StepKind::name),
+                    f.as_str()
+                ),
+                Some("remove `frequency` from this step".into()),
+            );
         }
         for (key, argv) in [("unless", &raw.unless), ("undo", &raw.undo)] {
             if argv
@@ -276,15 +275,15 @@ impl Validator {
                 Some("use a separate `wait` step to wait for something".into()),
             );
         }
-        if let Some(StepKind::Service { .. }) = kind {
-            if ready.is_none() {
-                self.error(
-                    pos,
-                    &field,
-                    "a service step needs a `ready` check",
-                    Some("e.g. `ready: { tcp: \"127.0.0.1:8080\" }`".into()),
-                );
-            }
+        if let Some(StepKind::Service { .. }) = kind
+            && ready.is_none()
+        {
+            self.error(
+                pos,
+                &field,
+                "a service step needs a `ready` check",
+                Some("e.g. `ready: { tcp: \"127.0.0.1:8080\" }`".into()),
+            );
         }
 
         let secret_refs = self.check_references(pos, &field, raw, kind.as_ref(), scope);

@@ -84,14 +84,14 @@ fn watch(
 ) -> Option<String> {
     while !stop.load(Ordering::Relaxed) {
         for (name, expected) in &files {
-            if let Ok(actual) = std::fs::read_to_string(dir.join(name)) {
-                if &actual != expected {
-                    return Some(format!(
-                        "{name} seen with {} bytes, expected {}",
-                        actual.len(),
-                        expected.len()
-                    ));
-                }
+            if let Ok(actual) = std::fs::read_to_string(dir.join(name))
+                && &actual != expected
+            {
+                return Some(format!(
+                    "{name} seen with {} bytes, expected {}",
+                    actual.len(),
+                    expected.len()
+                ));
             }
         }
     }

@@ -657,3 +657,52 @@ fn quickstart_runs_then_skips_on_rerun() {
         );
     }
 }
+
+#[test]
+fn frequencies_key_on_boot_id_and_instance() {
+    let sb = Sandbox::new();
+    sb.plan(
+        r#"
+version: 1
+name: freq
+steps:
+  boot: { shell: "echo boot >> ran.log", frequency: per-boot }
+  instance: { shell: "echo instance >> ran.log", frequency: per-instance }
+  once: { shell: "echo once >> ran.log", frequency: once }
+  always: { shell: "echo always >> ran.log", frequency: always }
+"#,
+    );
+    let run = |boot: &str, machine: &str| {
+        sb.write("boot_id", boot);
+        sb.write("machine_id", machine);
+        let out = sb
+            .cmd()
+            .env("BOOTPLAN_BOOT_ID_FILE", sb.path().join("boot_id"))
+            .env("BOOTPLAN_MACHINE_ID_FILE", sb.path().join("machine_id"))
+            .args(["run", "plan.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+        let ran: Vec<String> = ["boot", "instance", "once", "always"]
+            .iter()
+            .filter(|s| sb.step(s)["state"] == "done")
+            .map(|s| s.to_string())
+            .collect();
+        ran
+    };
+    assert_eq!(
+        run("boot-1", "machine-1"),
+        ["boot", "instance", "once", "always"]
+    );
+    assert_eq!(run("boot-1", "machine-1"), ["always"], "nothing changed");
+    assert_eq!(
+        run("boot-2", "machine-1"),
+        ["boot", "always"],
+        "a reboot reruns per-boot only"
+    );
+    assert_eq!(
+        run("boot-2", "machine-2"),
+        ["instance", "always"],
+        "a new machine id (a clone) reruns per-instance"
+    );
+}

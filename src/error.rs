@@ -44,7 +44,7 @@ macro_rules! error_codes {
                 match self { $( ErrorCode::$variant => $summary ),+ }
             }
 
-            pub fn from_str(code: &str) -> Option<ErrorCode> {
+            pub fn parse(code: &str) -> Option<ErrorCode> {
                 match code { $( $code => Some(ErrorCode::$variant), )+ _ => None }
             }
         }
@@ -92,7 +92,7 @@ impl Serialize for ErrorCode {
 impl<'de> serde::Deserialize<'de> for ErrorCode {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        ErrorCode::from_str(&text)
+        ErrorCode::parse(&text)
             .ok_or_else(|| serde::de::Error::custom(format!("unknown error code `{text}`")))
     }
 }
@@ -107,7 +107,7 @@ mod tests {
         for code in ErrorCode::ALL {
             assert!(code.as_str().contains('.'), "{code}");
             assert!(seen.insert(code.as_str()), "duplicate {code}");
-            assert_eq!(ErrorCode::from_str(code.as_str()), Some(*code));
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
         }
     }
 }

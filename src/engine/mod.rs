@@ -121,7 +121,7 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                     Err(err) => {
                         let id = task_ids.get(&err.id()).copied().unwrap_or(0);
                         (id, StepResult::Failed {
-                            error: StepError::Render { what: "step task".into(), message: format!("internal error: {err}") },
+                            error: StepError::Internal(format!("the step's task failed: {err}")),
                             attempts: 0,
                             duration: Duration::ZERO,
                         })
@@ -141,11 +141,10 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                         degraded = true;
                         release(id, &dependents, &mut waiting_on, &mut ready);
                     }
-                    StepState::Failed => {
-                        if stop.is_none() {
-                            stop = Some(Stop::Failed { step: id, error: finished.error.unwrap_or(ErrorInfo { code: ErrorCode::Internal, message: "failed".into() }) });
-                            cancel.cancel();
-                        }
+                    StepState::Failed if stop.is_none() => {
+                        let error = finished.error.unwrap_or(ErrorInfo { code: ErrorCode::Internal, message: "failed".into() });
+                        stop = Some(Stop::Failed { step: id, error });
+                        cancel.cancel();
                     }
                     _ => {}
                 }
@@ -168,28 +167,26 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
     }
 
     let mut exec = None;
-    if stop.is_none() {
-        if let Some(id) = exec_step {
-            match prepare_exec(&plan.steps[id], &ctx).await {
-                Ok(request) => {
-                    state[id] = StepState::Done;
-                    exec = Some(request);
-                }
-                Err(error) => {
-                    let info = error_info(&error);
-                    ctx.reporter.emit(EventKind::StepFinished {
-                        step: plan.steps[id].name.clone(),
-                        state: StepState::Failed,
-                        attempts: 1,
-                        duration: Duration::ZERO,
-                        error: Some(info.clone()),
-                    });
-                    state[id] = StepState::Failed;
-                    stop = Some(Stop::Failed {
-                        step: id,
-                        error: info,
-                    });
-                }
+    if let (None, Some(id)) = (&stop, exec_step) {
+        match prepare_exec(&plan.steps[id], &ctx).await {
+            Ok(request) => {
+                state[id] = StepState::Done;
+                exec = Some(request);
+            }
+            Err(error) => {
+                let info = error_info(&error);
+                ctx.reporter.emit(EventKind::StepFinished {
+                    step: plan.steps[id].name.clone(),
+                    state: StepState::Failed,
+                    attempts: 1,
+                    duration: Duration::ZERO,
+                    error: Some(info.clone()),
+                });
+                state[id] = StepState::Failed;
+                stop = Some(Stop::Failed {
+                    step: id,
+                    error: info,
+                });
             }
         }
     }
@@ -452,10 +449,10 @@ async fn attempt_with_timeout(
 
 async fn prepare_exec(step: &Step, ctx: &StepContext) -> Result<ExecRequest, StepError> {
     let StepKind::Exec { argv } = &step.kind else {
-        return Err(StepError::Render {
-            what: "exec".into(),
-            message: "not an exec step".into(),
-        });
+        return Err(StepError::Internal(format!(
+            "step `{}` is not an exec step",
+            step.name
+        )));
     };
     let secrets = ctx.secrets.resolve(&step.secret_refs).await?;
     let inputs = StepInputs { step, secrets };

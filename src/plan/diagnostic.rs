@@ -53,34 +53,47 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// The closest candidate to `word`, if any is close enough to be a likely typo.
+/// The closest candidate to `word`, if any is close enough to be a likely
+/// typo: at most two edits away (and fewer edits than the word is long), or
+/// sharing most of its prefix (`instance` → `instance_id`).
 pub fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(word, c),
+                strsim::jaro_winkler(word, c),
+                c,
+            )
+        })
+        .filter(|&(dist, jw, _)| (dist <= 2 && dist < word.chars().count()) || jw >= 0.88)
+        .min_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)))
+        .map(|(_, _, c)| c)
 }
 
 /// Adds a "did you mean" hint to serde's `unknown field `x`, expected one of ...`
-/// and `unknown variant` messages.
+/// and `unknown variant` messages (with or without backticks around names).
 pub fn hint_for_serde_message(message: &str) -> Option<String> {
-    let (word, rest) = ["unknown field `", "unknown variant `"]
+    let (word, rest) = ["unknown field ", "unknown variant "]
         .iter()
         .find_map(|prefix| {
             let start = message.find(prefix)? + prefix.len();
-            let end = start + message[start..].find('`')?;
-            Some((&message[start..end], &message[end..]))
+            let tail = &message[start..];
+            let word_end = tail.find(',').unwrap_or(tail.len());
+            Some((tail[..word_end].trim().trim_matches('`'), &tail[word_end..]))
         })?;
-    let expected: Vec<&str> = rest
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .filter(|s| !s.is_empty())
+    let list = rest
+        .split_once("expected one of ")
+        .or_else(|| rest.split_once("expected "))
+        .map_or("", |(_, list)| list);
+    let expected: Vec<&str> = list
+        .split(", ")
+        .flat_map(|part| part.split(" or "))
+        .map(|name| name.trim().trim_matches('`'))
+        .filter(|name| !name.is_empty() && !name.contains(' '))
         .collect();
     if let Some(best) = did_you_mean(word, expected.iter().copied()) {
         return Some(format!("did you mean `{best}`?"));
@@ -97,6 +110,24 @@ mod tests {
         let hint =
             hint_for_serde_message("unknown field `neds`, expected one of `run`, `needs`, `env`");
         assert_eq!(hint.as_deref(), Some("did you mean `needs`?"));
+    }
+
+    #[test]
+    fn suggests_for_short_and_prefix_typos() {
+        assert_eq!(did_you_mean("rn", ["run", "env", "shell"]), Some("run"));
+        assert_eq!(
+            did_you_mean("instance", ["instance_id", "region"]),
+            Some("instance_id")
+        );
+        assert_eq!(did_you_mean("xyz", ["run", "env"]), None);
+    }
+
+    #[test]
+    fn suggests_without_backticks() {
+        let hint = hint_for_serde_message(
+            "unknown variant `per-reboot`, expected one of always, per-boot, once",
+        );
+        assert_eq!(hint.as_deref(), Some("did you mean `per-boot`?"));
     }
 
     #[test]

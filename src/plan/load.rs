@@ -98,6 +98,11 @@ fn parse_yaml(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
 /// reported separately, so that tail is dropped.
 fn clean_saphyr_message(message: &str) -> String {
     let first_line = message.lines().next().unwrap_or(message).trim();
+    // Advice meant for programs embedding the parser, not for plan authors.
+    let first_line = first_line
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(first_line);
     match first_line.rfind(" at line ") {
         Some(idx) => first_line[..idx].to_string(),
         None => first_line.to_string(),
@@ -119,7 +124,21 @@ fn parse_toml(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
 }
 
 fn generic_hint(message: &str) -> Option<String> {
-    if message.contains("missing field") {
+    if message.contains("duplicate mapping key") || message.contains("duplicate key") {
+        Some("each name may appear only once in a mapping; rename or merge one of them".into())
+    } else if message.contains("expected sequence") {
+        Some("this field takes a list, e.g. [\"/usr/bin/app\", \"serve\"]".into())
+    } else if message.contains("expected mapping") {
+        Some(
+            "this field takes a mapping of `key: value` pairs; a plan starts with `version: 1`"
+                .into(),
+        )
+    } else if message.contains("end of input") {
+        Some(
+            "the plan is empty or cut short; a plan needs at least `version`, `name` and `steps`"
+                .into(),
+        )
+    } else if message.contains("missing field") {
         Some("add the field; see docs/plan.md for what each section needs".into())
     } else if message.contains("invalid type") {
         Some("check the value's type against docs/plan.md (commands are lists of strings)".into())

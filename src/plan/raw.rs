@@ -21,7 +21,8 @@ use super::duration::HumanDuration;
 )]
 pub struct RawPlan {
     /// Format version; only `1` exists.
-    pub version: u32,
+    #[schemars(with = "u32")]
+    pub version: Spanned<u32>,
     /// A short name for the plan, used in the status file, metrics and the journal.
     pub name: String,
     /// What this plan is for.

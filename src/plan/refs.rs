@@ -27,9 +27,12 @@ pub fn references(text: &str) -> Result<BTreeSet<Reference>, String> {
     let template = env
         .template_from_str(text)
         .map_err(|err| describe_error(&err))?;
+    // Built-in globals (`range`, `dict`, `namespace`, ...) are not references.
+    let builtins: BTreeSet<&str> = env.globals().map(|(name, _)| name).collect();
     Ok(template
         .undeclared_variables(true)
         .into_iter()
+        .filter(|var| !builtins.contains(var.split('.').next().unwrap_or(var)))
         .map(|var| match var.split_once('.') {
             Some((root, rest)) => Reference {
                 root: root.to_string(),
@@ -66,6 +69,14 @@ mod tests {
             .map(|r| format!("{}.{}", r.root, r.name.clone().unwrap_or_default()))
             .collect();
         assert_eq!(names, ["facts.cloud", "secrets.db", "vars.x"]);
+    }
+
+    #[test]
+    fn builtin_globals_are_not_references() {
+        let refs =
+            references("{% for i in range(3) %}{{ i }}{{ loop.index }}{% endfor %}{{ dict(a=1) }}")
+                .unwrap();
+        assert!(refs.is_empty(), "{refs:?}");
     }
 
     #[test]

@@ -72,11 +72,11 @@ impl Validator {
     }
 
     fn plan(&mut self, text: &str, raw: RawPlan) -> Plan {
-        if raw.version != 1 {
+        if raw.version.value != 1 {
             self.error(
-                None,
+                Position::from_saphyr(raw.version.referenced),
                 "version",
-                format!("unsupported plan version {}", raw.version),
+                format!("unsupported plan version {}", raw.version.value),
                 Some("this bootplan reads `version: 1`".into()),
             );
         }
@@ -150,7 +150,7 @@ impl Validator {
         }
         if steps.len() == names.len() {
             self.check_cycles(&steps, &raw);
-            self.check_exec(&steps);
+            self.check_exec(&steps, &raw);
         }
         let (lifecycle, lifecycle_problems) = super::lifecycle::resolve_plan(
             &self.file,
@@ -250,19 +250,18 @@ impl Validator {
         };
         if let (Some(StepKind::Exec { .. } | StepKind::Service { .. }), Some(f)) =
             (&kind, raw.frequency)
+            && f != Frequency::Always
         {
-            if f != Frequency::Always {
-                self.error(
-                    pos,
-                    format!("{field}.frequency"),
-                    format!(
-                        "`{}` steps start on every run; frequency `{}` cannot apply",
-                        kind.as_ref().map_or("", StepKind::name),
-                        f.as_str()
-                    ),
-                    Some("remove `frequency` from this step".into()),
-                );
-            }
+            self.error(
+                pos,
+                format!("{field}.frequency"),
+                format!(
+                    "`{}` steps start on every run; frequency `{}` cannot apply",
+                    kind.as_ref().map_or("", StepKind::name),
+                    f.as_str()
+                ),
+                Some("remove `frequency` from this step".into()),
+            );
         }
         for (key, argv) in [("unless", &raw.unless), ("undo", &raw.undo)] {
             if argv
@@ -314,15 +313,15 @@ impl Validator {
             raw.required,
         );
         self.diagnostics.extend(lifecycle_problems);
-        if let Some(StepKind::Service { .. }) = kind {
-            if ready.is_none() {
-                self.error(
-                    pos,
-                    &field,
-                    "a service step needs a `ready` check",
-                    Some("e.g. `ready: { tcp: \"127.0.0.1:8080\" }`".into()),
-                );
-            }
+        if let Some(StepKind::Service { .. }) = kind
+            && ready.is_none()
+        {
+            self.error(
+                pos,
+                &field,
+                "a service step needs a `ready` check",
+                Some("e.g. `ready: { tcp: \"127.0.0.1:8080\" }`".into()),
+            );
         }
 
         let secret_refs = self.check_references(pos, &field, raw, kind.as_ref(), scope);
@@ -800,7 +799,12 @@ impl Validator {
         }
     }
 
-    fn check_exec(&mut self, steps: &[Step]) {
+    fn check_exec(&mut self, steps: &[Step], raw: &RawPlan) {
+        let position = |name: &str| {
+            raw.steps
+                .get(name)
+                .and_then(|s| Position::from_saphyr(s.referenced))
+        };
         let execs: Vec<&Step> = steps
             .iter()
             .filter(|s| matches!(s.kind, StepKind::Exec { .. }))
@@ -808,7 +812,7 @@ impl Validator {
         if execs.len() > 1 {
             let names: Vec<&str> = execs.iter().map(|s| s.name.as_str()).collect();
             self.error(
-                None,
+                position(names[1]),
                 "steps",
                 format!("only one exec step may exist, found {}", names.join(", ")),
                 Some("run the others as `run` or `service` steps".into()),
@@ -817,7 +821,7 @@ impl Validator {
         for exec in execs {
             for step in steps.iter().filter(|s| s.needs.contains(&exec.id)) {
                 self.error(
-                    None,
+                    position(&step.name),
                     format!("steps.{}.needs", step.name),
                     format!(
                         "`{}` is the final exec step; nothing can run after it",

@@ -216,6 +216,8 @@ pub enum StepError {
     ServiceExited { program: String, status: String },
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("cancelled")]
     Cancelled,
 }
@@ -233,6 +235,7 @@ impl StepError {
             StepError::Render { .. } => ErrorCode::TemplateRenderFailed,
             StepError::Fs(_) | StepError::Owner { .. } => ErrorCode::FileWriteFailed,
             StepError::Secret(e) => e.code(),
+            StepError::Internal(_) => ErrorCode::Internal,
             // The engine replaces this with the reason it cancelled.
             StepError::Cancelled => ErrorCode::RunInterrupted,
         }

@@ -153,11 +153,11 @@ impl StatusDoc {
                     s.finished_unix_ms = Some(now);
                     s.duration_ms = Some(duration.as_millis() as u64);
                     s.error = error.clone();
-                    if let Some(rec) = s.attempt_log.last_mut() {
-                        if rec.finished_unix_ms.is_none() {
-                            rec.finished_unix_ms = Some(now);
-                            rec.error = error.clone();
-                        }
+                    if let Some(rec) = s.attempt_log.last_mut()
+                        && rec.finished_unix_ms.is_none()
+                    {
+                        rec.finished_unix_ms = Some(now);
+                        rec.error = error.clone();
                     }
                 }
             }

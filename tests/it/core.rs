@@ -540,3 +540,169 @@ fn json_logs_carry_the_contract_fields() {
         .unwrap();
     assert!(finished["duration_ms"].is_u64());
 }
+
+#[test]
+fn sigterm_stops_the_run_with_143_and_kills_children() {
+    let sb = Sandbox::new();
+    sb.plan(
+        r#"
+version: 1
+name: term
+kill_grace: 300ms
+steps:
+  long: { shell: "echo $$ > long.pid; sleep 30" }
+  after: { run: ["true"], needs: [long] }
+"#,
+    );
+    let mut child = sb
+        .cmd()
+        .args(["run", "plan.yaml"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::harness::wait_until("the step to start", Duration::from_secs(10), || {
+        !sb.read("long.pid").trim().is_empty()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    let doc = sb.status();
+    assert_eq!(doc["outcome"], "interrupted");
+    assert_eq!(doc["error"]["code"], "run.interrupted");
+    assert_eq!(doc["steps"]["after"]["state"], "not_run");
+    let pid: i32 = sb.read("long.pid").trim().parse().unwrap();
+    crate::harness::wait_until("the step's process to die", Duration::from_secs(5), || {
+        !pid_alive(pid)
+    });
+}
+
+#[test]
+fn a_second_concurrent_run_is_refused_with_73() {
+    let sb = Sandbox::new();
+    sb.plan("version: 1\nname: lock\nsteps:\n  hold: { shell: \"touch started; sleep 30\" }\n");
+    let mut first = sb
+        .cmd()
+        .args(["run", "plan.yaml"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::harness::wait_until("the first run to start", Duration::from_secs(10), || {
+        sb.path().join("started").exists()
+    });
+    let second = sb.run();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(code(&second), 73, "{}", dump(&second));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another bootplan is running"));
+}
+
+#[test]
+fn quickstart_runs_then_skips_on_rerun() {
+    let sb = Sandbox::new();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    std::fs::copy(
+        examples.join("quickstart.yaml"),
+        sb.path().join("plan.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(sb.path().join("quickstart")).unwrap();
+    for f in ["page.html.j2", "api-token.txt"] {
+        std::fs::copy(
+            examples.join("quickstart").join(f),
+            sb.path().join("quickstart").join(f),
+        )
+        .unwrap();
+    }
+    // The plan names its own state and run dirs; let it use them.
+    let run = || {
+        sb.cmd()
+            .env_remove("BOOTPLAN_STATE_DIR")
+            .env_remove("BOOTPLAN_RUN_DIR")
+            .args(["run", "plan.yaml"])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert_eq!(code(&first), 0, "{}", dump(&first));
+    let status = |sb: &Sandbox| -> serde_json::Value {
+        serde_json::from_str(&sb.read(".bootplan/run/status.json")).unwrap()
+    };
+    let doc = status(&sb);
+    assert_eq!(doc["outcome"], "ready");
+    assert_eq!(
+        doc["steps"]["flaky-register"]["attempts"], 2,
+        "the flaky step should succeed on its retry"
+    );
+    let token = sb.read("quickstart/api-token.txt").trim().to_string();
+    assert!(
+        !String::from_utf8_lossy(&first.stdout).contains(&token),
+        "the secret leaked into the logs"
+    );
+    assert_eq!(
+        sb.read(".bootplan/secrets/app.env"),
+        format!("token={token}\n")
+    );
+
+    let second = run();
+    assert_eq!(code(&second), 0, "{}", dump(&second));
+    let doc = status(&sb);
+    for step in ["settings", "page", "credentials", "flaky-register"] {
+        assert_eq!(
+            doc["steps"][step]["state"], "skipped",
+            "{step} should be skipped on rerun"
+        );
+    }
+}
+
+#[test]
+fn frequencies_key_on_boot_id_and_instance() {
+    let sb = Sandbox::new();
+    sb.plan(
+        r#"
+version: 1
+name: freq
+steps:
+  boot: { shell: "echo boot >> ran.log", frequency: per-boot }
+  instance: { shell: "echo instance >> ran.log", frequency: per-instance }
+  once: { shell: "echo once >> ran.log", frequency: once }
+  always: { shell: "echo always >> ran.log", frequency: always }
+"#,
+    );
+    let run = |boot: &str, machine: &str| {
+        sb.write("boot_id", boot);
+        sb.write("machine_id", machine);
+        let out = sb
+            .cmd()
+            .env("BOOTPLAN_BOOT_ID_FILE", sb.path().join("boot_id"))
+            .env("BOOTPLAN_MACHINE_ID_FILE", sb.path().join("machine_id"))
+            .args(["run", "plan.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+        let ran: Vec<String> = ["boot", "instance", "once", "always"]
+            .iter()
+            .filter(|s| sb.step(s)["state"] == "done")
+            .map(|s| s.to_string())
+            .collect();
+        ran
+    };
+    assert_eq!(
+        run("boot-1", "machine-1"),
+        ["boot", "instance", "once", "always"]
+    );
+    assert_eq!(run("boot-1", "machine-1"), ["always"], "nothing changed");
+    assert_eq!(
+        run("boot-2", "machine-1"),
+        ["boot", "always"],
+        "a reboot reruns per-boot only"
+    );
+    assert_eq!(
+        run("boot-2", "machine-2"),
+        ["instance", "always"],
+        "a new machine id (a clone) reruns per-instance"
+    );
+}

@@ -5,5 +5,7 @@
 mod harness;
 
 mod core;
+mod crash;
 mod docs;
+mod invalid_plans;
 mod lifecycle;

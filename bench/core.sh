@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Core benchmark (not a test): 100-step plans of no-op commands, wide and
+# chained, run by bootplan vs the same commands spawned directly by a shell;
+# peak RSS; and a rerun where every step is skipped.
+#
+# Usage: bench/core.sh [runs]   (default 20 timed runs per command)
+# Needs: hyperfine, GNU time (installed with apt when missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-20}
+
+need() { command -v "$1" >/dev/null || apt-get -o DPkg::Lock::Timeout=600 install -y "$2" >/dev/null; }
+need hyperfine hyperfine
+[ -x /usr/bin/time ] || apt-get -o DPkg::Lock::Timeout=600 install -y time >/dev/null
+
+cargo build --release --quiet
+bin=$PWD/target/release/bootplan
+work=$(mktemp -d)
+# The run dir is a tmpfs, as /run is on a real machine; the state dir is on disk.
+rundir=$(mktemp -d -p /dev/shm)
+trap 'rm -rf "$work" "$rundir"' EXIT
+export BOOTPLAN_STATE_DIR=$work/state BOOTPLAN_RUN_DIR=$rundir BOOTPLAN_LOG_FORMAT=json
+
+gen() { # name shape frequency
+  local name=$1 shape=$2 freq=$3
+  {
+    echo "version: 1"
+    echo "name: bench-$name"
+    echo "max_parallel: 100"
+    echo "steps:"
+    for i in $(seq 1 100); do
+      if [ "$shape" = chain ] && [ "$i" -gt 1 ]; then
+        echo "  s$i: { run: [\"/bin/true\"], frequency: $freq, needs: [s$((i - 1))] }"
+      else
+        echo "  s$i: { run: [\"/bin/true\"], frequency: $freq }"
+      fi
+    done
+  } > "$work/$name.yaml"
+}
+gen wide wide always
+gen chain chain always
+gen skip chain per-instance
+
+direct_chain='for i in $(seq 1 100); do /bin/true; done'
+direct_wide='for i in $(seq 1 100); do /bin/true & done; wait'
+
+hyperfine --style basic --warmup 3 --runs "$runs" --export-json "$work/chain.json" \
+  -n "bootplan chain" "$bin run $work/chain.yaml >/dev/null" \
+  -n "direct chain" "sh -c '$direct_chain'"
+hyperfine --style basic --warmup 3 --runs "$runs" --export-json "$work/wide.json" \
+  -n "bootplan wide" "$bin run $work/wide.yaml >/dev/null" \
+  -n "direct wide" "sh -c '$direct_wide'"
+
+"$bin" run "$work/skip.yaml" >/dev/null
+hyperfine --style basic --warmup 3 --runs "$runs" --export-json "$work/skip.json" \
+  -n "bootplan rerun, all skipped" "$bin run $work/skip.yaml >/dev/null"
+
+rss() { /usr/bin/time -f %M "$bin" run "$1" 2>&1 >/dev/null | tail -1; }
+rss_chain=$(rss "$work/chain.yaml")
+rss_wide=$(rss "$work/wide.yaml")
+rss_skip=$(rss "$work/skip.yaml")
+
+python3 - "$work" "$rss_chain" "$rss_wide" "$rss_skip" <<'PY'
+import json, sys
+work, rss_chain, rss_wide, rss_skip = sys.argv[1:]
+def means(name):
+    return {r["command"]: r for r in json.load(open(f"{work}/{name}.json"))["results"]}
+chain, wide, skip = means("chain"), means("wide"), means("skip")
+def ms(r): return f'{r["mean"]*1000:.1f} ± {r["stddev"]*1000:.1f} ms'
+print()
+print("| measurement | bootplan | direct spawn | ratio |")
+print("|---|---|---|---|")
+for label, table, b, d in [("100 chained no-op steps", chain, "bootplan chain", "direct chain"),
+                           ("100 parallel no-op steps", wide, "bootplan wide", "direct wide")]:
+    print(f"| {label} | {ms(table[b])} | {ms(table[d])} | {table[b]['mean']/table[d]['mean']:.2f}x |")
+print(f'| rerun, all 100 steps skipped | {ms(skip["bootplan rerun, all skipped"])} | | |')
+print(f"| peak RSS (chain / wide / skipped rerun) | {int(rss_chain)/1024:.1f} / {int(rss_wide)/1024:.1f} / {int(rss_skip)/1024:.1f} MiB | | |")
+PY

@@ -290,6 +290,8 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         Err(err) => {
             print_plan_error(&err);
             let doc = write_invalid_status(&run_dir(cli, None), path, &err);
+            // A readiness file from an earlier run must not say "ready" now.
+            crate::lifecycle::readyfile::remove(&run_dir(cli, None).join("ready"));
             report_invalid_plan(cli, path, &doc);
             return err.code().exit_code();
         }

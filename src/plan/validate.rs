@@ -520,7 +520,7 @@ impl Validator {
                 pos,
                 field,
                 format!(
-                    "wait for exactly one of tcp, http, file, command, notify; found {}",
+                    "wait for exactly one of tcp, http, file, command; found {}",
                     targets.len()
                 ),
                 None,

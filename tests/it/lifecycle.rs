@@ -806,3 +806,35 @@ fn webhook_receives_the_status_on_success_failure_invalid_plan_and_deadline() {
     assert_eq!(rx.last()["outcome"], "deadline_exceeded");
     assert_eq!(rx.last()["error"]["code"], "deadline.exceeded");
 }
+
+#[test]
+fn rollback_stops_services_before_running_undos_in_reverse() {
+    let sb = Sandbox::new();
+    sb.write("svc.sh", "trap 'echo service-stopped >> order.log; exit 0' TERM\ntouch svc.ready\nwhile :; do sleep 0.05; done\n");
+    sb.plan(
+        r#"
+version: 1
+name: rollback
+rollback: true
+steps:
+  svc:
+    service: ["sh", "svc.sh"]
+    ready: { file: svc.ready, interval: 20ms }
+  first:
+    run: ["true"]
+    undo: ["sh", "-c", "echo undo-first >> order.log"]
+    needs: [svc]
+  second:
+    run: ["true"]
+    undo: ["sh", "-c", "echo undo-second >> order.log"]
+    needs: [first]
+  broken:
+    run: ["false"]
+    needs: [second]
+"#,
+    );
+    let out = sb.run();
+    assert_eq!(code(&out), 1, "{}", dump(&out));
+    let order: Vec<String> = sb.read("order.log").lines().map(str::to_string).collect();
+    assert_eq!(order, ["service-stopped", "undo-second", "undo-first"]);
+}

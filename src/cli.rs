@@ -362,13 +362,15 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         ready_file,
         started,
     };
-    let (summary, supervised) =
-        runtime.block_on(crate::lifecycle::run(&plan, ctx, journal.clone(), &options));
+    let finished = runtime.block_on(crate::lifecycle::run(&plan, ctx, journal.clone(), &options));
     drop(journal);
-    if let Some(code) = supervised {
-        reporter.finish();
-        return code;
-    }
+    let summary = match finished {
+        crate::lifecycle::Finished::Run(summary) => summary,
+        crate::lifecycle::Finished::Supervised(code) => {
+            reporter.finish();
+            return code;
+        }
+    };
     let Some(request) = summary.exec else {
         reporter.finish();
         return summary.exit_code;

@@ -92,41 +92,41 @@ pub fn add_sinks(reporter: &Reporter, plan: &Plan, ready_file: PathBuf, report_u
     }
 }
 
+/// How [`run`] ended.
+#[derive(Debug)]
+pub enum Finished {
+    /// The engine's verdict; the caller execs `summary.exec` if there is one.
+    Run(RunSummary),
+    /// bootplan supervised the app, which has exited; this is bootplan's exit
+    /// code. The verdict was given already: neither exec nor report again.
+    Supervised(i32),
+}
+
 /// Runs the plan, and supervises its app when [`should_supervise`] says so.
-/// Returns the engine's summary and, when supervised, bootplan's exit code
-/// (the caller then neither execs nor reports again).
 pub async fn run(
     plan: &Plan,
     ctx: Arc<StepContext>,
     journal: Arc<Journal>,
     opts: &Options,
-) -> (RunSummary, Option<i32>) {
+) -> Finished {
     let supervise = should_supervise(plan, opts.supervise_flag);
+    // As PID 1, orphans are ours to reap even when there is no app.
     let reaper = (supervise || std::process::id() == 1).then(reaper::start);
     if !supervise {
         let summary = engine::run(plan, ctx, journal).await;
         if let Some(reaper) = reaper {
             reaper.abort();
         }
-        return (summary, None);
+        return Finished::Run(summary);
     }
     ctx.services.set_supervised(true);
     let mut signals = supervise::Forwarder::new();
     let summary = engine::run(plan, ctx.clone(), journal).await;
     if summary.exec.is_none() {
         // The run failed: the engine gave the verdict and stopped the services.
-        return (summary, None);
+        return Finished::Run(summary);
     }
-    let code = supervise::supervise(plan, ctx, summary, &mut signals, opts).await;
-    let summary = RunSummary {
-        outcome: crate::telemetry::Outcome::Ready,
-        exit_code: code,
-        error: None,
-        failed_step: None,
-        exec: None,
-        completed: Vec::new(),
-    };
-    (summary, Some(code))
+    Finished::Supervised(supervise::supervise(plan, ctx, summary, &mut signals, opts).await)
 }
 
 /// Rollback hook: revoke the tokens the secret store obtained (Vault

@@ -142,7 +142,8 @@ pub async fn supervise(
                 code: err.code(),
                 message: err.to_string(),
             };
-            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started).await;
+            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started, opts)
+                .await;
         }
     };
     let pid = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
@@ -152,7 +153,8 @@ pub async fn supervise(
                 code: ErrorCode::ExecFailed,
                 message: format!("cannot start `{}`: {err}", request.cmd.program()),
             };
-            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started).await;
+            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started, opts)
+                .await;
         }
     };
     let pgid = Pid::from_raw(pid as i32);
@@ -449,6 +451,7 @@ async fn finish_run(
 }
 
 /// The app never started: stop the services and give the verdict.
+#[allow(clippy::too_many_arguments)]
 async fn fail_before_start(
     plan: &Plan,
     ctx: &Arc<StepContext>,
@@ -457,15 +460,12 @@ async fn fail_before_start(
     info: ErrorInfo,
     grace: Duration,
     started: Instant,
+    opts: &Options,
 ) -> i32 {
     finish_step(ctx, step, StepState::Failed, Some(info.clone()), started);
     ctx.services.stop_all(grace).await;
-    let opts = Options {
-        supervise_flag: true,
-        ready_file: Default::default(),
-        started,
-    };
     let code = info.code.exit_code();
+    let failed_step = Some(step.name.clone());
     finish_run(
         plan,
         ctx,
@@ -473,8 +473,8 @@ async fn fail_before_start(
         Outcome::Failed,
         code,
         Some(info),
-        Some(step.name.clone()),
-        &opts,
+        failed_step,
+        opts,
     )
     .await
 }

@@ -497,6 +497,8 @@ steps:
 struct Etcd {
     child: Child,
     url: String,
+    /// Auth is on: etcdctl runs as root.
+    auth: bool,
     _data: tempfile::TempDir,
 }
 
@@ -543,11 +545,7 @@ fn start_etcd() -> Option<Etcd> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn etcd");
-    let etcd = Etcd {
-        child,
-        url,
-        _data: data,
-    };
+    let etcd = Etcd { child, url, auth: false, _data: data };
     wait_until("etcd to answer", LONG, || {
         etcd_get(&etcd, "/health-probe").is_some()
     });
@@ -556,23 +554,8 @@ fn start_etcd() -> Option<Etcd> {
 
 /// The key's lease id as etcdctl sees it: `Some(None)` when absent.
 fn etcd_get(etcd: &Etcd, key: &str) -> Option<Option<(i64, Value)>> {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &etcd.url,
-            "--command-timeout=1s",
-            "get",
-            key,
-            "-w",
-            "json",
-        ])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let stdout = etcdctl(etcd, &["get", key, "-w", "json"])?;
+    let v: Value = serde_json::from_slice(&stdout).ok()?;
     let Some(kv) = v["kvs"].get(0) else {
         return Some(None);
     };
@@ -598,7 +581,7 @@ name: web
 steps:
   app:
     exec: ["sh", "app.sh"]
-    ready: {{ file: app.up, interval: 20ms }}
+    ready: {{ file: go, interval: 20ms }}
 register:
   etcd:
     endpoints: ["{}"]
@@ -619,9 +602,19 @@ register:
     };
     let key = format!("/services/web/{machine_id}");
 
-    // Not registered before ready; registered with a lease once ready.
+    // Not registered while the app runs but is not ready yet.
     let mut child = spawn(&sb, &[]);
+    wait_until("the app to start", LONG, || sb.read("app.up").contains(' '));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(etcd_get(&etcd, &key), Some(None), "registered before the app was ready");
+    assert_eq!(status_outcome(&sb).as_deref(), Some("running"), "no verdict before the app is ready");
+    assert_eq!(sb.step("app")["state"], "running");
+    assert!(!sb.run_dir().join("ready").exists(), "readiness file before the app was ready");
+    // Ready: registered with a lease, and the verdict is given.
+    sb.write("go", "");
     wait_ready(&sb, &mut child);
+    assert_eq!(sb.step("app")["state"], "done");
+    assert!(sb.run_dir().join("ready").exists(), "readiness file once ready");
     let (lease, value) = etcd_get(&etcd, &key)
         .flatten()
         .expect("key present after ready");
@@ -666,12 +659,81 @@ register:
     wait_until("the lease to expire", Duration::from_secs(10), || {
         etcd_get(&etcd, &key) == Some(None)
     });
+    eprintln!("lease expired {:?} after SIGKILL (TTL 3s)", killed_at.elapsed());
     assert!(
         killed_at.elapsed() < Duration::from_secs(3 + 2),
         "expired after {:?}",
         killed_at.elapsed()
     );
     wait_until("the app to die with bootplan", LONG, || !pid_alive(app_pid));
+}
+
+/// Runs etcdctl against `etcd` (as root once auth is on); stdout on success.
+fn etcdctl(etcd: &Etcd, args: &[&str]) -> Option<Vec<u8>> {
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3").args(["--endpoints", &etcd.url, "--command-timeout=2s"]);
+    if etcd.auth {
+        cmd.args(["--user", "root:rootpw"]);
+    }
+    let out = cmd.args(args).output().ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+#[test]
+fn registration_authenticates_with_a_password_from_a_secret_and_never_leaks_it() {
+    let Some(mut etcd) = start_etcd() else { return };
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "web:s3cr3t-pw"],
+        &["role", "add", "svc"],
+        &["role", "grant-permission", "svc", "readwrite", "/services/", "--prefix=true"],
+        &["user", "grant-role", "web", "svc"],
+        &["auth", "enable"],
+    ] {
+        assert!(etcdctl(&etcd, args).is_some(), "etcdctl {args:?}");
+    }
+    etcd.auth = true;
+    let sb = Sandbox::new();
+    sb.write("pw.txt", "s3cr3t-pw\n");
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(&format!(
+        r#"
+version: 1
+name: auth
+secrets:
+  etcd_pw: {{ file: {{ path: pw.txt }} }}
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: {{ file: app.up, interval: 20ms }}
+register:
+  etcd:
+    endpoints: ["{}"]
+    key: /services/auth/one
+    ttl: 5s
+    username: web
+    password: "{{{{ secrets.etcd_pw }}}}"
+"#,
+        etcd.url
+    ));
+    let mut child = spawn(&sb, &[]);
+    wait_ready(&sb, &mut child);
+    let (lease, _) = etcd_get(&etcd, "/services/auth/one").flatten().expect("registered with auth");
+    assert_ne!(lease, 0);
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(etcd_get(&etcd, "/services/auth/one"), Some(None), "deregistered with auth");
+    let everything = format!("{}{}", dump(&out), sb.read("run/status.json"));
+    assert!(!everything.contains("s3cr3t-pw"), "the etcd password leaked");
+
+    // A wrong password: register.failed, exit 69, and the app is stopped.
+    sb.write("pw.txt", "wrong\n");
+    let _ = std::fs::remove_file(sb.path().join("app.up"));
+    let out = wait_output(spawn(&sb, &[]));
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+    assert_eq!(sb.status()["error"]["code"], "register.failed");
+    assert!(sb.read("signals.log").contains("TERM"), "the app was stopped");
 }
 
 /// A loopback HTTP server that records POST bodies; answers `fail_first`

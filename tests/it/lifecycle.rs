@@ -438,7 +438,7 @@ fn sd_notify_says_status_per_step_extends_the_timeout_then_ready() {
     // The service is ready only when it says so itself, on its own NOTIFY_SOCKET.
     sb.write(
         "svc.py",
-        "import os, socket, time\ntime.sleep(0.2)\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'STATUS=warming\\nREADY=1', os.environ['NOTIFY_SOCKET'])\nopen('svc.said-ready', 'w').close()\ntime.sleep(30)\n",
+        "import os, socket, time\ntime.sleep(0.2)\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\nopen('svc.said-ready', 'w').close()\ns.sendto(b'STATUS=warming\\nREADY=1', os.environ['NOTIFY_SOCKET'])\ntime.sleep(30)\n",
     );
     sb.plan(
         r#"
@@ -545,7 +545,12 @@ fn start_etcd() -> Option<Etcd> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn etcd");
-    let etcd = Etcd { child, url, auth: false, _data: data };
+    let etcd = Etcd {
+        child,
+        url,
+        auth: false,
+        _data: data,
+    };
     wait_until("etcd to answer", LONG, || {
         etcd_get(&etcd, "/health-probe").is_some()
     });
@@ -606,15 +611,29 @@ register:
     let mut child = spawn(&sb, &[]);
     wait_until("the app to start", LONG, || sb.read("app.up").contains(' '));
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(etcd_get(&etcd, &key), Some(None), "registered before the app was ready");
-    assert_eq!(status_outcome(&sb).as_deref(), Some("running"), "no verdict before the app is ready");
+    assert_eq!(
+        etcd_get(&etcd, &key),
+        Some(None),
+        "registered before the app was ready"
+    );
+    assert_eq!(
+        status_outcome(&sb).as_deref(),
+        Some("running"),
+        "no verdict before the app is ready"
+    );
     assert_eq!(sb.step("app")["state"], "running");
-    assert!(!sb.run_dir().join("ready").exists(), "readiness file before the app was ready");
+    assert!(
+        !sb.run_dir().join("ready").exists(),
+        "readiness file before the app was ready"
+    );
     // Ready: registered with a lease, and the verdict is given.
     sb.write("go", "");
     wait_ready(&sb, &mut child);
     assert_eq!(sb.step("app")["state"], "done");
-    assert!(sb.run_dir().join("ready").exists(), "readiness file once ready");
+    // The status file is written first, then the readiness file (same event).
+    wait_until("the readiness file", LONG, || {
+        sb.run_dir().join("ready").exists()
+    });
     let (lease, value) = etcd_get(&etcd, &key)
         .flatten()
         .expect("key present after ready");
@@ -659,7 +678,10 @@ register:
     wait_until("the lease to expire", Duration::from_secs(10), || {
         etcd_get(&etcd, &key) == Some(None)
     });
-    eprintln!("lease expired {:?} after SIGKILL (TTL 3s)", killed_at.elapsed());
+    eprintln!(
+        "lease expired {:?} after SIGKILL (TTL 3s)",
+        killed_at.elapsed()
+    );
     assert!(
         killed_at.elapsed() < Duration::from_secs(3 + 2),
         "expired after {:?}",
@@ -671,7 +693,8 @@ register:
 /// Runs etcdctl against `etcd` (as root once auth is on); stdout on success.
 fn etcdctl(etcd: &Etcd, args: &[&str]) -> Option<Vec<u8>> {
     let mut cmd = Command::new("etcdctl");
-    cmd.env("ETCDCTL_API", "3").args(["--endpoints", &etcd.url, "--command-timeout=2s"]);
+    cmd.env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url, "--command-timeout=2s"]);
     if etcd.auth {
         cmd.args(["--user", "root:rootpw"]);
     }
@@ -686,7 +709,14 @@ fn registration_authenticates_with_a_password_from_a_secret_and_never_leaks_it()
         &["user", "add", "root:rootpw"][..],
         &["user", "add", "web:s3cr3t-pw"],
         &["role", "add", "svc"],
-        &["role", "grant-permission", "svc", "readwrite", "/services/", "--prefix=true"],
+        &[
+            "role",
+            "grant-permission",
+            "svc",
+            "readwrite",
+            "/services/",
+            "--prefix=true",
+        ],
         &["user", "grant-role", "web", "svc"],
         &["auth", "enable"],
     ] {
@@ -718,14 +748,23 @@ register:
     ));
     let mut child = spawn(&sb, &[]);
     wait_ready(&sb, &mut child);
-    let (lease, _) = etcd_get(&etcd, "/services/auth/one").flatten().expect("registered with auth");
+    let (lease, _) = etcd_get(&etcd, "/services/auth/one")
+        .flatten()
+        .expect("registered with auth");
     assert_ne!(lease, 0);
     signal(child.id(), libc::SIGTERM);
     let out = wait_output(child);
     assert_eq!(code(&out), 0, "{}", dump(&out));
-    assert_eq!(etcd_get(&etcd, "/services/auth/one"), Some(None), "deregistered with auth");
+    assert_eq!(
+        etcd_get(&etcd, "/services/auth/one"),
+        Some(None),
+        "deregistered with auth"
+    );
     let everything = format!("{}{}", dump(&out), sb.read("run/status.json"));
-    assert!(!everything.contains("s3cr3t-pw"), "the etcd password leaked");
+    assert!(
+        !everything.contains("s3cr3t-pw"),
+        "the etcd password leaked"
+    );
 
     // A wrong password: register.failed, exit 69, and the app is stopped.
     sb.write("pw.txt", "wrong\n");
@@ -733,7 +772,10 @@ register:
     let out = wait_output(spawn(&sb, &[]));
     assert_eq!(code(&out), 69, "{}", dump(&out));
     assert_eq!(sb.status()["error"]["code"], "register.failed");
-    assert!(sb.read("signals.log").contains("TERM"), "the app was stopped");
+    assert!(
+        sb.read("signals.log").contains("TERM"),
+        "the app was stopped"
+    );
 }
 
 /// A loopback HTTP server that records POST bodies; answers `fail_first`
@@ -899,4 +941,105 @@ steps:
     assert_eq!(code(&out), 1, "{}", dump(&out));
     let order: Vec<String> = sb.read("order.log").lines().map(str::to_string).collect();
     assert_eq!(order, ["service-stopped", "undo-second", "undo-first"]);
+}
+
+#[test]
+fn app_that_dies_or_misses_the_deadline_before_ready_fails_the_run() {
+    // Dies before its ready check passes: its code is passed on, the run failed.
+    let sb = Sandbox::new();
+    sb.write("svc.sh", "trap 'echo svc-stopped >> order.log; exit 0' TERM\ntouch svc.ready\nwhile :; do sleep 0.05; done\n");
+    sb.plan(
+        r#"
+version: 1
+name: early-exit
+steps:
+  svc:
+    service: ["sh", "svc.sh"]
+    ready: { file: svc.ready, interval: 20ms }
+  app:
+    exec: ["sh", "-c", "sleep 0.2; exit 4"]
+    needs: [svc]
+    ready: { file: never, interval: 20ms }
+"#,
+    );
+    let out = wait_output(spawn(&sb, &[]));
+    assert_eq!(code(&out), 4, "{}", dump(&out));
+    let status = sb.status();
+    assert_eq!(status["outcome"], "failed");
+    assert_eq!(status["failed_step"], "app");
+    assert_eq!(status["steps"]["app"]["state"], "failed");
+    assert_eq!(
+        sb.read("order.log").trim(),
+        "svc-stopped",
+        "the service was stopped"
+    );
+
+    // Never ready within the plan's deadline: stopped, exit 75.
+    let sb = Sandbox::new();
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(
+        r#"
+version: 1
+name: slow-app
+deadline: 1s
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: { file: never, interval: 20ms }
+"#,
+    );
+    let out = wait_output(spawn(&sb, &["--supervise"]));
+    assert_eq!(code(&out), 75, "{}", dump(&out));
+    assert_eq!(sb.status()["outcome"], "deadline_exceeded");
+    assert!(
+        sb.read("signals.log").contains("TERM"),
+        "the app was stopped with SIGTERM"
+    );
+    assert!(!sb.run_dir().join("ready").exists());
+}
+
+#[test]
+fn supervised_app_says_ready_over_sd_notify_and_systemd_hears_ready_after_it() {
+    let sb = Sandbox::new();
+    let socket = NotifySocket::new();
+    sb.write(
+        "app.py",
+        "import os, signal, socket, sys, time\nsignal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\ntime.sleep(0.3)\nopen('app.said-ready', 'w').close()\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\nwhile True: time.sleep(0.05)\n",
+    );
+    sb.plan(
+        r#"
+version: 1
+name: notify-app
+steps:
+  app:
+    exec: ["/usr/bin/python3", "app.py"]
+    ready: { notify: true }
+"#,
+    );
+    let mut child = sb
+        .cmd()
+        .args(["run", "plan.yaml"])
+        .env("NOTIFY_SOCKET", &socket.path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&sb, &mut child);
+    assert!(
+        sb.path().join("app.said-ready").exists(),
+        "ready before the app said so"
+    );
+    let before_stop = socket.messages();
+    assert!(
+        before_stop.iter().any(|m| m.contains("READY=1")),
+        "{before_stop:?}"
+    );
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let after = socket.messages();
+    assert!(
+        after.iter().any(|m| m.contains("STOPPING=1")),
+        "STOPPING=1 at shutdown: {after:?}"
+    );
 }

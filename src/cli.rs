@@ -365,7 +365,7 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     let finished = runtime.block_on(crate::lifecycle::run(&plan, ctx, journal.clone(), &options));
     drop(journal);
     let summary = match finished {
-        crate::lifecycle::Finished::Run(summary) => summary,
+        crate::lifecycle::Finished::Run(summary) => *summary,
         crate::lifecycle::Finished::Supervised(code) => {
             reporter.finish();
             return code;

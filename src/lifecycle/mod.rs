@@ -96,7 +96,7 @@ pub fn add_sinks(reporter: &Reporter, plan: &Plan, ready_file: PathBuf, report_u
 #[derive(Debug)]
 pub enum Finished {
     /// The engine's verdict; the caller execs `summary.exec` if there is one.
-    Run(RunSummary),
+    Run(Box<RunSummary>),
     /// bootplan supervised the app, which has exited; this is bootplan's exit
     /// code. The verdict was given already: neither exec nor report again.
     Supervised(i32),
@@ -117,14 +117,14 @@ pub async fn run(
         if let Some(reaper) = reaper {
             reaper.abort();
         }
-        return Finished::Run(summary);
+        return Finished::Run(Box::new(summary));
     }
     ctx.services.set_supervised(true);
     let mut signals = supervise::Forwarder::new();
     let summary = engine::run(plan, ctx.clone(), journal).await;
     if summary.exec.is_none() {
         // The run failed: the engine gave the verdict and stopped the services.
-        return Finished::Run(summary);
+        return Finished::Run(Box::new(summary));
     }
     Finished::Supervised(supervise::supervise(plan, ctx, summary, &mut signals, opts).await)
 }

@@ -312,6 +312,21 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         Ok(journal) => Arc::new(journal),
         Err(err) => {
             eprintln!("error: {err} [{}]", ErrorCode::StateUnwritable);
+            if let Some(spec) = crate::lifecycle::report_spec(&plan, cli.report_url.as_deref()) {
+                let message = redactor
+                    .redact_owned(&err.to_string())
+                    .unwrap_or(err.to_string());
+                let sent = crate::lifecycle::report::report_early_failure(
+                    &spec,
+                    &plan,
+                    &bootstrap_id,
+                    ErrorCode::StateUnwritable,
+                    message,
+                );
+                if let Err(err) = sent {
+                    eprintln!("bootplan: {err}");
+                }
+            }
             return ErrorCode::StateUnwritable.exit_code();
         }
     };

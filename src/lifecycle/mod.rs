@@ -74,8 +74,16 @@ pub fn add_sinks(reporter: &Reporter, plan: &Plan, ready_file: PathBuf, report_u
     let deadline = Instant::now() + plan.deadline;
     reporter.add_sink(Box::new(notify::NotifySink::new(deadline)));
     reporter.add_sink(Box::new(readyfile::ReadyFileSink::new(ready_file)));
+    if let Some(spec) = report_spec(plan, report_url) {
+        reporter.add_sink(Box::new(report::ReportSink::new(spec)));
+    }
+}
+
+/// The report webhook: `report_url` (from `--report-url`/`BOOTPLAN_REPORT_URL`)
+/// overrides the plan's `report.webhook` and keeps its other settings.
+pub fn report_spec(plan: &Plan, report_url: Option<&str>) -> Option<ReportSpec> {
     let plan_report = plan.lifecycle.report.clone();
-    let report = match (report_url, plan_report) {
+    match (report_url, plan_report) {
         (Some(url), Some(spec)) => Some(ReportSpec {
             webhook: url.to_string(),
             ..spec
@@ -86,9 +94,6 @@ pub fn add_sinks(reporter: &Reporter, plan: &Plan, ready_file: PathBuf, report_u
             attempts: 3,
         }),
         (None, spec) => spec,
-    };
-    if let Some(spec) = report {
-        reporter.add_sink(Box::new(report::ReportSink::new(spec)));
     }
 }
 

@@ -113,6 +113,42 @@ pub fn spec_for_invalid_plan(cli_url: Option<&str>, plan_path: &Path) -> Option<
     })
 }
 
+/// Reports a run that failed before its first event (e.g. the state
+/// directory is not writable): a status document with just the verdict.
+pub fn report_early_failure(
+    spec: &ReportSpec,
+    plan: &crate::plan::Plan,
+    bootstrap_id: &str,
+    code: crate::error::ErrorCode,
+    message: String,
+) -> Result<(), ReportError> {
+    let now = std::time::SystemTime::now();
+    let started = Event {
+        at: now,
+        kind: EventKind::RunStarted {
+            bootstrap_id: bootstrap_id.to_string(),
+            plan: plan.name.clone(),
+            plan_path: plan.path.display().to_string(),
+            digest: plan.digest.clone(),
+            steps: Vec::new(),
+        },
+    };
+    let Some(mut doc) = StatusDoc::new(&started) else {
+        return Ok(());
+    };
+    doc.apply(&Event {
+        at: now,
+        kind: EventKind::RunFinished {
+            outcome: crate::telemetry::Outcome::Failed,
+            exit_code: code.exit_code(),
+            error: Some(crate::telemetry::ErrorInfo { code, message }),
+            failed_step: None,
+            duration: Duration::ZERO,
+        },
+    });
+    post_blocking(spec, serde_json::to_vec(&doc).unwrap_or_default())
+}
+
 fn post(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,8 +6,8 @@
 //! "ready" when the exec step's `ready` check passes (at once without one);
 //! then the instance is registered and the run's verdict (`RunFinished`) is
 //! given, which the sinks turn into READY=1, the readiness file, the status
-//! file and the report. On SIGTERM/SIGINT the app gets the grace to exit
-//! (then SIGKILL); when the app has exited, the registration is removed and
+//! file and the report. On SIGTERM (and SIGINT before the app is ready) the
+//! app gets the grace to exit (then SIGKILL); when the app has exited, the registration is removed and
 //! the services are stopped newest first. bootplan exits with the app's
 //! code (128+n for signal n). A required service gone for good stops the app
 //! and exits with `service.failed`'s code.
@@ -219,7 +219,11 @@ pub async fn supervise(
             }
             sig = signals.recv() => {
                 let _ = killpg(pgid, Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
-                if (sig == libc::SIGTERM || sig == libc::SIGINT) && ending.is_none() {
+                // SIGTERM asks for a stop. SIGINT does too before the app is
+                // ready (as for the engine); after that the app decides (a
+                // trapped Ctrl-C must not get it killed).
+                let stop = sig == libc::SIGTERM || (sig == libc::SIGINT && phase == Phase::Starting);
+                if stop && ending.is_none() {
                     ctx.reporter.notice(Level::Info, format!("signal {sig}: stopping the app (grace {})", humantime::format_duration(grace)));
                     ending = Some(Ending::Signal(sig));
                     kill_at = Some(tokio::time::Instant::now() + grace);

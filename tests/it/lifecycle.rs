@@ -897,6 +897,21 @@ fn webhook_receives_the_status_on_success_failure_invalid_plan_and_deadline() {
     assert_eq!(code(&out), 65);
     assert_eq!(rx.last()["outcome"], "invalid", "{}", dump(&out));
 
+    // The state directory is not writable (a file stands in its way).
+    let rx = receiver(0);
+    let sb = Sandbox::new();
+    sb.write("state", "not a directory");
+    sb.plan(&plan(&rx.url, "", "  ok: { run: [\"true\"] }\n"));
+    let out = sb
+        .cmd()
+        .env("BOOTPLAN_STATE_DIR", sb.path().join("state/sub"))
+        .args(["run", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 73, "{}", dump(&out));
+    assert_eq!(rx.last()["outcome"], "failed", "{}", dump(&out));
+    assert_eq!(rx.last()["error"]["code"], "state.unwritable");
+
     // The deadline.
     let rx = receiver(0);
     let sb = Sandbox::new();
@@ -1042,4 +1057,158 @@ steps:
         after.iter().any(|m| m.contains("STOPPING=1")),
         "STOPPING=1 at shutdown: {after:?}"
     );
+}
+
+#[test]
+fn registration_over_tls_trusts_the_plans_ca_file() {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        assert!(!under_ci(), "etcd is not installed (scripts/deps/etcd.sh)");
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+
+    let shm = Path::new("/dev/shm");
+    let data = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(data.path())
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .arg("--cert-file")
+        .arg(dir.join("server.pem"))
+        .arg("--key-file")
+        .arg(dir.join("server.key"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcd");
+    let etcd = Etcd {
+        child,
+        url,
+        auth: false,
+        _data: data,
+    };
+    let ca = dir.join("ca.pem");
+    let get = |key: &str| {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &etcd.url, "--command-timeout=2s", "--cacert"])
+            .arg(&ca)
+            .args(["get", key, "--print-value-only"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wait_until("etcd over TLS", LONG, || get("/probe").is_some());
+
+    let sb = Sandbox::new();
+    sb.write("app.sh", SIGNAL_APP);
+    std::fs::copy(&ca, sb.path().join("etcd-ca.pem")).unwrap();
+    let plan = |ca_line: &str| {
+        format!(
+            "version: 1\nname: tls\nsteps:\n  app:\n    exec: [\"sh\", \"app.sh\"]\n    ready: {{ file: app.up, interval: 20ms }}\nregister:\n  etcd:\n    endpoints: [\"{}\"]\n    key: /services/tls/one\n    ttl: 5s\n{ca_line}",
+            etcd.url
+        )
+    };
+    sb.plan(&plan("    ca_file: etcd-ca.pem\n"));
+    let mut child = spawn(&sb, &[]);
+    wait_ready(&sb, &mut child);
+    assert!(
+        get("/services/tls/one").is_some_and(|v| v.contains("bootstrap_id")),
+        "registered over TLS"
+    );
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(
+        get("/services/tls/one").as_deref(),
+        Some(""),
+        "deregistered over TLS"
+    );
+
+    // Without the CA the server is not trusted: register.failed.
+    sb.plan(&plan(""));
+    let _ = std::fs::remove_file(sb.path().join("app.up"));
+    let out = wait_output(spawn(&sb, &[]));
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+    assert_eq!(sb.status()["error"]["code"], "register.failed");
 }

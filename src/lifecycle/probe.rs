@@ -238,3 +238,37 @@ impl Probe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notify_listener_reads_status_then_ready_and_clears_old_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = NotifyListener::bind(dir.path(), "svc").unwrap();
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        sender
+            .send_to(b"STATUS=warming up", listener.path())
+            .unwrap();
+        sender
+            .send_to(b"MAINPID=42\nREADY=1\n", listener.path())
+            .unwrap();
+        assert_eq!(
+            listener.next().await.unwrap(),
+            (false, Some("warming up".into()))
+        );
+        assert_eq!(listener.next().await.unwrap(), (true, None));
+        // A restart must not see the previous process's READY=1.
+        sender.send_to(b"READY=1", listener.path()).unwrap();
+        listener.clear();
+        let next = tokio::time::timeout(Duration::from_millis(100), listener.next()).await;
+        assert!(next.is_err(), "a cleared message was read");
+        let path = listener.path().to_path_buf();
+        drop(listener);
+        assert!(
+            !path.exists(),
+            "the socket file is removed with the listener"
+        );
+    }
+}

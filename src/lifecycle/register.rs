@@ -168,7 +168,7 @@ impl EtcdClient {
         })
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(user = self.credentials.as_ref().map(|c| c.0.as_str())))]
     async fn authenticate(&self) -> Result<(), RegisterError> {
         let Some((name, password)) = &self.credentials else {
             return Ok(());
@@ -187,7 +187,7 @@ impl EtcdClient {
     }
 
     /// Grants a lease; returns its id (a decimal string, as etcd sends it).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(ttl_s = ttl.as_secs()))]
     pub async fn grant(&self, ttl: Duration) -> Result<String, RegisterError> {
         let answer = self
             .call("/v3/lease/grant", &json!({ "TTL": ttl.as_secs() }))
@@ -201,14 +201,14 @@ impl EtcdClient {
             })
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(key = key, lease = lease))]
     pub async fn put(&self, key: &str, value: &[u8], lease: &str) -> Result<(), RegisterError> {
         let body = json!({ "key": B64.encode(key), "value": B64.encode(value), "lease": lease });
         self.call("/v3/kv/put", &body).await.map(drop)
     }
 
     /// Refreshes the lease; returns the TTL left (0 when the lease is gone).
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(lease = lease))]
     pub async fn keepalive(&self, lease: &str) -> Result<i64, RegisterError> {
         let answer = self
             .call("/v3/lease/keepalive", &json!({ "ID": lease }))
@@ -221,14 +221,14 @@ impl EtcdClient {
         })
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(lease = lease))]
     pub async fn revoke(&self, lease: &str) -> Result<(), RegisterError> {
         self.call("/v3/lease/revoke", &json!({ "ID": lease }))
             .await
             .map(drop)
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(skip_all, fields(key = key))]
     pub async fn delete(&self, key: &str) -> Result<(), RegisterError> {
         self.call("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))
             .await

@@ -451,6 +451,96 @@ mod tests {
         assert_eq!(policy.delay(200), Duration::from_millis(350));
     }
 
+    fn names() -> (BTreeSet<String>, BTreeSet<String>) {
+        (BTreeSet::from(["pw".to_string()]), BTreeSet::new())
+    }
+
+    fn etcd_raw() -> RawEtcd {
+        RawEtcd {
+            endpoints: vec!["http://127.0.0.1:2379/".into()],
+            key: "/services/{{ facts.instance_id }}".into(),
+            ttl: None,
+            address: None,
+            port: Some(80),
+            ca_file: Some("ca.pem".into()),
+            username: None,
+            password: None,
+            timeout: None,
+        }
+    }
+
+    fn check(register: Option<RawRegister>, report: Option<RawReport>) -> (Lifecycle, Vec<String>) {
+        let (secrets, vars) = names();
+        let names = Names {
+            secrets: &secrets,
+            vars: &vars,
+            facts: &["instance_id"],
+        };
+        let (lifecycle, found) = resolve_plan(
+            Path::new("/p/plan.yaml"),
+            Path::new("/p"),
+            None,
+            Some("ready"),
+            register.as_ref(),
+            report.as_ref(),
+            &names,
+        );
+        (
+            lifecycle,
+            found
+                .into_iter()
+                .map(|d| format!("{}: {}", d.field, d.message))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_good_etcd_section_resolves_with_defaults_and_paths() {
+        let mut raw = etcd_raw();
+        raw.username = Some("web".into());
+        raw.password = Some("{{ secrets.pw }}".into());
+        let (lifecycle, problems) = check(Some(RawRegister { etcd: raw }), None);
+        assert!(problems.is_empty(), "{problems:?}");
+        let Some(Registry::Etcd(spec)) = lifecycle.register else {
+            panic!("no etcd")
+        };
+        assert_eq!(
+            spec.endpoints,
+            ["http://127.0.0.1:2379"],
+            "trailing slash trimmed"
+        );
+        assert_eq!(spec.ttl, DEFAULT_ETCD_TTL);
+        assert_eq!(spec.ca_file.as_deref(), Some(Path::new("/p/ca.pem")));
+        assert_eq!(spec.secret_refs, ["pw"]);
+        assert_eq!(lifecycle.ready_file.as_deref(), Some(Path::new("/p/ready")));
+    }
+
+    #[test]
+    fn bad_registration_and_report_sections_say_what_is_wrong() {
+        let mut raw = etcd_raw();
+        raw.endpoints = vec!["127.0.0.1:2379".into()];
+        raw.ttl = Some(HumanDuration(Duration::from_secs(1)));
+        raw.username = Some("web".into());
+        raw.key = "/s/{{ secrets.nope }}".into();
+        let report = RawReport {
+            webhook: "ftp://x".into(),
+            timeout: None,
+            attempts: Some(0),
+        };
+        let (_, problems) = check(Some(RawRegister { etcd: raw }), Some(report));
+        let text = problems.join("\n");
+        for expected in [
+            "register.etcd.endpoints: `127.0.0.1:2379` is not an http(s) URL",
+            "register.etcd.ttl: the lease TTL must be at least 2s",
+            "register.etcd: `username` and `password` go together",
+            "register.etcd.key: the template uses unknown `secrets.nope`",
+            "report.webhook: `ftp://x` is not an http(s) URL",
+            "report.attempts: attempts must be between 1 and 10",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+    }
+
     #[test]
     fn failure_policy_restarts_only_failures() {
         let policy = RestartPolicy::default();

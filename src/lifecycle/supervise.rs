@@ -61,13 +61,21 @@ impl Forwarder {
         Forwarder { streams }
     }
 
-    /// Forgets signals that arrived before the app existed (the engine
-    /// handled SIGTERM/SIGINT itself).
-    fn drain_stale(&mut self) {
+    /// Forgets signals that arrived before the app existed, but returns a
+    /// pending SIGTERM/SIGINT: one the engine handled ended the run before
+    /// supervision, so a pending one came after the last step and still
+    /// asks bootplan to stop.
+    fn drain_stale(&mut self) -> Option<i32> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        for (_, s) in &mut self.streams {
-            while let Poll::Ready(Some(())) = s.poll_recv(&mut cx) {}
+        let mut stop = None;
+        for (n, s) in &mut self.streams {
+            while let Poll::Ready(Some(())) = s.poll_recv(&mut cx) {
+                if *n == libc::SIGTERM || *n == libc::SIGINT {
+                    stop = Some(*n);
+                }
+            }
         }
+        stop
     }
 
     /// The next signal received.
@@ -124,7 +132,19 @@ pub async fn supervise(
     let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
     let deadline =
         tokio::time::Instant::now() + plan.deadline.saturating_sub(opts.started.elapsed());
-    signals.drain_stale();
+    if let Some(sig) = signals.drain_stale() {
+        ctx.reporter.emit(EventKind::StepNotRun {
+            step: step.name.clone(),
+            reason: format!("bootplan received signal {sig} before the app started"),
+        });
+        ctx.services.stop_all(grace).await;
+        let info = ErrorInfo {
+            code: ErrorCode::RunInterrupted,
+            message: format!("bootplan received signal {sig} before the app started"),
+        };
+        let (outcome, code) = (Outcome::Interrupted, 128 + sig);
+        return finish_run(plan, &ctx, &summary, outcome, code, Some(info), None, opts).await;
+    }
     let app_started = Instant::now();
     ctx.reporter.emit(EventKind::StepStarted {
         step: step.name.clone(),

@@ -7,7 +7,8 @@
 //! then the instance is registered and the run's verdict (`RunFinished`) is
 //! given, which the sinks turn into READY=1, the readiness file, the status
 //! file and the report. On SIGTERM (and SIGINT before the app is ready) the
-//! app gets the grace to exit (then SIGKILL); when the app has exited, the registration is removed and
+//! instance is deregistered first, then the app gets the grace to exit (then
+//! SIGKILL); when the app has exited, any registration left is removed and
 //! the services are stopped newest first. bootplan exits with the app's
 //! code (128+n for signal n). A required service gone for good stops the app
 //! and exits with `service.failed`'s code.
@@ -238,11 +239,17 @@ pub async fn supervise(
                 }
             }
             sig = signals.recv() => {
-                let _ = killpg(pgid, Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
                 // SIGTERM asks for a stop. SIGINT does too before the app is
                 // ready (as for the engine); after that the app decides (a
                 // trapped Ctrl-C must not get it killed).
                 let stop = sig == libc::SIGTERM || (sig == libc::SIGINT && phase == Phase::Starting);
+                if stop && ending.is_none() {
+                    // Leave discovery first, so nobody is sent to an app that is stopping.
+                    if let Some(reg) = registration.take() {
+                        reg.deregister(&ctx.reporter).await;
+                    }
+                }
+                let _ = killpg(pgid, Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
                 if stop && ending.is_none() {
                     ctx.reporter.notice(Level::Info, format!("signal {sig}: stopping the app (grace {})", humantime::format_duration(grace)));
                     ending = Some(Ending::Signal(sig));
@@ -251,6 +258,9 @@ pub async fn supervise(
             }
             Some(failure) = ctx.services.next_failure(), if ending.is_none() => {
                 ending = Some(Ending::Service(failure));
+                if let Some(reg) = registration.take() {
+                    reg.deregister(&ctx.reporter).await;
+                }
                 stop_app(&mut kill_at);
             }
             () = tokio::time::sleep_until(deadline), if phase == Phase::Starting && ending.is_none() => {

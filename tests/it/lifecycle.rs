@@ -606,6 +606,15 @@ register:
         facts["machine_id"].as_str().unwrap().to_string()
     };
     let key = format!("/services/web/{machine_id}");
+    // On SIGTERM the app records whether the key was still there: it must
+    // already be gone (deregistered before the app is stopped).
+    sb.write(
+        "app.sh",
+        &format!(
+            "trap 'ETCDCTL_API=3 etcdctl --endpoints {} get {key} -w fields > at-term.txt; exit 0' TERM\necho \"$$ $PPID\" > app.up\nwhile :; do sleep 0.05; done\n",
+            etcd.url
+        ),
+    );
 
     // Not registered while the app runs but is not ready yet.
     let mut child = spawn(&sb, &[]);
@@ -657,6 +666,11 @@ register:
         etcd_get(&etcd, &key),
         Some(None),
         "the key is removed on SIGTERM"
+    );
+    let at_term = sb.read("at-term.txt");
+    assert!(
+        at_term.contains("\"Count\" : 0"),
+        "the key was still registered when the app got SIGTERM: {at_term}"
     );
 
     // SIGKILL: nothing deregisters, the lease expires within its TTL.

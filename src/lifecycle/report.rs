@@ -21,6 +21,9 @@ use crate::telemetry::{Event, EventKind, Sink};
 /// First delay between tries; it doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
+/// However the report is configured, bootplan's verdict never waits longer.
+const MAX_REPORT_TIME: Duration = Duration::from_secs(30);
+
 /// Why a report was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -154,7 +157,18 @@ fn post(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
         .enable_all()
         .build()
         .map_err(|e| ReportError::Client(e.to_string()))?;
-    runtime.block_on(post_async(spec, body))
+    runtime
+        .block_on(async { tokio::time::timeout(MAX_REPORT_TIME, post_async(spec, body)).await })
+        .unwrap_or_else(|_| {
+            Err(ReportError::Undelivered {
+                url: spec.webhook.clone(),
+                attempts: spec.attempts,
+                last: format!(
+                    "gave up after {}",
+                    humantime::format_duration(MAX_REPORT_TIME)
+                ),
+            })
+        })
 }
 
 #[tracing::instrument(skip_all, fields(url = %spec.webhook))]

@@ -134,9 +134,12 @@ pub async fn run(
     Finished::Supervised(supervise::supervise(plan, ctx, summary, &mut signals, opts).await)
 }
 
-/// Rollback hook: revoke the tokens the secret store obtained (Vault
-/// tokens, leases). The secret store's `close()` is wired here; until a
-/// backend holds revocable credentials there is nothing to revoke.
+/// Rollback hook, called after the undos (by the engine and by the
+/// supervisor): revoke the credentials the secret store obtained (a Vault
+/// token, leases). The secrets core on this branch holds none (file and env
+/// backends only), so there is nothing to revoke yet; the Vault backend's
+/// `SecretStore::close()` is to be called here:
+/// `if let Some(msg) = ctx.secrets.close().await { ctx.reporter.notice(Level::Warn, msg) }`.
 pub async fn revoke_secret_tokens(ctx: &StepContext) {
     let _ = &ctx.secrets;
 }

@@ -198,7 +198,8 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
         rollback(plan, &completed, &ctx).await;
         crate::lifecycle::revoke_secret_tokens(&ctx).await;
     }
-    if exec.is_none() {
+    // Supervised services outlive a successful run: the supervisor stops them.
+    if exec.is_none() && !(stop.is_none() && ctx.services.supervised()) {
         ctx.services.stop_all(plan.kill_grace).await;
     }
     if let Err(err) = journal.flush() {

@@ -39,16 +39,24 @@ pub struct Options {
     pub started: Instant,
 }
 
-/// Whether bootplan stays the parent of the exec app. Only a plan with an
-/// `exec` step has an app; then: `--supervise`, `supervise.enabled`, PID 1,
-/// any service, a `ready` check on the exec step, or `register`.
+/// Whether bootplan stays the parent of the exec app: with an `exec` step,
+/// when `--supervise`, `supervise.enabled`, PID 1, any service, a `ready`
+/// check on the exec step, or `register`. Without an `exec` step, only
+/// `--supervise`/`supervise.enabled` with services: bootplan then keeps the
+/// services running after ready, until SIGTERM/SIGINT (see
+/// [`supervise::hold_services`]). PID 1 alone does not keep them: an init
+/// container must run to completion.
 pub fn should_supervise(plan: &Plan, flag: bool) -> bool {
+    let has_services = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.kind, StepKind::Service { .. }));
     let Some(exec) = plan
         .steps
         .iter()
         .find(|s| matches!(s.kind, StepKind::Exec { .. }))
     else {
-        return false;
+        return has_services && (flag || plan.lifecycle.supervise);
     };
     flag || plan.lifecycle.supervise
         || std::process::id() == 1
@@ -128,6 +136,13 @@ pub async fn run(
     let mut signals = supervise::Forwarder::new();
     let summary = engine::run(plan, ctx.clone(), journal).await;
     if summary.exec.is_none() {
+        if summary.outcome.is_ready() {
+            // A services-only plan under --supervise: keep them until told to stop.
+            let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
+            return Finished::Supervised(
+                supervise::hold_services(&ctx, &mut signals, grace, &opts.ready_file).await,
+            );
+        }
         // The run failed: the engine gave the verdict and stopped the services.
         return Finished::Run(Box::new(summary));
     }

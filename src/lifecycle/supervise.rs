@@ -305,6 +305,41 @@ pub async fn supervise(
     .await
 }
 
+/// Keeps the services of a ready, app-less plan running until SIGTERM or
+/// SIGINT (exit 0) or until a required service is gone for good (exit 69);
+/// then stops them newest first. Other signals are ignored.
+pub async fn hold_services(
+    ctx: &StepContext,
+    signals: &mut Forwarder,
+    grace: Duration,
+    ready_file: &Path,
+) -> i32 {
+    let _ = signals.drain_stale();
+    ctx.reporter
+        .notice(Level::Info, "ready; supervising the services until SIGTERM");
+    let code = loop {
+        tokio::select! {
+            sig = signals.recv() => {
+                if sig == libc::SIGTERM || sig == libc::SIGINT {
+                    ctx.reporter.notice(Level::Info, format!("signal {sig}: stopping the services"));
+                    break exit::READY;
+                }
+            }
+            Some(failure) = ctx.services.next_failure() => {
+                ctx.reporter.notice(
+                    Level::Error,
+                    format!("{} [{}]", failure.error.message, failure.error.code),
+                );
+                break failure.error.code.exit_code();
+            }
+        }
+    };
+    notify::stopping();
+    readyfile::remove(ready_file);
+    ctx.services.stop_all(grace).await;
+    code
+}
+
 /// Sleeps until `at`, or forever when there is nothing to wait for.
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     match at {

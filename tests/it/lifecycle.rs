@@ -1226,3 +1226,50 @@ fn registration_over_tls_trusts_the_plans_ca_file() {
     assert_eq!(code(&out), 69, "{}", dump(&out));
     assert_eq!(sb.status()["error"]["code"], "register.failed");
 }
+
+#[test]
+fn supervise_keeps_the_services_of_an_app_less_plan_until_sigterm() {
+    let sb = Sandbox::new();
+    sb.write(
+        "svc.sh",
+        "trap 'echo svc-stopped >> order.log; exit 0' TERM\necho $$ > svc.pid\nwhile :; do sleep 0.05; done\n",
+    );
+    sb.plan(
+        r#"
+version: 1
+name: agents
+steps:
+  svc:
+    service: ["sh", "svc.sh"]
+    ready: { file: svc.pid, interval: 20ms }
+  after:
+    run: ["true"]
+    needs: [svc]
+"#,
+    );
+    // Without --supervise the run ends and stops its services.
+    let out = sb.run();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("order.log").trim(), "svc-stopped");
+    let _ = std::fs::remove_file(sb.path().join("order.log"));
+    let _ = std::fs::remove_file(sb.run_dir().join("status.json"));
+
+    // With --supervise the services stay up after ready, until SIGTERM.
+    let mut child = spawn(&sb, &["--supervise"]);
+    wait_ready(&sb, &mut child);
+    wait_until("the readiness file", LONG, || {
+        sb.run_dir().join("ready").exists()
+    });
+    let svc: i32 = sb.read("svc.pid").trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        pid_alive(svc),
+        "the service was stopped although bootplan supervises"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "bootplan exited");
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("order.log").trim(), "svc-stopped");
+    assert!(!pid_alive(svc));
+}

@@ -175,16 +175,24 @@ impl BackgroundWriter {
         self.shared.wake.notify_all();
     }
 
-    /// Writes now (if anything is pending) and waits until everything requested
-    /// so far is on disk. Returns the last write error, if any.
+    /// Writes the current state now and waits until it is on disk.
+    pub fn write_now(&self) -> Result<(), String> {
+        self.mark_dirty();
+        self.flush()
+    }
+
+    /// Waits until every write requested so far is done (a no-op when none
+    /// is pending). Returns the last write error, if any.
     pub fn flush(&self) -> Result<(), String> {
         let mut state = self.shared.lock();
-        state.requested += 1;
         let target = state.requested;
-        self.shared.wake.notify_all();
         if self.thread.is_none() {
-            drop(state);
-            return self.shared.write_once();
+            if state.written < target {
+                state.written = target;
+                drop(state);
+                return self.shared.write_once();
+            }
+            return Ok(());
         }
         while state.written < target && !state.stop {
             state = self

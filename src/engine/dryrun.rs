@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::journal::{self, JournalDoc};
 use crate::facts::Facts;
-use crate::plan::{Plan, StepKind, refs};
+use crate::plan::{Frequency, Plan, StepKind, refs};
 
 /// One step's predicted fate.
 #[derive(Debug, Serialize)]
@@ -57,6 +57,7 @@ pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
                 )
             } else {
                 let why = match records.and_then(|r| r.get(&step.name)) {
+                    _ if step.frequency == Frequency::Always => "frequency always".to_string(),
                     None => "never completed".to_string(),
                     Some(rec) if rec.fingerprint != step.fingerprint => {
                         "definition changed since it last ran".to_string()

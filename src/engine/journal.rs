@@ -144,7 +144,11 @@ impl Journal {
     }
 
     /// Records that `step` succeeded. Durable soon; see [`Journal::flush`].
+    /// `always` steps are not recorded: no later run would skip them.
     pub fn record(&self, step: &Step, facts: &Facts, bootstrap_id: &str) {
+        if step.frequency == Frequency::Always {
+            return;
+        }
         let record = Record {
             fingerprint: step.fingerprint.clone(),
             frequency: step.frequency,

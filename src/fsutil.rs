@@ -28,6 +28,17 @@ fn ctx<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Fs
 /// The temp file is created with `mode` already set, so the content is never
 /// readable with wider permissions, even for an instant.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    write_atomic_owned(path, contents, mode, None)
+}
+
+/// [`write_atomic`], with the temp file given `owner` (uid, gid) before the
+/// rename: the file never appears with the wrong owner.
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), FsError> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir).map_err(ctx("cannot create directory", dir))?;
     let tmp = temp_path(path);
@@ -41,6 +52,13 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
         // The umask may have narrowed the mode at creation; set it exactly.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(ctx("cannot set mode of", &tmp))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(ctx("cannot set owner of", &tmp))?;
+            // chown clears set-id bits; restore the exact mode.
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(ctx("cannot set mode of", &tmp))?;
+        }
         file.write_all(contents)
             .map_err(ctx("cannot write", &tmp))?;
         file.sync_all().map_err(ctx("cannot fsync", &tmp))?;

@@ -39,41 +39,24 @@ pub fn write_atomic_owned(
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> Result<(), FsError> {
-    let dir = parent_dir(path);
-    fs::create_dir_all(dir).map_err(ctx("cannot create directory", dir))?;
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(ctx("cannot create", &tmp))?;
-        // The umask may have narrowed the mode at creation; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(ctx("cannot set mode of", &tmp))?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-                .map_err(ctx("cannot set owner of", &tmp))?;
-            // chown clears set-id bits; restore the exact mode.
-            file.set_permissions(fs::Permissions::from_mode(mode))
-                .map_err(ctx("cannot set mode of", &tmp))?;
-        }
-        file.write_all(contents)
-            .map_err(ctx("cannot write", &tmp))?;
-        file.sync_all().map_err(ctx("cannot fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_via_temp(path, contents, mode, owner, true)
 }
 
 /// Like [`write_atomic`] but without the fsyncs: for files that only need to be
 /// whole, not durable (status snapshots on a tmpfs).
 pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    write_via_temp(path, contents, mode, None, false)
+}
+
+/// Temp file beside `path` with the final mode (and owner), content, then a
+/// rename over `path`; `durable` adds the fsyncs of the file and directory.
+fn write_via_temp(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    durable: bool,
+) -> Result<(), FsError> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir).map_err(ctx("cannot create directory", dir))?;
     let tmp = temp_path(path);
@@ -84,9 +67,21 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
             .mode(mode)
             .open(&tmp)
             .map_err(ctx("cannot create", &tmp))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(ctx("cannot set owner of", &tmp))?;
+        }
+        // The umask may have narrowed the mode at creation, and chown clears
+        // set-id bits: set the exact mode last.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(ctx("cannot set mode of", &tmp))?;
         file.write_all(contents)
             .map_err(ctx("cannot write", &tmp))?;
-        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))
+        if durable {
+            file.sync_all().map_err(ctx("cannot fsync", &tmp))?;
+        }
+        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))?;
+        if durable { sync_dir(dir) } else { Ok(()) }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

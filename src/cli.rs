@@ -628,7 +628,11 @@ fn facts_cmd(json: bool, provider: Option<&str>, plan_path: Option<&Path>, user_
             println!("{k:<14} {text}");
         }
         if let Some(data) = &facts.user_data {
-            println!("{:<14} ({} bytes; --user-data prints it)", "user_data", data.len());
+            println!(
+                "{:<14} ({} bytes; --user-data prints it)",
+                "user_data",
+                data.len()
+            );
         }
     }
     exit::READY

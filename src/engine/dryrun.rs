@@ -33,7 +33,10 @@ pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
                 .map(|&d| plan.steps[d].name.clone())
                 .collect();
             let when_false = step.when.as_deref().filter(|expr| {
-                matches!(crate::plan::when::evaluate(expr, facts, &plan.vars), Ok(false))
+                matches!(
+                    crate::plan::when::evaluate(expr, facts, &plan.vars),
+                    Ok(false)
+                )
             });
             let (action, reason) = if let Some(expr) = when_false {
                 ("skip", crate::plan::when::skip_reason(expr))

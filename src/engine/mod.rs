@@ -327,8 +327,7 @@ async fn execute(
         return StepResult::Skipped(reason);
     }
     if let Some(warning) = journal.instance_change(step, &ctx.facts) {
-        ctx.reporter
-            .notice(crate::telemetry::Level::Warn, warning);
+        ctx.reporter.notice(crate::telemetry::Level::Warn, warning);
     }
     let started = Instant::now();
     let failed = |error: StepError, attempts: u32| StepResult::Failed {

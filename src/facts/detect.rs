@@ -194,7 +194,10 @@ mod tests {
                 dmi(&[("product_uuid", "EC2E1916-9099-7CAF-FD21-012345ABCDEF")]),
                 ProviderKind::Aws,
             ),
-            (dmi(&[("product_name", "Google Compute Engine")]), ProviderKind::Gcp),
+            (
+                dmi(&[("product_name", "Google Compute Engine")]),
+                ProviderKind::Gcp,
+            ),
             (
                 dmi(&[
                     ("sys_vendor", "Microsoft Corporation"),
@@ -202,8 +205,14 @@ mod tests {
                 ]),
                 ProviderKind::Azure,
             ),
-            (dmi(&[("sys_vendor", "DigitalOcean")]), ProviderKind::DigitalOcean),
-            (dmi(&[("product_name", "OpenStack Nova")]), ProviderKind::OpenStack),
+            (
+                dmi(&[("sys_vendor", "DigitalOcean")]),
+                ProviderKind::DigitalOcean,
+            ),
+            (
+                dmi(&[("product_name", "OpenStack Nova")]),
+                ProviderKind::OpenStack,
+            ),
             (
                 dmi(&[("product_serial", "ds=nocloud;s=file:///seed/")]),
                 ProviderKind::NoCloud,
@@ -216,7 +225,13 @@ mod tests {
 
     #[test]
     fn plain_hardware_and_bare_hyper_v_are_not_clouds() {
-        assert_eq!(from_dmi(&dmi(&[("sys_vendor", "QEMU"), ("product_name", "Standard PC")])), None);
+        assert_eq!(
+            from_dmi(&dmi(&[
+                ("sys_vendor", "QEMU"),
+                ("product_name", "Standard PC")
+            ])),
+            None
+        );
         assert_eq!(
             from_dmi(&dmi(&[
                 ("sys_vendor", "Microsoft Corporation"),

@@ -45,7 +45,9 @@ pub enum FactsError {
         message: String,
     },
     /// `provider: auto` found no evidence and the plan says `fallback: fail`.
-    #[error("no cloud provider detected (looked at {looked_at}) and the plan says `fallback: fail`")]
+    #[error(
+        "no cloud provider detected (looked at {looked_at}) and the plan says `fallback: fail`"
+    )]
     NotDetected { looked_at: String },
 }
 

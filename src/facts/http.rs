@@ -143,7 +143,12 @@ impl MetadataClient {
             let now = Instant::now();
             let remaining = self.deadline.saturating_duration_since(now);
             let last = match self
-                .attempt(method.clone(), url, headers, remaining.min(self.attempt_timeout))
+                .attempt(
+                    method.clone(),
+                    url,
+                    headers,
+                    remaining.min(self.attempt_timeout),
+                )
                 .await
             {
                 Attempt::Done(result) => return result,
@@ -211,7 +216,9 @@ impl MetadataClient {
                 url: url.to_string(),
                 body: body.to_vec(),
             }))),
-            Err(err) if err.is_timeout() => Attempt::Retry("the body did not arrive in time".into()),
+            Err(err) if err.is_timeout() => {
+                Attempt::Retry("the body did not arrive in time".into())
+            }
             Err(err) => Attempt::Retry(describe(&err)),
         }
     }

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use error::FactsError;
-pub use settings::{Fallback, FactsConfig, FactsSettings, ProviderChoice, ProviderKind};
+pub use settings::{FactsConfig, FactsSettings, Fallback, ProviderChoice, ProviderKind};
 
 /// Every fact name a template may reference.
 pub const FACT_NAMES: &[&str] = &[
@@ -299,7 +299,9 @@ impl Facts {
             "user_data".into(),
             self.user_data
                 .as_ref()
-                .map_or(minijinja::Value::from(()), |u| minijinja::Value::from(u.text())),
+                .map_or(minijinja::Value::from(()), |u| {
+                    minijinja::Value::from(u.text())
+                }),
         );
         minijinja::Value::from(map)
     }

@@ -178,9 +178,7 @@ impl FactsSettings {
     pub fn resolve(config: &FactsConfig, env: &dyn Fn(&str) -> Option<String>) -> FactsSettings {
         let path = |var: &str, default: &str| PathBuf::from(env(var).unwrap_or(default.into()));
         let seed_dirs = env("BOOTPLAN_SEED_DIRS")
-            .unwrap_or_else(|| {
-                "/var/lib/cloud/seed/nocloud:/var/lib/cloud/seed/nocloud-net".into()
-            })
+            .unwrap_or_else(|| "/var/lib/cloud/seed/nocloud:/var/lib/cloud/seed/nocloud-net".into())
             .split(':')
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
@@ -245,10 +243,16 @@ mod tests {
         };
         let s = FactsSettings::resolve(&config, &env);
         assert_eq!(s.endpoint(ProviderKind::Aws), Some("http://127.0.0.1:9"));
-        assert_eq!(s.endpoint(ProviderKind::Gcp), Some("http://plan-gcp.example"));
+        assert_eq!(
+            s.endpoint(ProviderKind::Gcp),
+            Some("http://plan-gcp.example")
+        );
         assert_eq!(s.endpoint(ProviderKind::NoCloud), None);
         assert_eq!(s.fallback, Fallback::Fail);
-        assert_eq!(s.paths.seed_dirs, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(
+            s.paths.seed_dirs,
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
         let auto = FactsSettings::resolve(&FactsConfig::default(), &|_| None);
         assert_eq!(auto.fallback, Fallback::Local);
         assert_eq!(auto.paths.dmi_root, PathBuf::from("/sys/class/dmi/id"));
@@ -258,7 +262,10 @@ mod tests {
     fn names_and_aliases() {
         assert_eq!(ProviderKind::from_name("GCE"), Some(ProviderKind::Gcp));
         assert_eq!(ProviderKind::from_name("ec2"), Some(ProviderKind::Aws));
-        assert_eq!(ProviderChoice::from_name("auto"), Some(ProviderChoice::Auto));
+        assert_eq!(
+            ProviderChoice::from_name("auto"),
+            Some(ProviderChoice::Auto)
+        );
         assert_eq!(ProviderKind::from_name("vmware"), None);
         for kind in ProviderKind::ALL {
             assert_eq!(ProviderKind::from_name(kind.name()), Some(kind));

@@ -320,11 +320,8 @@ impl Validator {
     }
 
     /// Checks the `facts:` block and resolves it (the environment is added at run time).
-    fn facts_config(
-        &mut self,
-        raw: Option<&super::raw::RawFacts>,
-    ) -> crate::facts::FactsConfig {
-        use crate::facts::{Fallback, FactsConfig, ProviderChoice, ProviderKind};
+    fn facts_config(&mut self, raw: Option<&super::raw::RawFacts>) -> crate::facts::FactsConfig {
+        use crate::facts::{FactsConfig, Fallback, ProviderChoice, ProviderKind};
         let mut config = FactsConfig::default();
         let Some(raw) = raw else { return config };
         let names = || {
@@ -336,7 +333,7 @@ impl Validator {
             match ProviderChoice::from_name(name) {
                 Some(choice) => config.provider = choice,
                 None => {
-                    let hint = did_you_mean(name, names().into_iter())
+                    let hint = did_you_mean(name, names())
                         .map(|s| format!("did you mean `{s}`?"))
                         .unwrap_or_else(|| format!("use one of: {}", names().join(", ")));
                     self.error(
@@ -352,7 +349,10 @@ impl Validator {
             super::raw::FactsFallback::Local => Fallback::Local,
             super::raw::FactsFallback::Fail => Fallback::Fail,
         });
-        for (key, value) in [("budget", raw.budget), ("attempt_timeout", raw.attempt_timeout)] {
+        for (key, value) in [
+            ("budget", raw.budget),
+            ("attempt_timeout", raw.attempt_timeout),
+        ] {
             if value.is_some_and(|d| d.get().is_zero()) {
                 self.error(
                     None,

@@ -141,6 +141,9 @@ impl MetadataProvider for Aws {
     }
 
     async fn user_data(&self) -> Result<Option<UserData>, FactsError> {
-        Ok(self.get_optional("/latest/user-data").await?.and_then(non_empty))
+        Ok(self
+            .get_optional("/latest/user-data")
+            .await?
+            .and_then(non_empty))
     }
 }

@@ -16,7 +16,8 @@ use crate::facts::{CloudFacts, FactsError, UserData};
 pub const METADATA_HEADER: (&str, &str) = ("Metadata", "true");
 pub const API_VERSION: &str = "2021-02-01";
 const INSTANCE_PATH: &str = "/metadata/instance?api-version=2021-02-01";
-const USER_DATA_PATH: &str = "/metadata/instance/compute/userData?api-version=2021-02-01&format=text";
+const USER_DATA_PATH: &str =
+    "/metadata/instance/compute/userData?api-version=2021-02-01&format=text";
 
 pub struct Azure {
     client: MetadataClient,
@@ -85,7 +86,12 @@ impl MetadataProvider for Azure {
         if let Some(list) = compute.get("tagsList").and_then(|t| t.as_array()) {
             return Ok(list
                 .iter()
-                .filter_map(|t| Some((json_str(t, &["name"])?, json_str(t, &["value"]).unwrap_or_default())))
+                .filter_map(|t| {
+                    Some((
+                        json_str(t, &["name"])?,
+                        json_str(t, &["value"]).unwrap_or_default(),
+                    ))
+                })
                 .collect());
         }
         Ok(json_str(compute, &["tags"])

@@ -31,7 +31,11 @@ impl DigitalOcean {
 impl MetadataProvider for DigitalOcean {
     async fn identity(&self) -> Result<CloudFacts, FactsError> {
         let response = self.client.get(ALL_PATH, &[]).await?;
-        let doc: serde_json::Value = self.client.json(&response)?;
+        let doc: serde_json::Value = match self.client.json(&response)? {
+            // The API reference shows the document wrapped in a one-element array.
+            serde_json::Value::Array(mut items) if !items.is_empty() => items.swap_remove(0),
+            doc => doc,
+        };
         let droplet_id = json_str(&doc, &["droplet_id"]).ok_or_else(|| FactsError::Malformed {
             provider: "digitalocean",
             url: response.url.clone(),

@@ -48,13 +48,12 @@ impl MetadataProvider for Gcp {
     async fn identity(&self) -> Result<CloudFacts, FactsError> {
         let response = self.client.get(ALL_PATH, &[FLAVOR_HEADER]).await?;
         let doc: serde_json::Value = self.client.json(&response)?;
-        let instance_id = json_str(&doc, &["instance", "id"]).ok_or_else(|| {
-            FactsError::Malformed {
+        let instance_id =
+            json_str(&doc, &["instance", "id"]).ok_or_else(|| FactsError::Malformed {
                 provider: "gcp",
                 url: response.url.clone(),
                 message: "no instance.id".into(),
-            }
-        })?;
+            })?;
         let zone = last_segment(json_str(&doc, &["instance", "zone"]));
         let nic = doc
             .pointer("/instance/networkInterfaces/0")
@@ -78,7 +77,9 @@ impl MetadataProvider for Gcp {
     }
 
     async fn tags(&self) -> Result<BTreeMap<String, String>, FactsError> {
-        Ok(tag_list(self.doc().and_then(|d| d.pointer("/instance/tags"))))
+        Ok(tag_list(
+            self.doc().and_then(|d| d.pointer("/instance/tags")),
+        ))
     }
 
     async fn user_data(&self) -> Result<Option<UserData>, FactsError> {

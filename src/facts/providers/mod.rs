@@ -76,9 +76,7 @@ pub fn fetch(kind: ProviderKind, settings: &FactsSettings) -> Result<Fetched, Fa
                 };
                 collect(&openstack::OpenStack::new(source)).await
             }
-            ProviderKind::NoCloud => {
-                collect(&nocloud::NoCloud::locate(settings)?).await
-            }
+            ProviderKind::NoCloud => collect(&nocloud::NoCloud::locate(settings)?).await,
         }
     })
 }
@@ -101,12 +99,7 @@ pub fn client(kind: ProviderKind, settings: &FactsSettings) -> Result<MetadataCl
             provider: kind.name(),
             message: "no metadata endpoint is configured".into(),
         })?;
-    MetadataClient::new(
-        kind.name(),
-        base,
-        settings.attempt_timeout,
-        settings.budget,
-    )
+    MetadataClient::new(kind.name(), base, settings.attempt_timeout, settings.budget)
 }
 
 /// Where a config drive with one of `labels` is mounted, if it is. bootplan
@@ -129,8 +122,8 @@ pub fn mount_point(mounts: &str, device: &Path) -> Option<PathBuf> {
         let source = unescape_mount(fields.next()?);
         let target = unescape_mount(fields.next()?);
         let source_path = PathBuf::from(&source);
-        let same = source_path == device
-            || std::fs::canonicalize(&source_path).is_ok_and(|p| p == device);
+        let same =
+            source_path == device || std::fs::canonicalize(&source_path).is_ok_and(|p| p == device);
         same.then(|| PathBuf::from(target))
     })
 }

@@ -134,8 +134,10 @@ fn meta_str(meta: &serde_json::Value, keys: &[&str]) -> Option<String> {
 /// Maps NoCloud meta-data (EC2-shaped keys, as in cloud-init's example seed)
 /// to cloud facts.
 pub fn facts_from_meta(meta: &serde_json::Value) -> CloudFacts {
-    let zone = meta_str(meta, &["availability-zone", "availability_zone"])
-        .or_else(|| meta.get("placement").and_then(|p| meta_str(p, &["availability-zone"])));
+    let zone = meta_str(meta, &["availability-zone", "availability_zone"]).or_else(|| {
+        meta.get("placement")
+            .and_then(|p| meta_str(p, &["availability-zone"]))
+    });
     CloudFacts {
         instance_id: meta_str(meta, &["instance-id", "instance_id"]),
         region: meta_str(meta, &["region"]),

@@ -45,12 +45,11 @@ impl OpenStack {
         match &self.source {
             Source::ConfigDrive(dir) => {
                 let path = dir.join(META_DATA.trim_start_matches('/'));
-                let bytes = read_optional(PROVIDER, &path)?.ok_or_else(|| {
-                    FactsError::Unavailable {
+                let bytes =
+                    read_optional(PROVIDER, &path)?.ok_or_else(|| FactsError::Unavailable {
                         provider: PROVIDER,
                         message: format!("the config drive has no {}", path.display()),
-                    }
-                })?;
+                    })?;
                 serde_json::from_slice(&bytes).map_err(|err| FactsError::Malformed {
                     provider: PROVIDER,
                     url: path.display().to_string(),
@@ -78,9 +77,9 @@ impl OpenStack {
                     let answer = client
                         .get_optional(&format!("/latest/meta-data/{key}"), &[])
                         .await?;
-                    Ok::<_, FactsError>(answer.map(|r| {
-                        (key, String::from_utf8_lossy(&r.body).trim().to_string())
-                    }))
+                    Ok::<_, FactsError>(
+                        answer.map(|r| (key, String::from_utf8_lossy(&r.body).trim().to_string())),
+                    )
                 };
                 let (a, b, c, d) = tokio::join!(
                     get("instance-type"),
@@ -131,7 +130,12 @@ impl MetadataProvider for OpenStack {
             .and_then(|m| m.as_object())
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default())

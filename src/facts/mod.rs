@@ -144,10 +144,10 @@ impl Gathered {
     /// One line for logs and `bootplan facts`; never includes user data.
     pub fn summary(&self) -> String {
         let mut line = format!(
-            "facts from {} ({}) in {}ms",
+            "facts from {} ({}) in {:.1?}",
             self.provider,
             self.evidence,
-            self.duration.as_millis()
+            self.duration
         );
         if let Some(id) = &self.facts.instance_id {
             line.push_str(&format!("; instance {id}"));

@@ -394,7 +394,10 @@ fn gather_for_run(
     redactor: &Redactor,
     started: Instant,
 ) -> Result<crate::facts::Facts, i32> {
-    match crate::facts::gather(&FactsSettings::from_env(&plan.facts)) {
+    let mut settings = FactsSettings::from_env(&plan.facts);
+    // Detection is part of the bootstrap: it may not outlast the plan's deadline.
+    settings.budget = settings.budget.min(plan.deadline);
+    match crate::facts::gather(&settings) {
         Ok(gathered) => {
             if let Some(user_data) = &gathered.facts.user_data {
                 redactor.add_secret(&user_data.text());

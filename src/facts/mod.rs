@@ -145,9 +145,7 @@ impl Gathered {
     pub fn summary(&self) -> String {
         let mut line = format!(
             "facts from {} ({}) in {:.1?}",
-            self.provider,
-            self.evidence,
-            self.duration
+            self.provider, self.evidence, self.duration
         );
         if let Some(id) = &self.facts.instance_id {
             line.push_str(&format!("; instance {id}"));

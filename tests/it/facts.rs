@@ -1125,3 +1125,39 @@ fn user_data_is_never_shown_in_logs_status_or_facts() {
         dump(&out)
     );
 }
+
+#[test]
+fn invalid_facts_block_is_reported_with_hints() {
+    let sb = Sandbox::new();
+    for (block, expect) in [
+        ("{ provider: aws2 }", "did you mean `aws`?"),
+        ("{ provider: vmware }", "use one of: auto, aws, gcp"),
+        ("{ budget: 0s }", "budget must be more than zero"),
+        (
+            "{ endpoints: { nocloud: \"http://x\" } }",
+            "not a provider with a metadata endpoint",
+        ),
+        (
+            "{ endpoints: { aws: \"169.254.169.254\" } }",
+            "is not an http(s) URL",
+        ),
+        ("{ fallback: maybe }", "unknown variant `maybe`"),
+    ] {
+        sb.plan(&format!(
+            "version: 1\nname: f\nfacts: {block}\nsteps:\n  a: {{ run: [\"true\"] }}\n"
+        ));
+        let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+        assert_eq!(code(&out), 65, "{block}: {}", dump(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expect),
+            "{block}: {}",
+            dump(&out)
+        );
+    }
+    let out = sb
+        .cmd()
+        .args(["facts", "--provider", "vmware"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 64, "{}", dump(&out));
+}

@@ -32,7 +32,15 @@ pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
                 .iter()
                 .map(|&d| plan.steps[d].name.clone())
                 .collect();
-            let (action, reason) = if let Some(reason) = records
+            let when_false = step.when.as_deref().filter(|expr| {
+                matches!(
+                    crate::plan::when::evaluate(expr, facts, &plan.vars),
+                    Ok(false)
+                )
+            });
+            let (action, reason) = if let Some(expr) = when_false {
+                ("skip", crate::plan::when::skip_reason(expr))
+            } else if let Some(reason) = records
                 .and_then(|r| r.get(&step.name))
                 .and_then(|rec| journal::skip_reason(rec, step, facts))
             {

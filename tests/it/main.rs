@@ -7,4 +7,5 @@ mod harness;
 mod core;
 mod crash;
 mod docs;
+mod facts;
 mod invalid_plans;

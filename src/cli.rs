@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::engine::{self, journal};
 use crate::error::{ErrorCode, exit};
-use crate::facts::{Facts, LocalSources};
+use crate::facts::{FactsSettings, Gathered, ProviderChoice};
 use crate::plan::{self, Plan, PlanError};
 use crate::secrets::{Redactor, SecretStore};
 use crate::steps::StepContext;
@@ -102,10 +102,19 @@ enum Command {
         #[arg(long)]
         plan: Option<PathBuf>,
     },
-    /// Print the facts bootplan sees on this machine.
+    /// Print the facts bootplan sees on this machine (never the user data, unless asked).
     Facts {
         #[arg(long)]
         json: bool,
+        /// Provider to ask: auto, aws, gcp, azure, openstack, digitalocean, nocloud, local.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Use this plan's `facts:` settings (provider, fallback, budget, endpoints).
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// Print only the raw user data, to stdout (it is never shown otherwise).
+        #[arg(long)]
+        user_data: bool,
     },
 }
 
@@ -138,7 +147,12 @@ pub fn main() -> i32 {
             timeout,
         } => status_cmd(&cli, plan.as_deref(), *json, *wait, *timeout),
         Command::Reset { steps, plan } => reset(&cli, steps, plan.as_deref()),
-        Command::Facts { json } => facts_cmd(*json),
+        Command::Facts {
+            json,
+            provider,
+            plan,
+            user_data,
+        } => facts_cmd(*json, provider.as_deref(), plan.as_deref(), *user_data),
     }
 }
 
@@ -225,7 +239,13 @@ fn dry_run(cli: &Cli, path: &Path, json: bool) -> i32 {
             return err.code().exit_code();
         }
     };
-    let facts = Facts::local(&LocalSources::default());
+    let facts = match crate::facts::gather(&FactsSettings::from_env(&plan.facts)) {
+        Ok(gathered) => gathered.facts,
+        Err(err) => {
+            eprintln!("error: {err} [{}]", err.code());
+            return err.code().exit_code();
+        }
+    };
     let decisions = engine::dryrun::decide(&plan, &state_dir(cli, Some(&plan)), &facts);
     if json {
         println!(
@@ -350,7 +370,10 @@ fn run(cli: &Cli, path: &Path) -> i32 {
             ),
         );
     }
-    let facts = Facts::local(&LocalSources::default());
+    let facts = match gather_for_run(&plan, &reporter, &redactor, started) {
+        Ok(facts) => facts,
+        Err(code) => return code,
+    };
     let secrets = SecretStore::new(plan.secrets.clone(), plan.dir().to_path_buf(), redactor);
     let ctx = Arc::new(StepContext::new(
         reporter.clone(),
@@ -406,6 +429,53 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     });
     reporter.finish();
     ErrorCode::ExecFailed.exit_code()
+}
+
+/// Gathers facts before any step: reports where they came from, registers
+/// the user data with the redactor, and on failure finishes the run as
+/// failed with the facts error code (no step runs).
+fn gather_for_run(
+    plan: &Plan,
+    reporter: &Reporter,
+    redactor: &Redactor,
+    started: Instant,
+) -> Result<crate::facts::Facts, i32> {
+    let mut settings = FactsSettings::from_env(&plan.facts);
+    // Detection is part of the bootstrap: it may not outlast the plan's deadline.
+    settings.budget = settings.budget.min(plan.deadline);
+    match crate::facts::gather(&settings) {
+        Ok(gathered) => {
+            if let Some(user_data) = &gathered.facts.user_data {
+                redactor.add_secret(&user_data.text());
+            }
+            let level = if gathered.fell_back.is_some() {
+                Level::Warn
+            } else {
+                Level::Info
+            };
+            reporter.notice(level, gathered.summary());
+            Ok(gathered.facts)
+        }
+        Err(err) => {
+            let code = err.code();
+            let message = format!("cannot gather facts: {err}");
+            for step in &plan.steps {
+                reporter.emit(EventKind::StepNotRun {
+                    step: step.name.clone(),
+                    reason: "facts could not be gathered".into(),
+                });
+            }
+            reporter.emit(EventKind::RunFinished {
+                outcome: Outcome::Failed,
+                exit_code: code.exit_code(),
+                error: Some(ErrorInfo { code, message }),
+                failed_step: None,
+                duration: started.elapsed(),
+            });
+            reporter.finish();
+            Err(code.exit_code())
+        }
+    }
 }
 
 /// Records an invalid plan in the status file, so `status` and fleet
@@ -564,14 +634,54 @@ fn reset(cli: &Cli, steps: &[String], plan_path: Option<&Path>) -> i32 {
     }
 }
 
-fn facts_cmd(json: bool) -> i32 {
-    let facts = Facts::local(&LocalSources::default());
+fn facts_cmd(json: bool, provider: Option<&str>, plan_path: Option<&Path>, user_data: bool) -> i32 {
+    let mut config = match plan_path.map(plan::load).transpose() {
+        Ok(plan) => plan.map(|p| p.facts).unwrap_or_default(),
+        Err(err) => {
+            print_plan_error(&err);
+            return err.code().exit_code();
+        }
+    };
+    if let Some(name) = provider {
+        match ProviderChoice::from_name(name) {
+            // The fallback default follows the choice unless the plan set one.
+            Some(choice) => config.provider = choice,
+            None => {
+                eprintln!(
+                    "error: unknown provider `{name}`; use auto, aws, gcp, azure, openstack, digitalocean, nocloud or local [usage.invalid]"
+                );
+                return exit::USAGE;
+            }
+        }
+    }
+    let gathered: Gathered = match crate::facts::gather(&FactsSettings::from_env(&config)) {
+        Ok(gathered) => gathered,
+        Err(err) => {
+            eprintln!("error: {err} [{}]", err.code());
+            return err.code().exit_code();
+        }
+    };
+    if user_data {
+        use std::io::Write;
+        return match &gathered.facts.user_data {
+            Some(data) => {
+                let _ = std::io::stdout().write_all(data.expose());
+                exit::READY
+            }
+            None => {
+                eprintln!("bootplan: {} has no user data", gathered.provider);
+                exit::READY
+            }
+        };
+    }
+    eprintln!("bootplan: {}", gathered.summary());
+    let facts = &gathered.facts;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&facts).unwrap_or_default()
+            serde_json::to_string_pretty(facts).unwrap_or_default()
         );
-    } else if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&facts) {
+    } else if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(facts) {
         for (k, v) in map {
             let text = match v {
                 serde_json::Value::String(s) => s,
@@ -579,6 +689,13 @@ fn facts_cmd(json: bool) -> i32 {
                 other => other.to_string(),
             };
             println!("{k:<14} {text}");
+        }
+        if let Some(data) = &facts.user_data {
+            println!(
+                "{:<14} ({} bytes; --user-data prints it)",
+                "user_data",
+                data.len()
+            );
         }
     }
     exit::READY

@@ -69,6 +69,7 @@ error_codes! {
     Internal => ("internal.error", exit::SOFTWARE, "a bug in bootplan: a step's task panicked"),
     ExecFailed => ("exec.failed", exit::STEP_FAILED, "the final exec could not replace bootplan"),
     FactsUnreachable => ("facts.unreachable", exit::UNAVAILABLE, "no metadata provider answered within the detection budget"),
+    FactsMalformed => ("facts.malformed", exit::UNAVAILABLE, "the metadata service answered, but not in its documented shape"),
     SecretUnreachable => ("secret.unreachable", exit::UNAVAILABLE, "the secret store did not answer after retries"),
     SecretAuthFailed => ("secret.auth_failed", exit::DENIED, "the secret store rejected bootplan's credentials"),
     SecretDenied => ("secret.denied", exit::DENIED, "the secret store refused access to a secret"),

@@ -28,34 +28,35 @@ fn ctx<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Fs
 /// The temp file is created with `mode` already set, so the content is never
 /// readable with wider permissions, even for an instant.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
-    let dir = parent_dir(path);
-    fs::create_dir_all(dir).map_err(ctx("cannot create directory", dir))?;
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(ctx("cannot create", &tmp))?;
-        // The umask may have narrowed the mode at creation; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(ctx("cannot set mode of", &tmp))?;
-        file.write_all(contents)
-            .map_err(ctx("cannot write", &tmp))?;
-        file.sync_all().map_err(ctx("cannot fsync", &tmp))?;
-        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    write_atomic_owned(path, contents, mode, None)
+}
+
+/// [`write_atomic`], with the temp file given `owner` (uid, gid) before the
+/// rename: the file never appears with the wrong owner.
+pub fn write_atomic_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), FsError> {
+    write_via_temp(path, contents, mode, owner, true)
 }
 
 /// Like [`write_atomic`] but without the fsyncs: for files that only need to be
 /// whole, not durable (status snapshots on a tmpfs).
 pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsError> {
+    write_via_temp(path, contents, mode, None, false)
+}
+
+/// Temp file beside `path` with the final mode (and owner), content, then a
+/// rename over `path`; `durable` adds the fsyncs of the file and directory.
+fn write_via_temp(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    durable: bool,
+) -> Result<(), FsError> {
     let dir = parent_dir(path);
     fs::create_dir_all(dir).map_err(ctx("cannot create directory", dir))?;
     let tmp = temp_path(path);
@@ -66,9 +67,21 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
             .mode(mode)
             .open(&tmp)
             .map_err(ctx("cannot create", &tmp))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(ctx("cannot set owner of", &tmp))?;
+        }
+        // The umask may have narrowed the mode at creation, and chown clears
+        // set-id bits: set the exact mode last.
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(ctx("cannot set mode of", &tmp))?;
         file.write_all(contents)
             .map_err(ctx("cannot write", &tmp))?;
-        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))
+        if durable {
+            file.sync_all().map_err(ctx("cannot fsync", &tmp))?;
+        }
+        fs::rename(&tmp, path).map_err(ctx("cannot rename into", path))?;
+        if durable { sync_dir(dir) } else { Ok(()) }
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -175,16 +188,24 @@ impl BackgroundWriter {
         self.shared.wake.notify_all();
     }
 
-    /// Writes now (if anything is pending) and waits until everything requested
-    /// so far is on disk. Returns the last write error, if any.
+    /// Writes the current state now and waits until it is on disk.
+    pub fn write_now(&self) -> Result<(), String> {
+        self.mark_dirty();
+        self.flush()
+    }
+
+    /// Waits until every write requested so far is done (a no-op when none
+    /// is pending). Returns the last write error, if any.
     pub fn flush(&self) -> Result<(), String> {
         let mut state = self.shared.lock();
-        state.requested += 1;
         let target = state.requested;
-        self.shared.wake.notify_all();
         if self.thread.is_none() {
-            drop(state);
-            return self.shared.write_once();
+            if state.written < target {
+                state.written = target;
+                drop(state);
+                return self.shared.write_once();
+            }
+            return Ok(());
         }
         while state.written < target && !state.stop {
             state = self

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::journal::{self, JournalDoc};
 use crate::facts::Facts;
-use crate::plan::{Plan, StepKind, refs};
+use crate::plan::{Frequency, Plan, StepKind, refs};
 
 /// One step's predicted fate.
 #[derive(Debug, Serialize)]
@@ -32,7 +32,15 @@ pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
                 .iter()
                 .map(|&d| plan.steps[d].name.clone())
                 .collect();
-            let (action, reason) = if let Some(reason) = records
+            let when_false = step.when.as_deref().filter(|expr| {
+                matches!(
+                    crate::plan::when::evaluate(expr, facts, &plan.vars),
+                    Ok(false)
+                )
+            });
+            let (action, reason) = if let Some(expr) = when_false {
+                ("skip", crate::plan::when::skip_reason(expr))
+            } else if let Some(reason) = records
                 .and_then(|r| r.get(&step.name))
                 .and_then(|rec| journal::skip_reason(rec, step, facts))
             {
@@ -57,6 +65,7 @@ pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
                 )
             } else {
                 let why = match records.and_then(|r| r.get(&step.name)) {
+                    _ if step.frequency == Frequency::Always => "frequency always".to_string(),
                     None => "never completed".to_string(),
                     Some(rec) if rec.fingerprint != step.fingerprint => {
                         "definition changed since it last ran".to_string()

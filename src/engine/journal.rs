@@ -143,8 +143,21 @@ impl Journal {
         skip_reason(record, step, facts)
     }
 
+    /// A warning when `step` runs again because its `per-instance` record
+    /// was made with the same instance id on another machine, or the same
+    /// machine under another instance id: a cloned disk or a new instance.
+    pub fn instance_change(&self, step: &Step, facts: &Facts) -> Option<String> {
+        let doc = self.lock();
+        let record = doc.plans.get(&self.plan)?.get(&step.name)?;
+        instance_change(record, step, facts)
+    }
+
     /// Records that `step` succeeded. Durable soon; see [`Journal::flush`].
+    /// `always` steps are not recorded: no later run would skip them.
     pub fn record(&self, step: &Step, facts: &Facts, bootstrap_id: &str) {
+        if step.frequency == Frequency::Always {
+            return;
+        }
         let record = Record {
             fingerprint: step.fingerprint.clone(),
             frequency: step.frequency,
@@ -183,6 +196,35 @@ pub fn skip_reason(record: &Record, step: &Step, facts: &Facts) -> Option<String
             .then(|| format!("{when}; unchanged, same boot (frequency per-boot)")),
         Frequency::PerInstance => (record.instance_key == facts.instance_key())
             .then(|| format!("{when}; unchanged, same instance (frequency per-instance)")),
+    }
+}
+
+/// The clone check, separate from I/O so it is easy to test. Only for an
+/// unchanged `per-instance` step whose key differs in exactly one half.
+pub fn instance_change(record: &Record, step: &Step, facts: &Facts) -> Option<String> {
+    if step.frequency != Frequency::PerInstance || record.fingerprint != step.fingerprint {
+        return None;
+    }
+    let current = facts.instance_key();
+    if record.instance_key == current {
+        return None;
+    }
+    let (old_id, old_machine) = crate::facts::split_instance_key(&record.instance_key);
+    let (new_id, new_machine) = crate::facts::split_instance_key(&current);
+    if old_id == new_id && old_machine != new_machine {
+        Some(format!(
+            "step `{}` runs again: instance {new_id} ran it with machine id {old_machine}, \
+             this machine id is {new_machine}; the disk looks cloned or re-imaged (per-instance)",
+            step.name
+        ))
+    } else if old_machine == new_machine && old_id != new_id {
+        Some(format!(
+            "step `{}` runs again: this disk (machine id {new_machine}) ran it as instance {old_id}, \
+             now it is instance {new_id}; the disk looks cloned onto a new instance (per-instance)",
+            step.name
+        ))
+    } else {
+        None
     }
 }
 

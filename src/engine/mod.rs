@@ -321,8 +321,28 @@ async fn execute(
     journal: &Journal,
     cancel: &CancellationToken,
 ) -> StepResult {
+    if let Some(expr) = &step.when {
+        match crate::plan::when::evaluate(expr, &ctx.facts, &ctx.vars) {
+            Ok(true) => {}
+            Ok(false) => return StepResult::Skipped(crate::plan::when::skip_reason(expr)),
+            Err(message) => {
+                let error = StepError::Render {
+                    what: "when".into(),
+                    message,
+                };
+                return StepResult::Failed {
+                    error,
+                    attempts: 0,
+                    duration: Duration::ZERO,
+                };
+            }
+        }
+    }
     if let Some(reason) = journal.skip_reason(step, &ctx.facts) {
         return StepResult::Skipped(reason);
+    }
+    if let Some(warning) = journal.instance_change(step, &ctx.facts) {
+        ctx.reporter.notice(crate::telemetry::Level::Warn, warning);
     }
     let started = Instant::now();
     let failed = |error: StepError, attempts: u32| StepResult::Failed {

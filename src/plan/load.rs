@@ -83,14 +83,7 @@ fn parse_yaml(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
     let options = serde_saphyr::options! { with_snippet: false };
     serde_saphyr::from_str_with_options(text, options).map_err(|err| {
         let position = err.location().and_then(Position::from_saphyr);
-        let message = clean_saphyr_message(&err.to_string());
-        Diagnostic {
-            file: path.to_path_buf(),
-            position,
-            field: String::new(),
-            hint: hint_for_serde_message(&message).or_else(|| generic_hint(&message)),
-            message,
-        }
+        parse_diagnostic(path, position, clean_saphyr_message(&err.to_string()))
     })
 }
 
@@ -112,15 +105,19 @@ fn clean_saphyr_message(message: &str) -> String {
 fn parse_toml(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
     toml::from_str(text).map_err(|err: toml::de::Error| {
         let position = err.span().map(|span| offset_to_position(text, span.start));
-        let message = err.message().trim().to_string();
-        Diagnostic {
-            file: path.to_path_buf(),
-            position,
-            field: String::new(),
-            hint: hint_for_serde_message(&message).or_else(|| generic_hint(&message)),
-            message,
-        }
+        parse_diagnostic(path, position, err.message().trim().to_string())
     })
+}
+
+/// A parser's error as a diagnostic, with the best hint we have for it.
+fn parse_diagnostic(path: &Path, position: Option<Position>, message: String) -> Diagnostic {
+    Diagnostic {
+        file: path.to_path_buf(),
+        position,
+        field: String::new(),
+        hint: hint_for_serde_message(&message).or_else(|| generic_hint(&message)),
+        message,
+    }
 }
 
 fn generic_hint(message: &str) -> Option<String> {

@@ -15,6 +15,7 @@ pub mod raw;
 pub mod refs;
 pub mod secret_source;
 pub mod validate;
+pub mod when;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,6 +82,8 @@ pub struct Plan {
     pub kill_grace: Duration,
     pub vars: IndexMap<String, serde_json::Value>,
     pub facts_provider: String,
+    /// The `facts:` block, validated.
+    pub facts: crate::facts::FactsConfig,
     /// The plan's own `state_dir`, resolved against the plan's directory.
     pub state_dir: Option<PathBuf>,
     /// The plan's own `run_dir`, resolved against the plan's directory.
@@ -128,6 +131,8 @@ pub struct Step {
     pub restart: lifecycle::RestartPolicy,
     /// For `service` steps: whether losing it for good stops the run or the app.
     pub required: bool,
+    /// A `when:` condition (a MiniJinja expression), checked at load time.
+    pub when: Option<String>,
     /// Names of the secrets this step's templates and env use.
     pub secret_refs: Vec<String>,
     /// `sha256:<hex>` over the step's definition and non-secret inputs.

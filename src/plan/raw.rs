@@ -84,9 +84,37 @@ pub struct RawPlan {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFacts {
-    /// Which metadata provider to use: `auto` or `local` (more come with cloud providers).
+    /// Which metadata provider to use: `auto` (default: decide from local
+    /// evidence — DMI, kernel command line, config drive, seed dirs — and ask
+    /// only that one), or one of `aws`, `gcp`, `azure`, `openstack`,
+    /// `digitalocean`, `nocloud`, `local` (never guesses).
     #[serde(default)]
     pub provider: Option<String>,
+    /// When no provider is found or the chosen one does not answer within the
+    /// budget: `local` (carry on with local facts) or `fail` (exit 69,
+    /// `facts.unreachable`). Default `local` for `auto`, `fail` for a pinned provider.
+    #[serde(default)]
+    pub fallback: Option<FactsFallback>,
+    /// Time for the whole detection, all retries included. Default 5s.
+    #[serde(default)]
+    pub budget: Option<HumanDuration>,
+    /// Limit for one metadata request attempt. Default 1s.
+    #[serde(default)]
+    pub attempt_timeout: Option<HumanDuration>,
+    /// Metadata endpoint per provider (e.g. `aws: http://127.0.0.1:8080`),
+    /// overriding the platform's address. `BOOTPLAN_METADATA_URL_<PROVIDER>` overrides these.
+    #[serde(default)]
+    pub endpoints: IndexMap<String, String>,
+}
+
+/// What happens when facts cannot be gathered from a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FactsFallback {
+    /// Carry on with local facts (`facts.cloud` is `local`).
+    Local,
+    /// Fail the run with `facts.unreachable` (exit 69) before any step runs.
+    Fail,
 }
 
 /// One step. Exactly one kind key (`run`, `shell`, `file`, `template`, `wait`,
@@ -160,6 +188,11 @@ pub struct RawStep {
     /// the service is gone for good. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub required: Option<bool>,
+    /// Run the step only when this MiniJinja expression over `facts.*` and
+    /// `vars.*` is true, e.g. `facts.cloud == "aws"`; otherwise it is skipped
+    /// with the reason shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
 }
 
 /// `file:` step body.

@@ -110,6 +110,7 @@ impl Validator {
             .as_ref()
             .and_then(|f| f.provider.clone())
             .unwrap_or_else(|| "auto".into());
+        let facts = self.facts_config(raw.facts.as_ref());
 
         let secret_names: BTreeSet<String> = raw.secrets.keys().cloned().collect();
         for (name, source) in &raw.secrets {
@@ -177,6 +178,7 @@ impl Validator {
             kill_grace: raw.kill_grace.map_or(DEFAULT_KILL_GRACE, |d| d.get()),
             vars: raw.vars,
             facts_provider,
+            facts,
             state_dir: raw.state_dir.as_ref().map(|d| self.plan_dir.join(d)),
             run_dir: raw.run_dir.as_ref().map(|d| self.plan_dir.join(d)),
             secrets: raw.secrets.into_iter().map(|(k, v)| (k, v.value)).collect(),
@@ -325,6 +327,9 @@ impl Validator {
         }
 
         let secret_refs = self.check_references(pos, &field, raw, kind.as_ref(), scope);
+        if let Some(expr) = &raw.when {
+            self.check_when(pos, &field, expr, scope);
+        }
         if self.diagnostics.len() > errors_before {
             return None;
         }
@@ -347,9 +352,106 @@ impl Validator {
             ready,
             restart,
             required: raw.required.unwrap_or(true),
+            when: raw.when.clone(),
             secret_refs,
             fingerprint,
         })
+    }
+
+    /// Checks the `facts:` block and resolves it (the environment is added at run time).
+    fn facts_config(&mut self, raw: Option<&super::raw::RawFacts>) -> crate::facts::FactsConfig {
+        use crate::facts::{FactsConfig, Fallback, ProviderChoice, ProviderKind};
+        let mut config = FactsConfig::default();
+        let Some(raw) = raw else { return config };
+        let names = || {
+            std::iter::once("auto")
+                .chain(ProviderKind::ALL.iter().map(|k| k.name()))
+                .collect::<Vec<_>>()
+        };
+        if let Some(name) = &raw.provider {
+            match ProviderChoice::from_name(name) {
+                Some(choice) => config.provider = choice,
+                None => {
+                    let hint = did_you_mean(name, names())
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .unwrap_or_else(|| format!("use one of: {}", names().join(", ")));
+                    self.error(
+                        None,
+                        "facts.provider",
+                        format!("unknown facts provider `{name}`"),
+                        Some(hint),
+                    );
+                }
+            }
+        }
+        config.fallback = raw.fallback.map(|f| match f {
+            super::raw::FactsFallback::Local => Fallback::Local,
+            super::raw::FactsFallback::Fail => Fallback::Fail,
+        });
+        for (key, value) in [
+            ("budget", raw.budget),
+            ("attempt_timeout", raw.attempt_timeout),
+        ] {
+            if value.is_some_and(|d| d.get().is_zero()) {
+                self.error(
+                    None,
+                    format!("facts.{key}"),
+                    format!("{key} must be more than zero"),
+                    Some("e.g. `2s`".into()),
+                );
+            }
+        }
+        config.budget = raw.budget.map(|d| d.get());
+        config.attempt_timeout = raw.attempt_timeout.map(|d| d.get());
+        for (name, url) in &raw.endpoints {
+            let kind = ProviderKind::from_name(name).filter(|k| k.default_endpoint().is_some());
+            let Some(kind) = kind else {
+                self.error(
+                    None,
+                    format!("facts.endpoints.{name}"),
+                    format!("`{name}` is not a provider with a metadata endpoint"),
+                    Some("one of: aws, gcp, azure, openstack, digitalocean".into()),
+                );
+                continue;
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                self.error(
+                    None,
+                    format!("facts.endpoints.{name}"),
+                    format!("`{url}` is not an http(s) URL"),
+                    Some("e.g. `http://169.254.169.254`".into()),
+                );
+            }
+            config.endpoints.insert(kind, url.clone());
+        }
+        config
+    }
+
+    /// Checks a `when:` condition: it parses, and reads only facts, vars and env.
+    fn check_when(&mut self, pos: Option<Position>, field: &str, expr: &str, scope: &RefScope) {
+        let where_ = format!("{field}.when");
+        match super::when::references(expr) {
+            Ok(found) => {
+                for reference in found {
+                    if reference.root == "secrets" {
+                        self.error(
+                            pos,
+                            &where_,
+                            "a `when:` condition may not read secrets",
+                            Some("decide on facts.* and vars.*".into()),
+                        );
+                    } else {
+                        self.check_reference(pos, &where_, &reference, scope);
+                    }
+                }
+            }
+            Err(msg) => self.error(
+                pos,
+                where_,
+                msg,
+                Some("write an expression such as `facts.cloud == \"aws\"`".into()),
+            ),
+        }
     }
 
     fn kind(&mut self, pos: Option<Position>, field: &str, raw: &RawStep) -> Option<StepKind> {

@@ -29,23 +29,34 @@ impl StepAction for FileAction<'_> {
     }
 }
 
-/// Writes `bytes` atomically; with `owner`, the temp file's owner is not set
-/// before the rename, so the file is set to `owner` right after it lands.
+/// Writes `bytes` atomically. The owner is resolved first and set on the
+/// temp file before the rename, so a bad owner writes nothing and a good one
+/// never shows the file with the wrong owner.
 pub fn write_file(
     path: &Path,
     bytes: &[u8],
     mode: u32,
     owner: Option<&str>,
 ) -> Result<(), StepError> {
-    fsutil::write_atomic(path, bytes, mode)?;
-    if let Some(owner) = owner {
-        set_owner(path, owner)?;
-    }
-    Ok(())
+    let ids = owner.map(|owner| resolve_owner(path, owner)).transpose()?;
+    fsutil::write_atomic_owned(path, bytes, mode, ids).map_err(|err| match (owner, &err.source) {
+        (Some(owner), source)
+            if source.kind() == std::io::ErrorKind::PermissionDenied
+                && err.action == "cannot set owner of" =>
+        {
+            StepError::Owner {
+                owner: owner.to_string(),
+                path: path.to_path_buf(),
+                message: format!("{source} (setting an owner needs root)"),
+            }
+        }
+        _ => StepError::Fs(err),
+    })
 }
 
-/// Sets `user` or `user:group` on `path`.
-fn set_owner(path: &Path, owner: &str) -> Result<(), StepError> {
+/// Looks up `user` or `user:group` as (uid, gid); the user's primary group
+/// when no group is named.
+fn resolve_owner(path: &Path, owner: &str) -> Result<(u32, u32), StepError> {
     let err = |message: String| StepError::Owner {
         owner: owner.to_string(),
         path: path.to_path_buf(),
@@ -67,12 +78,5 @@ fn set_owner(path: &Path, owner: &str) -> Result<(), StepError> {
         }
         None => user.gid,
     };
-    nix::unistd::chown(path, Some(user.uid), Some(gid)).map_err(|e| {
-        let hint = if e == nix::errno::Errno::EPERM {
-            " (setting an owner needs root)"
-        } else {
-            ""
-        };
-        err(format!("{e}{hint}"))
-    })
+    Ok((user.uid.as_raw(), gid.as_raw()))
 }

@@ -168,7 +168,7 @@ pub fn render(
         .collect();
     let process_env: BTreeMap<String, String> = std::env::vars().collect();
     let context = minijinja::context! {
-        facts => minijinja::Value::from(minijinja::value::Serde(&ctx.facts)),
+        facts => ctx.facts.template_value(),
         vars => minijinja::Value::from(minijinja::value::Serde(&ctx.vars)),
         env => minijinja::Value::from(minijinja::value::Serde(&process_env)),
         secrets => minijinja::Value::from(minijinja::value::Serde(&secret_values)),

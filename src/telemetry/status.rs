@@ -295,7 +295,7 @@ impl Sink for StatusSink {
         }
         match event.kind {
             EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => {
-                if let Err(err) = self.writer.flush() {
+                if let Err(err) = self.writer.write_now() {
                     eprintln!(
                         "bootplan: cannot write status file {}: {err}",
                         self.writer.path().display()

@@ -706,3 +706,48 @@ steps:
         "a new machine id (a clone) reruns per-instance"
     );
 }
+
+#[test]
+fn file_owner_is_set_when_root() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        assert!(
+            !crate::harness::under_ci(),
+            "CI runs as root; this test must not skip there"
+        );
+        eprintln!("skipping: setting an owner needs root");
+        return;
+    }
+    let sb = Sandbox::new();
+    sb.plan(
+        r#"
+version: 1
+name: owner
+steps:
+  owned: { file: { path: owned.txt, content: "x", mode: "0640", owner: "nobody" } }
+  bad-user: { file: { path: bad.txt, content: "x", owner: "no-such-user-here" }, needs: [owned] }
+"#,
+    );
+    let out = sb.run();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(
+        std::fs::metadata(sb.path().join("owned.txt"))
+            .unwrap()
+            .uid(),
+        nobody.uid.as_raw()
+    );
+    assert_eq!(code(&out), 1, "{}", dump(&out));
+    let err = &sb.step("bad-user")["error"];
+    assert_eq!(err["code"], "file.write_failed");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("no user named `no-such-user-here`"),
+        "{err}"
+    );
+    assert!(
+        !sb.path().join("bad.txt").exists(),
+        "a file with a bad owner was written anyway"
+    );
+}

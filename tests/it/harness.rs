@@ -66,6 +66,12 @@ impl Sandbox {
             .env("BOOTPLAN_RUN_DIR", self.run_dir())
             .env("BOOTPLAN_LOG_FORMAT", "json")
             .env_remove("BOOTPLAN_LOG_LEVEL")
+            // Facts detection sees no cloud unless a test says otherwise, so
+            // no test reaches a real metadata service (169.254.169.254).
+            .env("BOOTPLAN_DMI_ROOT", self.path().join("no-dmi"))
+            .env("BOOTPLAN_CMDLINE", self.path().join("no-cmdline"))
+            .env("BOOTPLAN_DISK_LABELS_DIR", self.path().join("no-labels"))
+            .env("BOOTPLAN_SEED_DIRS", self.path().join("no-seed"))
             .current_dir(self.path());
         cmd
     }

@@ -7,5 +7,6 @@ mod harness;
 mod core;
 mod crash;
 mod docs;
+mod facts;
 mod invalid_plans;
 mod lifecycle;

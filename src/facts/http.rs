@@ -1,0 +1,251 @@
+//! The one HTTP client every metadata provider uses. It owns the base URL
+//! (injected at construction, so tests point it at loopback), the
+//! per-attempt timeout, retries with full jitter, and the detection budget
+//! shared by all requests of one gathering. Providers only say which paths
+//! and headers they need.
+//!
+//! Retried: connection errors, timeouts, 5xx and 429. Not retried: other
+//! statuses (404 means "not set" for optional paths; 401/403 will not get
+//! better by asking again). Never uses a proxy: metadata is link-local.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::FactsError;
+
+/// Smallest and largest retry delay cap (full jitter draws from 0..cap).
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// A metadata HTTP client for one provider and one gathering.
+pub struct MetadataClient {
+    provider: &'static str,
+    base: String,
+    http: reqwest::Client,
+    attempt_timeout: Duration,
+    budget: Duration,
+    deadline: Instant,
+}
+
+/// A successful answer.
+pub struct Response {
+    pub provider: &'static str,
+    pub url: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> Result<String, FactsError> {
+        String::from_utf8(self.body.clone()).map_err(|_| FactsError::Malformed {
+            provider: self.provider,
+            url: self.url.clone(),
+            message: "the body is not UTF-8".into(),
+        })
+    }
+}
+
+impl MetadataClient {
+    /// A client for `provider` at `base` (no trailing slash). The budget
+    /// starts now.
+    pub fn new(
+        provider: &'static str,
+        base: &str,
+        attempt_timeout: Duration,
+        budget: Duration,
+    ) -> Result<MetadataClient, FactsError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|err| FactsError::Unavailable {
+                provider,
+                message: format!("cannot build the HTTP client: {err}"),
+            })?;
+        Ok(MetadataClient {
+            provider,
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            attempt_timeout,
+            budget,
+            deadline: Instant::now() + budget,
+        })
+    }
+
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// `base` + `path` (`path` starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// GET a path that must exist.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Response, FactsError> {
+        let url = self.url(path);
+        match self.send(reqwest::Method::GET, &url, headers).await? {
+            Some(response) => Ok(response),
+            None => Err(FactsError::Status {
+                provider: self.provider,
+                url,
+                status: 404,
+                hint: None,
+            }),
+        }
+    }
+
+    /// GET a path that may be absent (404 → `None`).
+    pub async fn get_optional(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<Response>, FactsError> {
+        let url = self.url(path);
+        self.send(reqwest::Method::GET, &url, headers).await
+    }
+
+    /// PUT with an empty body (AWS's IMDSv2 token); 404 → `None`.
+    pub async fn put(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<Response>, FactsError> {
+        let url = self.url(path);
+        self.send(reqwest::Method::PUT, &url, headers).await
+    }
+
+    /// Parses a JSON body, naming the URL when it does not fit `T`.
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        response: &Response,
+    ) -> Result<T, FactsError> {
+        serde_json::from_slice(&response.body).map_err(|err| FactsError::Malformed {
+            provider: self.provider,
+            url: response.url.clone(),
+            message: format!("invalid JSON: {err}"),
+        })
+    }
+
+    /// One request with retries inside the budget. `Ok(None)` for 404.
+    #[tracing::instrument(skip_all, fields(provider = self.provider, url = %url))]
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<Response>, FactsError> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let now = Instant::now();
+            let remaining = self.deadline.saturating_duration_since(now);
+            let last = match self
+                .attempt(
+                    method.clone(),
+                    url,
+                    headers,
+                    remaining.min(self.attempt_timeout),
+                )
+                .await
+            {
+                Attempt::Done(result) => return result,
+                Attempt::Retry(last) => last,
+            };
+            tracing::debug!(attempt, error = %last, "metadata request failed");
+            let cap = BACKOFF_MIN
+                .saturating_mul(1 << attempt.min(10))
+                .min(BACKOFF_MAX);
+            let delay = Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64));
+            if Instant::now() + delay >= self.deadline {
+                return Err(FactsError::Unreachable {
+                    provider: self.provider,
+                    url: url.to_string(),
+                    budget: self.budget,
+                    last,
+                });
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        limit: Duration,
+    ) -> Attempt {
+        if limit.is_zero() {
+            return Attempt::Retry("no time left in the budget".into());
+        }
+        let mut request = self.http.request(method, url).timeout(limit);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) if err.is_timeout() => {
+                return Attempt::Retry(format!(
+                    "no answer within {}",
+                    humantime::format_duration(limit)
+                ));
+            }
+            Err(err) => return Attempt::Retry(describe(&err)),
+        };
+        let status = response.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Attempt::Retry(format!("HTTP {}", status.as_u16()));
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Attempt::Done(Ok(None));
+        }
+        if !status.is_success() {
+            return Attempt::Done(Err(FactsError::Status {
+                provider: self.provider,
+                url: url.to_string(),
+                status: status.as_u16(),
+                hint: status_hint(status.as_u16()),
+            }));
+        }
+        match response.bytes().await {
+            Ok(body) => Attempt::Done(Ok(Some(Response {
+                provider: self.provider,
+                url: url.to_string(),
+                body: body.to_vec(),
+            }))),
+            Err(err) if err.is_timeout() => {
+                Attempt::Retry("the body did not arrive in time".into())
+            }
+            Err(err) => Attempt::Retry(describe(&err)),
+        }
+    }
+}
+
+enum Attempt {
+    Done(Result<Option<Response>, FactsError>),
+    Retry(String),
+}
+
+fn status_hint(status: u16) -> Option<&'static str> {
+    match status {
+        401 => Some("the metadata token was refused or is missing"),
+        403 => Some("the metadata service refused the request"),
+        400 => Some("the request lacks a header or parameter the service requires"),
+        _ => None,
+    }
+}
+
+/// The innermost cause of a reqwest error ("connection refused"), which
+/// is what an operator needs.
+fn describe(err: &reqwest::Error) -> String {
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    let mut last = err.to_string();
+    while let Some(e) = source {
+        last = e.to_string();
+        source = e.source();
+    }
+    last
+}

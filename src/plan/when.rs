@@ -1,0 +1,96 @@
+//! `when:` conditions: a MiniJinja expression over `facts.*`, `vars.*` and
+//! `env.*` (e.g. `facts.cloud == "aws" and vars.role == "web"`). Parsed and
+//! checked at load time (syntax, and that it reads only known names);
+//! evaluated just before the step would run. Secrets are not allowed in a
+//! condition: the skip reason would tell the world something about them.
+
+use std::collections::BTreeSet;
+
+use indexmap::IndexMap;
+
+use super::refs::{Reference, describe_error};
+use crate::facts::Facts;
+
+/// The names `expr` reads, or why it does not parse.
+pub fn references(expr: &str) -> Result<BTreeSet<Reference>, String> {
+    if expr.trim().is_empty() {
+        return Err("the condition is empty".into());
+    }
+    let env = minijinja::Environment::new();
+    let compiled = env
+        .compile_expression(expr)
+        .map_err(|err| describe_error(&err))?;
+    Ok(compiled
+        .undeclared_variables(true)
+        .into_iter()
+        .map(|var| match var.split_once('.') {
+            Some((root, rest)) => Reference {
+                root: root.to_string(),
+                name: Some(rest.split('.').next().unwrap_or(rest).to_string()),
+            },
+            None => Reference {
+                root: var,
+                name: None,
+            },
+        })
+        .collect())
+}
+
+/// Evaluates `expr` with the run's facts and vars; true means "run the step".
+/// Strict about undefined names, so a typo fails instead of silently skipping.
+pub fn evaluate(
+    expr: &str,
+    facts: &Facts,
+    vars: &IndexMap<String, serde_json::Value>,
+) -> Result<bool, String> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let compiled = env
+        .compile_expression(expr)
+        .map_err(|err| describe_error(&err))?;
+    let process_env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let value = compiled
+        .eval(minijinja::context! {
+            facts => facts.template_value(),
+            vars => minijinja::Value::from(minijinja::value::Serde(vars)),
+            env => minijinja::Value::from(minijinja::value::Serde(&process_env)),
+        })
+        .map_err(|err| describe_error(&err))?;
+    Ok(value.is_true())
+}
+
+/// The skip reason shown when the condition is false.
+pub fn skip_reason(expr: &str) -> String {
+    format!("when: `{expr}` is false")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_references_and_rejects_bad_syntax() {
+        let refs = references("facts.cloud == 'aws' and vars.role in ['web']").unwrap();
+        let names: Vec<String> = refs
+            .iter()
+            .map(|r| format!("{}.{}", r.root, r.name.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(names, ["facts.cloud", "vars.role"]);
+        assert!(references("facts.cloud ==").is_err());
+        assert!(references("  ").is_err());
+    }
+
+    #[test]
+    fn evaluates_over_facts() {
+        let facts = Facts {
+            cloud: "aws".into(),
+            ..Facts::default()
+        };
+        let vars = IndexMap::new();
+        assert!(evaluate("facts.cloud == 'aws'", &facts, &vars).unwrap());
+        assert!(!evaluate("facts.cloud == 'gcp'", &facts, &vars).unwrap());
+        assert!(!evaluate("facts.public_ipv4", &facts, &vars).unwrap());
+        assert!(evaluate("facts.user_data is none", &facts, &vars).unwrap());
+        assert!(evaluate("facts.nope == 1", &facts, &vars).is_err());
+    }
+}

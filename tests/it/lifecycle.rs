@@ -1273,3 +1273,40 @@ steps:
     assert_eq!(sb.read("order.log").trim(), "svc-stopped");
     assert!(!pid_alive(svc));
 }
+
+#[test]
+fn the_reaper_never_steals_the_exit_status_of_a_step() {
+    // Under supervision the reaper runs during the whole plan. Many short
+    // steps exit 3 at the same time; each must be reported with its own
+    // status (a stolen status would surface as step.spawn_failed).
+    let sb = Sandbox::new();
+    let mut plan = String::from("version: 1\nname: statuses\nsteps:\n");
+    for i in 0..24 {
+        plan.push_str(&format!(
+            "  s{i}: {{ run: [\"sh\", \"-c\", \"(sleep 0.05 &) ; exit 3\"], on_failure: continue }}\n"
+        ));
+    }
+    plan.push_str("  app:\n    exec: [\"true\"]\n    needs: [");
+    plan.push_str(
+        &(0..24)
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    plan.push_str("]\n");
+    sb.plan(&plan);
+    let out = wait_output(spawn(&sb, &["--supervise"]));
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let status = sb.status();
+    for i in 0..24 {
+        let step = &status["steps"][format!("s{i}")];
+        assert_eq!(step["error"]["code"], "step.exit_nonzero", "s{i}: {step}");
+        assert!(
+            step["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("status 3"),
+            "s{i}: {step}"
+        );
+    }
+}

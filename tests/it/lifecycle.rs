@@ -349,7 +349,9 @@ fn pid_1_in_a_fresh_pid_namespace_supervises_forwards_and_reaps() {
     let sb = Sandbox::new();
     sb.write(
         "app.sh",
-        "trap 'echo TERM >> signals.log; exit 0' TERM\n(sleep 0.2 & echo $! > orphan.pid)\necho \"$$ $PPID\" > app.up\nwhile :; do sleep 0.05; done\n",
+        // Inside the namespace the app sees whether its orphan (re-parented
+        // to PID 1, i.e. bootplan) was reaped: a zombie keeps its /proc entry.
+        "trap 'echo TERM >> signals.log; exit 0' TERM\n(sleep 0.2 & echo $! > orphan.pid)\necho \"$$ $PPID\" > app.up\nsleep 1\nif [ -e /proc/$(cat orphan.pid) ]; then echo left > reap.txt; else echo reaped > reap.txt; fi\nwhile :; do sleep 0.05; done\n",
     );
     // No services, no --supervise: being PID 1 alone makes bootplan supervise.
     sb.plan(
@@ -389,9 +391,18 @@ steps:
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .find(|&pid| proc_state(pid).is_some_and(|(_, ppid)| ppid == unshare))
         .expect("bootplan under unshare");
-    wait_until("the orphan to be reaped", LONG, || {
-        sb.read("orphan.pid").trim().parse::<i32>().is_ok() && zombie_children(bootplan).is_empty()
+    wait_until("the app's reaping check", LONG, || {
+        sb.read("reap.txt").ends_with('\n')
     });
+    assert_eq!(
+        sb.read("reap.txt").trim(),
+        "reaped",
+        "the orphan was left as a zombie of PID 1"
+    );
+    assert!(
+        zombie_children(bootplan).is_empty(),
+        "zombies under bootplan"
+    );
     signal(bootplan as u32, libc::SIGTERM);
     let out = wait_output(child);
     assert_eq!(code(&out), 0, "{}", dump(&out));

@@ -41,7 +41,8 @@ pub enum ReportError {
 pub struct ReportSink {
     spec: ReportSpec,
     doc: Option<StatusDoc>,
-    sending: Option<JoinHandle<()>>,
+    /// Reports in flight (a failed exec gives a second verdict).
+    sending: Vec<JoinHandle<()>>,
 }
 
 impl ReportSink {
@@ -49,7 +50,7 @@ impl ReportSink {
         ReportSink {
             spec,
             doc: None,
-            sending: None,
+            sending: Vec::new(),
         }
     }
 }
@@ -73,7 +74,7 @@ impl Sink for ReportSink {
         let body = serde_json::to_vec(doc).unwrap_or_default();
         let spec = self.spec.clone();
         // Sinks must not block the engine: send from a thread, joined in finish().
-        self.sending = Some(std::thread::spawn(move || {
+        self.sending.push(std::thread::spawn(move || {
             if let Err(err) = post(&spec, body) {
                 eprintln!("bootplan: {err}");
             }
@@ -81,7 +82,7 @@ impl Sink for ReportSink {
     }
 
     fn finish(&mut self) {
-        if let Some(handle) = self.sending.take() {
+        for handle in self.sending.drain(..) {
             let _ = handle.join();
         }
     }

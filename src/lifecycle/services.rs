@@ -130,6 +130,11 @@ impl Services {
         });
     }
 
+    /// The required service already gone for good, if any.
+    pub fn failed(&self) -> Option<ServiceFailure> {
+        self.failure.borrow().clone()
+    }
+
     /// Resolves when a required service is gone for good (once per run).
     pub async fn next_failure(&self) -> Option<ServiceFailure> {
         let mut rx = self.failure.subscribe();

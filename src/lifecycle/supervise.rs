@@ -155,6 +155,26 @@ pub async fn supervise(
         attempt: 1,
     });
 
+    // A service lost between the engine's last look and now: do not start the app.
+    if let Some(failure) = ctx.services.failed() {
+        let step_name = failure.step.clone();
+        let why = Some(failure.error.clone());
+        finish_step(&ctx, step, StepState::Cancelled, why, app_started);
+        ctx.services.stop_all(grace).await;
+        let code = failure.error.code.exit_code();
+        let failed = Some(step_name);
+        return finish_run(
+            plan,
+            &ctx,
+            &summary,
+            Outcome::Failed,
+            code,
+            Some(failure.error),
+            failed,
+            opts,
+        )
+        .await;
+    }
     let prepared = prepare_probe(step, &ctx).await;
     let (probe, listener) = match prepared {
         Ok(pair) => pair,

@@ -1321,3 +1321,35 @@ fn the_reaper_never_steals_the_exit_status_of_a_step() {
         );
     }
 }
+
+#[test]
+fn a_service_lost_during_the_run_fails_it_with_service_failed() {
+    let sb = Sandbox::new();
+    sb.write("svc.sh", "touch svc.ready\nsleep 0.3\nexit 2\n");
+    sb.plan(
+        r#"
+version: 1
+name: lost
+kill_grace: 500ms
+steps:
+  svc:
+    service: ["sh", "svc.sh"]
+    ready: { file: svc.ready, interval: 20ms }
+    restart: { on: never }
+  slow:
+    run: ["sleep", "10"]
+    needs: [svc]
+"#,
+    );
+    let started = std::time::Instant::now();
+    let out = wait_output(spawn(&sb, &[]));
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the run waited for `slow`"
+    );
+    let status = sb.status();
+    assert_eq!(status["error"]["code"], "service.failed");
+    assert_eq!(status["failed_step"], "svc");
+    assert_eq!(status["steps"]["slow"]["state"], "cancelled");
+}

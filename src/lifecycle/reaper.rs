@@ -11,7 +11,10 @@
 //! - children spawned through [`spawn_watched`] (the supervised app) are
 //!   reaped here and their status is kept in a pid → status map for
 //!   [`wait_watched`];
-//! - every other zombie child (an orphan) is reaped and counted.
+//! - every other zombie child (an orphan) is reaped and counted, once it has
+//!   been a zombie for [`ORPHAN_GRACE`]: a child that other code spawned
+//!   with tokio directly would be reaped by tokio long before, so even a
+//!   spawn that bypasses [`spawn_tracked`] keeps its status.
 //!
 //! Zombie children are found by scanning `/proc/*/stat` for our pid as the
 //! parent; watched pids are also polled directly in case `/proc` is missing.
@@ -22,14 +25,20 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::Notify;
 
 /// How often to scan even without SIGCHLD (signals can coalesce).
-const SCAN_EVERY: Duration = Duration::from_secs(1);
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+
+/// How long an untracked zombie is left for its possible owner first. A
+/// child some other code spawned with tokio directly (not through
+/// [`spawn_tracked`]) is reaped by tokio within milliseconds of its exit;
+/// an orphan has no owner and is reaped after this.
+const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static ORPHANS_REAPED: AtomicU64 = AtomicU64::new(0);
@@ -39,6 +48,9 @@ static OWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 static WATCHED: LazyLock<Mutex<HashMap<i32, Option<i32>>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 static REAPED: LazyLock<Notify> = LazyLock::new(Notify::new);
+/// Untracked zombies, and when each was first seen.
+static ZOMBIES_SEEN: LazyLock<Mutex<HashMap<i32, Instant>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -119,10 +131,21 @@ pub fn reap_once() {
         owned.retain(|pid| children.iter().any(|(c, _)| c == pid));
     }
     let mut watched = lock(&WATCHED);
+    let mut seen = lock(&ZOMBIES_SEEN);
+    let now = Instant::now();
+    let children = children.unwrap_or_default();
+    seen.retain(|pid, _| children.iter().any(|(c, z)| c == pid && *z));
     let mut any = false;
-    for (pid, zombie) in children.unwrap_or_default() {
+    for (pid, zombie) in children {
         if !zombie || owned.contains(&pid) {
             continue;
+        }
+        // Watched children are ours at once; others only after the grace.
+        if !watched.contains_key(&pid) {
+            let first = *seen.entry(pid).or_insert(now);
+            if now.duration_since(first) < ORPHAN_GRACE {
+                continue;
+            }
         }
         if let Some(code) = reap(pid) {
             any = true;

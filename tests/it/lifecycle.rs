@@ -351,7 +351,7 @@ fn pid_1_in_a_fresh_pid_namespace_supervises_forwards_and_reaps() {
         "app.sh",
         // Inside the namespace the app sees whether its orphan (re-parented
         // to PID 1, i.e. bootplan) was reaped: a zombie keeps its /proc entry.
-        "trap 'echo TERM >> signals.log; exit 0' TERM\n(sleep 0.2 & echo $! > orphan.pid)\necho \"$$ $PPID\" > app.up\nsleep 1\nif [ -e /proc/$(cat orphan.pid) ]; then echo left > reap.txt; else echo reaped > reap.txt; fi\nwhile :; do sleep 0.05; done\n",
+        "trap 'echo TERM >> signals.log; exit 0' TERM\n(sleep 0.2 & echo $! > orphan.pid)\necho \"$$ $PPID\" > app.up\nsleep 3\nif [ -e /proc/$(cat orphan.pid) ]; then echo left > reap.txt; else echo reaped > reap.txt; fi\nwhile :; do sleep 0.05; done\n",
     );
     // No services, no --supervise: being PID 1 alone makes bootplan supervise.
     sb.plan(

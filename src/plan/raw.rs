@@ -139,6 +139,10 @@ pub struct RawStep {
     /// Readiness check for `service` steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<RawWait>,
+    /// Secrets this step needs that none of its templates names, e.g. ones it
+    /// reads from their `to_file` file. Fetched (and written) before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `file:` step body.

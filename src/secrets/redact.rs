@@ -87,6 +87,7 @@ impl Redactor {
             return None;
         }
         self.redactions.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!("bootplan_secret_redactions_total").increment(count);
         let masks = vec![MASK; inner.needles.len()];
         Some(matcher.replace_all(text, &masks))
     }

@@ -3,10 +3,11 @@
 //! KV v2 (with versions) and KV v1 reads; login by token (file or env),
 //! AppRole (optionally with a response-wrapped secret id, unwrapped through
 //! `sys/wrapping/unwrap`), JWT and Kubernetes. The token is a [`SecretValue`]
-//! registered with the redactor the moment it is read. It is renewed when
-//! two thirds of its TTL have passed (or obtained again by logging in, when
-//! renewal is not possible), and revoked by [`VaultClient::close`] when the
-//! plan sets `revoke_on_exit`.
+//! registered with the redactor the moment it is read. A background task
+//! renews it each time two thirds of its TTL have passed, so a run that
+//! outlives the TTL keeps a valid token; a token found near expiry anyway is
+//! renewed (or obtained again by logging in) before use. [`VaultClient::close`]
+//! stops the renewal and revokes the token when the plan sets `revoke_on_exit`.
 //!
 //! To add an auth method: a field in `plan::secret_source::VaultAuth`, a
 //! check in `plan::secret_checks`, and an arm in [`VaultClient::login`].
@@ -26,16 +27,26 @@ use super::{Redactor, SecretError, SecretValue, local};
 use crate::plan::secret_source::{CredentialRef, VaultConfig, VaultJwt, VaultSecret};
 
 const BACKEND: &str = "vault";
+/// Tokens with less TTL left than this are not renewed in the background
+/// (the max TTL was reached; renewing would spin).
+const MIN_RENEWABLE_TTL: Duration = Duration::from_secs(1);
 const K8S_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// A logged-in (or lazily logging-in) Vault client.
 pub struct VaultClient {
-    net: Net,
-    address: String,
+    session: Arc<Session>,
     config: VaultConfig,
     base_dir: PathBuf,
+    token: Arc<Mutex<Option<Token>>>,
+    renewer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// What the client and its renewal task share.
+struct Session {
+    net: Net,
+    address: String,
+    namespace: Option<String>,
     redactor: Arc<Redactor>,
-    token: Mutex<Option<Token>>,
 }
 
 struct Token {
@@ -80,12 +91,16 @@ impl VaultClient {
             deadline,
         );
         Ok(VaultClient {
-            net,
-            address: address.trim_end_matches('/').to_string(),
+            session: Arc::new(Session {
+                net,
+                address: address.trim_end_matches('/').to_string(),
+                namespace: config.namespace.clone(),
+                redactor,
+            }),
             config: config.clone(),
             base_dir: base_dir.to_path_buf(),
-            redactor,
-            token: Mutex::new(None),
+            token: Arc::new(Mutex::new(None)),
+            renewer: std::sync::Mutex::new(None),
         })
     }
 
@@ -93,11 +108,12 @@ impl VaultClient {
     #[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name, path = %spec.path))]
     pub async fn read(&self, name: &str, spec: &VaultSecret) -> Result<SecretValue, SecretError> {
         let api_path = kv_api_path(spec);
-        let url = format!("{}/v1/{api_path}", self.address);
+        let url = format!("{}/v1/{api_path}", self.session.address);
         let token = self.token(name).await?;
         let result = self
+            .session
             .net
-            .send(&url, |c| self.request(c.get(&url), Some(&token)))
+            .send(&url, |c| self.session.request(c.get(&url), Some(&token)))
             .await;
         let response = match result {
             Ok(response) => response,
@@ -131,17 +147,23 @@ impl VaultClient {
     /// Revokes the token when the plan asks. Best effort: one attempt.
     #[tracing::instrument(skip_all, fields(backend = BACKEND))]
     pub async fn close(&self) -> Result<(), String> {
+        if let Some(renewer) = self.renewer.lock().ok().and_then(|mut r| r.take()) {
+            renewer.abort();
+        }
         if !self.config.revoke_on_exit {
             return Ok(());
         }
         let Some(token) = self.token.lock().await.take() else {
             return Ok(());
         };
-        let url = format!("{}/v1/auth/token/revoke-self", self.address);
+        let url = format!("{}/v1/auth/token/revoke-self", self.session.address);
         match self
+            .session
             .net
             .single_attempt()
-            .send(&url, |c| self.request(c.post(&url), Some(&token.value)))
+            .send(&url, |c| {
+                self.session.request(c.post(&url), Some(&token.value))
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -150,24 +172,6 @@ impl VaultClient {
             }
             Err(Failure::Unreachable(detail)) => Err(detail),
         }
-    }
-
-    fn request(
-        &self,
-        builder: reqwest::RequestBuilder,
-        token: Option<&SecretValue>,
-    ) -> reqwest::RequestBuilder {
-        let mut builder = builder.header("X-Vault-Request", "true");
-        if let Some(ns) = &self.config.namespace {
-            builder = builder.header("X-Vault-Namespace", ns);
-        }
-        if let Some(token) = token {
-            let mut value = reqwest::header::HeaderValue::from_str(token.expose())
-                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid"));
-            value.set_sensitive(true);
-            builder = builder.header("X-Vault-Token", value);
-        }
-        builder
     }
 
     /// The current token: logs in on first use, renews or logs in again
@@ -179,7 +183,7 @@ impl VaultClient {
                 return Ok(token.value.clone());
             }
             if token.renewable && !token.expired() {
-                if let Ok(renewed) = self.renew(&token.value).await {
+                if let Ok(renewed) = self.session.renew(&token.value).await {
                     *token = renewed;
                     return Ok(token.value.clone());
                 }
@@ -191,27 +195,57 @@ impl VaultClient {
         }
         let fresh = self.login(name).await?;
         let value = fresh.value.clone();
+        let renew = fresh.renewable && fresh.ttl.is_some();
         *slot = Some(fresh);
+        drop(slot);
+        if renew {
+            self.start_renewer();
+        }
         Ok(value)
     }
 
-    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
-    async fn renew(&self, token: &SecretValue) -> Result<Token, String> {
-        let url = format!("{}/v1/auth/token/renew-self", self.address);
-        let response = self
-            .net
-            .send(&url, |c| {
-                self.request(c.post(&url), Some(token))
-                    .header("Content-Type", "application/json")
-                    .body("{}")
-            })
-            .await
-            .map_err(|f| format!("{f:?}"))?;
-        let auth: AuthResponse = serde_json::from_slice(&response.body)
-            .map_err(|err| format!("{url}: unexpected answer: {err}"))?;
-        let token = self.token_from_auth(auth.auth);
-        tracing::debug!("vault token renewed");
-        Ok(token)
+    /// Renews the token in the background whenever two thirds of its TTL
+    /// have passed, until renewal fails or stops extending it (max TTL).
+    fn start_renewer(&self) {
+        let (session, slot) = (self.session.clone(), self.token.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let (value, wait) = {
+                    let guard = slot.lock().await;
+                    let Some(token) = guard.as_ref() else { return };
+                    let Some(ttl) = token.ttl.filter(|t| *t >= MIN_RENEWABLE_TTL) else {
+                        return;
+                    };
+                    let due = token.obtained + ttl.mul_f64(2.0 / 3.0);
+                    (
+                        token.value.clone(),
+                        due.saturating_duration_since(Instant::now()),
+                    )
+                };
+                tokio::time::sleep(wait).await;
+                match session.renew(&value).await {
+                    Ok(renewed) => {
+                        let mut guard = slot.lock().await;
+                        match guard.as_mut() {
+                            Some(current) if current.value.expose() == value.expose() => {
+                                *current = renewed;
+                            }
+                            // Logged in again meanwhile, or closed: this task is done.
+                            _ => return,
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "vault token renewal failed");
+                        return;
+                    }
+                }
+            }
+        });
+        if let Ok(mut renewer) = self.renewer.lock() {
+            if let Some(old) = renewer.replace(task.abort_handle()) {
+                old.abort();
+            }
+        }
     }
 
     async fn token_valid(&self, token: &SecretValue) -> bool {
@@ -220,10 +254,11 @@ impl VaultClient {
 
     #[tracing::instrument(skip_all, fields(backend = BACKEND))]
     async fn lookup_self(&self, token: &SecretValue) -> Result<LookupData, Failure> {
-        let url = format!("{}/v1/auth/token/lookup-self", self.address);
+        let url = format!("{}/v1/auth/token/lookup-self", self.session.address);
         let response = self
+            .session
             .net
-            .send(&url, |c| self.request(c.get(&url), Some(token)))
+            .send(&url, |c| self.session.request(c.get(&url), Some(token)))
             .await?;
         let lookup: LookupResponse = serde_json::from_slice(&response.body)
             .map_err(|err| Failure::Unreachable(format!("{url}: unexpected answer: {err}")))?;
@@ -236,7 +271,7 @@ impl VaultClient {
         let auth = &self.config.auth;
         if let Some(token) = &auth.token {
             let value = self.credential(name, "token", token)?;
-            let url = format!("{}/v1/auth/token/lookup-self", self.address);
+            let url = format!("{}/v1/auth/token/lookup-self", self.session.address);
             let data = self
                 .lookup_self(&value)
                 .await
@@ -299,11 +334,17 @@ impl VaultClient {
         mount: &str,
         body: &Zeroizing<Vec<u8>>,
     ) -> Result<Token, SecretError> {
-        let url = format!("{}/v1/auth/{}/login", self.address, mount.trim_matches('/'));
+        let url = format!(
+            "{}/v1/auth/{}/login",
+            self.session.address,
+            mount.trim_matches('/')
+        );
         let response = self
+            .session
             .net
             .send(&url, |c| {
-                self.request(c.post(&url), None)
+                self.session
+                    .request(c.post(&url), None)
                     .header("Content-Type", "application/json")
                     .body(body.to_vec())
             })
@@ -315,18 +356,7 @@ impl VaultClient {
                 backend: BACKEND,
                 detail: format!("{url}: the login answer has no token: {err}"),
             })?;
-        Ok(self.token_from_auth(auth.auth))
-    }
-
-    fn token_from_auth(&self, auth: AuthData) -> Token {
-        let value = SecretValue::new(auth.client_token);
-        self.redactor.add_secret(value.expose());
-        Token {
-            value,
-            obtained: Instant::now(),
-            ttl: (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
-            renewable: auth.renewable,
-        }
+        Ok(self.session.token_from_auth(auth.auth))
     }
 
     /// Exchanges a response-wrapping token for the secret id it wraps.
@@ -336,10 +366,11 @@ impl VaultClient {
         name: &str,
         wrapping: &SecretValue,
     ) -> Result<SecretValue, SecretError> {
-        let url = format!("{}/v1/sys/wrapping/unwrap", self.address);
+        let url = format!("{}/v1/sys/wrapping/unwrap", self.session.address);
         let response = self
+            .session
             .net
-            .send(&url, |c| self.request(c.post(&url), Some(wrapping)))
+            .send(&url, |c| self.session.request(c.post(&url), Some(wrapping)))
             .await
             .map_err(|f| login_failure(name, &url, f))?;
         let unwrapped: UnwrapResponse =
@@ -349,7 +380,7 @@ impl VaultClient {
                 detail: format!("{url}: the unwrapped answer has no secret_id: {err}"),
             })?;
         let value = SecretValue::new(unwrapped.data.secret_id);
-        self.redactor.add_secret(value.expose());
+        self.session.redactor.add_secret(value.expose());
         Ok(value)
     }
 
@@ -366,8 +397,58 @@ impl VaultClient {
                 backend: BACKEND,
                 detail: format!("auth {what}: {detail}"),
             })?;
-        self.redactor.add_secret(value.expose());
+        self.session.redactor.add_secret(value.expose());
         Ok(value)
+    }
+}
+
+impl Session {
+    fn request(
+        &self,
+        builder: reqwest::RequestBuilder,
+        token: Option<&SecretValue>,
+    ) -> reqwest::RequestBuilder {
+        let mut builder = builder.header("X-Vault-Request", "true");
+        if let Some(ns) = &self.namespace {
+            builder = builder.header("X-Vault-Namespace", ns);
+        }
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(token.expose())
+                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid"));
+            value.set_sensitive(true);
+            builder = builder.header("X-Vault-Token", value);
+        }
+        builder
+    }
+
+    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
+    async fn renew(&self, token: &SecretValue) -> Result<Token, String> {
+        let url = format!("{}/v1/auth/token/renew-self", self.address);
+        let response = self
+            .net
+            .send(&url, |c| {
+                self.request(c.post(&url), Some(token))
+                    .header("Content-Type", "application/json")
+                    .body("{}")
+            })
+            .await
+            .map_err(|f| format!("{f:?}"))?;
+        let auth: AuthResponse = serde_json::from_slice(&response.body)
+            .map_err(|err| format!("{url}: unexpected answer: {err}"))?;
+        let token = self.token_from_auth(auth.auth);
+        tracing::debug!("vault token renewed");
+        Ok(token)
+    }
+
+    fn token_from_auth(&self, auth: AuthData) -> Token {
+        let value = SecretValue::new(auth.client_token);
+        self.redactor.add_secret(value.expose());
+        Token {
+            value,
+            obtained: Instant::now(),
+            ttl: (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
+            renewable: auth.renewable,
+        }
     }
 }
 

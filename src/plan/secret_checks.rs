@@ -114,14 +114,15 @@ fn check_secret(
                 Some("add `backends: { vault: { address: ..., auth: { token: { env: VAULT_TOKEN } } } }`".into()),
             ));
         }
-        if let Some(kv) = vault.kv {
-            if kv != 1 && kv != 2 {
-                problems.push((
-                    format!("{field}.vault.kv"),
-                    format!("unknown KV engine version {kv}"),
-                    Some("use 1 or 2".into()),
-                ));
-            }
+        if let Some(kv) = vault.kv
+            && kv != 1
+            && kv != 2
+        {
+            problems.push((
+                format!("{field}.vault.kv"),
+                format!("unknown KV engine version {kv}"),
+                Some("use 1 or 2".into()),
+            ));
         }
         if vault.version.is_some() && vault.kv == Some(1) {
             problems.push((
@@ -138,14 +139,14 @@ fn check_secret(
             ));
         }
     }
-    if let Some(exec) = &source.exec {
-        if exec.command.is_empty() || exec.command[0].is_empty() {
-            problems.push((
-                format!("{field}.exec.command"),
-                "the helper command is empty".into(),
-                Some("e.g. `command: [\"/usr/local/bin/get-secret\", \"db\"]`".into()),
-            ));
-        }
+    if let Some(exec) = &source.exec
+        && exec.command.first().is_none_or(|p| p.is_empty())
+    {
+        problems.push((
+            format!("{field}.exec.command"),
+            "the helper command is empty".into(),
+            Some("e.g. `command: [\"/usr/local/bin/get-secret\", \"db\"]`".into()),
+        ));
     }
     if let Some(file) = &source.to_file {
         let path = std::path::Path::new(&file.path);
@@ -227,9 +228,9 @@ fn check_retry(field: &str, retry: Option<&NetRetry>, problems: &mut Vec<Problem
             None,
         ));
     }
-    if let Some(backoff) = &retry.backoff {
-        if let Err(message) = super::validate::parse_backoff(backoff) {
-            problems.push((format!("{field}.backoff"), message, None));
-        }
+    if let Some(backoff) = &retry.backoff
+        && let Err(message) = super::validate::parse_backoff(backoff)
+    {
+        problems.push((format!("{field}.backoff"), message, None));
     }
 }

@@ -30,12 +30,12 @@ pub fn write(
         .as_deref()
         .and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok())
         .unwrap_or(DEFAULT_MODE);
-    if let Some(parent) = path.parent() {
-        if !parent.exists() {
-            std::fs::create_dir_all(parent).map_err(|e| failed(name, parent, e))?;
-            // Only bootplan's user may list the secrets directory.
-            let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
-        }
+    if let Some(parent) = path.parent()
+        && !parent.exists()
+    {
+        std::fs::create_dir_all(parent).map_err(|e| failed(name, parent, e))?;
+        // Only bootplan's user may list the secrets directory.
+        let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
     }
     crate::fsutil::write_atomic(&path, value.expose().as_bytes(), mode).map_err(|e| {
         SecretError::FileWrite {
@@ -86,6 +86,7 @@ pub fn on_tmpfs(dir: &Path) -> bool {
     let mut probe = Some(dir);
     while let Some(p) = probe {
         if let Ok(stat) = nix::sys::statfs::statfs(p) {
+            #[allow(clippy::unnecessary_cast)] // c_long: i64 here, i32 on 32-bit targets
             let kind = stat.filesystem_type().0 as i64;
             return kind == TMPFS_MAGIC || kind == RAMFS_MAGIC;
         }

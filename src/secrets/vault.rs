@@ -182,13 +182,14 @@ impl VaultClient {
             if !token.wants_refresh() {
                 return Ok(token.value.clone());
             }
-            if token.renewable && !token.expired() {
-                if let Ok(renewed) = self.session.renew(&token.value).await {
-                    *token = renewed;
-                    return Ok(token.value.clone());
-                }
+            if token.renewable
+                && !token.expired()
+                && let Ok(renewed) = self.session.renew(&token.value).await
+            {
+                *token = renewed;
+                return Ok(token.value.clone());
             }
-            if matches!(self.config.auth.token, Some(_)) && !token.expired() {
+            if self.config.auth.token.is_some() && !token.expired() {
                 // A handed-in token cannot be obtained again; use it while it lasts.
                 return Ok(token.value.clone());
             }
@@ -241,10 +242,10 @@ impl VaultClient {
                 }
             }
         });
-        if let Ok(mut renewer) = self.renewer.lock() {
-            if let Some(old) = renewer.replace(task.abort_handle()) {
-                old.abort();
-            }
+        if let Ok(mut renewer) = self.renewer.lock()
+            && let Some(old) = renewer.replace(task.abort_handle())
+        {
+            old.abort();
         }
     }
 

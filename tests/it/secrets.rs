@@ -1007,7 +1007,10 @@ impl Imds {
     }
 }
 
-fn read_request(stream: &mut TcpStream) -> Option<(String, String, Vec<(String, String)>)> {
+/// Method, path and headers of one HTTP/1 request.
+type Request = (String, String, Vec<(String, String)>);
+
+fn read_request(stream: &mut TcpStream) -> Option<Request> {
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
@@ -1346,4 +1349,86 @@ steps:
     assert!(backends.iter().all(|b| rendered.contains(&canary(b))));
     // The AWS secret key bootplan signed with is a secret too.
     assert!(!stdout.contains("canary-aws-secret-key"));
+}
+
+// ------------------------------------------------------------- examples
+
+fn example(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(name),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_quickstart_runs_with_its_file_secret_and_never_shows_it() {
+    let sb = Sandbox::new();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    sb.write(
+        "quickstart/page.html.j2",
+        &std::fs::read_to_string(src.join("quickstart/page.html.j2")).unwrap(),
+    );
+    let token = std::fs::read_to_string(src.join("quickstart/api-token.txt")).unwrap();
+    sb.write("quickstart/api-token.txt", &token);
+    sb.plan(&example("quickstart.yaml"));
+    let out = sb.run();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let token = token.trim();
+    assert!(sb.read(".bootplan/secrets/app.env").contains(token));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(token), "the quickstart token leaked");
+}
+
+#[test]
+fn the_vault_example_runs_as_documented() {
+    let Some(bao) = Bao::start(false) else { return };
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/example/db",
+        "user=app",
+        "password=correct horse",
+    ]);
+    let sb = Sandbox::new();
+    sb.plan(&example("vault.yaml"));
+    let out = run_with(
+        &sb,
+        &[("VAULT_ADDR", &bao.addr()), ("VAULT_TOKEN", "root")],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert!(sb.read(".bootplan/out/db.conf").contains("user = app"));
+    assert_eq!(
+        sb.read(".bootplan/run/secrets/db-password"),
+        "correct horse"
+    );
+}
+
+#[test]
+fn the_aws_example_runs_as_documented() {
+    let Some(moto) = Moto::start() else { return };
+    moto.boto(
+        "sm.create_secret(Name='example/api', SecretString='{\"key\": \"abc123\"}')\nssm.put_parameter(Name='/example/license', Value='lic-42', Type='SecureString')\n",
+    );
+    let sb = Sandbox::new();
+    sb.plan(&example("aws.yaml"));
+    let env = [
+        ("AWS_ENDPOINT_URL", moto.url()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run_with(&sb, &env, &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(
+        sb.read(".bootplan/out/app.env"),
+        "API_KEY=abc123\nLICENSE=lic-42\n"
+    );
 }

@@ -73,10 +73,11 @@ impl Imds {
 
     async fn token(&self, force: bool) -> Result<SecretValue, Failure> {
         let mut slot = self.token.lock().await;
-        if let Some((token, expires)) = slot.as_ref() {
-            if !force && Instant::now() + TOKEN_MARGIN < *expires {
-                return Ok(token.clone());
-            }
+        if let Some((token, expires)) = slot.as_ref()
+            && !force
+            && Instant::now() + TOKEN_MARGIN < *expires
+        {
+            return Ok(token.clone());
         }
         let url = format!("{}/latest/api/token", self.base);
         let ttl = TOKEN_TTL.as_secs().to_string();

@@ -270,7 +270,7 @@ impl AwsClient {
                 credentials,
                 refresh_at: None,
             },
-            None => self.from_imds().await.map_err(|failure| {
+            None => self.instance_role().await.map_err(|failure| {
                 let detail = format!(
                     "no AWS_ACCESS_KEY_ID in the environment and no instance-role credentials: {}",
                     describe(&failure)
@@ -300,7 +300,7 @@ impl AwsClient {
     }
 
     #[tracing::instrument(skip_all, fields(backend = "imds"))]
-    async fn from_imds(&self) -> Result<Cached, Failure> {
+    async fn instance_role(&self) -> Result<Cached, Failure> {
         let base = "meta-data/iam/security-credentials/";
         let roles = self.imds.get(base).await?;
         let role = roles

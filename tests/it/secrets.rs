@@ -1432,3 +1432,157 @@ fn the_aws_example_runs_as_documented() {
         "API_KEY=abc123\nLICENSE=lic-42\n"
     );
 }
+
+// ------------------------------------------------- retry policy, exactly
+
+/// One recorded request: method, path and headers.
+type Seen = Arc<Mutex<Vec<Request>>>;
+
+/// A loopback HTTP server answering from a script: the n-th request gets the
+/// n-th `(status, extra header, body)`, the last entry repeats. For faults a
+/// real OpenBao cannot be made to produce on cue (429 with Retry-After, 503).
+fn scripted(script: Vec<(u16, &'static str, &'static str)>) -> (u16, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let Some(request) = read_request(&mut stream) else {
+                continue;
+            };
+            let n = {
+                let mut log = log.lock().unwrap();
+                log.push(request);
+                log.len() - 1
+            };
+            let (status, header, body) = script[n.min(script.len() - 1)];
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\n{header}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, seen)
+}
+
+/// Satisfies both `auth/token/lookup-self` and a KV v2 read.
+const VAULT_OK: &str = r#"{"data":{"ttl":0,"renewable":false,"data":{"v":"scripted-ok"}}}"#;
+
+fn scripted_plan(sb: &Sandbox, port: u16) {
+    sb.plan(&format!(
+        r#"
+version: 1
+name: scripted
+deadline: 30s
+backends:
+  vault:
+    address: http://127.0.0.1:{port}
+    namespace: team-a
+    auth: {{ token: {{ env: T }} }}
+    retry: {{ attempts: 5, backoff: 10ms..50ms }}
+secrets:
+  a: {{ vault: {{ path: secret/app/one, key: v }} }}
+steps:
+  render: {{ template: {{ inline: "{{{{ secrets.a }}}}", dest: out.txt, mode: "0600" }} }}
+"#
+    ));
+}
+
+#[test]
+fn retries_honour_retry_after_on_429_and_retry_5xx() {
+    let (port, seen) = scripted(vec![
+        (429, "Retry-After: 1\r\n", r#"{"errors":["rate limited"]}"#),
+        (503, "", r#"{"errors":["sealed"]}"#),
+        (200, "", VAULT_OK),
+    ]);
+    let sb = Sandbox::new();
+    scripted_plan(&sb, port);
+    let started = Instant::now();
+    let out = run_with(&sb, &[("T", "scripted-token")], &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("out.txt"), "scripted-ok");
+    let seen = seen.lock().unwrap();
+    // lookup-self: 429, 503, 200; then the read.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured"
+    );
+    assert!(seen[3].1.starts_with("/v1/secret/data/app/one"), "{seen:?}");
+    for (_, _, headers) in seen.iter() {
+        let has = |name: &str, value: &str| {
+            headers
+                .iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value)
+        };
+        assert!(
+            has("X-Vault-Namespace", "team-a"),
+            "namespace header missing: {headers:?}"
+        );
+        assert!(
+            has("X-Vault-Token", "scripted-token"),
+            "token header missing: {headers:?}"
+        );
+    }
+}
+
+#[test]
+fn a_4xx_is_never_retried() {
+    for (status, exit, err) in [
+        (400, 77, "secret.auth_failed"),
+        (404, 1, "secret.not_found"),
+    ] {
+        // lookup-self succeeds; the read gets the 4xx (for 400 the login does).
+        let script = if status == 400 {
+            vec![(400, "", r#"{"errors":["bad"]}"#)]
+        } else {
+            vec![(200, "", VAULT_OK), (404, "", r#"{"errors":[]}"#)]
+        };
+        let (port, seen) = scripted(script);
+        let sb = Sandbox::new();
+        scripted_plan(&sb, port);
+        let out = run_with(&sb, &[("T", "scripted-token")], &[]);
+        assert_eq!(code(&out), exit, "{}", dump(&out));
+        assert_eq!(step_code(&sb, "render"), err);
+        let expected = if status == 400 { 1 } else { 2 };
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            expected,
+            "HTTP {status} was retried"
+        );
+    }
+}
+
+#[test]
+fn a_fetch_still_retrying_is_dropped_when_the_run_is_stopped() {
+    let sb = Sandbox::new();
+    let port = free_port(); // nothing listens here
+    sb.plan(&format!(
+        "version: 1\nname: stop\ndeadline: 60s\nbackends: {{ vault: {{ address: \"http://127.0.0.1:{port}\", auth: {{ token: {{ env: T }} }}, retry: {{ attempts: 1000, backoff: 100ms..200ms, max_elapsed: 50s }} }} }}\nsecrets: {{ a: {{ vault: {{ path: secret/x, key: v }} }} }}\nsteps: {{ s: {{ run: [\"true\"], env: {{ A: \"{{{{ secrets.a }}}}\" }} }} }}\n"
+    ));
+    let mut child = sb
+        .cmd()
+        .env("T", "root")
+        .args(["run", "plan.yaml"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the run to start", Duration::from_secs(10), || {
+        sb.run_dir().join("status.json").exists()
+    });
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{:?}", sb.status());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "the retrying fetch held the run"
+    );
+    assert_eq!(sb.step("s")["state"], "cancelled");
+}

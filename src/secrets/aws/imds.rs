@@ -40,7 +40,7 @@ impl Imds {
     }
 
     /// Reads a metadata path (e.g. `meta-data/placement/region`) as text.
-    #[tracing::instrument(skip_all, fields(backend = "imds", path))]
+    #[tracing::instrument(skip_all, fields(backend = "imds", path = %path))]
     pub async fn get(&self, path: &str) -> Result<zeroize::Zeroizing<String>, Failure> {
         let url = format!("{}/latest/{}", self.base, path.trim_start_matches('/'));
         for refreshed in [false, true] {

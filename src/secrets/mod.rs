@@ -177,9 +177,13 @@ impl SecretStore {
         &self.files_dir
     }
 
-    /// Whether any declared secret is written to a file.
-    pub fn writes_files(&self) -> bool {
-        self.sources.values().any(|s| s.to_file.is_some())
+    /// Where the declared `to_file` secrets will be written.
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        self.sources
+            .values()
+            .filter_map(|s| s.to_file.as_ref())
+            .map(|spec| files::path_for(&self.files_dir, spec))
+            .collect()
     }
 
     /// The values of `names`, fetching those not fetched yet. SSM parameters

@@ -442,13 +442,13 @@ fn vault_token_is_renewed_when_the_run_outlives_its_ttl() {
     let Some(bao) = Bao::start(false) else { return };
     bao.ok(&["kv", "put", "secret/app/one", "v=renew-one"]);
     bao.ok(&["kv", "put", "secret/app/two", "v=renew-two"]);
-    // A 3s token, and a secret id good for one login only. The run idles
+    // A 6s token, and a secret id good for one login only. The run idles
     // longer than the TTL between two reads: the second read can only succeed
     // if the token was renewed in the meantime (a new login would fail).
     let role_id = approle_setup(
         &bao,
         "short",
-        &["token_ttl=3s", "token_max_ttl=60s", "secret_id_num_uses=1"],
+        &["token_ttl=6s", "token_max_ttl=60s", "secret_id_num_uses=1"],
     );
     let secret_id = bao.ok(&[
         "write",
@@ -459,7 +459,7 @@ fn vault_token_is_renewed_when_the_run_outlives_its_ttl() {
     let sb = Sandbox::new();
     sb.write("secret-id", &secret_id);
     let steps = r#"  first: { template: { inline: "{{ secrets.a }}", dest: one.txt, mode: "0600" } }
-  idle: { run: ["sleep", "4.5"], needs: [first] }
+  idle: { run: ["sleep", "7"], needs: [first] }
   second: { template: { inline: "{{ secrets.b }}", dest: two.txt, mode: "0600" }, needs: [idle] }"#;
     sb.plan(&approle_plan(&bao, &role_id, false, steps));
     let out = run_with(&sb, &[], &[]);
@@ -1558,8 +1558,10 @@ fn a_4xx_is_never_retried() {
 
 #[test]
 fn a_fetch_still_retrying_is_dropped_when_the_run_is_stopped() {
+    // The store answers 503 forever; the test stops the run once it has
+    // seen the fetch arrive, so the step is known to be inside it.
+    let (port, seen) = scripted(vec![(503, "", r#"{"errors":["sealed"]}"#)]);
     let sb = Sandbox::new();
-    let port = free_port(); // nothing listens here
     sb.plan(&format!(
         "version: 1\nname: stop\ndeadline: 60s\nbackends: {{ vault: {{ address: \"http://127.0.0.1:{port}\", auth: {{ token: {{ env: T }} }}, retry: {{ attempts: 1000, backoff: 100ms..200ms, max_elapsed: 50s }} }} }}\nsecrets: {{ a: {{ vault: {{ path: secret/x, key: v }} }} }}\nsteps: {{ s: {{ run: [\"true\"], env: {{ A: \"{{{{ secrets.a }}}}\" }} }} }}\n"
     ));
@@ -1570,9 +1572,11 @@ fn a_fetch_still_retrying_is_dropped_when_the_run_is_stopped() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the run to start", Duration::from_secs(10), || {
-        sb.run_dir().join("status.json").exists()
-    });
+    wait_until(
+        "the fetch to reach the store",
+        Duration::from_secs(10),
+        || !seen.lock().unwrap().is_empty(),
+    );
     let stopped = Instant::now();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::OnceCell;
 
 pub use redact::Redactor;
 
@@ -115,7 +115,9 @@ pub struct SecretStore {
     sources: BTreeMap<String, SecretSource>,
     /// Relative secret file paths are resolved against this (the plan's directory).
     base_dir: std::path::PathBuf,
-    cache: Mutex<BTreeMap<String, SecretValue>>,
+    /// One cell per secret: a fetch in progress for one secret never holds
+    /// up steps that need other secrets (or none).
+    cells: std::sync::Mutex<BTreeMap<String, Arc<OnceCell<SecretValue>>>>,
     redactor: Arc<Redactor>,
     backends: BackendsConfig,
     /// Where `to_file` secrets are written.
@@ -138,7 +140,7 @@ impl SecretStore {
             sources: sources.into_iter().collect(),
             files_dir: base_dir.join("secrets"),
             base_dir,
-            cache: Mutex::new(BTreeMap::new()),
+            cells: std::sync::Mutex::new(BTreeMap::new()),
             redactor,
             backends: BackendsConfig::default(),
             deadline: None,
@@ -192,20 +194,27 @@ impl SecretStore {
         &self,
         names: &[String],
     ) -> Result<BTreeMap<String, SecretValue>, SecretError> {
-        let mut cache = self.cache.lock().await;
-        self.prefetch_ssm(names, &mut cache).await?;
+        self.prefetch_ssm(names).await?;
         let mut out = BTreeMap::new();
         for name in names {
-            if let Some(value) = cache.get(name) {
-                out.insert(name.clone(), value.clone());
-                continue;
-            }
-            let value = self.fetch_measured(name).await?;
-            self.store(name, &value)?;
-            cache.insert(name.clone(), value.clone());
-            out.insert(name.clone(), value);
+            // Concurrent steps asking for the same secret wait for one fetch;
+            // a failed fetch leaves the cell empty, so a later step tries again.
+            let cell = self.cell(name);
+            let value = cell
+                .get_or_try_init(|| async {
+                    let value = self.fetch_measured(name).await?;
+                    self.store(name, &value)?;
+                    Ok::<_, SecretError>(value)
+                })
+                .await?;
+            out.insert(name.clone(), value.clone());
         }
         Ok(out)
+    }
+
+    fn cell(&self, name: &str) -> Arc<OnceCell<SecretValue>> {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells.entry(name.to_string()).or_default().clone()
     }
 
     /// Ends the store's sessions: revokes the Vault token when the plan asks.
@@ -230,14 +239,13 @@ impl SecretStore {
         Ok(())
     }
 
-    async fn prefetch_ssm(
-        &self,
-        names: &[String],
-        cache: &mut BTreeMap<String, SecretValue>,
-    ) -> Result<(), SecretError> {
+    /// Fetches the not-yet-fetched SSM parameters among `names` in batches.
+    /// A parameter another step fetches at the same moment may be fetched
+    /// twice; the first value stored wins (they are the same parameter).
+    async fn prefetch_ssm(&self, names: &[String]) -> Result<(), SecretError> {
         let wanted: Vec<(&str, &AwsSsmSecret)> = names
             .iter()
-            .filter(|n| !cache.contains_key(n.as_str()))
+            .filter(|n| !self.cell(n).initialized())
             .filter_map(|n| {
                 let spec = self.sources.get(n)?.aws_ssm.as_ref()?;
                 Some((n.as_str(), spec))
@@ -254,8 +262,11 @@ impl SecretStore {
             };
             record("aws_ssm", started, result.as_ref().err());
             for ((name, _), value) in chunk.iter().zip(result?) {
-                self.store(name, &value)?;
-                cache.insert((*name).to_string(), value);
+                let cell = self.cell(name);
+                if !cell.initialized() {
+                    self.store(name, &value)?;
+                    let _ = cell.set(value);
+                }
             }
         }
         Ok(())

@@ -1590,3 +1590,39 @@ fn a_fetch_still_retrying_is_dropped_when_the_run_is_stopped() {
     );
     assert_eq!(sb.step("s")["state"], "cancelled");
 }
+
+#[test]
+fn a_slow_fetch_does_not_hold_up_steps_that_need_other_secrets() {
+    // The store makes bootplan wait a second (503 + Retry-After) for `a`.
+    let (port, _seen) = scripted(vec![
+        (503, "Retry-After: 1\r\n", r#"{"errors":["busy"]}"#),
+        (200, "", VAULT_OK),
+    ]);
+    let sb = Sandbox::new();
+    sb.write("local.txt", "local-secret-value");
+    sb.plan(&format!(
+        r#"
+version: 1
+name: parallel-secrets
+backends:
+  vault: {{ address: "http://127.0.0.1:{port}", auth: {{ token: {{ env: T }} }}, retry: {{ attempts: 3, backoff: 10ms..20ms }} }}
+secrets:
+  a: {{ vault: {{ path: secret/app/one, key: v }} }}
+  local: {{ file: {{ path: local.txt }} }}
+steps:
+  slow: {{ run: ["true"], env: {{ A: "{{{{ secrets.a }}}}" }} }}
+  other: {{ run: ["true"], env: {{ L: "{{{{ secrets.local }}}}" }} }}
+  plain: {{ run: ["true"] }}
+"#
+    ));
+    let out = run_with(&sb, &[("T", "scripted-token")], &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let finished = |s: &str| sb.step(s)["finished_unix_ms"].as_u64().unwrap();
+    for step in ["other", "plain"] {
+        assert!(
+            finished(step) + 500 < finished("slow"),
+            "{step} waited for the slow fetch: {}",
+            sb.status()
+        );
+    }
+}

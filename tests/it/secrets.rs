@@ -1626,3 +1626,81 @@ steps:
         );
     }
 }
+
+#[test]
+fn ssm_parameters_needed_together_are_one_signed_get_parameters_call() {
+    let (port, seen) = scripted(vec![(
+        200,
+        "",
+        r#"{"Parameters":[{"Name":"/p/b","Value":"value-b"},{"Name":"/p/a","Value":"value-a"}],"InvalidParameters":[]}"#,
+    )]);
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: batch
+backends: {{ aws: {{ region: eu-west-3, endpoints: {{ ssm: "http://127.0.0.1:{port}" }} }} }}
+secrets:
+  a: {{ aws_ssm: {{ name: /p/a }} }}
+  b: {{ aws_ssm: {{ name: /p/b }} }}
+steps:
+  s: {{ template: {{ inline: "{{{{ secrets.a }}}} {{{{ secrets.b }}}}", dest: out.txt, mode: "0600" }} }}
+"#
+    ));
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "AKIDBATCH"),
+        ("AWS_SECRET_ACCESS_KEY", "batch-secret-key"),
+        ("AWS_SESSION_TOKEN", "batch-session-token"),
+    ];
+    let out = run_with(&sb, &env, &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("out.txt"), "value-a value-b");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let header = |name: &str| {
+        seen[0]
+            .2
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("x-amz-target"), "AmazonSSM.GetParameters");
+    assert_eq!(header("content-type"), "application/x-amz-json-1.1");
+    let auth = header("authorization");
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDBATCH/"),
+        "{auth}"
+    );
+    assert!(auth.contains("/eu-west-3/ssm/aws4_request"), "{auth}");
+    assert!(
+        auth.contains("x-amz-target"),
+        "the target header is signed: {auth}"
+    );
+    assert_eq!(header("x-amz-security-token"), "batch-session-token");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("batch-secret-key"));
+}
+
+#[test]
+fn aws_endpoint_that_stays_down_fails_with_69() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    sb.plan(&format!(
+        "version: 1\nname: aws-down\nbackends: {{ aws: {{ region: us-east-1, endpoints: {{ secretsmanager: \"http://127.0.0.1:{port}\" }}, retry: {{ attempts: 4, backoff: 50ms..100ms }} }} }}\nsecrets: {{ x: {{ aws_secretsmanager: {{ id: prod/x }} }} }}\nsteps: {{ s: {{ run: [\"true\"], env: {{ X: \"{{{{ secrets.x }}}}\" }} }} }}\n"
+    ));
+    let out = run_with(
+        &sb,
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "down-secret"),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+    assert_eq!(step_code(&sb, "s"), "secret.unreachable");
+    let msg = sb.step("s")["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("gave up after 4 attempt(s)"), "{msg}");
+}

@@ -291,10 +291,13 @@ impl VaultClient {
                 secret_id = self.unwrap_secret_id(name, &secret_id).await?;
             }
             let mount = approle.mount.as_deref().unwrap_or("approle");
-            let body = json_body(&AppRoleLogin {
-                role_id: role_id.expose(),
-                secret_id: secret_id.expose(),
-            })?;
+            let body = json_body(
+                name,
+                &AppRoleLogin {
+                    role_id: role_id.expose(),
+                    secret_id: secret_id.expose(),
+                },
+            )?;
             return self.login_with(name, mount, &body).await;
         }
         for (method, jwt) in [("jwt", &auth.jwt), ("kubernetes", &auth.kubernetes)] {
@@ -322,10 +325,13 @@ impl VaultClient {
         let jwt_ref = spec.jwt.as_ref().unwrap_or(&default_ref);
         let jwt = self.credential(name, method, jwt_ref)?;
         let mount = spec.mount.as_deref().unwrap_or(method);
-        let body = json_body(&JwtLogin {
-            role: &spec.role,
-            jwt: jwt.expose(),
-        })?;
+        let body = json_body(
+            name,
+            &JwtLogin {
+                role: &spec.role,
+                jwt: jwt.expose(),
+            },
+        )?;
         self.login_with(name, mount, &body).await
     }
 
@@ -515,11 +521,11 @@ fn kv_data(response: &Response, kv: u8) -> Result<Zeroizing<String>, String> {
     }
 }
 
-fn json_body(value: &impl Serialize) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+fn json_body(name: &str, value: &impl Serialize) -> Result<Zeroizing<Vec<u8>>, SecretError> {
     serde_json::to_vec(value)
         .map(Zeroizing::new)
         .map_err(|err| SecretError::AuthFailed {
-            name: String::new(),
+            name: name.into(),
             backend: BACKEND,
             detail: format!("cannot encode the login request: {err}"),
         })

@@ -3,7 +3,8 @@
 //! A session token is obtained with `PUT /latest/api/token` and the
 //! `X-aws-ec2-metadata-token-ttl-seconds` header, cached, and fetched again
 //! a minute before it expires (or when the service answers 401). Every read
-//! carries it in `X-aws-ec2-metadata-token`. The client never uses a proxy:
+//! carries it in `X-aws-ec2-metadata-token`. `AWS_EC2_METADATA_DISABLED=true`
+//! turns it off, as in the AWS SDKs. The client never uses a proxy:
 //! metadata is link-local.
 
 use std::time::Duration;
@@ -43,6 +44,12 @@ impl Imds {
     #[tracing::instrument(skip_all, fields(backend = "imds", path = %path))]
     pub async fn get(&self, path: &str) -> Result<zeroize::Zeroizing<String>, Failure> {
         let url = format!("{}/latest/{}", self.base, path.trim_start_matches('/'));
+        if std::env::var("AWS_EC2_METADATA_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            return Err(Failure::Unreachable(format!(
+                "{url}: instance metadata is disabled (AWS_EC2_METADATA_DISABLED=true)"
+            )));
+        }
         for refreshed in [false, true] {
             let token = self.token(refreshed).await?;
             let result = self

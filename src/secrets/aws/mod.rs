@@ -75,6 +75,16 @@ impl Service {
     }
 }
 
+/// Everything one AWS request is made of, before signing.
+struct Unsigned<'a> {
+    endpoint: &'a str,
+    target: &'a str,
+    body: &'a [u8],
+    credentials: &'a Credentials,
+    region: &'a str,
+    service: Service,
+}
+
 pub struct AwsClient {
     net: Net,
     config: AwsConfig,
@@ -146,76 +156,75 @@ impl AwsClient {
         let endpoint = self.endpoint(service, &region);
         let credentials = self.credentials(name, service).await?;
         let target = format!("{}.{operation}", service.target_prefix());
+        let unsigned = Unsigned {
+            endpoint: &endpoint,
+            target: &target,
+            body,
+            credentials: &credentials,
+            region: &region,
+            service,
+        };
+        // Sign once up front so a request that cannot be signed (a malformed
+        // endpoint) is an error, never an unsigned request on the wire.
+        let _checked =
+            self.signed(&self.net.client, &unsigned)
+                .map_err(|err| SecretError::Unreachable {
+                    name: name.into(),
+                    backend: service.backend(),
+                    detail: format!("{endpoint}: cannot sign the request: {err}"),
+                })?;
         let result = self
             .net
-            .send(&endpoint, |c| {
-                self.signed(c, &endpoint, &target, body, &credentials, &region, service)
+            .send(&endpoint, |c| match self.signed(c, &unsigned) {
+                Ok(request) => request,
+                // Signed fine a moment ago: unreachable in practice. Sent as is,
+                // AWS answers 4xx and the caller reports it.
+                Err(_) => c.post(endpoint.as_str()),
             })
             .await;
         result.map_err(|failure| map_failure(name, service, &endpoint, failure))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The request for one attempt, signed now (SigV4 signatures carry the time).
     fn signed(
         &self,
         client: &reqwest::Client,
-        endpoint: &str,
-        target: &str,
-        body: &[u8],
-        credentials: &Credentials,
-        region: &str,
-        service: Service,
-    ) -> reqwest::RequestBuilder {
+        request: &Unsigned<'_>,
+    ) -> Result<reqwest::RequestBuilder, String> {
         let headers = [
             ("content-type", "application/x-amz-json-1.1"),
-            ("x-amz-target", target),
+            ("x-amz-target", request.target),
         ];
-        let mut request = client.post(endpoint).body(body.to_vec());
-        for (name, value) in headers {
-            request = request.header(name, value);
-        }
-        let identity = credentials.clone().into();
+        let identity = request.credentials.clone().into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
-            .region(region)
-            .name(service.signing_name())
+            .region(request.region)
+            .name(request.service.signing_name())
             .time(SystemTime::now())
             .settings(SigningSettings::default())
-            .build();
-        let signed = params.map_err(|e| e.to_string()).and_then(|params| {
-            let params = params.into();
-            let signable = SignableRequest::new(
-                "POST",
-                endpoint,
-                headers.into_iter(),
-                SignableBody::Bytes(body),
-            )
-            .map_err(|e| e.to_string())?;
-            sign(signable, &params)
-                .map(|out| out.into_parts().0)
-                .map_err(|e| e.to_string())
-        });
-        match signed {
-            Ok(instructions) => {
-                for (name, value) in instructions.headers() {
-                    let mut value = match reqwest::header::HeaderValue::from_str(value) {
-                        Ok(v) => v,
-                        Err(_) => continue,
-                    };
-                    if name.eq_ignore_ascii_case("x-amz-security-token") {
-                        value.set_sensitive(true);
-                    }
-                    request = request.header(name, value);
-                }
-                request
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            request.endpoint,
+            headers.into_iter(),
+            SignableBody::Bytes(request.body),
+        )
+        .map_err(|e| e.to_string())?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        let mut builder = client.post(request.endpoint).body(request.body.to_vec());
+        for (name, value) in headers.into_iter().chain(instructions.headers()) {
+            let mut value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| format!("header {name} is not valid"))?;
+            if name.eq_ignore_ascii_case("x-amz-security-token") {
+                value.set_sensitive(true);
             }
-            // An unsigned request is answered 4xx by AWS and reported as such;
-            // signing only fails on malformed endpoints, which validation rejects.
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot sign the AWS request");
-                request
-            }
+            builder = builder.header(name, value);
         }
+        Ok(builder)
     }
 
     fn endpoint(&self, service: Service, region: &str) -> String {

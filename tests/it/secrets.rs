@@ -930,6 +930,12 @@ struct Imds {
 impl Imds {
     /// Hands out credentials that expire `expires_in` from each request.
     fn start(expires_in: Duration) -> Imds {
+        Imds::start_with(expires_in, false)
+    }
+
+    /// `forget_tokens`: the service forgets its session tokens after handing
+    /// out credentials, as after a restart; the next read gets a 401.
+    fn start_with(expires_in: Duration, forget_tokens: bool) -> Imds {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let imds = Imds {
@@ -980,6 +986,9 @@ impl Imds {
                     (200, "bootplan-test-role".into())
                 } else if path == "/latest/meta-data/iam/security-credentials/bootplan-test-role" {
                     let n = gets.fetch_add(1, Ordering::SeqCst);
+                    if forget_tokens {
+                        tokens.lock().unwrap().clear();
+                    }
                     let expires = humantime::format_rfc3339_seconds(SystemTime::now() + expires_in);
                     (
                         200,
@@ -1703,4 +1712,21 @@ fn aws_endpoint_that_stays_down_fails_with_69() {
         .unwrap_or_default()
         .to_string();
     assert!(msg.contains("gave up after 4 attempt(s)"), "{msg}");
+}
+
+#[test]
+fn an_imds_token_rejected_with_401_is_replaced() {
+    let Some(moto) = Moto::start() else { return };
+    moto.boto("sm.create_secret(Name='imds/a', SecretString='via-imds-a')\nsm.create_secret(Name='imds/b', SecretString='via-imds-b')\n");
+    // Near-expiry credentials (fetched twice) from a service that forgets
+    // its tokens after each: the second fetch meets a 401 and gets a new token.
+    let imds = Imds::start_with(Duration::from_secs(120), true);
+    let sb = Sandbox::new();
+    imds_plan(&sb, &moto, &imds);
+    let out = run_with(&sb, &[], &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("b.txt"), "via-imds-b");
+    assert_eq!(imds.unauthorized.load(Ordering::SeqCst), 1);
+    assert_eq!(imds.token_puts.load(Ordering::SeqCst), 2);
+    assert_eq!(imds.credential_gets.load(Ordering::SeqCst), 2);
 }

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod load;
 pub mod raw;
 pub mod refs;
+pub mod secret_checks;
 pub mod secret_source;
 pub mod validate;
 pub mod when;

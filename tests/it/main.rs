@@ -9,3 +9,4 @@ mod crash;
 mod docs;
 mod facts;
 mod invalid_plans;
+mod secrets;

@@ -374,7 +374,12 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         Ok(facts) => facts,
         Err(code) => return code,
     };
-    let secrets = SecretStore::new(plan.secrets.clone(), plan.dir().to_path_buf(), redactor);
+    let secrets = SecretStore::new(plan.secrets.clone(), plan.dir().to_path_buf(), redactor)
+        .with_backends(plan.backends.clone())
+        .with_files_dir(crate::secrets::files::dir_for(&plan, &run_dir))
+        .with_deadline(started + plan.deadline)
+        .with_region_hint(facts.region.clone());
+    crate::secrets::files::warn_if_not_tmpfs(&secrets, &reporter);
     let ctx = Arc::new(StepContext::new(
         reporter.clone(),
         facts,

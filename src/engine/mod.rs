@@ -202,6 +202,9 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
     if exec.is_none() && !(stop.is_none() && ctx.services.supervised()) {
         ctx.services.stop_all(plan.kill_grace).await;
     }
+    if let Some(problem) = ctx.secrets.close().await {
+        ctx.reporter.notice(crate::telemetry::Level::Warn, problem);
+    }
     if let Err(err) = journal.flush() {
         ctx.reporter.notice(
             crate::telemetry::Level::Error,
@@ -350,10 +353,16 @@ async fn execute(
         attempts,
         duration: started.elapsed(),
     };
-    // Secrets first: nothing runs with an unresolved secret.
-    let secrets = match ctx.secrets.resolve(&step.secret_refs).await {
-        Ok(values) => values,
-        Err(err) => return failed(err.into(), 0),
+    // Secrets first: nothing runs with an unresolved secret. A fetch that is
+    // still retrying when the run stops (deadline, failure, signal) is dropped.
+    let secrets = tokio::select! {
+        resolved = ctx.secrets.resolve(&step.secret_refs) => match resolved {
+            Ok(values) => values,
+            Err(err) => return failed(err.into(), 0),
+        },
+        () = cancel.cancelled() => {
+            return StepResult::Cancelled { attempts: 0, duration: started.elapsed() };
+        }
     };
     let inputs = StepInputs { step, secrets };
     match skip_by_condition(&inputs, ctx, cancel).await {

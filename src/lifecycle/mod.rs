@@ -149,12 +149,12 @@ pub async fn run(
     Finished::Supervised(supervise::supervise(plan, ctx, summary, &mut signals, opts).await)
 }
 
-/// Rollback hook, called after the undos (by the engine and by the
-/// supervisor): revoke the credentials the secret store obtained (a Vault
-/// token, leases). The secrets core on this branch holds none (file and env
-/// backends only), so there is nothing to revoke yet; the Vault backend's
-/// `SecretStore::close()` is to be called here:
-/// `if let Some(msg) = ctx.secrets.close().await { ctx.reporter.notice(Level::Warn, msg) }`.
+/// Rollback step, after the undos (by the engine and by the supervisor):
+/// revoke the credentials the secret store obtained (the Vault token, when
+/// the plan asks). `SecretStore::close` is idempotent, so the engine's own
+/// close at the end of every run does no harm afterwards.
 pub async fn revoke_secret_tokens(ctx: &StepContext) {
-    let _ = &ctx.secrets;
+    if let Some(problem) = ctx.secrets.close().await {
+        ctx.reporter.notice(crate::telemetry::Level::Warn, problem);
+    }
 }

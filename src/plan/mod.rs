@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod raw;
 pub mod refs;
+pub mod secret_checks;
 pub mod secret_source;
 pub mod validate;
 pub mod when;

@@ -193,6 +193,10 @@ pub struct RawStep {
     /// with the reason shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
+    /// Secrets this step needs that none of its templates names, e.g. ones it
+    /// reads from their `to_file` file. Fetched (and written) before it starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `file:` step body.

@@ -7,6 +7,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::duration::HumanDuration;
+
 /// Where one secret comes from: exactly one backend key.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +19,22 @@ pub struct SecretSource {
     /// Read the secret from an environment variable of bootplan's own environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<EnvSecret>,
+    /// Read the secret from Vault or OpenBao (settings under `backends.vault`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultSecret>,
+    /// Read the secret from AWS Secrets Manager (settings under `backends.aws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_secretsmanager: Option<AwsSecretsManagerSecret>,
+    /// Read the secret from AWS SSM Parameter Store, decrypted (settings under `backends.aws`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws_ssm: Option<AwsSsmSecret>,
+    /// Run a helper command (argv, no shell) that prints the secret on stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecSecret>,
+    /// Also write the value to a file (mode 0600 unless `mode` says otherwise,
+    /// written atomically) under `backends.files.dir` when the secret is fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_file: Option<SecretFile>,
 }
 
 impl SecretSource {
@@ -28,6 +46,18 @@ impl SecretSource {
         }
         if self.env.is_some() {
             names.push("env");
+        }
+        if self.vault.is_some() {
+            names.push("vault");
+        }
+        if self.aws_secretsmanager.is_some() {
+            names.push("aws_secretsmanager");
+        }
+        if self.aws_ssm.is_some() {
+            names.push("aws_ssm");
+        }
+        if self.exec.is_some() {
+            names.push("exec");
         }
         names
     }
@@ -55,7 +85,272 @@ pub struct EnvSecret {
     pub key: Option<String>,
 }
 
+/// `vault:` secret backend: a KV secret in Vault or OpenBao.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultSecret {
+    /// The secret's path. Without `mount`, the full path including the mount
+    /// (`secret/web/db`, or the KV v2 API form `secret/data/web/db`); with
+    /// `mount`, the path inside it (`web/db`).
+    pub path: String,
+    /// The secrets engine's mount path (e.g. `secret`, `kv/team-a`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The key to take from the secret's data; without it, the whole data
+    /// object as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// KV v2 only: the version to read (default: the latest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// The KV engine version: 2 (default) or 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv: Option<u8>,
+}
+
+/// `aws_secretsmanager:` secret backend.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSecretsManagerSecret {
+    /// The secret's name or ARN.
+    pub id: String,
+    /// When the secret string is a JSON object, the key to take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The version stage to read (default `AWSCURRENT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_stage: Option<String>,
+    /// A version id to read instead of a stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+/// `aws_ssm:` secret backend: a Parameter Store parameter, decrypted.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSsmSecret {
+    /// The parameter's name (e.g. `/prod/web/db-password`).
+    pub name: String,
+    /// When the parameter's value is a JSON object, the key to take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// `exec:` secret backend: a helper command that prints the secret.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSecret {
+    /// The helper's argv (no shell). Its stdout, without the trailing newline,
+    /// is the secret. Exit 69 means "store unreachable", 77 "denied", any
+    /// other non-zero status "not found".
+    pub command: Vec<String>,
+    /// When the output is a JSON object, the key to take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Limit for the helper's run. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `to_file:` on a secret: where to write its value.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFile {
+    /// File name relative to `backends.files.dir` (no `..`), or an absolute path.
+    pub path: String,
+    /// Octal permission bits. Default `"0600"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// A credential bootplan reads at run time: exactly one of `file` or `env`.
+/// A literal string is accepted by the parser only so that validation can
+/// reject it with a clear message: credentials never live in the plan.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum CredentialRef {
+    /// Where to read the credential.
+    Ref(CredentialSource),
+    /// A literal value: rejected by validation (except where documented).
+    Literal(String),
+}
+
+/// Where a credential is read from.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSource {
+    /// A file holding the credential (trailing newline trimmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// An environment variable of bootplan's own environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+}
+
 /// Settings shared by the secrets of one backend (addresses, auth, CAs).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BackendsConfig {}
+pub struct BackendsConfig {
+    /// Vault / OpenBao connection and login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultConfig>,
+    /// AWS region, endpoints and network policy (Secrets Manager, SSM, IMDS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsConfig>,
+    /// Where secrets with `to_file` are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<SecretFilesConfig>,
+}
+
+/// `backends.vault`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Server address, e.g. `https://vault.internal:8200`. Default: `$VAULT_ADDR`, then `$BAO_ADDR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// How bootplan logs in.
+    pub auth: VaultAuth,
+    /// PEM file of the CA that signed the server's certificate, added to the web roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Revoke bootplan's token when the run ends (not done for `token` auth
+    /// unless set: that token belongs to someone else).
+    #[serde(default)]
+    pub revoke_on_exit: bool,
+    /// Limit for one request. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Retries of failed requests (connection errors, timeouts, 5xx, 429 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<NetRetry>,
+}
+
+/// `backends.vault.auth`: exactly one method.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAuth {
+    /// A token read from a file or an environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<CredentialRef>,
+    /// AppRole login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approle: Option<VaultAppRole>,
+    /// JWT / OIDC login with a token from a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<VaultJwt>,
+    /// Kubernetes login with the pod's service-account token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<VaultJwt>,
+}
+
+impl VaultAuth {
+    pub fn method_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.token.is_some() {
+            names.push("token");
+        }
+        if self.approle.is_some() {
+            names.push("approle");
+        }
+        if self.jwt.is_some() {
+            names.push("jwt");
+        }
+        if self.kubernetes.is_some() {
+            names.push("kubernetes");
+        }
+        names
+    }
+}
+
+/// `auth.approle`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAppRole {
+    /// The role id: an identifier, so a literal is allowed here.
+    pub role_id: CredentialRef,
+    /// The secret id (or, with `wrapped: true`, a response-wrapping token for it).
+    pub secret_id: CredentialRef,
+    /// The secret id file holds a wrapping token: unwrap it first.
+    #[serde(default)]
+    pub wrapped: bool,
+    /// Auth mount path. Default `approle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+}
+
+/// `auth.jwt` and `auth.kubernetes`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultJwt {
+    /// The Vault role to log in as.
+    pub role: String,
+    /// The JWT. Default for `kubernetes`:
+    /// `{ file: /var/run/secrets/kubernetes.io/serviceaccount/token }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<CredentialRef>,
+    /// Auth mount path. Default `jwt` or `kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+}
+
+/// `backends.aws`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region. Default: `$AWS_REGION`, `$AWS_DEFAULT_REGION`, the detected facts, then IMDS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint overrides (tests, VPC endpoints, LocalStack-likes).
+    #[serde(default)]
+    pub endpoints: AwsEndpoints,
+    /// Limit for one request. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+    /// Retries of failed requests (connection errors, timeouts, 5xx, 429 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<NetRetry>,
+}
+
+/// `backends.aws.endpoints`. Each defaults to the matching environment
+/// variable (`AWS_ENDPOINT_URL_SECRETS_MANAGER`, `AWS_ENDPOINT_URL_SSM`,
+/// then `AWS_ENDPOINT_URL`; `AWS_EC2_METADATA_SERVICE_ENDPOINT`), then to AWS.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AwsEndpoints {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secretsmanager: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssm: Option<String>,
+    /// Instance metadata service (IMDSv2), for credentials and region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds: Option<String>,
+}
+
+/// `retry:` of a backend: full jitter, never past the run's deadline.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetRetry {
+    /// Total attempts, including the first. Default 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Backoff range `MIN..MAX`; full jitter. Default `200ms..5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Give up after this long in total. Default 60s (and always before the run's deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_elapsed: Option<HumanDuration>,
+}
+
+/// `backends.files`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretFilesConfig {
+    /// Directory for secret files, relative to the plan file. Default: the
+    /// run directory's `secrets/` (i.e. `/run/bootplan/secrets`, a tmpfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+}

@@ -131,6 +131,14 @@ impl Validator {
                 );
             }
         }
+        for (field, message, hint) in super::secret_checks::check(&raw.secrets, &raw.backends) {
+            let position = field
+                .strip_prefix("secrets.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|name| raw.secrets.get(name))
+                .and_then(|s| Position::from_saphyr(s.referenced));
+            self.error(position, field, message, hint);
+        }
         let var_names: BTreeSet<String> = raw.vars.keys().cloned().collect();
         let scope = RefScope {
             secrets: &secret_names,
@@ -326,9 +334,21 @@ impl Validator {
             );
         }
 
-        let secret_refs = self.check_references(pos, &field, raw, kind.as_ref(), scope);
+        let mut secret_refs = self.check_references(pos, &field, raw, kind.as_ref(), scope);
         if let Some(expr) = &raw.when {
             self.check_when(pos, &field, expr, scope);
+        }
+        for wanted in &raw.secrets {
+            if !scope.secrets.contains(wanted) {
+                self.error(
+                    pos,
+                    format!("{field}.secrets"),
+                    format!("the step asks for undeclared secret `{wanted}`"),
+                    Some(format!("declare `{wanted}` under `secrets:`")),
+                );
+            } else if !secret_refs.contains(wanted) {
+                secret_refs.push(wanted.clone());
+            }
         }
         if self.diagnostics.len() > errors_before {
             return None;

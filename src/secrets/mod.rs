@@ -4,20 +4,36 @@
 //! by Debug or Display). Every fetched value is registered with the
 //! [`Redactor`] before anything can print it. Backends sit behind
 //! [`SecretBackend`]; to add one, add its raw type in
-//! `plan/secret_source.rs`, a module here, and an arm in [`SecretStore::fetch_one`].
+//! `plan/secret_source.rs` (and its checks in `plan/secret_checks.rs`), a
+//! module here, and an arm in [`SecretStore::fetch_one`].
+//!
+//! Network backends (`vault`, `aws/`) share `http.rs`: per-attempt timeouts,
+//! retries with full jitter only on connection errors, 5xx and 429, never
+//! past the run's deadline. Credentials they read (Vault tokens, AWS keys)
+//! are secrets too: registered with the redactor as soon as they are read.
+//! Every fetch is timed into `bootplan_secret_fetch_duration_seconds{backend}`
+//! and every failure counted in `bootplan_secret_fetch_errors_total{backend,code}`.
 
+pub mod aws;
+pub mod exec;
+pub mod files;
+pub mod http;
 pub mod local;
 pub mod redact;
+pub mod vault;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 pub use redact::Redactor;
 
 use crate::error::ErrorCode;
-use crate::plan::SecretSource;
+use crate::plan::secret_source::AwsSsmSecret;
+use crate::plan::{BackendsConfig, SecretSource};
 
 /// A secret's bytes, wiped from memory when dropped.
 #[derive(Clone)]
@@ -67,6 +83,12 @@ pub enum SecretError {
         backend: &'static str,
         detail: String,
     },
+    #[error("secret `{name}`: cannot write its file {}: {detail}", path.display())]
+    FileWrite {
+        name: String,
+        path: PathBuf,
+        detail: String,
+    },
 }
 
 impl SecretError {
@@ -76,6 +98,7 @@ impl SecretError {
             SecretError::AuthFailed { .. } => ErrorCode::SecretAuthFailed,
             SecretError::Denied { .. } => ErrorCode::SecretDenied,
             SecretError::NotFound { .. } => ErrorCode::SecretNotFound,
+            SecretError::FileWrite { .. } => ErrorCode::FileWriteFailed,
         }
     }
 }
@@ -92,8 +115,19 @@ pub struct SecretStore {
     sources: BTreeMap<String, SecretSource>,
     /// Relative secret file paths are resolved against this (the plan's directory).
     base_dir: std::path::PathBuf,
-    cache: Mutex<BTreeMap<String, SecretValue>>,
+    /// One cell per secret: a fetch in progress for one secret never holds
+    /// up steps that need other secrets (or none).
+    cells: std::sync::Mutex<BTreeMap<String, Arc<OnceCell<SecretValue>>>>,
     redactor: Arc<Redactor>,
+    backends: BackendsConfig,
+    /// Where `to_file` secrets are written.
+    files_dir: PathBuf,
+    /// The run's deadline: network retries stop before it.
+    deadline: Option<tokio::time::Instant>,
+    /// The region from the detected facts, for AWS.
+    region_hint: Option<String>,
+    vault: OnceCell<Result<vault::VaultClient, String>>,
+    aws: OnceCell<Result<aws::AwsClient, String>>,
 }
 
 impl SecretStore {
@@ -104,30 +138,150 @@ impl SecretStore {
     ) -> SecretStore {
         SecretStore {
             sources: sources.into_iter().collect(),
+            files_dir: base_dir.join("secrets"),
             base_dir,
-            cache: Mutex::new(BTreeMap::new()),
+            cells: std::sync::Mutex::new(BTreeMap::new()),
             redactor,
+            backends: BackendsConfig::default(),
+            deadline: None,
+            region_hint: None,
+            vault: OnceCell::new(),
+            aws: OnceCell::new(),
         }
     }
 
-    /// The values of `names`, fetching those not fetched yet.
+    /// The plan's backend settings (Vault address and auth, AWS region, ...).
+    pub fn with_backends(mut self, backends: BackendsConfig) -> SecretStore {
+        self.backends = backends;
+        self
+    }
+
+    /// Where secrets with `to_file` are written.
+    pub fn with_files_dir(mut self, dir: PathBuf) -> SecretStore {
+        self.files_dir = dir;
+        self
+    }
+
+    /// The run's deadline; no network attempt starts that could not end before it.
+    pub fn with_deadline(mut self, deadline: Instant) -> SecretStore {
+        self.deadline = Some(tokio::time::Instant::from_std(deadline));
+        self
+    }
+
+    /// A region detected from the machine's facts, used when none is configured.
+    pub fn with_region_hint(mut self, region: Option<String>) -> SecretStore {
+        self.region_hint = region;
+        self
+    }
+
+    /// The directory secret files go to.
+    pub fn files_dir(&self) -> &std::path::Path {
+        &self.files_dir
+    }
+
+    /// Where the declared `to_file` secrets will be written.
+    pub fn file_paths(&self) -> Vec<PathBuf> {
+        self.sources
+            .values()
+            .filter_map(|s| s.to_file.as_ref())
+            .map(|spec| files::path_for(&self.files_dir, spec))
+            .collect()
+    }
+
+    /// The values of `names`, fetching those not fetched yet. SSM parameters
+    /// needed together are fetched in one `GetParameters` call.
     pub async fn resolve(
         &self,
         names: &[String],
     ) -> Result<BTreeMap<String, SecretValue>, SecretError> {
-        let mut cache = self.cache.lock().await;
+        self.prefetch_ssm(names).await?;
         let mut out = BTreeMap::new();
         for name in names {
-            if let Some(value) = cache.get(name) {
-                out.insert(name.clone(), value.clone());
-                continue;
-            }
-            let value = self.fetch_one(name).await?;
-            self.redactor.add_secret(value.expose());
-            cache.insert(name.clone(), value.clone());
-            out.insert(name.clone(), value);
+            // Concurrent steps asking for the same secret wait for one fetch;
+            // a failed fetch leaves the cell empty, so a later step tries again.
+            let cell = self.cell(name);
+            let value = cell
+                .get_or_try_init(|| async {
+                    let value = self.fetch_measured(name).await?;
+                    self.store(name, &value)?;
+                    Ok::<_, SecretError>(value)
+                })
+                .await?;
+            out.insert(name.clone(), value.clone());
         }
         Ok(out)
+    }
+
+    fn cell(&self, name: &str) -> Arc<OnceCell<SecretValue>> {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Ends the store's sessions: revokes the Vault token when the plan asks.
+    /// Returns a message for the log when that failed.
+    pub async fn close(&self) -> Option<String> {
+        let Some(Ok(client)) = self.vault.get() else {
+            return None;
+        };
+        client
+            .close()
+            .await
+            .err()
+            .map(|err| format!("could not revoke the Vault token: {err}"))
+    }
+
+    /// Registers a fresh value with the redactor and writes its file, if any.
+    fn store(&self, name: &str, value: &SecretValue) -> Result<(), SecretError> {
+        self.redactor.add_secret(value.expose());
+        if let Some(spec) = self.sources.get(name).and_then(|s| s.to_file.as_ref()) {
+            files::write(name, &self.files_dir, spec, value)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches the not-yet-fetched SSM parameters among `names` in batches.
+    /// A parameter another step fetches at the same moment may be fetched
+    /// twice; the first value stored wins (they are the same parameter).
+    async fn prefetch_ssm(&self, names: &[String]) -> Result<(), SecretError> {
+        let wanted: Vec<(&str, &AwsSsmSecret)> = names
+            .iter()
+            .filter(|n| !self.cell(n).initialized())
+            .filter_map(|n| {
+                let spec = self.sources.get(n)?.aws_ssm.as_ref()?;
+                Some((n.as_str(), spec))
+            })
+            .collect();
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        for chunk in wanted.chunks(aws::ssm::BATCH) {
+            let started = Instant::now();
+            let result = match self.aws_client(chunk[0].0, "aws_ssm").await {
+                Ok(client) => aws::ssm::fetch_many(client, chunk).await,
+                Err(err) => Err(err),
+            };
+            record("aws_ssm", started, result.as_ref().err());
+            for ((name, _), value) in chunk.iter().zip(result?) {
+                let cell = self.cell(name);
+                if !cell.initialized() {
+                    self.store(name, &value)?;
+                    let _ = cell.set(value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_measured(&self, name: &str) -> Result<SecretValue, SecretError> {
+        let backend = self
+            .sources
+            .get(name)
+            .and_then(|s| s.backend_names().first().copied())
+            .unwrap_or("plan");
+        let started = Instant::now();
+        let result = self.fetch_one(name).await;
+        record(backend, started, result.as_ref().err());
+        result
     }
 
     async fn fetch_one(&self, name: &str) -> Result<SecretValue, SecretError> {
@@ -144,10 +298,86 @@ impl SecretStore {
         if let Some(env) = &source.env {
             return local::fetch_env(name, env);
         }
+        if let Some(spec) = &source.vault {
+            return self.vault_client(name).await?.read(name, spec).await;
+        }
+        if let Some(spec) = &source.aws_secretsmanager {
+            let client = self.aws_client(name, "aws_secretsmanager").await?;
+            return aws::secretsmanager::fetch(client, name, spec).await;
+        }
+        if let Some(spec) = &source.aws_ssm {
+            let client = self.aws_client(name, "aws_ssm").await?;
+            return aws::ssm::fetch(client, name, spec).await;
+        }
+        if let Some(spec) = &source.exec {
+            return exec::fetch(name, spec, &self.base_dir).await;
+        }
         Err(SecretError::NotFound {
             name: name.to_string(),
             backend: "plan",
             detail: "no backend configured".into(),
         })
+    }
+
+    async fn vault_client(&self, name: &str) -> Result<&vault::VaultClient, SecretError> {
+        let client = self
+            .vault
+            .get_or_init(|| async {
+                let config = self
+                    .backends
+                    .vault
+                    .as_ref()
+                    .ok_or("backends.vault is not configured")?;
+                vault::VaultClient::new(
+                    config,
+                    &self.base_dir,
+                    self.redactor.clone(),
+                    self.deadline,
+                )
+            })
+            .await;
+        client.as_ref().map_err(|detail| SecretError::Unreachable {
+            name: name.into(),
+            backend: "vault",
+            detail: detail.clone(),
+        })
+    }
+
+    async fn aws_client(
+        &self,
+        name: &str,
+        backend: &'static str,
+    ) -> Result<&aws::AwsClient, SecretError> {
+        let client = self
+            .aws
+            .get_or_init(|| async {
+                let config = self.backends.aws.clone().unwrap_or_default();
+                aws::AwsClient::new(
+                    &config,
+                    self.region_hint.clone(),
+                    self.redactor.clone(),
+                    self.deadline,
+                )
+            })
+            .await;
+        client.as_ref().map_err(|detail| SecretError::Unreachable {
+            name: name.into(),
+            backend,
+            detail: detail.clone(),
+        })
+    }
+}
+
+/// Records a fetch's latency, and its error code when it failed.
+fn record(backend: &'static str, started: Instant, error: Option<&SecretError>) {
+    metrics::histogram!("bootplan_secret_fetch_duration_seconds", "backend" => backend)
+        .record(started.elapsed().as_secs_f64());
+    if let Some(err) = error {
+        metrics::counter!(
+            "bootplan_secret_fetch_errors_total",
+            "backend" => backend,
+            "code" => err.code().as_str()
+        )
+        .increment(1);
     }
 }

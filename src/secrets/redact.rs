@@ -87,6 +87,7 @@ impl Redactor {
             return None;
         }
         self.redactions.fetch_add(count, Ordering::Relaxed);
+        metrics::counter!("bootplan_secret_redactions_total").increment(count);
         let masks = vec![MASK; inner.needles.len()];
         Some(matcher.replace_all(text, &masks))
     }
@@ -139,5 +140,70 @@ mod tests {
         r.add_secret("canary-value");
         assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
         assert_eq!(r.redactions(), 0);
+    }
+}
+
+#[cfg(test)]
+mod metric_tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::Redactor;
+
+    /// Counts increments per counter name; enough to see what the redactor reports.
+    #[derive(Default)]
+    struct Counting(Mutex<Vec<(String, Arc<Count>)>>);
+
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    impl Recorder for Counting {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let count = Arc::new(Count::default());
+            if let Ok(mut all) = self.0.lock() {
+                all.push((key.name().to_string(), count.clone()));
+            }
+            Counter::from_arc(count)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn each_redaction_is_counted_as_a_metric() {
+        let recorder = Counting::default();
+        metrics::with_local_recorder(&recorder, || {
+            let r = Redactor::new();
+            r.add_secret("metric-canary");
+            let _ = r.redact("a metric-canary b metric-canary");
+            let _ = r.redact("clean");
+        });
+        let all = recorder.0.lock().unwrap();
+        let total: u64 = all
+            .iter()
+            .filter(|(name, _)| name == "bootplan_secret_redactions_total")
+            .map(|(_, c)| c.0.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(total, 2);
     }
 }

@@ -10,3 +10,4 @@ mod docs;
 mod facts;
 mod invalid_plans;
 mod lifecycle;
+mod secrets;

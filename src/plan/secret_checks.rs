@@ -1,0 +1,236 @@
+//! Checks of the `secrets:` and `backends:` sections that go beyond "exactly
+//! one backend": credentials must be references (never literals in the plan),
+//! each backend a secret uses must be configured, secret files must stay
+//! inside their directory. Pure functions over the raw types, no I/O.
+
+use indexmap::IndexMap;
+use serde_saphyr::Spanned;
+
+use super::secret_source::{
+    BackendsConfig, CredentialRef, CredentialSource, NetRetry, SecretSource,
+};
+
+/// One problem: the field path, the message, and a hint.
+pub type Problem = (String, String, Option<String>);
+
+/// Every problem in the secrets and backend settings.
+pub fn check(
+    secrets: &IndexMap<String, Spanned<SecretSource>>,
+    backends: &BackendsConfig,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (name, source) in secrets {
+        check_secret(name, &source.value, backends, &mut problems);
+    }
+    if let Some(vault) = &backends.vault {
+        let methods = vault.auth.method_names();
+        if methods.len() != 1 {
+            problems.push((
+                "backends.vault.auth".into(),
+                format!(
+                    "name exactly one auth method, found {}",
+                    if methods.is_empty() {
+                        "none".to_string()
+                    } else {
+                        methods.join(", ")
+                    }
+                ),
+                Some("e.g. `auth: { token: { env: VAULT_TOKEN } }`".into()),
+            ));
+        }
+        let auth = &vault.auth;
+        if let Some(token) = &auth.token {
+            credential("backends.vault.auth.token", token, false, &mut problems);
+        }
+        if let Some(approle) = &auth.approle {
+            let f = "backends.vault.auth.approle";
+            credential(
+                &format!("{f}.role_id"),
+                &approle.role_id,
+                true,
+                &mut problems,
+            );
+            credential(
+                &format!("{f}.secret_id"),
+                &approle.secret_id,
+                false,
+                &mut problems,
+            );
+        }
+        for (method, jwt) in [("jwt", &auth.jwt), ("kubernetes", &auth.kubernetes)] {
+            let Some(jwt) = jwt else { continue };
+            match &jwt.jwt {
+                Some(r) => credential(
+                    &format!("backends.vault.auth.{method}.jwt"),
+                    r,
+                    false,
+                    &mut problems,
+                ),
+                None if method == "jwt" => problems.push((
+                    "backends.vault.auth.jwt.jwt".into(),
+                    "the JWT login needs a `jwt` reference".into(),
+                    Some("e.g. `jwt: { file: /run/identity/token }`".into()),
+                )),
+                None => {}
+            }
+        }
+        if let Some(addr) = &vault.address {
+            check_url("backends.vault.address", addr, &mut problems);
+        }
+        check_retry("backends.vault.retry", vault.retry.as_ref(), &mut problems);
+    }
+    if let Some(aws) = &backends.aws {
+        let e = &aws.endpoints;
+        for (field, url) in [
+            ("secretsmanager", &e.secretsmanager),
+            ("ssm", &e.ssm),
+            ("imds", &e.imds),
+        ] {
+            if let Some(url) = url {
+                check_url(
+                    &format!("backends.aws.endpoints.{field}"),
+                    url,
+                    &mut problems,
+                );
+            }
+        }
+        check_retry("backends.aws.retry", aws.retry.as_ref(), &mut problems);
+    }
+    problems
+}
+
+fn check_secret(
+    name: &str,
+    source: &SecretSource,
+    backends: &BackendsConfig,
+    problems: &mut Vec<Problem>,
+) {
+    let field = format!("secrets.{name}");
+    if let Some(vault) = &source.vault {
+        if backends.vault.is_none() {
+            problems.push((
+                format!("{field}.vault"),
+                "a vault secret needs `backends.vault` (address and auth)".into(),
+                Some("add `backends: { vault: { address: ..., auth: { token: { env: VAULT_TOKEN } } } }`".into()),
+            ));
+        }
+        if let Some(kv) = vault.kv
+            && kv != 1
+            && kv != 2
+        {
+            problems.push((
+                format!("{field}.vault.kv"),
+                format!("unknown KV engine version {kv}"),
+                Some("use 1 or 2".into()),
+            ));
+        }
+        if vault.version.is_some() && vault.kv == Some(1) {
+            problems.push((
+                format!("{field}.vault.version"),
+                "KV v1 secrets have no versions".into(),
+                Some("remove `version`, or use `kv: 2`".into()),
+            ));
+        }
+        if vault.path.trim_matches('/').is_empty() {
+            problems.push((
+                format!("{field}.vault.path"),
+                "the path is empty".into(),
+                None,
+            ));
+        }
+    }
+    if let Some(exec) = &source.exec
+        && exec.command.first().is_none_or(|p| p.is_empty())
+    {
+        problems.push((
+            format!("{field}.exec.command"),
+            "the helper command is empty".into(),
+            Some("e.g. `command: [\"/usr/local/bin/get-secret\", \"db\"]`".into()),
+        ));
+    }
+    if let Some(file) = &source.to_file {
+        let path = std::path::Path::new(&file.path);
+        if file.path.is_empty()
+            || path
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            problems.push((
+                format!("{field}.to_file.path"),
+                format!(
+                    "`{}` is not a file name inside the secrets directory",
+                    file.path
+                ),
+                Some("use a plain name such as `db-password`, or an absolute path".into()),
+            ));
+        }
+        if let Some(mode) = &file.mode {
+            match u32::from_str_radix(mode.trim_start_matches("0o"), 8) {
+                Ok(bits) if bits <= 0o777 && bits & 0o007 == 0 => {}
+                Ok(_) => problems.push((
+                    format!("{field}.to_file.mode"),
+                    format!("mode {mode} makes the secret file readable by every user"),
+                    Some("use 0600 or 0640".into()),
+                )),
+                Err(_) => problems.push((
+                    format!("{field}.to_file.mode"),
+                    format!("`{mode}` is not an octal mode"),
+                    Some("e.g. \"0600\"".into()),
+                )),
+            }
+        }
+    }
+}
+
+/// A credential must come from a file or the environment. `literal_ok` is
+/// for identifiers that are not secret (an AppRole role id).
+fn credential(field: &str, r: &CredentialRef, literal_ok: bool, problems: &mut Vec<Problem>) {
+    match r {
+        CredentialRef::Literal(_) if literal_ok => {}
+        CredentialRef::Literal(_) => problems.push((
+            field.into(),
+            "a credential is written inline in the plan; plans are not secret".into(),
+            Some(
+                "reference it instead: `{ file: /run/keys/vault-token }` or `{ env: VAULT_TOKEN }`"
+                    .into(),
+            ),
+        )),
+        CredentialRef::Ref(CredentialSource { file, env }) => {
+            if file.is_some() == env.is_some() {
+                problems.push((
+                    field.into(),
+                    "name exactly one of `file` or `env`".into(),
+                    None,
+                ));
+            }
+        }
+    }
+}
+
+fn check_url(field: &str, url: &str, problems: &mut Vec<Problem>) {
+    if reqwest::Url::parse(url).is_err()
+        || !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        problems.push((
+            field.into(),
+            format!("`{url}` is not an http(s) URL"),
+            Some("e.g. `https://vault.internal:8200`".into()),
+        ));
+    }
+}
+
+fn check_retry(field: &str, retry: Option<&NetRetry>, problems: &mut Vec<Problem>) {
+    let Some(retry) = retry else { return };
+    if retry.attempts == Some(0) {
+        problems.push((
+            format!("{field}.attempts"),
+            "attempts counts the first try too; it must be at least 1".into(),
+            None,
+        ));
+    }
+    if let Some(backoff) = &retry.backoff
+        && let Err(message) = super::validate::parse_backoff(backoff)
+    {
+        problems.push((format!("{field}.backoff"), message, None));
+    }
+}

@@ -1,0 +1,85 @@
+//! AWS Secrets Manager `GetSecretValue`: a string secret (optionally a key of
+//! its JSON object) or a binary one that holds UTF-8 text.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{AwsClient, Service};
+use crate::plan::secret_source::AwsSecretsManagerSecret;
+use crate::secrets::{SecretError, SecretValue, local};
+
+const BACKEND: &str = "aws_secretsmanager";
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Request<'a> {
+    secret_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_stage: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_id: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Answer {
+    #[serde(default)]
+    secret_string: Option<String>,
+    #[serde(default)]
+    secret_binary: Option<String>,
+}
+
+#[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name, id = %spec.id))]
+pub async fn fetch(
+    client: &AwsClient,
+    name: &str,
+    spec: &AwsSecretsManagerSecret,
+) -> Result<SecretValue, SecretError> {
+    let stage = match (&spec.version_stage, &spec.version_id) {
+        (Some(stage), _) => Some(stage.as_str()),
+        (None, Some(_)) => None,
+        (None, None) => Some("AWSCURRENT"),
+    };
+    let body = serde_json::to_vec(&Request {
+        secret_id: &spec.id,
+        version_stage: stage,
+        version_id: spec.version_id.as_deref(),
+    })
+    .unwrap_or_default();
+    let response = client
+        .call(name, Service::SecretsManager, "GetSecretValue", &body)
+        .await?;
+    let answer: Answer =
+        serde_json::from_slice(&response.body).map_err(|err| SecretError::NotFound {
+            name: name.into(),
+            backend: BACKEND,
+            detail: format!("unexpected GetSecretValue answer: {err}"),
+        })?;
+    let text = match (answer.secret_string, answer.secret_binary) {
+        (Some(text), _) => Zeroizing::new(text),
+        (None, Some(b64)) => {
+            let b64 = Zeroizing::new(b64);
+            let bytes = Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.as_bytes())
+                    .unwrap_or_default(),
+            );
+            Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                SecretError::NotFound {
+                    name: name.into(),
+                    backend: BACKEND,
+                    detail: format!("secret {} is binary, not UTF-8 text", spec.id),
+                }
+            })?)
+        }
+        (None, None) => {
+            return Err(SecretError::NotFound {
+                name: name.into(),
+                backend: BACKEND,
+                detail: format!("secret {} has no value", spec.id),
+            });
+        }
+    };
+    local::select_key(name, BACKEND, &text, spec.key.as_deref())
+}

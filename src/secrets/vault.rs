@@ -1,0 +1,682 @@
+//! The Vault / OpenBao backend: a small client of our own on reqwest.
+//!
+//! KV v2 (with versions) and KV v1 reads; login by token (file or env),
+//! AppRole (optionally with a response-wrapped secret id, unwrapped through
+//! `sys/wrapping/unwrap`), JWT and Kubernetes. The token is a [`SecretValue`]
+//! registered with the redactor the moment it is read. A background task
+//! renews it each time two thirds of its TTL have passed, so a run that
+//! outlives the TTL keeps a valid token; a token found near expiry anyway is
+//! renewed (or obtained again by logging in) before use. [`VaultClient::close`]
+//! stops the renewal and revokes the token when the plan sets `revoke_on_exit`.
+//!
+//! To add an auth method: a field in `plan::secret_source::VaultAuth`, a
+//! check in `plan::secret_checks`, and an arm in [`VaultClient::login`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use zeroize::Zeroizing;
+
+use super::http::{Failure, Net, Response};
+use super::{Redactor, SecretError, SecretValue, local};
+use crate::plan::secret_source::{CredentialRef, VaultConfig, VaultJwt, VaultSecret};
+
+const BACKEND: &str = "vault";
+/// Tokens with less TTL left than this are not renewed in the background
+/// (the max TTL was reached; renewing would spin).
+const MIN_RENEWABLE_TTL: Duration = Duration::from_secs(1);
+const K8S_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// A logged-in (or lazily logging-in) Vault client.
+pub struct VaultClient {
+    session: Arc<Session>,
+    config: VaultConfig,
+    base_dir: PathBuf,
+    token: Arc<Mutex<Option<Token>>>,
+    renewer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+/// What the client and its renewal task share.
+struct Session {
+    net: Net,
+    address: String,
+    namespace: Option<String>,
+    redactor: Arc<Redactor>,
+}
+
+struct Token {
+    value: SecretValue,
+    obtained: Instant,
+    /// `None`: the token does not expire (root tokens, periodic tokens without TTL).
+    ttl: Option<Duration>,
+    renewable: bool,
+}
+
+impl Token {
+    fn wants_refresh(&self) -> bool {
+        self.ttl
+            .is_some_and(|ttl| self.obtained.elapsed() >= ttl.mul_f64(2.0 / 3.0))
+    }
+
+    fn expired(&self) -> bool {
+        self.ttl.is_some_and(|ttl| self.obtained.elapsed() >= ttl)
+    }
+}
+
+impl VaultClient {
+    /// Builds the client; no network traffic until the first read.
+    pub fn new(
+        config: &VaultConfig,
+        base_dir: &Path,
+        redactor: Arc<Redactor>,
+        deadline: Option<Instant>,
+    ) -> Result<VaultClient, String> {
+        let address = config
+            .address
+            .clone()
+            .or_else(|| std::env::var("VAULT_ADDR").ok())
+            .or_else(|| std::env::var("BAO_ADDR").ok())
+            .ok_or("no address: set backends.vault.address or VAULT_ADDR")?;
+        let ca = config.ca_file.as_ref().map(|f| base_dir.join(f));
+        let client = super::http::client(ca.as_deref(), false)?;
+        let net = Net::new(
+            client,
+            config.timeout.map(|t| t.get()),
+            config.retry.as_ref(),
+            deadline,
+        );
+        Ok(VaultClient {
+            session: Arc::new(Session {
+                net,
+                address: address.trim_end_matches('/').to_string(),
+                namespace: config.namespace.clone(),
+                redactor,
+            }),
+            config: config.clone(),
+            base_dir: base_dir.to_path_buf(),
+            token: Arc::new(Mutex::new(None)),
+            renewer: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Reads one KV secret (and key) for the secret named `name`.
+    #[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name, path = %spec.path))]
+    pub async fn read(&self, name: &str, spec: &VaultSecret) -> Result<SecretValue, SecretError> {
+        let api_path = kv_api_path(spec);
+        let url = format!("{}/v1/{api_path}", self.session.address);
+        let token = self.token(name).await?;
+        let result = self
+            .session
+            .net
+            .send(&url, |c| self.session.request(c.get(&url), Some(&token)))
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(Failure::Status {
+                status: 403,
+                message,
+            }) => {
+                // Vault says 403 both for "bad token" and "policy denies":
+                // ask about the token itself to tell them apart.
+                return Err(if self.token_valid(&token).await {
+                    err_denied(name, format!("{url}: {message}"))
+                } else {
+                    SecretError::AuthFailed {
+                        name: name.into(),
+                        backend: BACKEND,
+                        detail: format!("{url}: the token is not valid: {message}"),
+                    }
+                });
+            }
+            Err(failure) => return Err(read_failure(name, &url, failure)),
+        };
+        let data =
+            kv_data(&response, spec.kv.unwrap_or(2)).map_err(|detail| SecretError::NotFound {
+                name: name.into(),
+                backend: BACKEND,
+                detail: format!("{url}: {detail}"),
+            })?;
+        local::select_key(name, BACKEND, &data, spec.key.as_deref())
+    }
+
+    /// Revokes the token when the plan asks. Best effort: one attempt.
+    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
+    pub async fn close(&self) -> Result<(), String> {
+        if let Some(renewer) = self.renewer.lock().ok().and_then(|mut r| r.take()) {
+            renewer.abort();
+        }
+        if !self.config.revoke_on_exit {
+            return Ok(());
+        }
+        let Some(token) = self.token.lock().await.take() else {
+            return Ok(());
+        };
+        let url = format!("{}/v1/auth/token/revoke-self", self.session.address);
+        match self
+            .session
+            .net
+            .single_attempt()
+            .send(&url, |c| {
+                self.session.request(c.post(&url), Some(&token.value))
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Status { status, message }) => {
+                Err(format!("{url}: HTTP {status}: {message}"))
+            }
+            Err(Failure::Unreachable(detail)) => Err(detail),
+        }
+    }
+
+    /// The current token: logs in on first use, renews or logs in again
+    /// when two thirds of its TTL have passed.
+    async fn token(&self, name: &str) -> Result<SecretValue, SecretError> {
+        let mut slot = self.token.lock().await;
+        if let Some(token) = slot.as_mut() {
+            if !token.wants_refresh() {
+                return Ok(token.value.clone());
+            }
+            if token.renewable
+                && !token.expired()
+                && let Ok(renewed) = self.session.renew(&token.value).await
+            {
+                *token = renewed;
+                return Ok(token.value.clone());
+            }
+            if self.config.auth.token.is_some() && !token.expired() {
+                // A handed-in token cannot be obtained again; use it while it lasts.
+                return Ok(token.value.clone());
+            }
+        }
+        let fresh = self.login(name).await?;
+        let value = fresh.value.clone();
+        let renew = fresh.renewable && fresh.ttl.is_some();
+        *slot = Some(fresh);
+        drop(slot);
+        if renew {
+            self.start_renewer();
+        }
+        Ok(value)
+    }
+
+    /// Renews the token in the background whenever two thirds of its TTL
+    /// have passed, until renewal fails or stops extending it (max TTL).
+    fn start_renewer(&self) {
+        let (session, slot) = (self.session.clone(), self.token.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let (value, wait) = {
+                    let guard = slot.lock().await;
+                    let Some(token) = guard.as_ref() else { return };
+                    let Some(ttl) = token.ttl.filter(|t| *t >= MIN_RENEWABLE_TTL) else {
+                        return;
+                    };
+                    let due = token.obtained + ttl.mul_f64(2.0 / 3.0);
+                    (
+                        token.value.clone(),
+                        due.saturating_duration_since(Instant::now()),
+                    )
+                };
+                tokio::time::sleep(wait).await;
+                match session.renew(&value).await {
+                    Ok(renewed) => {
+                        let mut guard = slot.lock().await;
+                        match guard.as_mut() {
+                            Some(current) if current.value.expose() == value.expose() => {
+                                *current = renewed;
+                            }
+                            // Logged in again meanwhile, or closed: this task is done.
+                            _ => return,
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "vault token renewal failed");
+                        return;
+                    }
+                }
+            }
+        });
+        if let Ok(mut renewer) = self.renewer.lock()
+            && let Some(old) = renewer.replace(task.abort_handle())
+        {
+            old.abort();
+        }
+    }
+
+    async fn token_valid(&self, token: &SecretValue) -> bool {
+        self.lookup_self(token).await.is_ok()
+    }
+
+    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
+    async fn lookup_self(&self, token: &SecretValue) -> Result<LookupData, Failure> {
+        let url = format!("{}/v1/auth/token/lookup-self", self.session.address);
+        let response = self
+            .session
+            .net
+            .send(&url, |c| self.session.request(c.get(&url), Some(token)))
+            .await?;
+        let lookup: LookupResponse = serde_json::from_slice(&response.body)
+            .map_err(|err| Failure::Unreachable(format!("{url}: unexpected answer: {err}")))?;
+        Ok(lookup.data)
+    }
+
+    /// Obtains a token with the configured auth method.
+    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
+    async fn login(&self, name: &str) -> Result<Token, SecretError> {
+        let auth = &self.config.auth;
+        if let Some(token) = &auth.token {
+            let value = self.credential(name, "token", token)?;
+            let url = format!("{}/v1/auth/token/lookup-self", self.session.address);
+            let data = self
+                .lookup_self(&value)
+                .await
+                .map_err(|f| login_failure(name, &url, f))?;
+            return Ok(Token {
+                value,
+                obtained: Instant::now(),
+                ttl: (data.ttl > 0).then(|| Duration::from_secs(data.ttl)),
+                renewable: data.renewable.unwrap_or(false),
+            });
+        }
+        if let Some(approle) = &auth.approle {
+            let role_id = self.credential(name, "approle.role_id", &approle.role_id)?;
+            let mut secret_id = self.credential(name, "approle.secret_id", &approle.secret_id)?;
+            if approle.wrapped {
+                secret_id = self.unwrap_secret_id(name, &secret_id).await?;
+            }
+            let mount = approle.mount.as_deref().unwrap_or("approle");
+            let body = json_body(
+                name,
+                &AppRoleLogin {
+                    role_id: role_id.expose(),
+                    secret_id: secret_id.expose(),
+                },
+            )?;
+            return self.login_with(name, mount, &body).await;
+        }
+        for (method, jwt) in [("jwt", &auth.jwt), ("kubernetes", &auth.kubernetes)] {
+            if let Some(jwt) = jwt {
+                return self.jwt_login(name, method, jwt).await;
+            }
+        }
+        Err(SecretError::AuthFailed {
+            name: name.into(),
+            backend: BACKEND,
+            detail: "backends.vault.auth names no method".into(),
+        })
+    }
+
+    async fn jwt_login(
+        &self,
+        name: &str,
+        method: &'static str,
+        spec: &VaultJwt,
+    ) -> Result<Token, SecretError> {
+        let default_ref = CredentialRef::Ref(crate::plan::secret_source::CredentialSource {
+            file: Some(K8S_TOKEN.into()),
+            env: None,
+        });
+        let jwt_ref = spec.jwt.as_ref().unwrap_or(&default_ref);
+        let jwt = self.credential(name, method, jwt_ref)?;
+        let mount = spec.mount.as_deref().unwrap_or(method);
+        let body = json_body(
+            name,
+            &JwtLogin {
+                role: &spec.role,
+                jwt: jwt.expose(),
+            },
+        )?;
+        self.login_with(name, mount, &body).await
+    }
+
+    async fn login_with(
+        &self,
+        name: &str,
+        mount: &str,
+        body: &Zeroizing<Vec<u8>>,
+    ) -> Result<Token, SecretError> {
+        let url = format!(
+            "{}/v1/auth/{}/login",
+            self.session.address,
+            mount.trim_matches('/')
+        );
+        let response = self
+            .session
+            .net
+            .send(&url, |c| {
+                self.session
+                    .request(c.post(&url), None)
+                    .header("Content-Type", "application/json")
+                    .body(body.to_vec())
+            })
+            .await
+            .map_err(|f| login_failure(name, &url, f))?;
+        let auth: AuthResponse =
+            serde_json::from_slice(&response.body).map_err(|err| SecretError::AuthFailed {
+                name: name.into(),
+                backend: BACKEND,
+                detail: format!("{url}: the login answer has no token: {err}"),
+            })?;
+        Ok(self.session.token_from_auth(auth.auth))
+    }
+
+    /// Exchanges a response-wrapping token for the secret id it wraps.
+    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
+    async fn unwrap_secret_id(
+        &self,
+        name: &str,
+        wrapping: &SecretValue,
+    ) -> Result<SecretValue, SecretError> {
+        let url = format!("{}/v1/sys/wrapping/unwrap", self.session.address);
+        let response = self
+            .session
+            .net
+            .send(&url, |c| self.session.request(c.post(&url), Some(wrapping)))
+            .await
+            .map_err(|f| login_failure(name, &url, f))?;
+        let unwrapped: UnwrapResponse =
+            serde_json::from_slice(&response.body).map_err(|err| SecretError::AuthFailed {
+                name: name.into(),
+                backend: BACKEND,
+                detail: format!("{url}: the unwrapped answer has no secret_id: {err}"),
+            })?;
+        let value = SecretValue::new(unwrapped.data.secret_id);
+        self.session.redactor.add_secret(value.expose());
+        Ok(value)
+    }
+
+    /// Reads a credential from its file or environment variable and registers it.
+    fn credential(
+        &self,
+        name: &str,
+        what: &str,
+        r: &CredentialRef,
+    ) -> Result<SecretValue, SecretError> {
+        let value =
+            read_credential(r, &self.base_dir).map_err(|detail| SecretError::AuthFailed {
+                name: name.into(),
+                backend: BACKEND,
+                detail: format!("auth {what}: {detail}"),
+            })?;
+        self.session.redactor.add_secret(value.expose());
+        Ok(value)
+    }
+}
+
+impl Session {
+    fn request(
+        &self,
+        builder: reqwest::RequestBuilder,
+        token: Option<&SecretValue>,
+    ) -> reqwest::RequestBuilder {
+        let mut builder = builder.header("X-Vault-Request", "true");
+        if let Some(ns) = &self.namespace {
+            builder = builder.header("X-Vault-Namespace", ns);
+        }
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(token.expose())
+                .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static("invalid"));
+            value.set_sensitive(true);
+            builder = builder.header("X-Vault-Token", value);
+        }
+        builder
+    }
+
+    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
+    async fn renew(&self, token: &SecretValue) -> Result<Token, String> {
+        let url = format!("{}/v1/auth/token/renew-self", self.address);
+        let response = self
+            .net
+            .send(&url, |c| {
+                self.request(c.post(&url), Some(token))
+                    .header("Content-Type", "application/json")
+                    .body("{}")
+            })
+            .await
+            .map_err(|f| format!("{f:?}"))?;
+        let auth: AuthResponse = serde_json::from_slice(&response.body)
+            .map_err(|err| format!("{url}: unexpected answer: {err}"))?;
+        let token = self.token_from_auth(auth.auth);
+        tracing::debug!("vault token renewed");
+        Ok(token)
+    }
+
+    fn token_from_auth(&self, auth: AuthData) -> Token {
+        let value = SecretValue::new(auth.client_token);
+        self.redactor.add_secret(value.expose());
+        Token {
+            value,
+            obtained: Instant::now(),
+            ttl: (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
+            renewable: auth.renewable,
+        }
+    }
+}
+
+/// Reads a credential reference: a file (trimmed) or an environment variable.
+/// Literals are rejected by validation; one that got here is used as given
+/// (only identifiers such as an AppRole role id are allowed to be literal).
+pub fn read_credential(r: &CredentialRef, base_dir: &Path) -> Result<SecretValue, String> {
+    match r {
+        CredentialRef::Literal(text) => Ok(SecretValue::new(text.clone())),
+        CredentialRef::Ref(source) => {
+            if let Some(file) = &source.file {
+                let path = base_dir.join(file);
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(&path)
+                        .map_err(|err| format!("cannot read {}: {err}", path.display()))?,
+                );
+                Ok(SecretValue::new(text.trim().to_string()))
+            } else if let Some(var) = &source.env {
+                let value = std::env::var(var)
+                    .map_err(|_| format!("environment variable {var} is not set"))?;
+                Ok(SecretValue::new(value.trim().to_string()))
+            } else {
+                Err("names neither `file` nor `env`".into())
+            }
+        }
+    }
+}
+
+/// The HTTP API path of a KV read, after `/v1/`.
+fn kv_api_path(spec: &VaultSecret) -> String {
+    let path = spec.path.trim_matches('/');
+    let kv2 = spec.kv.unwrap_or(2) == 2;
+    let full = match &spec.mount {
+        Some(mount) if kv2 => format!("{}/data/{path}", mount.trim_matches('/')),
+        Some(mount) => format!("{}/{path}", mount.trim_matches('/')),
+        // Already in API form (`secret/data/web/db`), or KV v1.
+        None if !kv2 || path.contains("/data/") => path.to_string(),
+        // `secret/web/db`: the first segment is the mount.
+        None => match path.split_once('/') {
+            Some((mount, rest)) => format!("{mount}/data/{rest}"),
+            None => path.to_string(),
+        },
+    };
+    match spec.version {
+        Some(version) if kv2 => format!("{full}?version={version}"),
+        _ => full,
+    }
+}
+
+/// The secret's data object, as JSON text (kept in a zeroized buffer).
+fn kv_data(response: &Response, kv: u8) -> Result<Zeroizing<String>, String> {
+    let outer: DataEnvelope<'_> = serde_json::from_slice(&response.body)
+        .map_err(|err| format!("unexpected answer (HTTP {}): {err}", response.status))?;
+    let data = outer.data.ok_or("the answer has no data")?;
+    if kv == 1 {
+        return Ok(Zeroizing::new(data.get().to_string()));
+    }
+    let inner: DataEnvelope<'_> =
+        serde_json::from_str(data.get()).map_err(|err| format!("not a KV v2 answer: {err}"))?;
+    match inner.data {
+        Some(data) if data.get() != "null" => Ok(Zeroizing::new(data.get().to_string())),
+        _ => Err("this version has no data (deleted or destroyed)".into()),
+    }
+}
+
+fn json_body(name: &str, value: &impl Serialize) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+    serde_json::to_vec(value)
+        .map(Zeroizing::new)
+        .map_err(|err| SecretError::AuthFailed {
+            name: name.into(),
+            backend: BACKEND,
+            detail: format!("cannot encode the login request: {err}"),
+        })
+}
+
+fn err_denied(name: &str, detail: String) -> SecretError {
+    SecretError::Denied {
+        name: name.into(),
+        backend: BACKEND,
+        detail,
+    }
+}
+
+fn read_failure(name: &str, url: &str, failure: Failure) -> SecretError {
+    let backend = BACKEND;
+    let name = name.to_string();
+    match failure {
+        Failure::Unreachable(detail) => SecretError::Unreachable {
+            name,
+            backend,
+            detail,
+        },
+        Failure::Status {
+            status: 401,
+            message,
+        } => SecretError::AuthFailed {
+            name,
+            backend,
+            detail: format!("{url}: HTTP 401: {message}"),
+        },
+        Failure::Status {
+            status: 403,
+            message,
+        } => SecretError::Denied {
+            name,
+            backend,
+            detail: format!("{url}: HTTP 403: {message}"),
+        },
+        Failure::Status { status, message } => SecretError::NotFound {
+            name,
+            backend,
+            detail: format!("{url}: HTTP {status}: {message}"),
+        },
+    }
+}
+
+fn login_failure(name: &str, url: &str, failure: Failure) -> SecretError {
+    match failure {
+        Failure::Unreachable(detail) => SecretError::Unreachable {
+            name: name.into(),
+            backend: BACKEND,
+            detail,
+        },
+        Failure::Status { status, message } => SecretError::AuthFailed {
+            name: name.into(),
+            backend: BACKEND,
+            detail: format!("{url}: HTTP {status}: {message}"),
+        },
+    }
+}
+
+#[derive(Deserialize)]
+struct DataEnvelope<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct AuthResponse {
+    auth: AuthData,
+}
+
+#[derive(Deserialize)]
+struct AuthData {
+    client_token: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
+#[derive(Deserialize)]
+struct LookupResponse {
+    data: LookupData,
+}
+
+#[derive(Deserialize)]
+struct LookupData {
+    #[serde(default)]
+    ttl: u64,
+    #[serde(default)]
+    renewable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct UnwrapResponse {
+    data: UnwrapData,
+}
+
+#[derive(Deserialize)]
+struct UnwrapData {
+    secret_id: String,
+}
+
+#[derive(Serialize)]
+struct AppRoleLogin<'a> {
+    role_id: &'a str,
+    secret_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct JwtLogin<'a> {
+    role: &'a str,
+    jwt: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(path: &str, mount: Option<&str>, kv: Option<u8>, version: Option<u64>) -> VaultSecret {
+        VaultSecret {
+            path: path.into(),
+            mount: mount.map(str::to_string),
+            key: None,
+            version,
+            kv,
+        }
+    }
+
+    #[test]
+    fn kv_paths() {
+        assert_eq!(
+            kv_api_path(&spec("secret/web/db", None, None, None)),
+            "secret/data/web/db"
+        );
+        assert_eq!(
+            kv_api_path(&spec("secret/data/web/db", None, None, Some(2))),
+            "secret/data/web/db?version=2"
+        );
+        assert_eq!(
+            kv_api_path(&spec("web/db", Some("kv/team"), None, None)),
+            "kv/team/data/web/db"
+        );
+        assert_eq!(
+            kv_api_path(&spec("kv1/web", None, Some(1), None)),
+            "kv1/web"
+        );
+        assert_eq!(
+            kv_api_path(&spec("web", Some("kv1"), Some(1), None)),
+            "kv1/web"
+        );
+    }
+}

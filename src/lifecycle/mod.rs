@@ -134,7 +134,20 @@ pub async fn run(
     }
     ctx.services.set_supervised(true);
     let mut signals = supervise::Forwarder::new();
+    // The engine closes the secret store when the steps are done (revoking a
+    // Vault token); fetch the registration's secrets while it is open. The
+    // store caches them; an error here is met again, and reported, at
+    // registration.
+    let prefetch = registration_secrets(plan).map(|names| {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = ctx.secrets.resolve(&names).await;
+        })
+    });
     let summary = engine::run(plan, ctx.clone(), journal).await;
+    if let Some(prefetch) = prefetch {
+        let _ = prefetch.await;
+    }
     if summary.exec.is_none() {
         if summary.outcome.is_ready() {
             // A services-only plan under --supervise: keep them until told to stop.
@@ -147,6 +160,16 @@ pub async fn run(
         return Finished::Run(Box::new(summary));
     }
     Finished::Supervised(supervise::supervise(plan, ctx, summary, &mut signals, opts).await)
+}
+
+/// The secrets the registration templates use, when there are any.
+fn registration_secrets(plan: &Plan) -> Option<Vec<String>> {
+    match &plan.lifecycle.register {
+        Some(crate::plan::lifecycle::Registry::Etcd(spec)) if !spec.secret_refs.is_empty() => {
+            Some(spec.secret_refs.clone())
+        }
+        _ => None,
+    }
 }
 
 /// Rollback step, after the undos (by the engine and by the supervisor):

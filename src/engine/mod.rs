@@ -202,8 +202,10 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
     if exec.is_none() && !(stop.is_none() && ctx.services.supervised()) {
         ctx.services.stop_all(plan.kill_grace).await;
     }
-    if let Some(problem) = ctx.secrets.close().await {
-        ctx.reporter.notice(crate::telemetry::Level::Warn, problem);
+    // A supervised app's readiness check and registration may still need
+    // secrets: the supervisor closes the store once the app is registered.
+    if !(exec.is_some() && ctx.services.supervised()) {
+        crate::lifecycle::close_secrets(&ctx).await;
     }
     if let Err(err) = journal.flush() {
         ctx.reporter.notice(

@@ -134,20 +134,7 @@ pub async fn run(
     }
     ctx.services.set_supervised(true);
     let mut signals = supervise::Forwarder::new();
-    // The engine closes the secret store when the steps are done (revoking a
-    // Vault token); fetch the registration's secrets while it is open. The
-    // store caches them; an error here is met again, and reported, at
-    // registration.
-    let prefetch = registration_secrets(plan).map(|names| {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _ = ctx.secrets.resolve(&names).await;
-        })
-    });
     let summary = engine::run(plan, ctx.clone(), journal).await;
-    if let Some(prefetch) = prefetch {
-        let _ = prefetch.await;
-    }
     if summary.exec.is_none() {
         if summary.outcome.is_ready() {
             // A services-only plan under --supervise: keep them until told to stop.
@@ -162,21 +149,17 @@ pub async fn run(
     Finished::Supervised(supervise::supervise(plan, ctx, summary, &mut signals, opts).await)
 }
 
-/// The secrets the registration templates use, when there are any.
-fn registration_secrets(plan: &Plan) -> Option<Vec<String>> {
-    match &plan.lifecycle.register {
-        Some(crate::plan::lifecycle::Registry::Etcd(spec)) if !spec.secret_refs.is_empty() => {
-            Some(spec.secret_refs.clone())
-        }
-        _ => None,
-    }
-}
-
 /// Rollback step, after the undos (by the engine and by the supervisor):
 /// revoke the credentials the secret store obtained (the Vault token, when
 /// the plan asks). `SecretStore::close` is idempotent, so the engine's own
 /// close at the end of every run does no harm afterwards.
 pub async fn revoke_secret_tokens(ctx: &StepContext) {
+    close_secrets(ctx).await;
+}
+
+/// Ends the secret store's sessions (revokes the Vault token when the plan
+/// asks); a failure is a warning. Idempotent.
+pub async fn close_secrets(ctx: &StepContext) {
     if let Some(problem) = ctx.secrets.close().await {
         ctx.reporter.notice(crate::telemetry::Level::Warn, problem);
     }

@@ -246,6 +246,8 @@ pub async fn supervise(
                                 failed_step: None,
                                 duration: opts.started.elapsed(),
                             });
+                            // Nothing needs a secret any more.
+                            super::close_secrets(&ctx).await;
                         }
                         Err(info) => {
                             ending = Some(Ending::Failed(info));
@@ -304,6 +306,7 @@ pub async fn supervise(
         reg.deregister(&ctx.reporter).await;
     }
     ctx.services.stop_all(grace).await;
+    super::close_secrets(&ctx).await;
     let orphans = reaper::orphans_reaped();
     if orphans > 0 {
         ctx.reporter.notice(
@@ -527,8 +530,8 @@ async fn finish_run(
 ) -> i32 {
     if plan.rollback {
         crate::engine::rollback(plan, &summary.completed, ctx).await;
-        super::revoke_secret_tokens(ctx).await;
     }
+    super::revoke_secret_tokens(ctx).await;
     ctx.reporter.emit(EventKind::RunFinished {
         outcome,
         exit_code,

@@ -729,25 +729,9 @@ fn etcdctl(etcd: &Etcd, args: &[&str]) -> Option<Vec<u8>> {
 
 #[test]
 fn registration_authenticates_with_a_password_from_a_secret_and_never_leaks_it() {
-    let Some(mut etcd) = start_etcd() else { return };
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "add", "web:s3cr3t-pw"],
-        &["role", "add", "svc"],
-        &[
-            "role",
-            "grant-permission",
-            "svc",
-            "readwrite",
-            "/services/",
-            "--prefix=true",
-        ],
-        &["user", "grant-role", "web", "svc"],
-        &["auth", "enable"],
-    ] {
-        assert!(etcdctl(&etcd, args).is_some(), "etcdctl {args:?}");
-    }
-    etcd.auth = true;
+    let Some(etcd) = start_etcd_with_auth("s3cr3t-pw") else {
+        return;
+    };
     let sb = Sandbox::new();
     sb.write("pw.txt", "s3cr3t-pw\n");
     sb.write("app.sh", SIGNAL_APP);
@@ -801,6 +785,31 @@ register:
         sb.read("signals.log").contains("TERM"),
         "the app was stopped"
     );
+}
+
+/// etcd with auth on: `root:rootpw`, and `web:PASSWORD` allowed under /services/.
+fn start_etcd_with_auth(password: &str) -> Option<Etcd> {
+    let mut etcd = start_etcd()?;
+    let web = format!("web:{password}");
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", &web],
+        &["role", "add", "svc"],
+        &[
+            "role",
+            "grant-permission",
+            "svc",
+            "readwrite",
+            "/services/",
+            "--prefix=true",
+        ],
+        &["user", "grant-role", "web", "svc"],
+        &["auth", "enable"],
+    ] {
+        assert!(etcdctl(&etcd, args).is_some(), "etcdctl {args:?}");
+    }
+    etcd.auth = true;
+    Some(etcd)
 }
 
 /// A loopback HTTP server that records POST bodies; answers `fail_first`
@@ -1352,4 +1361,142 @@ steps:
     assert_eq!(status["error"]["code"], "service.failed");
     assert_eq!(status["failed_step"], "svc");
     assert_eq!(status["steps"]["slow"]["state"], "cancelled");
+}
+
+/// A dev OpenBao on loopback (`.tools/bin/bao` from scripts/deps/openbao.sh).
+struct Bao {
+    child: Child,
+    addr: String,
+    home: tempfile::TempDir,
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Bao {
+    fn start() -> Option<Bao> {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/bao");
+        let bin = if bin.is_file() {
+            bin
+        } else {
+            std::path::PathBuf::from("bao")
+        };
+        if Command::new(&bin).arg("version").output().is_err() {
+            assert!(
+                !under_ci(),
+                "bao is not installed (scripts/deps/openbao.sh)"
+            );
+            eprintln!("skipped: bao is not installed (scripts/deps/openbao.sh)");
+            return None;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(&bin)
+            .args([
+                "server",
+                "-dev",
+                "-dev-no-store-token",
+                "-dev-root-token-id=root",
+            ])
+            .arg(format!("-dev-listen-address={addr}"))
+            .env("HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bao");
+        let bao = Bao {
+            child,
+            addr: format!("http://{addr}"),
+            home,
+        };
+        wait_until("openbao to answer", LONG, || {
+            bao.cli(&["status"]).status.success()
+        });
+        Some(bao)
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/bao");
+        let bin = if bin.is_file() {
+            bin
+        } else {
+            std::path::PathBuf::from("bao")
+        };
+        Command::new(bin)
+            .args(args)
+            .env("BAO_ADDR", &self.addr)
+            .env("BAO_TOKEN", "root")
+            .env("HOME", self.home.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run bao")
+    }
+}
+
+#[test]
+fn registration_password_from_vault_then_the_token_is_revoked_once_registered() {
+    // Under supervision the secret store stays open after the steps, until
+    // the app is ready and registered (the password is fetched then); then
+    // the Vault token is revoked (`revoke_on_exit`).
+    let Some(bao) = Bao::start() else { return };
+    let Some(etcd) = start_etcd_with_auth("from-vault-pw") else {
+        return;
+    };
+    assert!(
+        bao.cli(&["kv", "put", "secret/etcd", "pw=from-vault-pw"])
+            .status
+            .success()
+    );
+    let token_out = bao.cli(&["token", "create", "-ttl=1h", "-field=token"]);
+    let token = String::from_utf8_lossy(&token_out.stdout)
+        .trim()
+        .to_string();
+    let sb = Sandbox::new();
+    sb.write("token", &token);
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(&format!(
+        r#"
+version: 1
+name: vault-etcd
+backends:
+  vault: {{ address: "{}", auth: {{ token: {{ file: token }} }}, revoke_on_exit: true }}
+secrets:
+  etcd_pw: {{ vault: {{ path: secret/etcd, key: pw }} }}
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: {{ file: app.up, interval: 20ms }}
+register:
+  etcd:
+    endpoints: ["{}"]
+    key: /services/vault/one
+    ttl: 5s
+    username: web
+    password: "{{{{ secrets.etcd_pw }}}}"
+"#,
+        bao.addr, etcd.url
+    ));
+    let mut child = spawn(&sb, &[]);
+    wait_ready(&sb, &mut child);
+    assert!(
+        etcd_get(&etcd, "/services/vault/one").flatten().is_some(),
+        "registered"
+    );
+    assert!(
+        !bao.cli(&["token", "lookup", &token]).status.success(),
+        "the token was revoked once the app was registered"
+    );
+    signal(child.id(), libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(
+        etcd_get(&etcd, "/services/vault/one"),
+        Some(None),
+        "deregistered"
+    );
+    assert!(!dump(&out).contains("from-vault-pw"), "the password leaked");
 }

@@ -230,7 +230,7 @@ fn app_starts_after_its_services_are_ready_and_stops_before_them() {
     sb.write("b.sh", &service("b", "0"));
     sb.write(
         "app.sh",
-        "if [ -f a.ready ] && [ -f b.ready ]; then echo after > app.start; else echo early > app.start; fi\ntrap 'echo app >> order.log; exit 0' TERM\nwhile :; do sleep 0.05; done\n",
+        "trap 'echo app >> order.log; exit 0' TERM\nif [ -f a.ready ] && [ -f b.ready ]; then echo after > app.start; else echo early > app.start; fi\nwhile :; do sleep 0.05; done\n",
     );
     sb.plan(
         r#"
@@ -1078,11 +1078,12 @@ steps:
         sb.path().join("app.said-ready").exists(),
         "ready before the app said so"
     );
-    let before_stop = socket.messages();
-    assert!(
-        before_stop.iter().any(|m| m.contains("READY=1")),
-        "{before_stop:?}"
-    );
+    // The status file is written just before READY=1 is sent (same event).
+    let mut before_stop = Vec::new();
+    wait_until("READY=1 on the test socket", LONG, || {
+        before_stop.extend(socket.messages());
+        before_stop.iter().any(|m| m.contains("READY=1"))
+    });
     signal(child.id(), libc::SIGTERM);
     let out = wait_output(child);
     assert_eq!(code(&out), 0, "{}", dump(&out));

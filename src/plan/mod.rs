@@ -13,6 +13,7 @@ pub mod load;
 pub mod raw;
 pub mod refs;
 pub mod secret_source;
+pub mod telemetry;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
@@ -87,6 +88,8 @@ pub struct Plan {
     pub secrets: IndexMap<String, SecretSource>,
     pub backends: BackendsConfig,
     pub steps: Vec<Step>,
+    /// Where metrics and traces go (`telemetry:`).
+    pub telemetry: telemetry::TelemetryConfig,
 }
 
 impl Plan {

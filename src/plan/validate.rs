@@ -153,6 +153,12 @@ impl Validator {
             self.check_exec(&steps);
         }
 
+        let (telemetry, problems) =
+            super::telemetry::resolve(raw.telemetry.as_ref(), &self.plan_dir);
+        for (field, message, hint) in problems {
+            self.error(None, field, message, hint);
+        }
+
         Plan {
             name: raw.name,
             path: self.file.clone(),
@@ -168,6 +174,7 @@ impl Validator {
             secrets: raw.secrets.into_iter().map(|(k, v)| (k, v.value)).collect(),
             backends: raw.backends,
             steps,
+            telemetry,
         }
     }
 

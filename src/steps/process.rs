@@ -44,6 +44,7 @@ impl Cmd {
         cmd.args(&self.argv[1..])
             .env("BOOTPLAN_BOOTSTRAP_ID", &ctx.bootstrap_id)
             .env("BOOTPLAN_STEP", step)
+            .envs(ctx.trace_env())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::harness::{Sandbox, code, dump, log_lines, pid_alive};
 
 fn ms(v: &serde_json::Value, field: &str) -> u64 {
-    v[field].as_u64().unwrap_or_else(|| panic!("{field} missing in {v}"))
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing in {v}"))
 }
 
 #[test]
@@ -25,11 +27,30 @@ steps:
     let out = sb.run();
     assert_eq!(code(&out), 0, "{}", dump(&out));
     let steps: Vec<_> = ["a", "b", "c"].iter().map(|s| sb.step(s)).collect();
-    let latest_start = steps.iter().map(|s| ms(s, "started_unix_ms")).max().unwrap();
-    let earliest_end = steps.iter().map(|s| ms(s, "finished_unix_ms")).min().unwrap();
-    assert!(latest_start < earliest_end, "a, b and c did not overlap: {steps:?}");
+    let latest_start = steps
+        .iter()
+        .map(|s| ms(s, "started_unix_ms"))
+        .max()
+        .unwrap();
+    let earliest_end = steps
+        .iter()
+        .map(|s| ms(s, "finished_unix_ms"))
+        .min()
+        .unwrap();
+    assert!(
+        latest_start < earliest_end,
+        "a, b and c did not overlap: {steps:?}"
+    );
     let after = sb.step("after");
-    assert!(ms(&after, "started_unix_ms") >= steps.iter().map(|s| ms(s, "finished_unix_ms")).max().unwrap(), "`after` started before its needs finished");
+    assert!(
+        ms(&after, "started_unix_ms")
+            >= steps
+                .iter()
+                .map(|s| ms(s, "finished_unix_ms"))
+                .max()
+                .unwrap(),
+        "`after` started before its needs finished"
+    );
 }
 
 #[test]
@@ -48,8 +69,15 @@ steps:
     let out = sb.run();
     assert_eq!(code(&out), 0, "{}", dump(&out));
     let (a, b) = (sb.step("a"), sb.step("b"));
-    let (first, second) = if ms(&a, "started_unix_ms") <= ms(&b, "started_unix_ms") { (a, b) } else { (b, a) };
-    assert!(ms(&second, "started_unix_ms") >= ms(&first, "finished_unix_ms"), "steps overlapped with max_parallel 1");
+    let (first, second) = if ms(&a, "started_unix_ms") <= ms(&b, "started_unix_ms") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        ms(&second, "started_unix_ms") >= ms(&first, "finished_unix_ms"),
+        "steps overlapped with max_parallel 1"
+    );
 }
 
 #[test]
@@ -72,10 +100,20 @@ steps:
     assert_eq!(status["outcome"], "deadline_exceeded");
     assert_eq!(status["error"]["code"], "deadline.exceeded");
     assert_eq!(status["steps"]["sleeper"]["state"], "cancelled");
-    assert_eq!(status["steps"]["sleeper"]["error"]["code"], "deadline.exceeded");
+    assert_eq!(
+        status["steps"]["sleeper"]["error"]["code"],
+        "deadline.exceeded"
+    );
     for file in ["sleeper.pid", "child.pid"] {
-        let pid: i32 = sb.read(file).trim().parse().unwrap_or_else(|_| panic!("{file} not written"));
-        assert!(!pid_alive(pid), "process {pid} from {file} survived the deadline");
+        let pid: i32 = sb
+            .read(file)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{file} not written"));
+        assert!(
+            !pid_alive(pid),
+            "process {pid} from {file} survived the deadline"
+        );
     }
 }
 
@@ -98,7 +136,10 @@ steps:
     assert_eq!(step["attempts"], 3);
     assert_eq!(step["attempt_log"].as_array().unwrap().len(), 3);
     assert_eq!(step["attempt_log"][0]["error"]["code"], "step.exit_nonzero");
-    let failures = log_lines(&out).into_iter().filter(|l| l["event"] == "attempt_failed").count();
+    let failures = log_lines(&out)
+        .into_iter()
+        .filter(|l| l["event"] == "attempt_failed")
+        .count();
     assert_eq!(failures, 2);
 }
 
@@ -148,12 +189,19 @@ steps:
     for step in ["one", "two"] {
         let s = sb.step(step);
         assert_eq!(s["state"], "skipped");
-        assert!(s["skip_reason"].as_str().unwrap().contains("unchanged"), "{s}");
+        assert!(
+            s["skip_reason"].as_str().unwrap().contains("unchanged"),
+            "{s}"
+        );
     }
 
     sb.plan(&plan("two-changed"));
     assert_eq!(code(&sb.run()), 0);
-    assert_eq!(sb.read("ran.log"), "one\ntwo\ntwo-changed\n", "only the changed step reruns");
+    assert_eq!(
+        sb.read("ran.log"),
+        "one\ntwo\ntwo-changed\n",
+        "only the changed step reruns"
+    );
     assert_eq!(sb.step("one")["state"], "skipped");
     assert_eq!(sb.step("two")["state"], "done");
 }
@@ -187,9 +235,19 @@ steps:
     let out = sb.run();
     assert_eq!(code(&out), 0, "{}", dump(&out));
     assert_eq!(sb.step("has-file")["state"], "skipped");
-    assert!(sb.step("has-file")["skip_reason"].as_str().unwrap().starts_with("creates:"));
+    assert!(
+        sb.step("has-file")["skip_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("creates:")
+    );
     assert_eq!(sb.step("unless-true")["state"], "skipped");
-    assert!(sb.step("unless-true")["skip_reason"].as_str().unwrap().starts_with("unless:"));
+    assert!(
+        sb.step("unless-true")["skip_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unless:")
+    );
     assert_eq!(sb.read("a.out"), "");
     assert_eq!(sb.read("b.out"), "ran\n");
     assert_eq!(sb.read("c.out"), "");
@@ -275,7 +333,13 @@ steps:
     assert_eq!(code(&out), 0, "{}", dump(&out));
     assert_eq!(sb.read("out/f.txt"), "hello\n");
     assert!(sb.read("out/t.conf").starts_with("name=demo host="));
-    let mode = |p: &str| std::fs::metadata(sb.path().join(p)).unwrap().permissions().mode() & 0o777;
+    let mode = |p: &str| {
+        std::fs::metadata(sb.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
     assert_eq!(mode("out/f.txt"), 0o600);
     assert_eq!(mode("out/t.conf"), 0o640);
 }
@@ -294,9 +358,23 @@ steps:
     let out = sb.run();
     assert_eq!(code(&out), 1, "{}", dump(&out));
     assert_eq!(sb.step("never")["error"]["code"], "step.wait_timeout");
-    let waiting: Vec<_> = log_lines(&out).into_iter().filter(|l| l["event"] == "waiting").collect();
-    assert!(!waiting.is_empty(), "no 'still waiting' line: {}", dump(&out));
-    assert!(waiting[0]["msg"].as_str().unwrap().contains("still waiting for file"), "{:?}", waiting[0]);
+    let waiting: Vec<_> = log_lines(&out)
+        .into_iter()
+        .filter(|l| l["event"] == "waiting")
+        .collect();
+    assert!(
+        !waiting.is_empty(),
+        "no 'still waiting' line: {}",
+        dump(&out)
+    );
+    assert!(
+        waiting[0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("still waiting for file"),
+        "{:?}",
+        waiting[0]
+    );
 }
 
 #[test]
@@ -332,12 +410,26 @@ steps:
   app: { exec: ["sh", "-c", "echo exec-pid=$$; cat run/status.json > seen-status.json; exit 7"], needs: [prep] }
 "#,
     );
-    let child = sb.cmd().args(["run", "plan.yaml"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = sb
+        .cmd()
+        .args(["run", "plan.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let bootplan_pid = child.id();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(code(&out), 7, "the app's exit code is passed on: {}", dump(&out));
+    assert_eq!(
+        code(&out),
+        7,
+        "the app's exit code is passed on: {}",
+        dump(&out)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("exec-pid={bootplan_pid}")), "the app did not replace bootplan: {stdout}");
+    assert!(
+        stdout.contains(&format!("exec-pid={bootplan_pid}")),
+        "the app did not replace bootplan: {stdout}"
+    );
     let seen: serde_json::Value = serde_json::from_str(&sb.read("seen-status.json")).unwrap();
     assert_eq!(seen["outcome"], "ready", "status was not final before exec");
 }
@@ -356,9 +448,15 @@ steps:
     );
     let out = sb.run();
     assert_eq!(code(&out), 65, "{}", dump(&out));
-    assert!(!sb.path().join("ran.out").exists(), "a step ran before validation finished");
+    assert!(
+        !sb.path().join("ran.out").exists(),
+        "a step ran before validation finished"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("plan.yaml:6:") && stderr.contains("unknown step `missing`"), "{stderr}");
+    assert!(
+        stderr.contains("plan.yaml:6:") && stderr.contains("unknown step `missing`"),
+        "{stderr}"
+    );
     assert_eq!(sb.status()["outcome"], "invalid");
 }
 
@@ -366,14 +464,22 @@ steps:
 fn dry_run_has_no_side_effects() {
     let sb = Sandbox::new();
     sb.plan("version: 1\nname: dry\nsteps:\n  one: { shell: \"echo x > ran.out\" }\n");
-    let out = sb.cmd().args(["plan", "plan.yaml", "--json"]).output().unwrap();
+    let out = sb
+        .cmd()
+        .args(["plan", "plan.yaml", "--json"])
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 0, "{}", dump(&out));
     let decisions: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decisions[0]["action"], "run");
     assert!(!sb.path().join("ran.out").exists());
     assert!(!sb.run_dir().join("status.json").exists());
     assert_eq!(code(&sb.run()), 0);
-    let out = sb.cmd().args(["plan", "plan.yaml", "--json"]).output().unwrap();
+    let out = sb
+        .cmd()
+        .args(["plan", "plan.yaml", "--json"])
+        .output()
+        .unwrap();
     let decisions: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(decisions[0]["action"], "skip");
 }
@@ -384,7 +490,12 @@ fn status_command_reports_the_last_run() {
     sb.plan("version: 1\nname: st\nsteps:\n  one: { run: [\"false\"] }\n");
     assert_eq!(code(&sb.run()), 1);
     let out = sb.cmd().args(["status", "--json"]).output().unwrap();
-    assert_eq!(code(&out), 1, "status exits with the run's code: {}", dump(&out));
+    assert_eq!(
+        code(&out),
+        1,
+        "status exits with the run's code: {}",
+        dump(&out)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["steps"]["one"]["error"]["code"], "step.exit_nonzero");
 }
@@ -394,7 +505,11 @@ fn status_wait_gives_up_at_its_timeout() {
     let sb = Sandbox::new();
     std::fs::create_dir_all(sb.run_dir()).unwrap();
     std::fs::write(sb.run_dir().join("status.json"), r#"{"schema_version":1,"bootstrap_id":"x","plan":{"name":"p","path":"p","digest":""},"pid":1,"started_at":"","started_unix_ms":0,"outcome":"running","steps":{}}"#).unwrap();
-    let out = sb.cmd().args(["status", "--wait", "--timeout", "300ms"]).output().unwrap();
+    let out = sb
+        .cmd()
+        .args(["status", "--wait", "--timeout", "300ms"])
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 75, "{}", dump(&out));
 }
 
@@ -407,12 +522,21 @@ fn json_logs_carry_the_contract_fields() {
     assert!(!lines.is_empty());
     let bootstrap = sb.status()["bootstrap_id"].clone();
     for line in &lines {
-        assert!(line["ts"].is_string() && line["level"].is_string() && line["event"].is_string(), "{line}");
+        assert!(
+            line["ts"].is_string() && line["level"].is_string() && line["event"].is_string(),
+            "{line}"
+        );
         assert_eq!(line["bootstrap_id"], bootstrap, "{line}");
     }
-    let output = lines.iter().find(|l| l["event"] == "output").expect("child output logged");
+    let output = lines
+        .iter()
+        .find(|l| l["event"] == "output")
+        .expect("child output logged");
     assert_eq!(output["step"], "one");
     assert_eq!(output["msg"], "hi");
-    let finished = lines.iter().find(|l| l["event"] == "step_finished").unwrap();
+    let finished = lines
+        .iter()
+        .find(|l| l["event"] == "step_finished")
+        .unwrap();
     assert!(finished["duration_ms"].is_u64());
 }

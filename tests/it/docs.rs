@@ -5,13 +5,17 @@ use bootplan::error::ErrorCode;
 
 #[test]
 fn every_error_code_has_a_runbook_section() {
-    let runbook = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbook.md")).unwrap();
+    let runbook =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/runbook.md")).unwrap();
     let missing: Vec<&str> = ErrorCode::ALL
         .iter()
         .map(|c| c.as_str())
         .filter(|code| !runbook.contains(&format!("\n## {code}\n")))
         .collect();
-    assert!(missing.is_empty(), "docs/runbook.md lacks sections for: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/runbook.md lacks sections for: {missing:?}"
+    );
 }
 
 #[test]
@@ -22,5 +26,8 @@ fn checked_in_schema_is_current() {
         std::fs::write(path, &expected).unwrap();
     }
     let actual = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(actual == expected, "schema/bootplan.schema.json is stale: run `BOOTPLAN_UPDATE_SCHEMA=1 cargo test --test it docs` and commit it");
+    assert!(
+        actual == expected,
+        "schema/bootplan.schema.json is stale: run `BOOTPLAN_UPDATE_SCHEMA=1 cargo test --test it docs` and commit it"
+    );
 }

@@ -27,7 +27,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().expect("temp dir") }
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -70,12 +72,16 @@ impl Sandbox {
 
     /// Runs `bootplan run plan.yaml` to completion.
     pub fn run(&self) -> Output {
-        self.cmd().args(["run", "plan.yaml"]).output().expect("run bootplan")
+        self.cmd()
+            .args(["run", "plan.yaml"])
+            .output()
+            .expect("run bootplan")
     }
 
     /// The status file as JSON.
     pub fn status(&self) -> Value {
-        let text = std::fs::read_to_string(self.run_dir().join("status.json")).expect("status.json exists");
+        let text = std::fs::read_to_string(self.run_dir().join("status.json"))
+            .expect("status.json exists");
         serde_json::from_str(&text).expect("status.json is JSON")
     }
 
@@ -100,7 +106,10 @@ pub fn log_lines(output: &Output) -> Vec<Value> {
 /// Exit code, or 128+signal.
 pub fn code(output: &Output) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    output.status.code().unwrap_or_else(|| 128 + output.status.signal().unwrap_or(0))
+    output
+        .status
+        .code()
+        .unwrap_or_else(|| 128 + output.status.signal().unwrap_or(0))
 }
 
 /// Everything the run printed, for failure messages.
@@ -115,7 +124,11 @@ pub fn dump(output: &Output) -> String {
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// Polls `ready` until it returns true or `limit` passes (then panics with `what`).
@@ -123,7 +136,10 @@ pub fn free_port() -> u16 {
 pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -131,7 +147,12 @@ pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) 
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn pid_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
         Err(_) => false,
     }
 }

@@ -6,3 +6,4 @@ mod harness;
 
 mod core;
 mod docs;
+mod observability;

@@ -210,40 +210,40 @@ pub fn svg(t: &Timeline, failed: Option<&str>) -> String {
             },
             name = esc(&step.step)
         );
-        if let Some(start) = step.start_ms {
-            if start > step.ready_ms {
-                bar(
-                    &mut s,
-                    x(step.ready_ms),
-                    x(start),
-                    bar_y + bar_h / 4.0,
-                    bar_h / 2.0,
-                    "url(#hatch)",
-                    &format!(
-                        "{}: waited {} after its needs",
-                        step.step,
-                        secs(start - step.ready_ms)
-                    ),
-                );
-            }
+        if let Some(start) = step.start_ms
+            && start > step.ready_ms
+        {
+            bar(
+                &mut s,
+                x(step.ready_ms),
+                x(start),
+                bar_y + bar_h / 4.0,
+                bar_h / 2.0,
+                "url(#hatch)",
+                &format!(
+                    "{}: waited {} after its needs",
+                    step.step,
+                    secs(start - step.ready_ms)
+                ),
+            );
         }
-        if step.attempts.is_empty() {
-            if let (Some(start), Some(end)) = (step.start_ms, step.end_ms) {
-                bar(
-                    &mut s,
-                    x(start),
-                    x(end).max(x(start) + 2.0),
-                    bar_y,
-                    bar_h,
-                    colour(step.state.as_str()),
-                    &format!(
-                        "{}: {} in {}",
-                        step.step,
-                        step.state.as_str(),
-                        secs(end - start)
-                    ),
-                );
-            }
+        if step.attempts.is_empty()
+            && let (Some(start), Some(end)) = (step.start_ms, step.end_ms)
+        {
+            bar(
+                &mut s,
+                x(start),
+                x(end).max(x(start) + 2.0),
+                bar_y,
+                bar_h,
+                colour(step.state.as_str()),
+                &format!(
+                    "{}: {} in {}",
+                    step.step,
+                    step.state.as_str(),
+                    secs(end - start)
+                ),
+            );
         }
         for (k, a) in step.attempts.iter().enumerate() {
             let fill = match (a.outcome, step.state) {
@@ -271,23 +271,23 @@ pub fn svg(t: &Timeline, failed: Option<&str>) -> String {
                     secs(a.end_ms.saturating_sub(a.start_ms))
                 ),
             );
-            if let Some(next) = step.attempts.get(k + 1) {
-                if next.start_ms > a.end_ms {
-                    bar(
-                        &mut s,
-                        x(a.end_ms),
-                        x(next.start_ms),
-                        bar_y + bar_h / 3.0,
-                        bar_h / 3.0,
-                        colour("backoff"),
-                        &format!(
-                            "{}: backoff {} before attempt {}",
-                            step.step,
-                            secs(next.start_ms - a.end_ms),
-                            next.attempt
-                        ),
-                    );
-                }
+            if let Some(next) = step.attempts.get(k + 1)
+                && next.start_ms > a.end_ms
+            {
+                bar(
+                    &mut s,
+                    x(a.end_ms),
+                    x(next.start_ms),
+                    bar_y + bar_h / 3.0,
+                    bar_h / 3.0,
+                    colour("backoff"),
+                    &format!(
+                        "{}: backoff {} before attempt {}",
+                        step.step,
+                        secs(next.start_ms - a.end_ms),
+                        next.attempt
+                    ),
+                );
             }
         }
         if step.start_ms.is_none() {
@@ -307,17 +307,15 @@ pub fn svg(t: &Timeline, failed: Option<&str>) -> String {
                 note
             );
         }
-        if critical {
-            if let (Some(start), Some(end)) = (step.start_ms, step.end_ms) {
-                let _ = writeln!(
-                    s,
-                    r##"<rect class="critical" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#000000" stroke-width="1.5"/>"##,
-                    x(start) - 1.0,
-                    bar_y - 1.0,
-                    (x(end) - x(start)).max(2.0) + 2.0,
-                    bar_h + 2.0
-                );
-            }
+        if critical && let (Some(start), Some(end)) = (step.start_ms, step.end_ms) {
+            let _ = writeln!(
+                s,
+                r##"<rect class="critical" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#000000" stroke-width="1.5"/>"##,
+                x(start) - 1.0,
+                bar_y - 1.0,
+                (x(end) - x(start)).max(2.0) + 2.0,
+                bar_h + 2.0
+            );
         }
         s.push_str("</g>\n");
     }

@@ -205,21 +205,21 @@ impl Observability {
         }
         if let Some(handle) = &self.metrics {
             let text = m::render(handle);
-            if let Some(path) = &self.config.textfile {
-                if let Err(err) = export::write_textfile(path, &text) {
-                    warnings.push(err);
-                }
-            }
-            if let Some(push) = &self.config.pushgateway {
-                if let Err(err) = export::push(push, &self.plan, &text) {
-                    warnings.push(err);
-                }
-            }
-        }
-        if let Some(tracing) = self.tracing.take() {
-            if let Err(err) = tracing.shutdown() {
+            if let Some(path) = &self.config.textfile
+                && let Err(err) = export::write_textfile(path, &text)
+            {
                 warnings.push(err);
             }
+            if let Some(push) = &self.config.pushgateway
+                && let Err(err) = export::push(push, &self.plan, &text)
+            {
+                warnings.push(err);
+            }
+        }
+        if let Some(tracing) = self.tracing.take()
+            && let Err(err) = tracing.shutdown()
+        {
+            warnings.push(err);
         }
         warnings
     }

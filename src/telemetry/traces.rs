@@ -42,6 +42,7 @@ const RETAIN_MAX: usize = 8192;
 pub struct Tracing {
     provider: SdkTracerProvider,
     flush_timeout: Duration,
+    url: String,
 }
 
 /// The OTLP/HTTP traces URL: `<base>/v1/traces` unless the URL has a path.
@@ -101,6 +102,7 @@ pub fn init(endpoint: &str, flush_timeout: Option<Duration>) -> Result<Tracing, 
     Ok(Tracing {
         provider,
         flush_timeout: flush_timeout.unwrap_or(DEFAULT_FLUSH_TIMEOUT),
+        url,
     })
 }
 
@@ -111,6 +113,7 @@ impl Tracing {
         let (tx, rx) = std::sync::mpsc::channel();
         let provider = self.provider;
         let timeout = self.flush_timeout;
+        let url = self.url;
         let spawned = std::thread::Builder::new()
             .name("bootplan-trace-flush".into())
             .spawn(move || {
@@ -119,18 +122,18 @@ impl Tracing {
             });
         if spawned.is_err() {
             return Err(ExportError::Traces {
-                url: String::new(),
+                url,
                 message: "cannot start the flush thread".into(),
             });
         }
         match rx.recv_timeout(timeout) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ExportError::Traces {
-                url: String::new(),
+                url,
                 message: format!("flush failed: {e}"),
             }),
             Err(_) => Err(ExportError::Traces {
-                url: String::new(),
+                url,
                 message: format!(
                     "spans not flushed within {}",
                     humantime::format_duration(timeout)

@@ -735,6 +735,44 @@ steps:
     }
 }
 
+#[test]
+fn a_silent_collector_never_holds_up_exit() {
+    // Accepts connections (the kernel does, from the backlog) but never answers.
+    let black_hole = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = black_hole.local_addr().unwrap().port();
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: obs-silent
+telemetry:
+  traces: {{ otlp: "http://127.0.0.1:{port}", flush_timeout: 1s }}
+steps:
+  a:
+    run: ["true"]
+"#
+    ));
+    let started = std::time::Instant::now();
+    let out = sb.run();
+    let took = started.elapsed();
+    assert_eq!(
+        code(&out),
+        0,
+        "telemetry never changes the verdict: {}",
+        dump(&out)
+    );
+    assert!(took < Duration::from_secs(4), "exit took {took:?}");
+    let warned = log_lines(&out)
+        .iter()
+        .any(|l| l["level"] == "warn" && l["msg"].as_str().is_some_and(|m| m.contains("spans")));
+    assert!(
+        warned,
+        "a warning says spans were not delivered: {}",
+        dump(&out)
+    );
+    drop(black_hole);
+}
+
 // ---- analyze ------------------------------------------------------------
 
 #[test]

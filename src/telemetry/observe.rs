@@ -163,6 +163,14 @@ impl Observability {
             },
             None => None,
         };
+        // The textfile shows "running, not ready" from the start, so a
+        // collector that scrapes during the boot sees every series at its
+        // starting value and the final increment is visible to `rate()`.
+        if let (Some(path), Some(handle)) = (&config.textfile, &metrics)
+            && let Err(err) = export::write_textfile(path, &m::render(handle))
+        {
+            warnings.push(err);
+        }
         let obs = Observability {
             plan: plan.to_string(),
             config,

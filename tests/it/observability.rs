@@ -166,6 +166,7 @@ steps:
     let child = sb
         .cmd()
         .args(["run", "plan.yaml", "--metrics-linger", "120s"])
+        .args(["--metrics-textfile", "during.prom"])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -183,6 +184,13 @@ steps:
         mid.contains("bootplan_ready{plan=\"obs-endpoint\"} 0"),
         "{mid}"
     );
+    // The textfile (set by flag) already shows the run as not ready.
+    let during = sb.read("during.prom");
+    assert!(
+        during.contains("bootplan_ready{plan=\"obs-endpoint\"} 0"),
+        "{during}"
+    );
+    assert!(during.contains("bootplan_runs_total{plan=\"obs-endpoint\",outcome=\"ready\"} 0"));
 
     sb.write("go", "");
     wait_until("ready", Duration::from_secs(20), || {
@@ -199,6 +207,15 @@ steps:
         "{text}"
     );
     assert!(text.contains("bootplan_runs_total{plan=\"obs-endpoint\",outcome=\"ready\"} 1"));
+    // The final textfile is written right after the verdict.
+    wait_until("final textfile", Duration::from_secs(10), || {
+        sb.read("during.prom")
+            .contains("bootplan_ready{plan=\"obs-endpoint\"} 1")
+    });
+    assert!(
+        after.contains("bootplan_ready{plan=\"obs-endpoint\"} 1"),
+        "{after}"
+    );
 
     let (_prom, prom_port) = start_prometheus(&prometheus, &format!("127.0.0.1:{port}"));
     let query = format!(

@@ -42,7 +42,8 @@ pub struct TelemetryArgs {
         long,
         global = true,
         env = "BOOTPLAN_PUSHGATEWAY_URL",
-        value_name = "URL"
+        value_name = "URL",
+        value_parser = parse_url
     )]
     pub pushgateway_url: Option<String>,
     /// The Pushgateway job [default: bootplan].
@@ -61,7 +62,8 @@ pub struct TelemetryArgs {
         long,
         global = true,
         env = "BOOTPLAN_OTLP_ENDPOINT",
-        value_name = "URL"
+        value_name = "URL",
+        value_parser = parse_url
     )]
     pub otlp_endpoint: Option<String>,
     /// Keep serving the metrics endpoint this long after the run (until
@@ -69,6 +71,14 @@ pub struct TelemetryArgs {
     #[arg(long, global = true, env = "BOOTPLAN_METRICS_LINGER", value_name = "DURATION",
           value_parser = crate::plan::duration::parse_duration)]
     pub metrics_linger: Option<Duration>,
+}
+
+fn parse_url(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        Ok(text.to_string())
+    } else {
+        Err(format!("`{text}` is not an http:// or https:// URL"))
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {

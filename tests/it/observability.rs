@@ -863,7 +863,7 @@ steps:
     let shot = shot_dir.join("analyze-waterfall.png");
     let _ = std::fs::remove_file(&shot);
     let profile = tempfile::tempdir().unwrap();
-    let status = Command::new(chromium)
+    let child = Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -880,9 +880,20 @@ steps:
         .arg(format!("file://{}", page.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status()
+        .spawn()
         .unwrap();
-    assert!(status.success(), "chromium failed: {status:?}");
+    // Bounded: a browser that hangs fails the test instead of stalling it.
+    let mut browser = Running(child);
+    let mut status = None;
+    wait_until(
+        "chromium writes the screenshot",
+        Duration::from_secs(90),
+        || {
+            status = browser.0.try_wait().unwrap();
+            status.is_some()
+        },
+    );
+    assert!(status.unwrap().success(), "chromium failed: {status:?}");
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     assert!(

@@ -246,11 +246,7 @@ pub fn svg(t: &Timeline, failed: Option<&str>) -> String {
             );
         }
         for (k, a) in step.attempts.iter().enumerate() {
-            let fill = match (a.outcome, step.state) {
-                ("failed", _) => colour("failed"),
-                (_, StepState::Cancelled) => colour("cancelled"),
-                (other, _) => colour(other),
-            };
+            let fill = colour(a.outcome);
             let code = a
                 .error_code
                 .as_deref()
@@ -298,10 +294,12 @@ pub fn svg(t: &Timeline, failed: Option<&str>) -> String {
                 _ => step.state.as_str(),
             };
             let at = step.end_ms.unwrap_or(step.ready_ms);
+            // Keep the note inside the chart.
+            let note_x = (x(at) + 4.0).min(LABEL_W + CHART_W - 90.0);
             let _ = writeln!(
                 s,
                 r#"<text x="{:.1}" y="{:.1}" fill="{}" font-style="italic">{}</text>"#,
-                x(at) + 4.0,
+                note_x,
                 y + ROW_H / 2.0 + 4.0,
                 colour(step.state.as_str()),
                 note

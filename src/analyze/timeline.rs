@@ -102,10 +102,12 @@ impl Timeline {
                     StepState::Skipped => end_ms,
                     _ => None,
                 });
+                let last = s.attempt_log.len();
                 let attempts = s
                     .attempt_log
                     .iter()
-                    .map(|a| {
+                    .enumerate()
+                    .map(|(i, a)| {
                         let end = a.finished_unix_ms.map(rel);
                         let failed = a.error.is_some();
                         Attempt {
@@ -113,6 +115,10 @@ impl Timeline {
                             start_ms: rel(a.started_unix_ms),
                             end_ms: end.or(end_ms).unwrap_or(rel(a.started_unix_ms)),
                             outcome: match (end.is_some() || end_ms.is_some(), failed) {
+                                // The last attempt of a cancelled step was stopped, not failed.
+                                _ if i + 1 == last && s.state == StepState::Cancelled => {
+                                    "cancelled"
+                                }
                                 (_, true) => "failed",
                                 (true, false) => "ok",
                                 (false, false) => "running",
@@ -245,7 +251,12 @@ mod tests {
                          "error": {"code": "step.exit_nonzero", "message": "x"}, "retry_in_ms": 100},
                         {"attempt": 2, "started_unix_ms": 1700, "finished_unix_ms": 1890}]},
                 "d": {"kind": "file", "state": "skipped", "attempts": 0, "needs": ["a"],
-                      "finished_unix_ms": 1210, "skip_reason": "unchanged"}
+                      "finished_unix_ms": 1210, "skip_reason": "unchanged"},
+                "e": {"kind": "run", "state": "cancelled", "attempts": 1,
+                      "started_unix_ms": 1010, "finished_unix_ms": 1100,
+                      "error": {"code": "step.cancelled", "message": "x"},
+                      "attempt_log": [{"attempt": 1, "started_unix_ms": 1010, "finished_unix_ms": 1100,
+                                       "error": {"code": "step.cancelled", "message": "x"}}]}
             }
         });
         serde_json::from_value(json).unwrap()
@@ -255,7 +266,7 @@ mod tests {
     fn blame_orders_by_run_time() {
         let t = Timeline::from_status(&doc());
         let names: Vec<_> = t.blame().into_iter().map(|b| b.step).collect();
-        assert_eq!(names, ["b", "c", "a", "d"]);
+        assert_eq!(names, ["b", "c", "a", "e", "d"]);
     }
 
     #[test]
@@ -269,5 +280,6 @@ mod tests {
         assert_eq!(chain[1].run_ms, 370);
         assert_eq!(t.steps[2].attempts[0].outcome, "failed");
         assert_eq!(t.steps[2].attempts[1].outcome, "ok");
+        assert_eq!(t.steps[4].attempts[0].outcome, "cancelled");
     }
 }

@@ -324,6 +324,10 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         Ok(journal) => Arc::new(journal),
         Err(err) => {
             eprintln!("error: {err} [{}]", ErrorCode::StateUnwritable);
+            crate::telemetry::metrics::record_refused_run(ErrorCode::StateUnwritable);
+            for warning in obs.finish_run() {
+                eprintln!("bootplan: warning: {warning}");
+            }
             return ErrorCode::StateUnwritable.exit_code();
         }
     };

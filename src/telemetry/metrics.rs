@@ -172,6 +172,15 @@ pub fn render(handle: &PrometheusHandle) -> String {
     handle.render()
 }
 
+/// Counts a run that failed before its first step (e.g. an unwritable
+/// state directory), so the delivered metrics do not say "still running".
+pub fn record_refused_run(code: crate::error::ErrorCode) {
+    counter!(RUNS_TOTAL, "outcome" => Outcome::Failed.as_str()).increment(1);
+    counter!(ERRORS_TOTAL, "code" => code.as_str()).increment(1);
+    gauge!(READY).set(0.0);
+    gauge!(LAST_RUN_TIMESTAMP).set(unix_seconds(SystemTime::now()));
+}
+
 /// Counts a run refused for an invalid or unreadable plan.
 pub fn record_invalid_plan() {
     counter!(PLAN_VALIDATION_FAILURES).increment(1);

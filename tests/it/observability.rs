@@ -274,9 +274,12 @@ steps:
   flaky:
     run: ["sh", "-c", "test -e once || {{ touch once; exit 4; }}"]
     retry: {{ attempts: 3, backoff: 10ms..20ms }}
+  svc:
+    service: ["sleep", "30"]
+    ready: {{ command: ["true"], interval: 50ms }}
   after:
     run: ["true"]
-    needs: [flaky]
+    needs: [flaky, svc]
 "#
     ));
     let out = sb.run();
@@ -289,6 +292,8 @@ steps:
         "bootplan_errors_total{plan=\"obs-push\",code=\"step.exit_nonzero\"} 1",
         "bootplan_step_duration_seconds_count{plan=\"obs-push\",step=\"after\",outcome=\"done\"} 1",
         "bootplan_ready{plan=\"obs-push\"} 1",
+        "bootplan_service_ready_seconds_count{plan=\"obs-push\",step=\"svc\"} 1",
+        "# TYPE bootplan_service_ready_seconds histogram",
     ] {
         assert!(text.contains(want), "missing {want} in textfile:\n{text}");
     }

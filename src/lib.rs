@@ -1,6 +1,7 @@
 //! bootplan: takes a machine from a blank start to "ready", driven by a
 //! declarative plan. See ARCHITECTURE.md for the map.
 
+pub mod analyze;
 pub mod cli;
 pub mod engine;
 pub mod error;

@@ -14,6 +14,7 @@ pub mod raw;
 pub mod refs;
 pub mod secret_checks;
 pub mod secret_source;
+pub mod telemetry;
 pub mod validate;
 pub mod when;
 
@@ -91,6 +92,8 @@ pub struct Plan {
     pub secrets: IndexMap<String, SecretSource>,
     pub backends: BackendsConfig,
     pub steps: Vec<Step>,
+    /// Where metrics and traces go (`telemetry:`).
+    pub telemetry: telemetry::TelemetryConfig,
 }
 
 impl Plan {

@@ -65,6 +65,9 @@ pub struct RawPlan {
     /// The steps, by name. Order in the file does not matter: `needs` decides.
     #[schemars(with = "IndexMap<String, RawStep>")]
     pub steps: IndexMap<String, Spanned<RawStep>>,
+    /// Where metrics and traces go. See docs/plan.md, "Telemetry".
+    #[serde(default)]
+    pub telemetry: Option<super::telemetry::RawTelemetry>,
 }
 
 /// Fact gathering settings.

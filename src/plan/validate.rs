@@ -162,6 +162,12 @@ impl Validator {
             self.check_exec(&steps, &raw);
         }
 
+        let (telemetry, problems) =
+            super::telemetry::resolve(raw.telemetry.as_ref(), &self.plan_dir);
+        for (field, message, hint) in problems {
+            self.error(None, field, message, hint);
+        }
+
         Plan {
             name: raw.name,
             path: self.file.clone(),
@@ -178,6 +184,7 @@ impl Validator {
             secrets: raw.secrets.into_iter().map(|(k, v)| (k, v.value)).collect(),
             backends: raw.backends,
             steps,
+            telemetry,
         }
     }
 

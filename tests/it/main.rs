@@ -9,4 +9,5 @@ mod crash;
 mod docs;
 mod facts;
 mod invalid_plans;
+mod observability;
 mod secrets;

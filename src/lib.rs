@@ -8,6 +8,7 @@ pub mod error;
 pub mod facts;
 pub mod fsutil;
 pub mod plan;
+pub mod retry;
 pub mod secrets;
 pub mod steps;
 pub mod telemetry;

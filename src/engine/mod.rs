@@ -11,7 +11,6 @@
 
 pub mod dryrun;
 pub mod journal;
-pub mod retry;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tracing::Instrument;
 
 use crate::error::{ErrorCode, exit};
 use crate::plan::{OnFailure, Plan, Step, StepKind};
+use crate::retry;
 use crate::steps::exec::ExecRequest;
 use crate::steps::process::{self, Output};
 use crate::steps::{self, StepContext, StepError, StepInputs};

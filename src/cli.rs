@@ -16,8 +16,11 @@ use crate::secrets::{Redactor, SecretStore};
 use crate::steps::StepContext;
 use crate::telemetry::console::ConsoleSink;
 use crate::telemetry::jsonlog::JsonLogSink;
+use crate::telemetry::observe::{self, Observability};
 use crate::telemetry::status::{self, StatusSink};
+use crate::telemetry::traces;
 use crate::telemetry::{ErrorInfo, EventKind, Level, Outcome, Reporter};
+use tracing::Instrument;
 
 const DEFAULT_STATE_DIR: &str = "/var/lib/bootplan";
 const DEFAULT_RUN_DIR: &str = "/run/bootplan";
@@ -44,6 +47,8 @@ pub struct Cli {
     /// Least severe level to log.
     #[arg(long, global = true, value_enum, default_value_t = Level::Info, env = "BOOTPLAN_LOG_LEVEL")]
     log_level: Level,
+    #[command(flatten)]
+    telemetry: crate::telemetry::observe::TelemetryArgs,
     /// `run`: stay the parent of the exec app (forward signals, reap, stop in order)
     /// even without services. Automatic with services, as PID 1, or with `register`.
     #[arg(long, global = true, env = "BOOTPLAN_SUPERVISE")]
@@ -116,6 +121,8 @@ enum Command {
         #[arg(long)]
         user_data: bool,
     },
+    /// Where the time of the last run went: blame, critical chain, waterfall.
+    Analyze(crate::analyze::AnalyzeArgs),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -153,6 +160,16 @@ pub fn main() -> i32 {
             plan,
             user_data,
         } => facts_cmd(*json, provider.as_deref(), plan.as_deref(), *user_data),
+        Command::Analyze(args) => {
+            let status = match &args.status {
+                Some(path) => path.clone(),
+                None => match status_path(&cli, args.plan.as_deref()) {
+                    Ok(path) => path,
+                    Err(code) => return code,
+                },
+            };
+            crate::analyze::command(args, &status)
+        }
     }
 }
 
@@ -284,9 +301,9 @@ fn new_bootstrap_id() -> String {
 }
 
 /// Builds the reporter: status file plus console or JSON logs.
-fn reporter(cli: &Cli, run_dir: &Path, redactor: Arc<Redactor>) -> Arc<Reporter> {
+fn reporter(cli: &Cli, status: StatusSink, redactor: Arc<Redactor>) -> Arc<Reporter> {
     let reporter = Arc::new(Reporter::new(redactor));
-    reporter.add_sink(Box::new(StatusSink::new(run_dir.join(STATUS_FILE))));
+    reporter.add_sink(Box::new(status));
     let json = match cli.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -310,6 +327,9 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         Err(err) => {
             print_plan_error(&err);
             let doc = write_invalid_status(&run_dir(cli, None), path, &err);
+            for warning in observe::record_invalid_plan(&cli.telemetry, path) {
+                eprintln!("bootplan: warning: {warning}");
+            }
             // A readiness file from an earlier run must not say "ready" now.
             crate::lifecycle::readyfile::remove(&run_dir(cli, None).join("ready"));
             report_invalid_plan(cli, path, &doc);
@@ -318,7 +338,17 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     };
     let run_dir = run_dir(cli, Some(&plan));
     let redactor = Arc::new(Redactor::new());
-    let reporter = reporter(cli, &run_dir, redactor.clone());
+    let status_sink = StatusSink::new(run_dir.join(STATUS_FILE)).with_needs(step_needs(&plan));
+    // Metrics and traces start before the run so nothing recorded is lost.
+    let (mut obs, telemetry_warnings) = Observability::start(
+        cli.telemetry.merge(&plan.telemetry),
+        &plan.name,
+        Some(status_sink.document()),
+    );
+    let reporter = reporter(cli, status_sink, redactor.clone());
+    if let Some(sink) = obs.metrics_sink(started) {
+        reporter.add_sink(sink);
+    }
     let ready_file = crate::lifecycle::ready_file(&plan, &run_dir);
     crate::lifecycle::add_sinks(
         &reporter,
@@ -332,6 +362,10 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         Ok(journal) => Arc::new(journal),
         Err(err) => {
             eprintln!("error: {err} [{}]", ErrorCode::StateUnwritable);
+            crate::telemetry::metrics::record_refused_run(ErrorCode::StateUnwritable);
+            for warning in obs.finish_run() {
+                eprintln!("bootplan: warning: {warning}");
+            }
             if let Some(spec) = crate::lifecycle::report_spec(&plan, cli.report_url.as_deref()) {
                 let message = redactor
                     .redact_owned(&err.to_string())
@@ -361,6 +395,9 @@ fn run(cli: &Cli, path: &Path) -> i32 {
             .map(|s| (s.name.clone(), s.kind.name()))
             .collect(),
     });
+    for warning in telemetry_warnings {
+        reporter.notice(Level::Warn, warning.to_string());
+    }
     if let Some(aside) = &journal.recovered_from {
         reporter.notice(
             Level::Warn,
@@ -380,6 +417,7 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         .with_deadline(started + plan.deadline)
         .with_region_hint(facts.region.clone());
     crate::secrets::files::warn_if_not_tmpfs(&secrets, &reporter);
+    let root_span = traces::root_span(&bootstrap_id, &plan.name);
     let ctx = Arc::new(StepContext::new(
         reporter.clone(),
         facts,
@@ -405,20 +443,47 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         ready_file,
         started,
     };
-    let finished = runtime.block_on(crate::lifecycle::run(&plan, ctx, journal.clone(), &options));
-    drop(journal);
+    let finished = runtime.block_on(
+        crate::lifecycle::run(&plan, ctx, journal.clone(), &options).instrument(root_span.clone()),
+    );
     let summary = match finished {
         crate::lifecycle::Finished::Run(summary) => *summary,
+        // Supervised: the verdict was given when the app was ready; this is
+        // the app's exit code (or the supervisor's).
         crate::lifecycle::Finished::Supervised(code) => {
+            let outcome = if code == exit::READY {
+                "ready"
+            } else {
+                "failed"
+            };
+            traces::record_outcome(&root_span, outcome, None);
+            drop(root_span);
+            drop(journal);
+            for warning in obs.finish_run() {
+                reporter.notice(Level::Warn, warning.to_string());
+            }
             reporter.finish();
             return code;
         }
     };
+    traces::record_outcome(
+        &root_span,
+        summary.outcome.as_str(),
+        summary.error.as_ref().map(|e| e.code.as_str()),
+    );
+    // The root span must end before the final trace flush.
+    drop(root_span);
+    drop(journal);
+    for warning in obs.finish_run() {
+        reporter.notice(Level::Warn, warning.to_string());
+    }
     let Some(request) = summary.exec else {
         reporter.finish();
+        linger(&runtime, &cli.telemetry, &obs);
         return summary.exit_code;
     };
     reporter.finish();
+    drop(obs);
     // Release the runtime (and its threads) before the process image is replaced.
     drop(runtime);
     let err = crate::steps::exec::exec(&request);
@@ -481,6 +546,43 @@ fn gather_for_run(
             Err(code.exit_code())
         }
     }
+}
+
+/// Each step's `needs`, by name, for the status file.
+fn step_needs(plan: &Plan) -> indexmap::IndexMap<String, Vec<String>> {
+    plan.steps
+        .iter()
+        .map(|s| {
+            let needs = s.needs.iter().map(|&id| plan.steps[id].name.clone());
+            (s.name.clone(), needs.collect())
+        })
+        .collect()
+}
+
+/// With `--metrics-linger`, keeps the endpoint up after the run so a final
+/// scrape sees the verdict; SIGTERM or SIGINT ends the wait early.
+fn linger(
+    runtime: &tokio::runtime::Runtime,
+    args: &crate::telemetry::observe::TelemetryArgs,
+    obs: &Observability,
+) {
+    let (Some(limit), Some(_)) = (args.metrics_linger, obs.server()) else {
+        return;
+    };
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(limit) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    });
 }
 
 /// Records an invalid plan in the status file, so `status` and fleet

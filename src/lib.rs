@@ -1,6 +1,7 @@
 //! bootplan: takes a machine from a blank start to "ready", driven by a
 //! declarative plan. See ARCHITECTURE.md for the map.
 
+pub mod analyze;
 pub mod cli;
 pub mod engine;
 pub mod error;
@@ -8,6 +9,7 @@ pub mod facts;
 pub mod fsutil;
 pub mod lifecycle;
 pub mod plan;
+pub mod retry;
 pub mod secrets;
 pub mod steps;
 pub mod telemetry;

@@ -11,7 +11,6 @@
 
 pub mod dryrun;
 pub mod journal;
-pub mod retry;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,13 +18,15 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::{ErrorCode, exit};
 use crate::plan::{OnFailure, Plan, Step, StepKind};
+use crate::retry;
 use crate::steps::exec::ExecRequest;
 use crate::steps::process::{self, Output};
 use crate::steps::{self, StepContext, StepError, StepInputs};
-use crate::telemetry::{ErrorInfo, EventKind, Outcome, StepState};
+use crate::telemetry::{ErrorInfo, EventKind, Outcome, StepState, traces};
 use journal::Journal;
 
 /// Longest an `undo` command may take when its step sets no timeout.
@@ -107,8 +108,16 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                 journal.clone(),
                 cancel.child_token(),
             );
-            let handle =
-                tasks.spawn(async move { (step.id, execute(&step, &ctx, &journal, &token).await) });
+            // The step's span parents its attempts and network calls; its
+            // trace context goes to the step's child processes.
+            let span = traces::step_span(&step.name, step.kind.name(), &ctx.bootstrap_id);
+            let trace_env = traces::span_env(&span);
+            let task = async move {
+                let result = execute(&step, &ctx, &journal, &token).await;
+                trace_step_result(&result);
+                (step.id, result)
+            };
+            let handle = tasks.spawn(traces::with_step_env(trace_env, task).instrument(span));
             task_ids.insert(handle.id(), id);
         }
         if tasks.is_empty() {
@@ -389,7 +398,12 @@ async fn execute(
             step: step.name.clone(),
             attempt,
         });
-        match attempt_with_timeout(&inputs, ctx, cancel).await {
+        let span = traces::attempt_span(&step.name, attempt, &ctx.bootstrap_id);
+        let result = attempt_with_timeout(&inputs, ctx, cancel)
+            .instrument(span.clone())
+            .await;
+        trace_attempt_result(&span, &result);
+        match result {
             Ok(()) => {
                 journal.record(step, &ctx.facts, &ctx.bootstrap_id);
                 return StepResult::Done {
@@ -424,6 +438,33 @@ async fn execute(
                 }
             }
         }
+    }
+}
+
+/// Records a step's end on its span (the current one in the step's task).
+fn trace_step_result(result: &StepResult) {
+    let span = tracing::Span::current();
+    let (outcome, code, attempts) = match result {
+        StepResult::Done { attempts, .. } => (StepState::Done, None, *attempts),
+        StepResult::Skipped(_) => (StepState::Skipped, None, 0),
+        StepResult::Failed {
+            error, attempts, ..
+        } => (StepState::Failed, Some(error.code()), *attempts),
+        StepResult::Cancelled { attempts, .. } => (
+            StepState::Cancelled,
+            Some(ErrorCode::StepCancelled),
+            *attempts,
+        ),
+    };
+    span.record("attempts", attempts);
+    traces::record_outcome(&span, outcome.as_str(), code.map(|c| c.as_str()));
+}
+
+fn trace_attempt_result(span: &tracing::Span, result: &Result<(), StepError>) {
+    match result {
+        Ok(()) => traces::record_outcome(span, "ok", None),
+        Err(StepError::Cancelled) => traces::record_outcome(span, "cancelled", None),
+        Err(error) => traces::record_outcome(span, "failed", Some(error.code().as_str())),
     }
 }
 

@@ -155,10 +155,7 @@ impl MetadataClient {
                 Attempt::Retry(last) => last,
             };
             tracing::debug!(attempt, error = %last, "metadata request failed");
-            let cap = BACKOFF_MIN
-                .saturating_mul(1 << attempt.min(10))
-                .min(BACKOFF_MAX);
-            let delay = Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64));
+            let delay = crate::retry::backoff(BACKOFF_MIN, BACKOFF_MAX, attempt + 1);
             if Instant::now() + delay >= self.deadline {
                 return Err(FactsError::Unreachable {
                     provider: self.provider,

@@ -154,9 +154,10 @@ impl Services {
     }
 }
 
-/// Starts the unit's process and waits until its probe passes.
+/// Starts the unit's process and waits until its probe passes. The first
+/// start's time to ready is recorded by the metrics sink from the step's
+/// events; restarts record it in [`watch_service`].
 pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Running, StepError> {
-    let started = Instant::now();
     unit.probe.reset();
     let mut command = unit.cmd.command_for(&unit.bootstrap_id, &unit.step);
     if let Some(listener) = &unit.notify {
@@ -187,15 +188,11 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
         })
         .await;
     match result {
-        Ok(()) => {
-            metrics::histogram!("bootplan_service_ready_seconds", "step" => unit.step.clone())
-                .record(started.elapsed().as_secs_f64());
-            Ok(Running {
-                child,
-                pgid,
-                readers,
-            })
-        }
+        Ok(()) => Ok(Running {
+            child,
+            pgid,
+            readers,
+        }),
         Err(err) => {
             process::terminate_group(&mut child, pgid, unit.grace).await;
             process::drain(readers).await;
@@ -311,6 +308,7 @@ async fn watch_service(
             () = stop.cancelled() => return,
         }
         // Start again; a start that fails counts as one more exit.
+        let mut began = Instant::now();
         let mut outcome = start(&unit, &stop).await;
         while let Err(err) = outcome {
             if matches!(err, StepError::Cancelled) || stop.is_cancelled() {
@@ -336,9 +334,12 @@ async fn watch_service(
                 () = tokio::time::sleep(delay) => {}
                 () = stop.cancelled() => return,
             }
+            began = Instant::now();
             outcome = start(&unit, &stop).await;
         }
         if let Ok(proc) = outcome {
+            metrics::histogram!("bootplan_service_ready_seconds", "step" => unit.step.clone())
+                .record(began.elapsed().as_secs_f64());
             unit.reporter.notice(
                 Level::Info,
                 format!("service `{}` is ready again", unit.step),

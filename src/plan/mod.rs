@@ -15,6 +15,7 @@ pub mod raw;
 pub mod refs;
 pub mod secret_checks;
 pub mod secret_source;
+pub mod telemetry;
 pub mod validate;
 pub mod when;
 
@@ -94,6 +95,8 @@ pub struct Plan {
     pub steps: Vec<Step>,
     /// Supervision, readiness file, registration and report settings.
     pub lifecycle: lifecycle::Lifecycle,
+    /// Where metrics and traces go (`telemetry:`).
+    pub telemetry: telemetry::TelemetryConfig,
 }
 
 impl Plan {

@@ -78,6 +78,9 @@ pub struct RawPlan {
     /// POST the final status to a webhook, on success and on every failure.
     #[serde(default)]
     pub report: Option<super::lifecycle::RawReport>,
+    /// Where metrics and traces go. See docs/plan.md, "Telemetry".
+    #[serde(default)]
+    pub telemetry: Option<super::telemetry::RawTelemetry>,
 }
 
 /// Fact gathering settings.

@@ -176,6 +176,12 @@ impl Validator {
         );
         self.diagnostics.extend(lifecycle_problems);
 
+        let (telemetry, problems) =
+            super::telemetry::resolve(raw.telemetry.as_ref(), &self.plan_dir);
+        for (field, message, hint) in problems {
+            self.error(None, field, message, hint);
+        }
+
         Plan {
             name: raw.name,
             path: self.file.clone(),
@@ -193,6 +199,7 @@ impl Validator {
             backends: raw.backends,
             steps,
             lifecycle,
+            telemetry,
         }
     }
 

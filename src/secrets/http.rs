@@ -203,15 +203,7 @@ impl Net {
 
     /// Full jitter: uniform in `0..=min(max, min·2^(attempt-1))`.
     fn jitter(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        let ceiling = self
-            .min_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff);
-        let millis = ceiling.as_millis().min(u64::MAX as u128) as u64;
-        Duration::from_millis(fastrand::u64(0..=millis))
+        crate::retry::backoff(self.min_backoff, self.max_backoff, attempt)
     }
 }
 

@@ -79,6 +79,12 @@ impl StepContext {
         }
     }
 
+    /// W3C trace context (`TRACEPARENT`, `TRACESTATE`) of the running step's
+    /// span, for its child processes; empty when traces are off.
+    pub fn trace_env(&self) -> Vec<(String, String)> {
+        crate::telemetry::traces::step_env()
+    }
+
     /// The HTTP client, built on first use (most plans never need one).
     pub fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {

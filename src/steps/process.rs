@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{StepContext, StepError};
 use crate::telemetry::{EventKind, Stream};
@@ -53,6 +54,7 @@ impl Cmd {
             .env_remove("NOTIFY_SOCKET")
             .env("BOOTPLAN_BOOTSTRAP_ID", bootstrap_id)
             .env("BOOTPLAN_STEP", step)
+            .envs(crate::telemetry::traces::step_env())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -147,22 +149,28 @@ pub fn take_readers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut handles = Vec::new();
     if let Some(out) = child.stdout.take() {
-        handles.push(tokio::spawn(pump(
-            out,
-            step.to_string(),
-            Stream::Stdout,
-            ctx.reporter.clone(),
-            output,
-        )));
+        handles.push(tokio::spawn(
+            pump(
+                out,
+                step.to_string(),
+                Stream::Stdout,
+                ctx.reporter.clone(),
+                output,
+            )
+            .in_current_span(),
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        handles.push(tokio::spawn(pump(
-            err,
-            step.to_string(),
-            Stream::Stderr,
-            ctx.reporter.clone(),
-            output,
-        )));
+        handles.push(tokio::spawn(
+            pump(
+                err,
+                step.to_string(),
+                Stream::Stderr,
+                ctx.reporter.clone(),
+                output,
+            )
+            .in_current_span(),
+        ));
     }
     handles
 }

@@ -33,6 +33,10 @@ pub fn event_json(event: &Event, bootstrap_id: &str) -> Value {
     if let Some(step) = event.kind.step() {
         obj.insert("step".into(), json!(step));
     }
+    if let Some((trace_id, span_id)) = super::traces::current_ids() {
+        obj.insert("trace_id".into(), json!(trace_id));
+        obj.insert("span_id".into(), json!(span_id));
+    }
     let mut put = |k: &str, v: Value| {
         obj.insert(k.into(), v);
     };

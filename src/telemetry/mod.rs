@@ -8,8 +8,12 @@
 
 pub mod console;
 pub mod event;
+pub mod export;
 pub mod jsonlog;
+pub mod metrics;
+pub mod observe;
 pub mod status;
+pub mod traces;
 
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;

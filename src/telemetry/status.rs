@@ -48,6 +48,9 @@ pub struct PlanInfo {
 pub struct StepStatus {
     pub kind: String,
     pub state: StepState,
+    /// The steps this one needs (for `bootplan analyze critical-chain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_unix_ms: Option<u64>,
@@ -230,6 +233,7 @@ impl StatusDoc {
                         StepStatus {
                             kind: kind.to_string(),
                             state: StepState::Pending,
+                            needs: Vec::new(),
                             attempts: 0,
                             started_unix_ms: None,
                             finished_unix_ms: None,
@@ -252,6 +256,7 @@ impl StatusDoc {
 pub struct StatusSink {
     doc: Arc<Mutex<Option<StatusDoc>>>,
     writer: BackgroundWriter,
+    needs: IndexMap<String, Vec<String>>,
 }
 
 impl StatusSink {
@@ -269,7 +274,17 @@ impl StatusSink {
                 bytes
             }),
         );
-        StatusSink { doc, writer }
+        StatusSink {
+            doc,
+            writer,
+            needs: IndexMap::new(),
+        }
+    }
+
+    /// Records each step's `needs` in the document (step name → names).
+    pub fn with_needs(mut self, needs: IndexMap<String, Vec<String>>) -> StatusSink {
+        self.needs = needs;
+        self
     }
 
     /// A handle to the live document, for other sinks (e.g. the /status endpoint).
@@ -290,7 +305,14 @@ impl Sink for StatusSink {
             let mut doc = self.doc.lock().unwrap_or_else(|p| p.into_inner());
             match doc.as_mut() {
                 Some(doc) => doc.apply(event),
-                None => *doc = StatusDoc::new(event),
+                None => {
+                    *doc = StatusDoc::new(event);
+                    if let Some(doc) = doc.as_mut() {
+                        for (name, step) in doc.steps.iter_mut() {
+                            step.needs = self.needs.get(name).cloned().unwrap_or_default();
+                        }
+                    }
+                }
             }
         }
         match event.kind {

@@ -618,7 +618,7 @@ fn budget_running_out_fails_with_facts_unreachable() {
     let sb = Sandbox::new();
     let plan = facts_plan(
         &sb,
-        "{ provider: gcp, attempt_timeout: 100ms, budget: 800ms }",
+        "{ provider: gcp, attempt_timeout: 250ms, budget: 800ms }",
     );
     let started = Instant::now();
     let out = facts(
@@ -630,7 +630,11 @@ fn budget_running_out_fails_with_facts_unreachable() {
     assert_eq!(code(&out), 69, "{}", dump(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("facts.unreachable") && err.contains("800ms") && err.contains("HTTP 503"),
+        // The last error is the 503, or, on a loaded machine, an attempt that
+        // timed out before the 503 arrived; both are "unreachable".
+        err.contains("facts.unreachable")
+            && err.contains("800ms")
+            && (err.contains("HTTP 503") || err.contains("no answer within")),
         "{err}"
     );
     assert!(

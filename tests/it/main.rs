@@ -10,4 +10,5 @@ mod docs;
 mod facts;
 mod invalid_plans;
 mod lifecycle;
+mod observability;
 mod secrets;

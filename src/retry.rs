@@ -1,6 +1,7 @@
-//! Retry delays: exponential growth with full jitter (each delay drawn
-//! uniformly from zero to the capped exponential), so a fleet that fails
-//! together does not retry together.
+//! Backoff for everyone who retries (step attempts, metadata requests,
+//! secret-store calls, reports): exponential growth with full jitter, each
+//! delay drawn uniformly from zero to the capped exponential, so a fleet that
+//! fails together does not retry together.
 
 use std::time::Duration;
 
@@ -17,6 +18,15 @@ pub fn delays(policy: &RetryPolicy) -> impl Iterator<Item = Duration> {
         .with_max_times(policy.attempts.saturating_sub(1) as usize)
         .build()
         .map(full_jitter)
+}
+
+/// The full-jitter delay before retry number `attempt` (1-based): uniform in
+/// `0..=min(max, min·2^(attempt-1))`.
+pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1))
+        .unwrap_or(u32::MAX);
+    full_jitter(min.saturating_mul(factor).min(max))
 }
 
 /// A uniformly random delay in `0..=cap`.
@@ -44,6 +54,15 @@ mod tests {
                 d.as_millis() as u64 <= cap,
                 "delay {n} = {d:?} above cap {cap}ms"
             );
+        }
+    }
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        let (min, max) = (Duration::from_millis(10), Duration::from_millis(100));
+        for attempt in 1..40 {
+            let cap = (10u64 << (attempt - 1).min(20)).min(100);
+            assert!(backoff(min, max, attempt).as_millis() as u64 <= cap);
         }
     }
 

@@ -1,0 +1,74 @@
+//! `bootplan analyze`: where the time of a run went, from its status file.
+//!
+//! [`timeline`] rebuilds the run (steps, attempts, backoff, waits) and
+//! answers `blame` and `critical-chain`; [`render`] prints them as text or
+//! JSON, or draws a self-contained SVG/HTML waterfall. To add a view: a
+//! variant of [`View`], a method on [`timeline::Timeline`], and its text form.
+
+pub mod render;
+pub mod timeline;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::exit;
+use crate::telemetry::status;
+use timeline::Timeline;
+
+/// What to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum View {
+    /// Steps by run time, longest first.
+    Blame,
+    /// The chain of steps that decided when the run finished.
+    CriticalChain,
+}
+
+/// How to show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    /// Every view, for machines.
+    Json,
+    /// A waterfall (Gantt) of steps, attempts, retries and waits.
+    Svg,
+    /// The waterfall with the blame and critical-chain tables, one self-contained page.
+    Html,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AnalyzeArgs {
+    #[arg(value_enum, default_value_t = View::Blame)]
+    pub view: View,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// The status file to read [default: the run dir's status.json].
+    #[arg(long, value_name = "FILE")]
+    pub status: Option<PathBuf>,
+    /// A plan file whose run_dir holds the status file.
+    #[arg(long, value_name = "PLAN")]
+    pub plan: Option<PathBuf>,
+}
+
+/// Runs the command; returns the exit code.
+pub fn command(args: &AnalyzeArgs, status_file: &Path) -> i32 {
+    let doc = match status::read_status(status_file) {
+        Ok(doc) => doc,
+        Err(err) => {
+            eprintln!("bootplan: no run to analyze: {err}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    let timeline = Timeline::from_status(&doc);
+    let failed = doc.failed_step.as_deref();
+    let out = match args.format {
+        Format::Text => match args.view {
+            View::Blame => render::blame_text(&timeline),
+            View::CriticalChain => render::chain_text(&timeline, failed),
+        },
+        Format::Json => render::json(&timeline, failed),
+        Format::Svg => render::svg(&timeline, failed),
+        Format::Html => render::html(&timeline, failed),
+    };
+    print!("{out}");
+    exit::READY
+}

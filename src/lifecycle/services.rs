@@ -22,6 +22,7 @@ use crate::error::ErrorCode;
 use crate::plan::lifecycle::{RestartOn, RestartPolicy};
 use crate::steps::StepError;
 use crate::steps::process::{self, Cmd};
+use crate::telemetry::metrics::{SERVICE_READY, SERVICE_RESTARTS};
 use crate::telemetry::{ErrorInfo, Level, Reporter, Stream};
 
 /// Everything needed to (re)start one service.
@@ -301,8 +302,7 @@ async fn watch_service(
                 humantime::format_duration(delay)
             ),
         );
-        metrics::counter!("bootplan_service_restarts_total", "step" => unit.step.clone())
-            .increment(1);
+        metrics::counter!(SERVICE_RESTARTS, "step" => unit.step.clone()).increment(1);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return,
@@ -338,7 +338,7 @@ async fn watch_service(
             outcome = start(&unit, &stop).await;
         }
         if let Ok(proc) = outcome {
-            metrics::histogram!("bootplan_service_ready_seconds", "step" => unit.step.clone())
+            metrics::histogram!(SERVICE_READY, "step" => unit.step.clone())
                 .record(began.elapsed().as_secs_f64());
             unit.reporter.notice(
                 Level::Info,

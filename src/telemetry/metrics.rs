@@ -29,6 +29,7 @@ pub const BOOT_TO_READY: &str = "bootplan_boot_to_ready_seconds";
 pub const STEP_DURATION: &str = "bootplan_step_duration_seconds";
 pub const STEP_RETRIES: &str = "bootplan_step_retries_total";
 pub const SERVICE_READY: &str = "bootplan_service_ready_seconds";
+pub const SERVICE_RESTARTS: &str = "bootplan_service_restarts_total";
 pub const PLAN_VALIDATION_FAILURES: &str = "bootplan_plan_validation_failures_total";
 pub const ERRORS_TOTAL: &str = "bootplan_errors_total";
 pub const READY: &str = "bootplan_ready";
@@ -45,6 +46,7 @@ pub const METRICS: &[(&str, &str, &[&str])] = &[
     (STEP_DURATION, "histogram", &["step", "outcome"]),
     (STEP_RETRIES, "counter", &["step"]),
     (SERVICE_READY, "histogram", &["step"]),
+    (SERVICE_RESTARTS, "counter", &["step"]),
     (PLAN_VALIDATION_FAILURES, "counter", &[]),
     (ERRORS_TOTAL, "counter", &["code"]),
     (READY, "gauge", &[]),
@@ -124,6 +126,10 @@ fn describe() {
         SERVICE_READY,
         Unit::Seconds,
         "Time from a service step's start to its readiness check passing."
+    );
+    describe_counter!(
+        SERVICE_RESTARTS,
+        "Times a service was restarted by its restart policy."
     );
     describe_counter!(
         PLAN_VALIDATION_FAILURES,

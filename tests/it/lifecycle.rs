@@ -282,6 +282,7 @@ fn crashing_service_is_restarted_within_its_limit_then_fatal_beyond_it() {
             r#"
 version: 1
 name: restarts
+telemetry: {{ metrics: {{ textfile: m.prom }} }}
 steps:
   svc:
     service: ["sh", "svc.sh"]
@@ -319,6 +320,15 @@ steps:
         sb.read("starts.log").lines().count(),
         3,
         "one start and two restarts"
+    );
+    let metrics = sb.read("m.prom");
+    assert!(
+        metrics.contains("bootplan_service_restarts_total{plan=\"restarts\",step=\"svc\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bootplan_service_ready_seconds_count{plan=\"restarts\",step=\"svc\"} 3"),
+        "first start and both restarts were ready once each: {metrics}"
     );
     assert!(
         sb.read("signals.log").contains("TERM"),

@@ -31,17 +31,47 @@ fn signal(pid: u32, sig: i32) {
 }
 
 /// Starts `bootplan run plan.yaml` in the background with extra args.
-fn spawn(sb: &Sandbox, extra: &[&str]) -> Child {
-    sb.cmd()
-        .args(["run", "plan.yaml"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bootplan")
+fn spawn(sb: &Sandbox, extra: &[&str]) -> Bootplan {
+    Bootplan(Some(
+        sb.cmd()
+            .args(["run", "plan.yaml"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bootplan"),
+    ))
 }
 
-fn wait_output(child: Child) -> std::process::Output {
+/// A bootplan started by a test. If the test ends before waiting for it (a
+/// failed assertion), it is killed: a supervising bootplan would otherwise
+/// run on, with its app, after the test.
+struct Bootplan(Option<Child>);
+
+impl std::ops::Deref for Bootplan {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("bootplan child")
+    }
+}
+
+impl std::ops::DerefMut for Bootplan {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("bootplan child")
+    }
+}
+
+impl Drop for Bootplan {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_output(mut bootplan: Bootplan) -> std::process::Output {
+    let child = bootplan.0.take().expect("bootplan child");
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
@@ -373,18 +403,21 @@ steps:
     exec: ["sh", "app.sh"]
 "#,
     );
-    let child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc"])
-        .arg(crate::harness::bin())
-        .args(["run", "plan.yaml"])
-        .env("BOOTPLAN_STATE_DIR", sb.state_dir())
-        .env("BOOTPLAN_RUN_DIR", sb.run_dir())
-        .env("BOOTPLAN_LOG_FORMAT", "json")
-        .current_dir(sb.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn unshare");
+    // --kill-child: if the test kills unshare, bootplan (the namespace's init) dies too.
+    let child = Bootplan(Some(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+            .arg(crate::harness::bin())
+            .args(["run", "plan.yaml"])
+            .env("BOOTPLAN_STATE_DIR", sb.state_dir())
+            .env("BOOTPLAN_RUN_DIR", sb.run_dir())
+            .env("BOOTPLAN_LOG_FORMAT", "json")
+            .current_dir(sb.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn unshare"),
+    ));
     wait_until("the app to start", LONG, || sb.read("app.up").contains(' '));
     let up = sb.read("app.up");
     let ids: Vec<i32> = up.split_whitespace().map(|s| s.parse().unwrap()).collect();
@@ -1075,14 +1108,15 @@ steps:
     ready: { notify: true }
 "#,
     );
-    let mut child = sb
-        .cmd()
-        .args(["run", "plan.yaml"])
-        .env("NOTIFY_SOCKET", &socket.path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Bootplan(Some(
+        sb.cmd()
+            .args(["run", "plan.yaml"])
+            .env("NOTIFY_SOCKET", &socket.path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     wait_ready(&sb, &mut child);
     assert!(
         sb.path().join("app.said-ready").exists(),

@@ -159,8 +159,16 @@ struct WriterState {
     requested: u64,
     written: u64,
     stop: bool,
+    /// A caller is waiting in `flush`: skip the pause between writes.
+    urgent: bool,
     last_error: Option<String>,
 }
+
+/// Shortest pause between two background writes. A burst of changes (a wide
+/// plan finishing many steps at once) then costs one write per pause instead
+/// of one per change; `flush` cuts the pause short, so final states are never
+/// late.
+const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
 
 impl BackgroundWriter {
     /// `durable` selects [`write_atomic`] (fsync) over [`replace_file`].
@@ -206,6 +214,10 @@ impl BackgroundWriter {
                 return self.shared.write_once();
             }
             return Ok(());
+        }
+        if state.written < target {
+            state.urgent = true;
+            self.shared.wake.notify_all();
         }
         while state.written < target && !state.stop {
             state = self
@@ -258,12 +270,26 @@ impl WriterShared {
                 return;
             }
             let target = state.requested;
+            state.urgent = false;
             drop(state);
             let result = self.write_once();
             state = self.lock();
             state.written = target;
             state.last_error = result.err();
             self.wake.notify_all();
+            // Pause before the next write unless someone is waiting for it.
+            let pause_until = std::time::Instant::now() + MIN_WRITE_INTERVAL;
+            while !state.urgent && !state.stop {
+                let left = pause_until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = self
+                    .wake
+                    .wait_timeout(state, left)
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
         }
     }
 }

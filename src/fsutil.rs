@@ -161,6 +161,9 @@ struct WriterState {
     stop: bool,
     /// A caller is waiting in `flush`: skip the pause between writes.
     urgent: bool,
+    /// The writer is waiting for work (not writing, not pausing): only then
+    /// does a new request need to wake it.
+    idle: bool,
     last_error: Option<String>,
 }
 
@@ -193,7 +196,11 @@ impl BackgroundWriter {
     pub fn mark_dirty(&self) {
         let mut state = self.shared.lock();
         state.requested += 1;
-        self.shared.wake.notify_all();
+        // Waking a writer that is mid-write or pausing costs a futex call per
+        // event and changes nothing: it looks at `requested` when it is done.
+        if state.idle {
+            self.shared.wake.notify_all();
+        }
     }
 
     /// Writes the current state now and waits until it is on disk.
@@ -264,8 +271,10 @@ impl WriterShared {
         let mut state = self.lock();
         loop {
             while state.requested == state.written && !state.stop {
+                state.idle = true;
                 state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
+            state.idle = false;
             if state.stop && state.requested == state.written {
                 return;
             }

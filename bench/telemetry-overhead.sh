@@ -2,9 +2,9 @@
 # Telemetry overhead: a 100-step no-op plan run with telemetry off, with
 # metrics (endpoint + textfile), and with metrics + OTLP traces to a loopback
 # receiver. Needs hyperfine (scripts/deps/prometheus.sh) and python3.
-# Usage: scripts/bench/telemetry-overhead.sh [path/to/bootplan]
+# Usage: bench/telemetry-overhead.sh [path/to/bootplan]
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 BIN="${1:-target/release/bootplan}"
 [ -x "$BIN" ] || cargo build --release
 BIN="$(realpath "$BIN")"

@@ -63,6 +63,15 @@ impl PlanError {
     }
 }
 
+/// The names whose flag is set, in order: which of a set of mutually
+/// exclusive optional keys (step kinds, secret backends, auth methods) a
+/// mapping actually has.
+pub fn present_keys<const N: usize>(keys: [(&'static str, bool); N]) -> Vec<&'static str> {
+    keys.into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect()
+}
+
 /// Reads, parses and validates the plan at `path`.
 pub fn load(path: &Path) -> Result<Plan, PlanError> {
     let text = load::read_plan_text(path)?;

@@ -40,26 +40,14 @@ pub struct SecretSource {
 impl SecretSource {
     /// The backend keys present, for the "exactly one backend" check.
     pub fn backend_names(&self) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        if self.file.is_some() {
-            names.push("file");
-        }
-        if self.env.is_some() {
-            names.push("env");
-        }
-        if self.vault.is_some() {
-            names.push("vault");
-        }
-        if self.aws_secretsmanager.is_some() {
-            names.push("aws_secretsmanager");
-        }
-        if self.aws_ssm.is_some() {
-            names.push("aws_ssm");
-        }
-        if self.exec.is_some() {
-            names.push("exec");
-        }
-        names
+        super::present_keys([
+            ("file", self.file.is_some()),
+            ("env", self.env.is_some()),
+            ("vault", self.vault.is_some()),
+            ("aws_secretsmanager", self.aws_secretsmanager.is_some()),
+            ("aws_ssm", self.aws_ssm.is_some()),
+            ("exec", self.exec.is_some()),
+        ])
     }
 }
 
@@ -249,20 +237,12 @@ pub struct VaultAuth {
 
 impl VaultAuth {
     pub fn method_names(&self) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        if self.token.is_some() {
-            names.push("token");
-        }
-        if self.approle.is_some() {
-            names.push("approle");
-        }
-        if self.jwt.is_some() {
-            names.push("jwt");
-        }
-        if self.kubernetes.is_some() {
-            names.push("kubernetes");
-        }
-        names
+        super::present_keys([
+            ("token", self.token.is_some()),
+            ("approle", self.approle.is_some()),
+            ("jwt", self.jwt.is_some()),
+            ("kubernetes", self.kubernetes.is_some()),
+        ])
     }
 }
 

@@ -482,19 +482,15 @@ impl Validator {
     }
 
     fn kind(&mut self, pos: Option<Position>, field: &str, raw: &RawStep) -> Option<StepKind> {
-        let present: Vec<&str> = [
-            raw.run.is_some(),
-            raw.shell.is_some(),
-            raw.file.is_some(),
-            raw.template.is_some(),
-            raw.wait.is_some(),
-            raw.exec.is_some(),
-            raw.service.is_some(),
-        ]
-        .iter()
-        .zip(KIND_KEYS)
-        .filter_map(|(present, key)| present.then_some(key))
-        .collect();
+        let present = super::present_keys([
+            ("run", raw.run.is_some()),
+            ("shell", raw.shell.is_some()),
+            ("file", raw.file.is_some()),
+            ("template", raw.template.is_some()),
+            ("wait", raw.wait.is_some()),
+            ("exec", raw.exec.is_some()),
+            ("service", raw.service.is_some()),
+        ]);
         if present.len() != 1 {
             let found = if present.is_empty() {
                 "none".to_string()

@@ -292,20 +292,8 @@ async fn watch_service(
             return;
         }
         restarts += 1;
-        let delay = unit.policy.delay(restarts);
-        unit.reporter.notice(
-            Level::Warn,
-            format!(
-                "service `{}` {what}; restart {restarts} of {} in {}",
-                unit.step,
-                unit.policy.limit,
-                humantime::format_duration(delay)
-            ),
-        );
-        metrics::counter!(SERVICE_RESTARTS, "step" => unit.step.clone()).increment(1);
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            () = stop.cancelled() => return,
+        if !announce_restart(&unit, &what, restarts, &stop).await {
+            return;
         }
         // Start again; a start that fails counts as one more exit.
         let mut began = Instant::now();
@@ -320,19 +308,8 @@ async fn watch_service(
                 return;
             }
             restarts += 1;
-            let delay = unit.policy.delay(restarts);
-            unit.reporter.notice(
-                Level::Warn,
-                format!(
-                    "service `{}` {what}; restart {restarts} of {} in {}",
-                    unit.step,
-                    unit.policy.limit,
-                    humantime::format_duration(delay)
-                ),
-            );
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stop.cancelled() => return,
+            if !announce_restart(&unit, &what, restarts, &stop).await {
+                return;
             }
             began = Instant::now();
             outcome = start(&unit, &stop).await;
@@ -346,6 +323,31 @@ async fn watch_service(
             );
             current = Some(proc);
         }
+    }
+}
+
+/// Says restart number `restarts` is coming, counts it, and waits out its
+/// backoff. `false` when the run is stopping instead.
+async fn announce_restart(
+    unit: &ServiceUnit,
+    what: &str,
+    restarts: u32,
+    stop: &CancellationToken,
+) -> bool {
+    let delay = unit.policy.delay(restarts);
+    unit.reporter.notice(
+        Level::Warn,
+        format!(
+            "service `{}` {what}; restart {restarts} of {} in {}",
+            unit.step,
+            unit.policy.limit,
+            humantime::format_duration(delay)
+        ),
+    );
+    metrics::counter!(SERVICE_RESTARTS, "step" => unit.step.clone()).increment(1);
+    tokio::select! {
+        () = tokio::time::sleep(delay) => true,
+        () = stop.cancelled() => false,
     }
 }
 

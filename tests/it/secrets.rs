@@ -1272,11 +1272,15 @@ steps:
         vault = bao.addr(),
         moto = moto.url(),
     ));
+    // The metrics textfile lands in the sandbox, so the scan below covers
+    // the metrics output too.
+    let textfile = sb.path().join("metrics.prom").display().to_string();
     let env = [
         ("T", "root"),
         ("CANARY_ENV", canary("env").leak() as &str),
         ("AWS_ACCESS_KEY_ID", "AKIDCANARY"),
         ("AWS_SECRET_ACCESS_KEY", "canary-aws-secret-key"),
+        ("BOOTPLAN_METRICS_TEXTFILE", textfile.as_str()),
     ];
     let out = run_with(&sb, &env, &["--log-level", "debug"]);
     assert_eq!(code(&out), 1, "{}", dump(&out));
@@ -1337,6 +1341,19 @@ steps:
         }
     }
     assert!(haystacks.iter().any(|(p, _)| p.ends_with("status.json")));
+    // The metrics output was scanned, and it counted the leaks it stopped.
+    let metrics = &haystacks
+        .iter()
+        .find(|(p, _)| p.ends_with("metrics.prom"))
+        .expect("the metrics textfile was written")
+        .1;
+    let redactions: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("bootplan_secret_redactions_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("bootplan_secret_redactions_total in the textfile");
+    assert!(redactions > 0.0, "no redaction counted:\n{metrics}");
     assert!(
         haystacks.iter().any(|(p, _)| p.contains("state")),
         "the journal was checked"

@@ -1142,7 +1142,7 @@ fn invalid_facts_block_is_reported_with_hints() {
             "not a provider with a metadata endpoint",
         ),
         (
-            "{ endpoints: { aws: \"169.254.169.254\" } }",
+            "{ endpoints: { aws: \"127.0.0.1:9\" } }",
             "is not an http(s) URL",
         ),
         ("{ fallback: maybe }", "unknown variant `maybe`"),

@@ -67,7 +67,7 @@ impl Sandbox {
             .env("BOOTPLAN_LOG_FORMAT", "json")
             .env_remove("BOOTPLAN_LOG_LEVEL")
             // Facts detection sees no cloud unless a test says otherwise, so
-            // no test reaches a real metadata service (169.254.169.254).
+            // no test reaches a real (link-local) metadata service.
             .env("BOOTPLAN_DMI_ROOT", self.path().join("no-dmi"))
             .env("BOOTPLAN_CMDLINE", self.path().join("no-cmdline"))
             .env("BOOTPLAN_DISK_LABELS_DIR", self.path().join("no-labels"))

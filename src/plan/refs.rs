@@ -27,10 +27,18 @@ pub fn references(text: &str) -> Result<BTreeSet<Reference>, String> {
     let template = env
         .template_from_str(text)
         .map_err(|err| describe_error(&err))?;
-    // Built-in globals (`range`, `dict`, `namespace`, ...) are not references.
+    Ok(to_references(&env, template.undeclared_variables(true)))
+}
+
+/// MiniJinja's undeclared variables (`secrets.db`, `range`, ...) as
+/// references, without the environment's built-in globals (`range`, `dict`,
+/// `namespace`, ...), which are not references.
+pub fn to_references(
+    env: &minijinja::Environment<'_>,
+    undeclared: std::collections::HashSet<String>,
+) -> BTreeSet<Reference> {
     let builtins: BTreeSet<&str> = env.globals().map(|(name, _)| name).collect();
-    Ok(template
-        .undeclared_variables(true)
+    undeclared
         .into_iter()
         .filter(|var| !builtins.contains(var.split('.').next().unwrap_or(var)))
         .map(|var| match var.split_once('.') {
@@ -43,7 +51,7 @@ pub fn references(text: &str) -> Result<BTreeSet<Reference>, String> {
                 name: None,
             },
         })
-        .collect())
+        .collect()
 }
 
 /// A template error as one line: what went wrong and on which template line.

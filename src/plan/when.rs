@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use indexmap::IndexMap;
 
-use super::refs::{Reference, describe_error};
+use super::refs::{Reference, describe_error, to_references};
 use crate::facts::Facts;
 
 /// The names `expr` reads, or why it does not parse.
@@ -20,20 +20,7 @@ pub fn references(expr: &str) -> Result<BTreeSet<Reference>, String> {
     let compiled = env
         .compile_expression(expr)
         .map_err(|err| describe_error(&err))?;
-    Ok(compiled
-        .undeclared_variables(true)
-        .into_iter()
-        .map(|var| match var.split_once('.') {
-            Some((root, rest)) => Reference {
-                root: root.to_string(),
-                name: Some(rest.split('.').next().unwrap_or(rest).to_string()),
-            },
-            None => Reference {
-                root: var,
-                name: None,
-            },
-        })
-        .collect())
+    Ok(to_references(&env, compiled.undeclared_variables(true)))
 }
 
 /// Evaluates `expr` with the run's facts and vars; true means "run the step".
@@ -67,6 +54,13 @@ pub fn skip_reason(expr: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn builtin_functions_are_not_references() {
+        let refs = references("facts.cpu_count in range(1, 64)").unwrap();
+        assert_eq!(refs.len(), 1, "{refs:?}");
+        assert_eq!(refs.iter().next().map(|r| r.root.as_str()), Some("facts"));
+    }
 
     #[test]
     fn finds_references_and_rejects_bad_syntax() {

@@ -5,6 +5,7 @@
 # bootplan's tests only read its shipped example files.
 # Idempotent: a quick no-op when the examples directory is already there.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 examples=/usr/share/doc/cloud-init/examples
 if dpkg-query -W -f='${Status}' cloud-init 2>/dev/null | grep -q "install ok installed" \
@@ -17,8 +18,5 @@ mkdir -p /etc/cloud
 touch /etc/cloud/cloud-init.disabled
 
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-cache policy cloud-init 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-  apt-get -o DPkg::Lock::Timeout=600 update
-fi
-apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends cloud-init
+apt_install cloud-init
 echo "cloud-init: installed, disabled by /etc/cloud/cloud-init.disabled; examples in $examples"

@@ -2,6 +2,7 @@
 # Installs moto's standalone server (PyPI `moto[server]`) into .tools/moto and
 # links it as .tools/bin/moto_server. Idempotent.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/../.."
 VERSION=5.2.5
 VENV=.tools/moto
@@ -15,10 +16,7 @@ fi
 need_apt=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  if ! apt-cache policy "${need_apt[@]}" 2>/dev/null | grep -q Candidate; then
-    apt-get update
-  fi
-  apt-get -o DPkg::Lock::Timeout=600 install -y "${need_apt[@]}"
+  apt_install "${need_apt[@]}"
 fi
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$VERSION"

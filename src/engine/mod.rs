@@ -74,56 +74,130 @@ enum Stop {
 /// task becomes an `internal.error` failure.
 pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> RunSummary {
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + plan.deadline;
-    let n = plan.steps.len();
-    let mut state = vec![StepState::Pending; n];
-    let mut waiting_on: Vec<usize> = plan.steps.iter().map(|s| s.needs.len()).collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for step in &plan.steps {
-        for &dep in &step.needs {
-            dependents[dep].push(step.id);
+    let mut graph = Graph::new(plan);
+    let stop = schedule(plan, &ctx, &journal, &mut graph).await;
+    wind_down(plan, &ctx, &journal, graph, stop, started).await
+}
+
+/// The DAG's bookkeeping: each step's state, how many of its needs are not
+/// finished yet, and which steps are ready to start.
+struct Graph {
+    state: Vec<StepState>,
+    waiting_on: Vec<usize>,
+    dependents: Vec<Vec<usize>>,
+    ready: VecDeque<usize>,
+    /// Steps done in this run, in completion order (rollback runs them backwards).
+    completed: Vec<usize>,
+    /// A step with `on_failure: continue` failed.
+    degraded: bool,
+    /// The exec step, set aside when ready: it runs last, by replacing bootplan.
+    exec_step: Option<usize>,
+}
+
+impl Graph {
+    fn new(plan: &Plan) -> Graph {
+        let n = plan.steps.len();
+        let waiting_on: Vec<usize> = plan.steps.iter().map(|s| s.needs.len()).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for step in &plan.steps {
+            for &dep in &step.needs {
+                dependents[dep].push(step.id);
+            }
+        }
+        let ready = (0..n).filter(|&i| waiting_on[i] == 0).collect();
+        Graph {
+            state: vec![StepState::Pending; n],
+            waiting_on,
+            dependents,
+            ready,
+            completed: Vec::new(),
+            degraded: false,
+            exec_step: None,
         }
     }
-    let mut ready: VecDeque<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
+
+    /// The next step to start, marked running.
+    fn next_ready(&mut self, plan: &Plan) -> Option<usize> {
+        while let Some(id) = self.ready.pop_front() {
+            if matches!(plan.steps[id].kind, StepKind::Exec { .. }) {
+                self.exec_step = Some(id);
+                continue;
+            }
+            self.state[id] = StepState::Running;
+            return Some(id);
+        }
+        None
+    }
+
+    /// Records how `step` ended. Returns the error that stops the run when it
+    /// failed closed (`on_failure: fail`).
+    fn finished(&mut self, step: &Step, finished: Finished) -> Option<ErrorInfo> {
+        let id = step.id;
+        self.state[id] = finished.state;
+        match finished.state {
+            StepState::Done => {
+                self.completed.push(id);
+                self.release(id);
+            }
+            StepState::Skipped => self.release(id),
+            StepState::Failed if step.on_failure == OnFailure::Continue => {
+                self.degraded = true;
+                self.release(id);
+            }
+            StepState::Failed => {
+                return Some(finished.error.unwrap_or(ErrorInfo {
+                    code: ErrorCode::Internal,
+                    message: "failed".into(),
+                }));
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Marks `id` finished for its dependents; those with nothing left to wait
+    /// for become ready.
+    fn release(&mut self, id: usize) {
+        for &dependent in &self.dependents[id] {
+            self.waiting_on[dependent] -= 1;
+            if self.waiting_on[dependent] == 0 {
+                self.ready.push_back(dependent);
+            }
+        }
+    }
+}
+
+/// Runs steps as the graph allows until none is left or the run stops;
+/// returns why it stopped early, if it did.
+async fn schedule(
+    plan: &Plan,
+    ctx: &Arc<StepContext>,
+    journal: &Arc<Journal>,
+    graph: &mut Graph,
+) -> Option<Stop> {
+    let deadline = tokio::time::Instant::now() + plan.deadline;
     let cancel = CancellationToken::new();
     let mut tasks: JoinSet<(usize, StepResult)> = JoinSet::new();
     let mut task_ids = std::collections::HashMap::new();
     let mut stop: Option<Stop> = None;
-    let mut completed: Vec<usize> = Vec::new();
-    let mut degraded = false;
-    let mut exec_step: Option<usize> = None;
     let mut signals = StopSignals::new();
-
     loop {
         while stop.is_none() && tasks.len() < plan.max_parallel {
-            let Some(id) = ready.pop_front() else { break };
-            if matches!(plan.steps[id].kind, StepKind::Exec { .. }) {
-                exec_step = Some(id);
-                continue;
-            }
-            state[id] = StepState::Running;
-            let (step, ctx, journal, token) = (
-                plan.steps[id].clone(),
-                ctx.clone(),
-                journal.clone(),
-                cancel.child_token(),
-            );
-            // The step's span parents its attempts and network calls; its
-            // trace context goes to the step's child processes.
-            let span = traces::step_span(&step.name, step.kind.name(), &ctx.bootstrap_id);
-            let trace_env = traces::span_env(&span);
-            let task = async move {
-                let result = execute(&step, &ctx, &journal, &token).await;
-                trace_step_result(&result);
-                (step.id, result)
+            let Some(id) = graph.next_ready(plan) else {
+                break;
             };
-            let handle = tasks.spawn(traces::with_step_env(trace_env, task).instrument(span));
+            let handle = tasks.spawn(step_task(
+                &plan.steps[id],
+                ctx,
+                journal,
+                cancel.child_token(),
+            ));
             task_ids.insert(handle.id(), id);
         }
         if tasks.is_empty() {
-            break;
+            return stop;
         }
-        tokio::select! {
+        let stopped = tokio::select! {
             Some(joined) = tasks.join_next_with_id() => {
                 let (id, result) = match joined {
                     Ok((_, pair)) => pair,
@@ -137,49 +211,62 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                     }
                 };
                 let step = &plan.steps[id];
-                let finished = finish_step(step, result, stop.as_ref(), &ctx);
-                state[id] = finished.state;
-                match finished.state {
-                    StepState::Done | StepState::Skipped => {
-                        if finished.state == StepState::Done {
-                            completed.push(id);
-                        }
-                        release(id, &dependents, &mut waiting_on, &mut ready);
-                    }
-                    StepState::Failed if step.on_failure == OnFailure::Continue => {
-                        degraded = true;
-                        release(id, &dependents, &mut waiting_on, &mut ready);
-                    }
-                    StepState::Failed if stop.is_none() => {
-                        let error = finished.error.unwrap_or(ErrorInfo { code: ErrorCode::Internal, message: "failed".into() });
-                        stop = Some(Stop::Failed { step: id, error });
-                        cancel.cancel();
-                    }
-                    _ => {}
-                }
+                let finished = finish_step(step, result, stop.as_ref(), ctx);
+                graph
+                    .finished(step, finished)
+                    .filter(|_| stop.is_none())
+                    .map(|error| Stop::Failed { step: id, error })
             }
-            () = tokio::time::sleep_until(deadline), if stop.is_none() => {
-                stop = Some(Stop::Deadline);
-                cancel.cancel();
-            }
-            Some(signal) = signals.recv(), if stop.is_none() => {
-                stop = Some(Stop::Signal(signal));
-                cancel.cancel();
-            }
+            () = tokio::time::sleep_until(deadline), if stop.is_none() => Some(Stop::Deadline),
+            Some(signal) = signals.recv(), if stop.is_none() => Some(Stop::Signal(signal)),
             Some(failure) = ctx.services.next_failure(), if stop.is_none() => {
                 // A required service is gone for good: the run cannot be ready.
                 let step = plan.step_id(&failure.step).unwrap_or(0);
-                stop = Some(Stop::Failed { step, error: failure.error });
-                cancel.cancel();
+                Some(Stop::Failed { step, error: failure.error })
             }
+        };
+        if let Some(reason) = stopped {
+            stop = Some(reason);
+            cancel.cancel();
         }
     }
+}
 
+/// One step as a task: its span parents its attempts and network calls, and
+/// its trace context goes to the step's child processes.
+fn step_task(
+    step: &Step,
+    ctx: &Arc<StepContext>,
+    journal: &Arc<Journal>,
+    token: CancellationToken,
+) -> impl std::future::Future<Output = (usize, StepResult)> + 'static {
+    let (step, ctx, journal) = (step.clone(), ctx.clone(), journal.clone());
+    let span = traces::step_span(&step.name, step.kind.name(), &ctx.bootstrap_id);
+    let trace_env = traces::span_env(&span);
+    let task = async move {
+        let result = execute(&step, &ctx, &journal, &token).await;
+        trace_step_result(&result);
+        (step.id, result)
+    };
+    traces::with_step_env(trace_env, task).instrument(span)
+}
+
+/// After the last step: prepares the exec, reports steps that never ran,
+/// rolls back, stops services, closes the secret store, makes the journal
+/// durable, and gives the verdict.
+async fn wind_down(
+    plan: &Plan,
+    ctx: &Arc<StepContext>,
+    journal: &Journal,
+    mut graph: Graph,
+    mut stop: Option<Stop>,
+    started: Instant,
+) -> RunSummary {
     let mut exec = None;
-    if let (None, Some(id)) = (&stop, exec_step) {
-        match prepare_exec(&plan.steps[id], &ctx).await {
+    if let (None, Some(id)) = (&stop, graph.exec_step) {
+        match prepare_exec(&plan.steps[id], ctx).await {
             Ok(request) => {
-                state[id] = StepState::Done;
+                graph.state[id] = StepState::Done;
                 exec = Some(request);
             }
             Err(error) => {
@@ -191,7 +278,7 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
                     duration: Duration::ZERO,
                     error: Some(info.clone()),
                 });
-                state[id] = StepState::Failed;
+                graph.state[id] = StepState::Failed;
                 stop = Some(Stop::Failed {
                     step: id,
                     error: info,
@@ -200,12 +287,12 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
         }
     }
 
-    report_not_run(plan, &state, stop.as_ref(), &ctx);
+    report_not_run(plan, &graph.state, stop.as_ref(), ctx);
     if plan.rollback && stop.is_some() {
         // Services first, so nothing uses what the undos take away.
         ctx.services.stop_all(plan.kill_grace).await;
-        rollback(plan, &completed, &ctx).await;
-        crate::lifecycle::revoke_secret_tokens(&ctx).await;
+        rollback(plan, &graph.completed, ctx).await;
+        crate::lifecycle::revoke_secret_tokens(ctx).await;
     }
     // Supervised services outlive a successful run: the supervisor stops them.
     if exec.is_none() && !(stop.is_none() && ctx.services.supervised()) {
@@ -214,7 +301,7 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
     // A supervised app's readiness check and registration may still need
     // secrets: the supervisor closes the store once the app is registered.
     if !(exec.is_some() && ctx.services.supervised()) {
-        crate::lifecycle::close_secrets(&ctx).await;
+        crate::lifecycle::close_secrets(ctx).await;
     }
     if let Err(err) = journal.flush() {
         ctx.reporter.notice(
@@ -223,8 +310,8 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
         );
     }
 
-    let mut summary = summarize(plan, stop, degraded, exec);
-    summary.completed = completed;
+    let mut summary = summarize(plan, stop, graph.degraded, exec);
+    summary.completed = graph.completed;
     if summary.exec.is_some() && ctx.services.supervised() {
         // The supervisor starts the app and gives the verdict once it is ready.
         return summary;
@@ -237,21 +324,6 @@ pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> R
         duration: started.elapsed(),
     });
     summary
-}
-
-/// Marks `id` finished for its dependents; those with nothing left to wait for become ready.
-fn release(
-    id: usize,
-    dependents: &[Vec<usize>],
-    waiting_on: &mut [usize],
-    ready: &mut VecDeque<usize>,
-) {
-    for &dependent in &dependents[id] {
-        waiting_on[dependent] -= 1;
-        if waiting_on[dependent] == 0 {
-            ready.push_back(dependent);
-        }
-    }
 }
 
 struct Finished {

@@ -1318,6 +1318,9 @@ steps:
     assert_eq!(sb.read("order.log").trim(), "svc-stopped");
     let _ = std::fs::remove_file(sb.path().join("order.log"));
     let _ = std::fs::remove_file(sb.run_dir().join("status.json"));
+    // The ready check watches svc.pid: a stale one from the first run would
+    // pass it at once and name the first (stopped) service.
+    let _ = std::fs::remove_file(sb.path().join("svc.pid"));
 
     // With --supervise the services stay up after ready, until SIGTERM.
     let mut child = spawn(&sb, &["--supervise"]);

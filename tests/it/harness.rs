@@ -128,6 +128,32 @@ pub fn dump(output: &Output) -> String {
     )
 }
 
+/// The path of a test peer's binary (a server or tool the tests run): PATH
+/// first, then the repo's `.tools/bin`. Missing under CI is a failure;
+/// elsewhere the caller skips, and this says why.
+pub fn peer(name: &str) -> Option<PathBuf> {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/bin")
+        .join(name);
+    let found = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain([local])
+        .find(|p| p.is_file());
+    if found.is_none() {
+        let msg =
+            format!("`{name}` is not installed: run scripts/test (it runs scripts/deps/*.sh)");
+        assert!(!under_ci(), "{msg}");
+        eprintln!("skipping: {msg}");
+    }
+    found
+}
+
 /// A TCP port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

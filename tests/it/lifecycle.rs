@@ -1411,86 +1411,14 @@ steps:
     assert_eq!(status["steps"]["slow"]["state"], "cancelled");
 }
 
-/// A dev OpenBao on loopback (`.tools/bin/bao` from scripts/deps/openbao.sh).
-struct Bao {
-    child: Child,
-    addr: String,
-    home: tempfile::TempDir,
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Bao {
-    fn start() -> Option<Bao> {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/bao");
-        let bin = if bin.is_file() {
-            bin
-        } else {
-            std::path::PathBuf::from("bao")
-        };
-        if Command::new(&bin).arg("version").output().is_err() {
-            assert!(
-                !under_ci(),
-                "bao is not installed (scripts/deps/openbao.sh)"
-            );
-            eprintln!("skipped: bao is not installed (scripts/deps/openbao.sh)");
-            return None;
-        }
-        let home = tempfile::tempdir().unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(&bin)
-            .args([
-                "server",
-                "-dev",
-                "-dev-no-store-token",
-                "-dev-root-token-id=root",
-            ])
-            .arg(format!("-dev-listen-address={addr}"))
-            .env("HOME", home.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start bao");
-        let bao = Bao {
-            child,
-            addr: format!("http://{addr}"),
-            home,
-        };
-        wait_until("openbao to answer", LONG, || {
-            bao.cli(&["status"]).status.success()
-        });
-        Some(bao)
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/bao");
-        let bin = if bin.is_file() {
-            bin
-        } else {
-            std::path::PathBuf::from("bao")
-        };
-        Command::new(bin)
-            .args(args)
-            .env("BAO_ADDR", &self.addr)
-            .env("BAO_TOKEN", "root")
-            .env("HOME", self.home.path())
-            .stdin(Stdio::null())
-            .output()
-            .expect("run bao")
-    }
-}
-
 #[test]
 fn registration_password_from_vault_then_the_token_is_revoked_once_registered() {
     // Under supervision the secret store stays open after the steps, until
     // the app is ready and registered (the password is fetched then); then
     // the Vault token is revoked (`revoke_on_exit`).
-    let Some(bao) = Bao::start() else { return };
+    let Some(bao) = crate::secrets::Bao::start(false) else {
+        return;
+    };
     let Some(etcd) = start_etcd_with_auth("from-vault-pw") else {
         return;
     };
@@ -1526,7 +1454,8 @@ register:
     username: web
     password: "{{{{ secrets.etcd_pw }}}}"
 "#,
-        bao.addr, etcd.url
+        bao.addr(),
+        etcd.url
     ));
     let mut child = spawn(&sb, &[]);
     wait_ready(&sb, &mut child);

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,26 +18,9 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
 
-use crate::harness::{Sandbox, code, dump, free_port, log_lines, under_ci, wait_until};
+use crate::harness::{Sandbox, code, dump, free_port, log_lines, peer, wait_until};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// The path of a peer program, or None (skip) outside CI; fails under CI.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            !under_ci(),
-            "{name} is not installed (scripts/deps/prometheus.sh installs it)"
-        );
-        eprintln!("skipping: {name} is not installed (run scripts/deps/prometheus.sh)");
-    }
-    found
-}
 
 /// Kills the server when the test ends, however it ends.
 struct Server {
@@ -144,7 +127,7 @@ impl Drop for Running {
 
 #[test]
 fn endpoint_serves_while_running_and_prometheus_scrapes_it() {
-    let (Some(promtool), Some(prometheus)) = (tool("promtool"), tool("prometheus")) else {
+    let (Some(promtool), Some(prometheus)) = (peer("promtool"), peer("prometheus")) else {
         return;
     };
     let sb = Sandbox::new();
@@ -254,7 +237,7 @@ steps:
 
 #[test]
 fn textfile_and_pushgateway_get_the_final_metrics() {
-    let (Some(promtool), Some(pushgateway)) = (tool("promtool"), tool("prometheus-pushgateway"))
+    let (Some(promtool), Some(pushgateway)) = (peer("promtool"), peer("prometheus-pushgateway"))
     else {
         return;
     };
@@ -321,7 +304,7 @@ steps:
 
 #[test]
 fn invalid_plan_is_counted_in_the_textfile_set_by_flags() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = peer("promtool") else {
         return;
     };
     let sb = Sandbox::new();
@@ -343,7 +326,7 @@ fn invalid_plan_is_counted_in_the_textfile_set_by_flags() {
 
 #[test]
 fn alerting_rules_pass_promtool_check_and_unit_tests() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = peer("promtool") else {
         return;
     };
     let dir = Path::new(REPO).join("deploy/prometheus");
@@ -860,7 +843,7 @@ steps:
         "self-contained"
     );
     let page = sb.write("report.html", &html);
-    let Some(chromium) = tool("chromium") else {
+    let Some(chromium) = peer("chromium") else {
         return;
     };
     let shot_dir = Path::new(REPO).join("target/observability");

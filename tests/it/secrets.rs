@@ -18,32 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 
-use crate::harness::{Sandbox, code, dump, free_port, log_lines, under_ci, wait_until};
+use crate::harness::{Sandbox, code, dump, free_port, log_lines, peer, under_ci, wait_until};
 
 // ---------------------------------------------------------------- peers
-
-/// The path of a peer binary: PATH first, then the repo's `.tools/bin`.
-fn tool(name: &str) -> Option<PathBuf> {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".tools/bin")
-        .join(name);
-    let found = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .chain([local])
-        .find(|p| p.is_file());
-    if found.is_none() {
-        let msg = format!("`{name}` not installed: run scripts/deps/*.sh (or scripts/test)");
-        assert!(!under_ci(), "{msg}");
-        eprintln!("skipping: {msg}");
-    }
-    found
-}
 
 /// Kills and reaps a server when the test ends, however it ends.
 struct Server(Child);
@@ -65,7 +42,8 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-struct Bao {
+/// An OpenBao dev server on loopback (also used by the lifecycle tests).
+pub(crate) struct Bao {
     _server: Server,
     port: u16,
     scheme: &'static str,
@@ -75,12 +53,12 @@ struct Bao {
 }
 
 impl Bao {
-    fn start(tls: bool) -> Option<Bao> {
+    pub(crate) fn start(tls: bool) -> Option<Bao> {
         Bao::start_on(free_port(), tls)
     }
 
     fn start_on(port: u16, tls: bool) -> Option<Bao> {
-        let bin = tool("bao")?;
+        let bin = peer("bao")?;
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin);
         cmd.args([
@@ -113,12 +91,12 @@ impl Bao {
         Some(bao)
     }
 
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
-    fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(tool("bao").unwrap());
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(peer("bao").unwrap());
         cmd.args(args)
             .env("BAO_ADDR", self.addr())
             .env("BAO_TOKEN", "root")
@@ -157,7 +135,7 @@ struct Moto {
 
 impl Moto {
     fn start() -> Option<Moto> {
-        let bin = tool("moto_server")?;
+        let bin = peer("moto_server")?;
         let port = free_port();
         let server = Server(
             Command::new(bin)

@@ -24,6 +24,7 @@ pub struct Decision {
 pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
     let doc = journal::read_doc(state_dir).unwrap_or_else(|_| JournalDoc::default());
     let records = doc.plans.get(&plan.name);
+    let scope = crate::plan::refs::TemplateScope::new(facts, &plan.vars);
     plan.steps
         .iter()
         .map(|step| {
@@ -32,12 +33,10 @@ pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
                 .iter()
                 .map(|&d| plan.steps[d].name.clone())
                 .collect();
-            let when_false = step.when.as_deref().filter(|expr| {
-                matches!(
-                    crate::plan::when::evaluate(expr, facts, &plan.vars),
-                    Ok(false)
-                )
-            });
+            let when_false = step
+                .when
+                .as_deref()
+                .filter(|expr| matches!(crate::plan::when::evaluate(expr, &scope), Ok(false)));
             let (action, reason) = if let Some(expr) = when_false {
                 ("skip", crate::plan::when::skip_reason(expr))
             } else if let Some(reason) = records

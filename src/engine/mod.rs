@@ -408,7 +408,7 @@ async fn execute(
     cancel: &CancellationToken,
 ) -> StepResult {
     if let Some(expr) = &step.when {
-        match crate::plan::when::evaluate(expr, &ctx.facts, &ctx.vars) {
+        match crate::plan::when::evaluate(expr, &ctx.template_scope) {
             Ok(true) => {}
             Ok(false) => return StepResult::Skipped(crate::plan::when::skip_reason(expr)),
             Err(message) => {

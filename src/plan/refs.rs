@@ -54,6 +54,40 @@ pub fn to_references(
         .collect()
 }
 
+/// What templates and `when:` conditions read besides secrets: `facts`,
+/// `vars` and `env` (bootplan's own environment). Built once per run;
+/// cloning shares the values.
+#[derive(Debug, Clone)]
+pub struct TemplateScope {
+    facts: minijinja::Value,
+    vars: minijinja::Value,
+    env: minijinja::Value,
+}
+
+impl TemplateScope {
+    pub fn new(
+        facts: &crate::facts::Facts,
+        vars: &indexmap::IndexMap<String, serde_json::Value>,
+    ) -> TemplateScope {
+        let process_env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        TemplateScope {
+            facts: facts.template_value(),
+            vars: minijinja::Value::from(minijinja::value::Serde(vars)),
+            env: minijinja::Value::from(minijinja::value::Serde(&process_env)),
+        }
+    }
+
+    /// The full context: this scope plus `secrets` (an empty map for none).
+    pub fn context(&self, secrets: minijinja::Value) -> minijinja::Value {
+        minijinja::context! {
+            facts => self.facts.clone(),
+            vars => self.vars.clone(),
+            env => self.env.clone(),
+            secrets => secrets,
+        }
+    }
+}
+
 /// A template error as one line: what went wrong and on which template line.
 pub fn describe_error(err: &minijinja::Error) -> String {
     let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();

@@ -6,10 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use indexmap::IndexMap;
-
-use super::refs::{Reference, describe_error, to_references};
-use crate::facts::Facts;
+use super::refs::{Reference, TemplateScope, describe_error, to_references};
 
 /// The names `expr` reads, or why it does not parse.
 pub fn references(expr: &str) -> Result<BTreeSet<Reference>, String> {
@@ -25,23 +22,15 @@ pub fn references(expr: &str) -> Result<BTreeSet<Reference>, String> {
 
 /// Evaluates `expr` with the run's facts and vars; true means "run the step".
 /// Strict about undefined names, so a typo fails instead of silently skipping.
-pub fn evaluate(
-    expr: &str,
-    facts: &Facts,
-    vars: &IndexMap<String, serde_json::Value>,
-) -> Result<bool, String> {
+pub fn evaluate(expr: &str, scope: &TemplateScope) -> Result<bool, String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
     let compiled = env
         .compile_expression(expr)
         .map_err(|err| describe_error(&err))?;
-    let process_env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    // Secrets are not in scope: validation rejects them in conditions.
     let value = compiled
-        .eval(minijinja::context! {
-            facts => facts.template_value(),
-            vars => minijinja::Value::from(minijinja::value::Serde(vars)),
-            env => minijinja::Value::from(minijinja::value::Serde(&process_env)),
-        })
+        .eval(scope.context(minijinja::Value::from(())))
         .map_err(|err| describe_error(&err))?;
     Ok(value.is_true())
 }
@@ -76,15 +65,15 @@ mod tests {
 
     #[test]
     fn evaluates_over_facts() {
-        let facts = Facts {
+        let facts = crate::facts::Facts {
             cloud: "aws".into(),
-            ..Facts::default()
+            ..crate::facts::Facts::default()
         };
-        let vars = IndexMap::new();
-        assert!(evaluate("facts.cloud == 'aws'", &facts, &vars).unwrap());
-        assert!(!evaluate("facts.cloud == 'gcp'", &facts, &vars).unwrap());
-        assert!(!evaluate("facts.public_ipv4", &facts, &vars).unwrap());
-        assert!(evaluate("facts.user_data is none", &facts, &vars).unwrap());
-        assert!(evaluate("facts.nope == 1", &facts, &vars).is_err());
+        let scope = TemplateScope::new(&facts, &indexmap::IndexMap::new());
+        assert!(evaluate("facts.cloud == 'aws'", &scope).unwrap());
+        assert!(!evaluate("facts.cloud == 'gcp'", &scope).unwrap());
+        assert!(!evaluate("facts.public_ipv4", &scope).unwrap());
+        assert!(evaluate("facts.user_data is none", &scope).unwrap());
+        assert!(evaluate("facts.nope == 1", &scope).is_err());
     }
 }

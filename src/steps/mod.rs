@@ -47,6 +47,8 @@ pub trait StepAction {
 pub struct StepContext {
     pub reporter: Arc<Reporter>,
     pub facts: Facts,
+    /// Facts, vars and env as templates see them, built once for the run.
+    pub template_scope: refs::TemplateScope,
     pub vars: IndexMap<String, serde_json::Value>,
     pub secrets: SecretStore,
     pub plan_dir: PathBuf,
@@ -68,6 +70,7 @@ impl StepContext {
     ) -> StepContext {
         StepContext {
             reporter,
+            template_scope: refs::TemplateScope::new(&facts, &vars),
             facts,
             vars,
             secrets,
@@ -172,13 +175,11 @@ pub fn render(
         .flatten()
         .map(|(k, v)| (k.as_str(), v.expose()))
         .collect();
-    let process_env: BTreeMap<String, String> = std::env::vars().collect();
-    let context = minijinja::context! {
-        facts => ctx.facts.template_value(),
-        vars => minijinja::Value::from(minijinja::value::Serde(&ctx.vars)),
-        env => minijinja::Value::from(minijinja::value::Serde(&process_env)),
-        secrets => minijinja::Value::from(minijinja::value::Serde(&secret_values)),
-    };
+    let context = ctx
+        .template_scope
+        .context(minijinja::Value::from(minijinja::value::Serde(
+            &secret_values,
+        )));
     env.render_str(text, context)
         .map_err(|err| StepError::Render {
             what: what.to_string(),

@@ -18,8 +18,10 @@ use crate::plan::lifecycle::ReportSpec;
 use crate::telemetry::status::StatusDoc;
 use crate::telemetry::{Event, EventKind, Sink};
 
-/// First delay between tries; it doubles.
+/// Retry delays: full jitter over a cap that doubles from the first value up
+/// to the second, so a fleet that fails together does not report together.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
 /// However the report is configured, bootplan's verdict never waits longer.
 const MAX_REPORT_TIME: Duration = Duration::from_secs(30);
@@ -174,15 +176,12 @@ fn post(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
 
 #[tracing::instrument(skip_all, fields(url = %spec.webhook))]
 async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
+    let client = crate::http::client_builder()
         .timeout(spec.timeout)
         .no_proxy()
         .build()
         .map_err(|e| ReportError::Client(e.to_string()))?;
     let mut last = String::new();
-    let mut delay = FIRST_BACKOFF;
     for attempt in 1..=spec.attempts {
         let sent = client
             .post(&spec.webhook)
@@ -207,8 +206,7 @@ async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError>
             Err(e) => last = crate::steps::wait::describe_reqwest(&e),
         }
         if attempt < spec.attempts {
-            tokio::time::sleep(delay).await;
-            delay *= 2;
+            tokio::time::sleep(crate::retry::backoff(FIRST_BACKOFF, MAX_BACKOFF, attempt)).await;
         }
     }
     Err(ReportError::Undelivered {

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod facts;
 pub mod fsutil;
+pub mod http;
 pub mod lifecycle;
 pub mod plan;
 pub mod retry;

@@ -54,9 +54,7 @@ impl MetadataClient {
         attempt_timeout: Duration,
         budget: Duration,
     ) -> Result<MetadataClient, FactsError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
+        let http = crate::http::client_builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()

@@ -75,9 +75,7 @@ impl EtcdClient {
         spec: &EtcdSpec,
         credentials: Option<(String, SecretValue)>,
     ) -> Result<EtcdClient, RegisterError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
+        let mut builder = crate::http::client_builder()
             .timeout(spec.timeout)
             .no_proxy();
         if let Some(path) = &spec.ca_file {

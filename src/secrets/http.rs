@@ -27,9 +27,7 @@ const MAX_ERROR_BODY: usize = 300;
 /// A reqwest client for one backend. `ca_file` adds a private CA to the
 /// platform roots; `no_proxy` is for link-local services (IMDS).
 pub fn client(ca_file: Option<&Path>, no_proxy: bool) -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder =
-        reqwest::Client::builder().user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")));
+    let mut builder = crate::http::client_builder();
     if no_proxy {
         builder = builder.no_proxy();
     }

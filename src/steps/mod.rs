@@ -91,9 +91,7 @@ impl StepContext {
     /// The HTTP client, built on first use (most plans never need one).
     pub fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            reqwest::Client::builder()
-                .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
+            crate::http::client_builder()
                 .no_proxy()
                 .build()
                 .unwrap_or_default()

@@ -222,10 +222,8 @@ pub fn push(config: &PushgatewayConfig, plan: &str, text: &str) -> Result<(), Ex
         url: config.url.clone(),
         message,
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::blocking::Client::builder()
+    let client = crate::http::blocking_client_builder()
         .timeout(PUSH_TIMEOUT)
-        .user_agent(concat!("bootplan/", env!("CARGO_PKG_VERSION")))
         .no_proxy()
         .build()
         .map_err(|e| fail(e.to_string()))?;

@@ -64,11 +64,10 @@ pub fn init(endpoint: &str, flush_timeout: Option<Duration>) -> Result<Tracing, 
         url: url.clone(),
         message,
     };
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(
-            reqwest::blocking::Client::builder()
+            crate::http::blocking_client_builder()
                 .timeout(EXPORT_TIMEOUT)
                 .no_proxy()
                 .build()

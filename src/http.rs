@@ -26,3 +26,21 @@ pub fn blocking_client_builder() -> reqwest::blocking::ClientBuilder {
     install_crypto_provider();
     reqwest::blocking::Client::builder().user_agent(USER_AGENT)
 }
+
+/// A request error for messages: the kind of failure and its root cause,
+/// e.g. "cannot connect: Connection refused" (reqwest's own text stops at
+/// "error sending request"). The URL is left to the caller, who names it.
+pub fn describe_error(err: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = err;
+    while let Some(inner) = root.source() {
+        root = inner;
+    }
+    let kind = if err.is_connect() {
+        "cannot connect"
+    } else if err.is_timeout() {
+        "timed out"
+    } else {
+        "request failed"
+    };
+    format!("{kind}: {root}")
+}

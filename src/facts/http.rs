@@ -188,7 +188,7 @@ impl MetadataClient {
                     humantime::format_duration(limit)
                 ));
             }
-            Err(err) => return Attempt::Retry(describe(&err)),
+            Err(err) => return Attempt::Retry(crate::http::describe_error(&err)),
         };
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
@@ -214,7 +214,7 @@ impl MetadataClient {
             Err(err) if err.is_timeout() => {
                 Attempt::Retry("the body did not arrive in time".into())
             }
-            Err(err) => Attempt::Retry(describe(&err)),
+            Err(err) => Attempt::Retry(crate::http::describe_error(&err)),
         }
     }
 }
@@ -231,16 +231,4 @@ fn status_hint(status: u16) -> Option<&'static str> {
         400 => Some("the request lacks a header or parameter the service requires"),
         _ => None,
     }
-}
-
-/// The innermost cause of a reqwest error ("connection refused"), which
-/// is what an operator needs.
-fn describe(err: &reqwest::Error) -> String {
-    let mut source: Option<&dyn std::error::Error> = Some(err);
-    let mut last = err.to_string();
-    while let Some(e) = source {
-        last = e.to_string();
-        source = e.source();
-    }
-    last
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plan::{WaitSpec, WaitTarget};
 use crate::steps::process::Cmd;
-use crate::steps::wait::{REPORT_EVERY, describe_reqwest};
+use crate::steps::wait::REPORT_EVERY;
 use crate::steps::{StepContext, StepError, StepInputs};
 use crate::telemetry::{EventKind, Reporter};
 
@@ -197,7 +197,7 @@ impl Probe {
             Target::Http(url) => match self.http.get(url).send().await {
                 Ok(resp) if resp.status().is_success() => Ok(()),
                 Ok(resp) => Err(format!("HTTP {}", resp.status())),
-                Err(e) => Err(describe_reqwest(&e)),
+                Err(e) => Err(crate::http::describe_error(&e)),
             },
             Target::File(path) => tokio::fs::metadata(path)
                 .await

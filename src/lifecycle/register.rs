@@ -134,7 +134,7 @@ impl EtcdClient {
             let resp = match request.send().await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    last = format!("{endpoint}: {}", crate::steps::wait::describe_reqwest(&e));
+                    last = format!("{endpoint}: {}", crate::http::describe_error(&e));
                     continue;
                 }
             };

@@ -203,7 +203,7 @@ async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError>
                 });
             }
             Ok(resp) => last = format!("HTTP {}", resp.status()),
-            Err(e) => last = crate::steps::wait::describe_reqwest(&e),
+            Err(e) => last = crate::http::describe_error(&e),
         }
         if attempt < spec.attempts {
             tokio::time::sleep(crate::retry::backoff(FIRST_BACKOFF, MAX_BACKOFF, attempt)).await;

@@ -155,7 +155,7 @@ impl Net {
             }
             Ok(Err(err)) => {
                 return Attempt::Retryable {
-                    detail: describe(&err),
+                    detail: crate::http::describe_error(&err),
                     retry_after: None,
                 };
             }
@@ -238,23 +238,6 @@ fn error_text(body: &[u8]) -> String {
         end -= 1;
     }
     text[..end].to_string()
-}
-
-/// A request error without the URL (the caller names it): the kind of
-/// failure and its root cause, e.g. "cannot connect: Connection refused".
-fn describe(err: &reqwest::Error) -> String {
-    let mut root: &dyn std::error::Error = err;
-    while let Some(inner) = root.source() {
-        root = inner;
-    }
-    let kind = if err.is_connect() {
-        "cannot connect"
-    } else if err.is_timeout() {
-        "timed out"
-    } else {
-        "request failed"
-    };
-    format!("{kind}: {root}")
 }
 
 /// An error with its sources, so "error sending request" says why.

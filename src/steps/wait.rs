@@ -120,7 +120,7 @@ async fn check(
         WaitTarget::Http(url) => match ctx.http().get(url).send().await {
             Ok(resp) if resp.status().is_success() => Ok(()),
             Ok(resp) => Err(CheckError::NotYet(format!("HTTP {}", resp.status()))),
-            Err(e) => Err(CheckError::NotYet(describe_reqwest(&e))),
+            Err(e) => Err(CheckError::NotYet(crate::http::describe_error(&e))),
         },
         WaitTarget::File(path) => match tokio::fs::metadata(path).await {
             Ok(_) => Ok(()),
@@ -142,16 +142,4 @@ async fn check(
             }
         }
     }
-}
-
-/// reqwest's Display hides the cause ("error sending request"); show the chain.
-pub fn describe_reqwest(err: &reqwest::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

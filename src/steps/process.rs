@@ -100,7 +100,7 @@ pub async fn run(
     output: Output,
     cancel: &CancellationToken,
 ) -> Result<(), StepError> {
-    let mut child = spawn(step, cmd, ctx, output)?;
+    let mut child = spawn(step, cmd, ctx)?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let readers = take_readers(&mut child, step, ctx, output);
     let status = tokio::select! {
@@ -125,13 +125,8 @@ pub async fn run(
     exit_result(cmd.program(), status)
 }
 
-/// Spawns without waiting, for services.
-pub fn spawn(
-    step: &str,
-    cmd: &Cmd,
-    ctx: &StepContext,
-    _output: Output,
-) -> Result<Child, StepError> {
+/// Spawns without waiting (the reaper knows the child is ours).
+pub fn spawn(step: &str, cmd: &Cmd, ctx: &StepContext) -> Result<Child, StepError> {
     crate::lifecycle::reaper::spawn_tracked(&mut cmd.command(ctx, step)).map_err(|source| {
         StepError::Spawn {
             program: cmd.program().to_string(),

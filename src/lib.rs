@@ -12,5 +12,6 @@ pub mod lifecycle;
 pub mod plan;
 pub mod retry;
 pub mod secrets;
+pub mod spawn;
 pub mod steps;
 pub mod telemetry;

@@ -220,10 +220,9 @@ impl Probe {
     async fn check_command(&self, cmd: &Cmd) -> Result<(), String> {
         let mut command = cmd.command_for(&self.bootstrap_id, &self.step);
         command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let mut child =
-            super::reaper::spawn_tracked(&mut command).map_err(|e| format!("cannot start: {e}"))?;
+            .stdout(crate::spawn::Stdio::Null)
+            .stderr(crate::spawn::Stdio::Null);
+        let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
         let pgid = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
         // kill_on_drop kills the command if the check times out.
         let status = child.wait().await.map_err(|e| e.to_string())?;

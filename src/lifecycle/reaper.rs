@@ -2,24 +2,25 @@
 //!
 //! Orphans re-parented to bootplan must be reaped, or they stay zombies.
 //! A plain `waitpid(-1)` loop would also steal the exit statuses of the
-//! children tokio waits for (`tokio::process::Child`), so this reaper only
+//! children bootplan waits for ([`crate::spawn::Child`]), so this reaper only
 //! reaps zombies that nobody else waits for:
 //!
-//! - children spawned through [`spawn_tracked`] are *owned* by tokio and left
-//!   alone (the spawn happens under the same lock the reaper scans under, so
-//!   a fast-exiting child cannot be reaped before it is registered);
+//! - children started by [`crate::spawn::Command`] are *owned* by their
+//!   [`Child`] and left alone (the spawn happens under the same lock the
+//!   reaper scans under, in [`while_spawning`], so a fast-exiting child
+//!   cannot be reaped before it is registered);
 //! - children spawned through [`spawn_watched`] (the supervised app) are
 //!   reaped here and their status is kept in a pid → status map for
 //!   [`wait_watched`];
 //! - every other zombie child (an orphan) is reaped and counted, once it has
 //!   been a zombie for [`ORPHAN_GRACE`]: a child that other code spawned
 //!   with tokio directly would be reaped by tokio long before, so even a
-//!   spawn that bypasses [`spawn_tracked`] keeps its status.
+//!   spawn that bypasses [`crate::spawn`] keeps its status.
 //!
 //! Zombie children are found by scanning `/proc/*/stat` for our pid as the
 //! parent; watched pids are also polled directly in case `/proc` is missing.
-//! Every spawn in bootplan goes through [`spawn_tracked`] (see
-//! `steps::process`); a child spawned another way could lose its status to
+//! Every spawn in bootplan goes through [`crate::spawn`] or
+//! [`spawn_watched`]; a child spawned another way could lose its status to
 //! this reaper while it runs.
 
 use std::collections::{BTreeSet, HashMap};
@@ -31,18 +32,20 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::Notify;
 
+use crate::spawn::Child;
+
 /// How often to scan even without SIGCHLD (signals can coalesce).
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 
 /// How long an untracked zombie is left for its possible owner first. A
 /// child some other code spawned with tokio directly (not through
-/// [`spawn_tracked`]) is reaped by tokio within milliseconds of its exit;
+/// [`crate::spawn`]) is reaped by tokio within milliseconds of its exit;
 /// an orphan has no owner and is reaped after this.
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static ORPHANS_REAPED: AtomicU64 = AtomicU64::new(0);
-/// Pids tokio waits for. Also the lock that orders spawns against scans.
+/// Pids a [`Child`] waits for. Also the lock that orders spawns against scans.
 static OWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 /// Pids whose status we collect, and the statuses collected so far.
 static WATCHED: LazyLock<Mutex<HashMap<i32, Option<i32>>>> =
@@ -56,10 +59,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Spawns a child that tokio will wait for, keeping the reaper off it.
-pub fn spawn_tracked(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+/// Runs `spawn`, which starts one child that its [`Child`] will wait for,
+/// under the lock the reaper scans under, and keeps the reaper off that
+/// child. Every [`crate::spawn::Command`] spawns through here.
+pub fn while_spawning(spawn: impl FnOnce() -> std::io::Result<Child>) -> std::io::Result<Child> {
     let mut owned = lock(&OWNED);
-    let child = cmd.spawn()?;
+    let child = spawn()?;
     if let (true, Some(pid)) = (ACTIVE.load(Ordering::SeqCst), child.id()) {
         owned.insert(pid as i32);
     }
@@ -127,7 +132,7 @@ pub fn reap_once() {
     let me = std::process::id() as i32;
     let children = scan_children(me);
     if let Some(children) = &children {
-        // Forget owned pids tokio has reaped already.
+        // Forget owned pids their Child has reaped already.
         owned.retain(|pid| children.iter().any(|(c, _)| c == pid));
     }
     let mut watched = lock(&WATCHED);

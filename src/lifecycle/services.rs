@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::spawn::Child;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::Child;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -164,11 +164,10 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
     if let Some(listener) = &unit.notify {
         command.env("NOTIFY_SOCKET", listener.path());
     }
-    let mut child =
-        super::reaper::spawn_tracked(&mut command).map_err(|source| StepError::Spawn {
-            program: unit.cmd.program().to_string(),
-            source,
-        })?;
+    let mut child = command.spawn().map_err(|source| StepError::Spawn {
+        program: unit.cmd.program().to_string(),
+        source,
+    })?;
     let Some(pid) = child.id() else {
         return Err(StepError::ServiceExited {
             program: unit.cmd.program().to_string(),

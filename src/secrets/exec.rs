@@ -6,7 +6,6 @@
 //! any other non-zero status "not found".
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -14,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::{SecretError, SecretValue, local};
 use crate::plan::secret_source::ExecSecret;
+use crate::spawn::Stdio;
 
 const BACKEND: &str = "exec";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,17 +26,16 @@ pub async fn fetch(name: &str, spec: &ExecSecret, cwd: &Path) -> Result<SecretVa
     let Some((program, args)) = spec.command.split_first() else {
         return Err(err(not_found, "the helper command is empty".into()));
     };
-    let mut command = tokio::process::Command::new(program);
+    let mut command = crate::spawn::Command::new(program);
     command
         .args(args)
         .current_dir(cwd)
         .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // Tracked, so a supervising bootplan's reaper leaves its status to tokio.
-    let mut child = crate::lifecycle::reaper::spawn_tracked(&mut command)
+        .stdout(Stdio::Piped)
+        .stderr(Stdio::Piped)
+        .kill_on_drop();
+    let mut child = command
+        .spawn()
         .map_err(|e| err(unreachable, format!("cannot start `{program}`: {e}")))?;
     let limit = spec.timeout.map_or(DEFAULT_TIMEOUT, |t| t.get());
     let mut stdout = child.stdout.take();

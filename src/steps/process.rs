@@ -2,20 +2,20 @@
 //! line by line to the reporter, and a clean kill of the whole group on
 //! cancellation (SIGTERM, grace, SIGKILL). No child outlives its step: when
 //! the command exits, anything left in its group is killed too, and every
-//! child dies with bootplan (`PR_SET_PDEATHSIG`) if bootplan is killed.
+//! child dies with bootplan (`PR_SET_PDEATHSIG`, see [`crate::spawn`]) if
+//! bootplan is killed.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{StepContext, StepError};
+use crate::spawn::{Child, Command, Stdio};
 use crate::telemetry::{EventKind, Stream};
 
 /// Longest captured line; longer lines are cut so one runaway line cannot
@@ -56,28 +56,12 @@ impl Cmd {
             .env("BOOTPLAN_STEP", step)
             .envs(crate::telemetry::traces::step_env())
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+            .stdout(Stdio::Piped)
+            .stderr(Stdio::Piped)
+            .own_process_group()
+            .kill_on_drop();
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
-        }
-        let bootplan_pid = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
-        // between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // bootplan may have died between fork and prctl.
-                if libc::getppid() != bootplan_pid {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
         }
         cmd
     }
@@ -125,14 +109,14 @@ pub async fn run(
     exit_result(cmd.program(), status)
 }
 
-/// Spawns without waiting (the reaper knows the child is ours).
+/// Spawns without waiting.
 pub fn spawn(step: &str, cmd: &Cmd, ctx: &StepContext) -> Result<Child, StepError> {
-    crate::lifecycle::reaper::spawn_tracked(&mut cmd.command(ctx, step)).map_err(|source| {
-        StepError::Spawn {
+    cmd.command(ctx, step)
+        .spawn()
+        .map_err(|source| StepError::Spawn {
             program: cmd.program().to_string(),
             source,
-        }
-    })
+        })
 }
 
 /// Starts the output readers of a spawned child.

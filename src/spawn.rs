@@ -653,7 +653,15 @@ impl Streams {
     /// wraps the read ends for tokio.
     fn into_parent_ends(self) -> io::Result<(Option<pipe::Receiver>, Option<pipe::Receiver>)> {
         drop(self.child);
-        let wrap = |fd: Option<OwnedFd>| fd.map(pipe::Receiver::from_owned_fd).transpose();
+        let wrap = |fd: Option<OwnedFd>| -> io::Result<Option<pipe::Receiver>> {
+            let Some(fd) = fd else { return Ok(None) };
+            // A fresh pipe's read end: no other status flag to keep.
+            // SAFETY: fcntl on an fd we own.
+            if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            pipe::Receiver::from_owned_fd_unchecked(fd).map(Some)
+        };
         Ok((wrap(self.stdout)?, wrap(self.stderr)?))
     }
 }
@@ -781,7 +789,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     unsafe {
         // Handlers belong to bootplan; the child gets the defaults. SIGPIPE
         // is ignored by Rust programs and must not stay so for children.
-        for signal in 1..=libc::SIGRTMAX() {
+        // Only the standard signals can have a handler here: nothing in
+        // bootplan handles a real-time signal, and glibc's internal ones
+        // (32, 33) are sent to bootplan's threads, never to this child.
+        for signal in 1..libc::SIGRTMIN() {
             if signal == libc::SIGKILL || signal == libc::SIGSTOP {
                 continue;
             }

@@ -79,8 +79,11 @@ pub fn ready_file(plan: &Plan, run_dir: &std::path::Path) -> PathBuf {
 /// Registers the readiness and report sinks. `report_url` (from
 /// `--report-url`/`BOOTPLAN_REPORT_URL`) overrides the plan's webhook.
 pub fn add_sinks(reporter: &Reporter, plan: &Plan, ready_file: PathBuf, report_url: Option<&str>) {
-    let deadline = Instant::now() + plan.deadline;
-    reporter.add_sink(Box::new(notify::NotifySink::new(deadline)));
+    // Outside a `Type=notify` unit every notification would be a no-op.
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        let deadline = Instant::now() + plan.deadline;
+        reporter.add_sink(Box::new(notify::NotifySink::new(deadline)));
+    }
     reporter.add_sink(Box::new(readyfile::ReadyFileSink::new(ready_file)));
     if let Some(spec) = report_spec(plan, report_url) {
         reporter.add_sink(Box::new(report::ReportSink::new(spec)));

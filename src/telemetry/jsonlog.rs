@@ -11,6 +11,8 @@ pub struct JsonLogSink<W: Write + Send> {
     out: W,
     level: Level,
     bootstrap_id: String,
+    /// One line is built here, then written with one call.
+    line: Vec<u8>,
 }
 
 impl<W: Write + Send> JsonLogSink<W> {
@@ -19,6 +21,7 @@ impl<W: Write + Send> JsonLogSink<W> {
             out,
             level,
             bootstrap_id: String::new(),
+            line: Vec::with_capacity(512),
         }
     }
 }
@@ -143,9 +146,13 @@ impl<W: Write + Send> Sink for JsonLogSink<W> {
         if event.kind.level() > self.level {
             return;
         }
-        let line = event_json(event, &self.bootstrap_id);
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, &event_json(event, &self.bootstrap_id)).is_err() {
+            return;
+        }
+        self.line.push(b'\n');
         // A closed stdout must not fail the boot; the status file still records it.
-        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.write_all(&self.line);
     }
 
     fn finish(&mut self) {

@@ -4,7 +4,7 @@
 # peak RSS; and a rerun where every step is skipped.
 #
 # Usage: bench/core.sh [runs]   (default 20 timed runs per command)
-# Needs: hyperfine, GNU time (installed with apt when missing).
+# Needs: hyperfine, GNU time (installed with apt when missing), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
@@ -44,16 +44,26 @@ gen skip chain per-instance
 direct_chain='for i in $(seq 1 100); do /bin/true; done'
 direct_wide='for i in $(seq 1 100); do /bin/true & done; wait'
 
-hyperfine --style basic --warmup 3 --runs "$runs" --export-json "$work/chain.json" \
-  -n "bootplan chain" "$bin run $work/chain.yaml >/dev/null" \
+# -N: no intermediate shell; output goes to /dev/null.
+hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/chain.json" \
+  -n "bootplan chain" "$bin run $work/chain.yaml" \
   -n "direct chain" "sh -c '$direct_chain'"
-hyperfine --style basic --warmup 3 --runs "$runs" --export-json "$work/wide.json" \
-  -n "bootplan wide" "$bin run $work/wide.yaml >/dev/null" \
+hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/wide.json" \
+  -n "bootplan wide" "$bin run $work/wide.yaml" \
   -n "direct wide" "sh -c '$direct_wide'"
 
 "$bin" run "$work/skip.yaml" >/dev/null
-hyperfine --style basic --warmup 3 --runs "$runs" --export-json "$work/skip.json" \
-  -n "bootplan rerun, all skipped" "$bin run $work/skip.yaml >/dev/null"
+hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/skip.json" \
+  -n "bootplan rerun, all skipped" "$bin run $work/skip.yaml"
+
+# hyperfine measures one command's batch, then the other's: on a shared VM
+# a noisy patch lands on one side. The interleaved rounds below are the
+# ratio to read (medians, same moments for both sides).
+echo
+echo "Interleaved, $runs rounds (bench/interleave.py):"
+python3 bench/interleave.py "$runs" \
+  "$bin run $work/chain.yaml" "sh -c '$direct_chain'" \
+  "$bin run $work/wide.yaml" "sh -c '$direct_wide'"
 
 rss() { /usr/bin/time -f %M "$bin" run "$1" 2>&1 >/dev/null | tail -1; }
 rss_chain=$(rss "$work/chain.yaml")
@@ -66,13 +76,16 @@ work, rss_chain, rss_wide, rss_skip = sys.argv[1:]
 def means(name):
     return {r["command"]: r for r in json.load(open(f"{work}/{name}.json"))["results"]}
 chain, wide, skip = means("chain"), means("wide"), means("skip")
-def ms(r): return f'{r["mean"]*1000:.1f} ± {r["stddev"]*1000:.1f} ms'
+def ms(r): return f'{r["mean"]*1000:.1f} ± {r["stddev"]*1000:.1f} (median {r["median"]*1000:.1f}) ms'
 print()
-print("| measurement | bootplan | direct spawn | ratio |")
+# The machine this was written on is a shared VM: means carry its outliers,
+# so the ratio of medians is printed beside the ratio of means.
+print("| measurement | bootplan | direct spawn | ratio (means / medians) |")
 print("|---|---|---|---|")
 for label, table, b, d in [("100 chained no-op steps", chain, "bootplan chain", "direct chain"),
                            ("100 parallel no-op steps", wide, "bootplan wide", "direct wide")]:
-    print(f"| {label} | {ms(table[b])} | {ms(table[d])} | {table[b]['mean']/table[d]['mean']:.2f}x |")
+    print(f"| {label} | {ms(table[b])} | {ms(table[d])} | "
+          f"{table[b]['mean']/table[d]['mean']:.2f}x / {table[b]['median']/table[d]['median']:.2f}x |")
 print(f'| rerun, all 100 steps skipped | {ms(skip["bootplan rerun, all skipped"])} | | |')
 print(f"| peak RSS (chain / wide / skipped rerun) | {int(rss_chain)/1024:.1f} / {int(rss_wide)/1024:.1f} / {int(rss_skip)/1024:.1f} MiB | | |")
 PY

@@ -10,9 +10,9 @@
 //!
 //! So we do what glibc's `posix_spawn` does, plus the one call it lacks:
 //! `clone(CLONE_VM | CLONE_VFORK)` onto a small separate stack; the child
-//! only makes raw system calls on data the parent prepared (no allocation,
-//! no locks), and the parent thread sleeps until the child has exec'd or
-//! failed. All signals are blocked across the clone, and the child resets
+//! only calls async-signal-safe system call wrappers on data the parent
+//! prepared (no allocation, no locks), and the parent thread sleeps until
+//! the child has exec'd or failed. All signals are blocked across the clone, and the child resets
 //! every handled signal to its default before unblocking, so none of
 //! bootplan's handlers can run in the child. The child is created with a
 //! pidfd (`CLONE_PIDFD`), which becomes readable when it exits: waiting
@@ -392,7 +392,7 @@ impl Child {
                 }
                 ready.clear_ready();
             },
-            Wait::Dropped => unreachable!("a dropped child is not waited for"),
+            Wait::Dropped => return Err(io::Error::other("the child was given up")),
         };
         self.status = Some(status);
         Ok(status)

@@ -25,6 +25,12 @@
 //! Every child is registered with the supervise-mode reaper while it is
 //! created (see [`crate::lifecycle::reaper`]), so the reaper never takes
 //! its exit status.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that created the child exits,
+//! not only the process. bootplan spawns from its runtime thread, which
+//! lives as long as bootplan; spawning from a short-lived thread (a
+//! `spawn_blocking` worker, a thread of a multi-threaded runtime that may
+//! be retired) would kill children early.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::spawn::Child;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -20,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::probe::{NotifyListener, Probe};
 use crate::error::ErrorCode;
 use crate::plan::lifecycle::{RestartOn, RestartPolicy};
+use crate::spawn::Child;
 use crate::steps::StepError;
 use crate::steps::process::{self, Cmd};
 use crate::telemetry::metrics::{SERVICE_READY, SERVICE_RESTARTS};

@@ -8,19 +8,32 @@
 //! `fork()` — which the benchmark showed to be most of bootplan's own cost
 //! per step (page-table copy, copy-on-write faults, TLB-shootdown IPIs).
 //!
-//! So we do what glibc's `posix_spawn` does, plus the one call it lacks:
-//! `clone(CLONE_VM | CLONE_VFORK)` onto a small separate stack; the child
-//! only calls async-signal-safe system call wrappers on data the parent
-//! prepared (no allocation, no locks), and the parent thread sleeps until
-//! the child has exec'd or failed. All signals are blocked across the clone, and the child resets
-//! every handled signal to its default before unblocking, so none of
-//! bootplan's handlers can run in the child. The child is created with a
-//! pidfd (`CLONE_PIDFD`), which becomes readable when it exits: waiting
-//! needs no SIGCHLD handling and cannot race with pid reuse.
+//! So the child is made with `clone(CLONE_VM | CLONE_PIDFD)`: it shares
+//! bootplan's memory (nothing is copied) and runs one small function on a
+//! stack of its own, while bootplan goes on — unlike vfork, the parent does
+//! not sleep until the exec. That matters on a busy machine: a sleeping
+//! parent's CPU looks free, the kernel moves the exec'ing child onto it, and
+//! the parent then wakes up behind its own child while the other CPU idles
+//! (measured: 100 parallel steps took 1.3x the shell's time with vfork,
+//! 1.06x without; docs/benchmarks.md).
 //!
-//! On kernels without pollable pidfds (before 5.3) or where seccomp refuses
-//! them, the same [`Command`] is spawned through tokio with a `pre_exec`
-//! hook: slower, same guarantees.
+//! Running beside bootplan's threads in shared memory sets hard rules for
+//! the child ([`child_main`]): it reads only data prepared before the clone
+//! and kept alive until it has exec'd ([`Launch`], leaked rather than freed
+//! if a start is abandoned), writes only its own stack, and makes system
+//! calls directly ([`raw`]), because libc's wrappers write `errno`, a
+//! thread-local of the parent thread it shares a thread pointer with. All
+//! signals are blocked across the clone and the child resets every handled
+//! signal to its default before unblocking, so none of bootplan's handlers
+//! can run in it. The exec's outcome comes back through a close-on-exec
+//! pipe: end of file means the exec happened; otherwise the child writes
+//! the stage that failed and its errno, then exits. The child is waited for
+//! through its pidfd, which also rules out pid reuse.
+//!
+//! On kernels without pollable pidfds (before 5.3), on architectures [`raw`]
+//! does not cover, where seccomp refuses the clone, or with
+//! `BOOTPLAN_SPAWN=fork`, the same [`Command`] is spawned through tokio
+//! with a `pre_exec` hook: slower, same guarantees.
 //!
 //! Every child is registered with the supervise-mode reaper while it is
 //! created (see [`crate::lifecycle::reaper`]), so the reaper never takes
@@ -32,7 +45,6 @@
 //! `spawn_blocking` worker, a thread of a multi-threaded runtime that may
 //! be retired) would kill children early.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::io;
@@ -168,26 +180,24 @@ impl Command {
     }
 
     /// Starts the process. It gets `SIGKILL` if bootplan dies.
-    pub fn spawn(&self) -> io::Result<Child> {
+    pub async fn spawn(&self) -> io::Result<Child> {
         if self.program.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the program name is empty",
             ));
         }
-        crate::lifecycle::reaper::while_spawning(|| {
-            if CLONE_WORKS.load(Ordering::Relaxed) && pidfd_supported() {
-                match self.spawn_cloned() {
-                    Err(Refused::Clone(err)) if clone_unavailable(&err) => {
-                        // A sandbox (seccomp) that refuses this clone: fork from now on.
-                        CLONE_WORKS.store(false, Ordering::Relaxed);
-                    }
-                    Err(Refused::Clone(err) | Refused::Start(err)) => return Err(err),
-                    Ok(child) => return Ok(child),
+        if clone_supported() {
+            match self.spawn_cloned().await {
+                Err(Refused::Clone(err)) if clone_unavailable(&err) => {
+                    // A sandbox (seccomp) that refuses this clone: fork from now on.
+                    CLONE_WORKS.store(false, Ordering::Relaxed);
                 }
+                Err(Refused::Clone(err) | Refused::Start(err)) => return Err(err),
+                Ok(child) => return Ok(child),
             }
-            self.spawn_forked()
-        })
+        }
+        crate::lifecycle::reaper::while_spawning(|| self.spawn_forked(), Child::id)
     }
 
     /// The child's environment as `KEY=VALUE` strings: bootplan's own
@@ -240,7 +250,8 @@ impl Command {
             .collect()
     }
 
-    fn spawn_cloned(&self) -> Result<Child, Refused> {
+    /// Everything the cloned child will read, in one box that outlives it.
+    fn launch(&self, streams: &Streams, report: RawFd) -> io::Result<Box<Launch>> {
         let candidates = self
             .candidates()
             .into_iter()
@@ -250,39 +261,54 @@ impl Command {
             .chain(self.args.iter().cloned())
             .map(cstring)
             .collect::<io::Result<Vec<_>>>()?;
-        let mut owned_env = Vec::new();
-        let envp = self.child_env(&mut owned_env)?;
+        let mut env_owned = Vec::new();
+        let env_ptrs = null_terminated(self.child_env(&mut env_owned)?.into_iter());
         let cwd = self
             .cwd
             .as_ref()
             .map(|c| cstring(c.clone().into_os_string()))
             .transpose()?;
-        let streams = Streams::open(self.stdout, self.stderr)?;
-
         let candidate_ptrs: Vec<*const libc::c_char> =
             candidates.iter().map(|c| c.as_ptr()).collect();
         let argv_ptrs = null_terminated(argv.iter().map(CString::as_c_str));
-        let envp_ptrs = null_terminated(envp.into_iter());
-        let mut args = ChildArgs {
-            candidates: &candidate_ptrs,
-            argv: argv_ptrs.as_ptr(),
-            envp: envp_ptrs.as_ptr(),
-            cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
-            fds: streams.child_fds()?,
-            own_group: self.own_group,
-            parent: std::process::id() as libc::pid_t,
-            failed_at: Stage::None,
-            errno: 0,
-        };
-        let (pid, pidfd) = clone_vfork(&mut args).map_err(Refused::Clone)?;
-        if args.failed_at != Stage::None {
-            // The child has exited; reap it so no zombie is left.
-            let mut status = 0;
-            // SAFETY: waiting for our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-            drop(pidfd);
-            return Err(Refused::Start(args.failed_at.error(args.errno, self)));
+        // The strings' heap buffers do not move when the vectors move into
+        // the box, so the pointers stay valid.
+        Ok(Box::new(Launch {
+            args: ChildArgs {
+                candidates: candidate_ptrs.as_ptr(),
+                candidate_count: candidate_ptrs.len(),
+                argv: argv_ptrs.as_ptr(),
+                envp: env_ptrs.as_ptr(),
+                cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                fds: streams.child_fds()?,
+                own_group: self.own_group,
+                parent: std::process::id() as libc::pid_t,
+                report,
+            },
+            stack: Box::new_uninit_slice(CHILD_STACK),
+            _strings: (candidates, argv, env_owned, cwd),
+            _pointers: (candidate_ptrs, argv_ptrs, env_ptrs),
+        }))
+    }
+
+    async fn spawn_cloned(&self) -> Result<Child, Refused> {
+        let streams = Streams::open(self.stdout, self.stderr)?;
+        let (report_read, report_write) = pipe_cloexec()?;
+        let launch = self.launch(&streams, report_write.as_raw_fd())?;
+        let mut pending = crate::lifecycle::reaper::while_spawning(
+            || clone_concurrent(launch),
+            |pending| u32::try_from(pending.pid).ok(),
+        )
+        .map_err(Refused::Clone)?;
+        // The child has its own copies now; ours must close so end of file
+        // is seen (the report pipe at exec, the output pipes at exit).
+        drop(report_write);
+        let (stdout, stderr) = streams.into_parent_ends()?;
+        if let Some((stage, errno)) = read_report(report_read).await? {
+            pending.reap_failed();
+            return Err(Refused::Start(stage.error(errno, self)));
         }
+        let (pid, pidfd) = pending.confirmed()?;
         // SAFETY: the AsyncFd owns the pidfd; nothing else closes it.
         let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
             Ok(pidfd) => pidfd,
@@ -296,7 +322,6 @@ impl Command {
                 return Err(Refused::Start(err));
             }
         };
-        let (stdout, stderr) = streams.into_parent_ends()?;
         Ok(Child {
             pid,
             wait: Wait::Pidfd(pidfd),
@@ -570,6 +595,14 @@ impl From<io::Error> for Refused {
     }
 }
 
+/// Whether children start through [`Command::spawn_cloned`]: an
+/// architecture [`raw`] knows, pollable pidfds, and no refused clone yet.
+fn clone_supported() -> bool {
+    cfg!(any(target_arch = "x86_64", target_arch = "aarch64"))
+        && CLONE_WORKS.load(Ordering::Relaxed)
+        && pidfd_supported()
+}
+
 /// Cleared when a sandbox refuses our clone, so later spawns fork at once.
 static CLONE_WORKS: AtomicBool = AtomicBool::new(true);
 
@@ -698,6 +731,28 @@ enum Stage {
 }
 
 impl Stage {
+    fn code(self) -> u32 {
+        match self {
+            Stage::None => 0,
+            Stage::DeathSignal => 1,
+            Stage::ProcessGroup => 2,
+            Stage::Redirect => 3,
+            Stage::Chdir => 4,
+            Stage::Exec => 5,
+        }
+    }
+
+    fn from_code(code: u32) -> Stage {
+        match code {
+            1 => Stage::DeathSignal,
+            2 => Stage::ProcessGroup,
+            3 => Stage::Redirect,
+            4 => Stage::Chdir,
+            5 => Stage::Exec,
+            _ => Stage::None,
+        }
+    }
+
     fn error(self, errno: i32, cmd: &Command) -> io::Error {
         let os = io::Error::from_raw_os_error(errno);
         let what = match self {
@@ -715,132 +770,256 @@ impl Stage {
 }
 
 /// Everything the cloned child reads, prepared by the parent. The child
-/// writes only `failed_at` and `errno`, which the parent reads after the
-/// child is gone (CLONE_VFORK orders the two).
-struct ChildArgs<'a> {
-    candidates: &'a [*const libc::c_char],
+/// runs beside bootplan's threads in the same memory, so it only reads
+/// this (never written while the child may run) and writes only to its
+/// own stack and to the report pipe.
+struct ChildArgs {
+    candidates: *const *const libc::c_char,
+    candidate_count: usize,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
     fds: [RawFd; 3],
     own_group: bool,
     parent: libc::pid_t,
-    failed_at: Stage,
-    errno: i32,
+    /// Close-on-exec write end: closed by a successful exec, or given
+    /// (stage, errno) before the child exits.
+    report: RawFd,
 }
 
-/// Clones a child sharing our memory that runs [`child_main`]; returns
-/// after it has exec'd or exited.
-fn clone_vfork(args: &mut ChildArgs<'_>) -> io::Result<(libc::pid_t, OwnedFd)> {
-    thread_local! {
-        /// One child stack per spawning thread, reused: the thread sleeps
-        /// while its child uses it, so it is never used twice at once.
-        static STACK: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
-    }
-    let mut stack = STACK
-        .take()
-        .unwrap_or_else(|| vec![0u8; CHILD_STACK].into_boxed_slice());
-    // The stack grows down; the top must be 16-byte aligned.
-    let top = stack.as_mut_ptr() as usize + CHILD_STACK;
-    let top = (top & !15) as *mut libc::c_void;
-    let mut pidfd: libc::c_int = -1;
+/// A start in flight: the child's stack and everything its arguments point
+/// into, kept until the child has exec'd or exited.
+struct Launch {
+    args: ChildArgs,
+    /// Written only by the child, below its arguments' frame.
+    stack: Box<[std::mem::MaybeUninit<u8>]>,
+    _strings: (Vec<CString>, Vec<CString>, Vec<CString>, Option<CString>),
+    _pointers: (
+        Vec<*const libc::c_char>,
+        Vec<*const libc::c_char>,
+        Vec<*const libc::c_char>,
+    ),
+}
 
+// SAFETY: the raw pointers in a Launch point into strings the Launch owns
+// (or into bootplan's never-changing environment copy); nothing mutates
+// them, so moving the Launch to another thread is sound.
+unsafe impl Send for Launch {}
+
+/// A child that may not have exec'd yet. Dropped before the exec is
+/// confirmed (a cancelled start), it kills the child and leaks the launch
+/// data rather than free memory a still-running child may read.
+struct Pending {
+    pid: libc::pid_t,
+    pidfd: Option<OwnedFd>,
+    launch: Option<Box<Launch>>,
+}
+
+impl Pending {
+    fn confirmed(mut self) -> io::Result<(libc::pid_t, OwnedFd)> {
+        // Exec'd: the child no longer touches our memory.
+        drop(self.launch.take());
+        let pidfd = self
+            .pidfd
+            .take()
+            .ok_or_else(|| io::Error::other("the child's pidfd is gone"))?;
+        Ok((self.pid, pidfd))
+    }
+
+    /// The child reported a failure and is exiting: wait for it, then
+    /// the launch data can go.
+    fn reap_failed(&mut self) {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        self.pidfd = None;
+        drop(self.launch.take());
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(launch) = self.launch.take() else {
+            return;
+        };
+        // The start was abandoned mid-way: the child may still be reading
+        // `launch`, so it is leaked (a few kilobytes, rare), and the child
+        // is killed and reaped.
+        Box::leak(launch);
+        if let Some(pidfd) = self.pidfd.take() {
+            let _ = pidfd_kill(&pidfd);
+            reap_later(self.pid, pidfd);
+        }
+    }
+}
+
+/// Reaps `pid` once its pidfd says it exited (a task), or now if there is
+/// no runtime.
+fn reap_later(pid: libc::pid_t, pidfd: OwnedFd) {
+    let registered = tokio::runtime::Handle::try_current()
+        .ok()
+        // SAFETY: the AsyncFd owns the pidfd.
+        .and_then(|rt| {
+            unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+                .ok()
+                .map(|fd| (rt, fd))
+        });
+    match registered {
+        Some((runtime, fd)) => {
+            runtime.spawn(async move {
+                while let Ok(mut ready) = fd.readable().await {
+                    if !matches!(reap(pid), Ok(None)) {
+                        return;
+                    }
+                    ready.clear_ready();
+                }
+            });
+        }
+        None => {
+            let mut status = 0;
+            // SAFETY: waiting for our own, just killed, child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+        }
+    }
+}
+
+/// Waits for the child's report: `None` when the pipe closed empty (the
+/// exec happened), else the stage and errno it failed with.
+async fn read_report(read: OwnedFd) -> io::Result<Option<(Stage, i32)>> {
+    use tokio::io::AsyncReadExt;
+    // SAFETY: fcntl on an fd we own; a fresh pipe end has no other flags.
+    if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut pipe = pipe::Receiver::from_owned_fd_unchecked(read)?;
+    let mut report = [0u8; 8];
+    let mut filled = 0;
+    while filled < report.len() {
+        match pipe.read(&mut report[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    if filled < report.len() {
+        return Ok(None);
+    }
+    let stage = Stage::from_code(u32::from_ne_bytes([
+        report[0], report[1], report[2], report[3],
+    ]));
+    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+    Ok(Some((stage, errno)))
+}
+
+/// Clones a child that shares our memory and runs [`child_main`] on the
+/// launch's stack. Returns at once: the child runs while we go on.
+fn clone_concurrent(launch: Box<Launch>) -> io::Result<Pending> {
+    let mut launch = launch;
+    let top = launch.stack.as_mut_ptr() as usize + launch.stack.len();
+    // The stack grows down; the top must be 16-byte aligned.
+    let top = (top & !15) as *mut libc::c_void;
+    let args: *const ChildArgs = &launch.args;
+    let mut pidfd: libc::c_int = -1;
     // Block every signal so none of our handlers runs in the child before
-    // it has reset them.
+    // it has reset them (the child starts with this mask).
+    // SAFETY: zeroed sigsets are valid; sigfillset/pthread_sigmask get valid pointers.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid sigset pointers.
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
-    // SAFETY: the child runs child_main on its own stack and only reads
-    // `args` (alive until clone returns: CLONE_VFORK suspends this thread
-    // until the child execs or exits) and writes its two result fields.
+    // SAFETY: the child runs child_main on the launch's stack and reads
+    // only `launch.args` and what it points to; the launch is kept (or
+    // leaked) until the child has exec'd or exited.
     let pid = unsafe {
         libc::clone(
             child_main,
             top,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            (args as *mut ChildArgs<'_>).cast(),
+            libc::CLONE_VM | libc::CLONE_PIDFD | libc::SIGCHLD,
+            args as *mut libc::c_void,
             &mut pidfd as *mut libc::c_int,
         )
     };
     let clone_error = io::Error::last_os_error();
     // SAFETY: restoring the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    STACK.set(Some(stack));
     if pid < 0 {
         return Err(clone_error);
     }
-    // SAFETY: CLONE_PIDFD stored a new fd that nobody else owns.
-    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    Ok(Pending {
+        pid,
+        // SAFETY: CLONE_PIDFD stored a new fd that nobody else owns.
+        pidfd: Some(unsafe { OwnedFd::from_raw_fd(pidfd) }),
+        launch: Some(launch),
+    })
 }
 
-/// The child, between clone and exec. Only raw system calls on prepared
-/// data: it shares the parent's memory, so it must not allocate, lock or
-/// unwind.
+/// The child, between clone and exec. It runs *beside* bootplan's threads
+/// in shared memory, on a thread pointer that is still the parent
+/// thread's: so it makes system calls directly ([`raw`]) — libc's wrappers
+/// would write `errno`, a thread-local the parent thread is using — and
+/// touches nothing but its arguments and its own stack. No allocation, no
+/// locks, no panics.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the parent's ChildArgs, alive and not otherwise
-    // touched while this child runs (the parent thread is suspended).
-    let args = unsafe { &mut *arg.cast::<ChildArgs<'_>>() };
-    fn fail(args: &mut ChildArgs<'_>, stage: Stage) -> ! {
-        args.errno = errno();
-        args.failed_at = stage;
-        // SAFETY: leaving the child without running any parent code.
-        unsafe { libc::_exit(127) }
-    }
-    // SAFETY (whole block): async-signal-safe system call wrappers on
-    // pointers the parent prepared.
+    // SAFETY: `arg` points to the launch's ChildArgs, alive and unchanged
+    // while this child runs.
+    let args = unsafe { &*arg.cast::<ChildArgs>() };
+    // SAFETY (whole block): raw system calls on pointers the parent prepared.
     unsafe {
         // Handlers belong to bootplan; the child gets the defaults. SIGPIPE
         // is ignored by Rust programs and must not stay so for children.
         // Only the standard signals can have a handler here: nothing in
-        // bootplan handles a real-time signal, and glibc's internal ones
-        // (32, 33) are sent to bootplan's threads, never to this child.
-        for signal in 1..libc::SIGRTMIN() {
+        // bootplan handles a real-time signal.
+        for signal in 1..32 {
             if signal == libc::SIGKILL || signal == libc::SIGSTOP {
                 continue;
             }
-            let mut current: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+            let mut current = raw::KernelSigaction::default();
+            if raw::rt_sigaction(signal, std::ptr::null(), &mut current) != 0 {
                 continue;
             }
-            let handled =
-                current.sa_sigaction != libc::SIG_DFL && current.sa_sigaction != libc::SIG_IGN;
+            let handled = current.handler > 1; // neither SIG_DFL (0) nor SIG_IGN (1)
             if handled || signal == libc::SIGPIPE {
-                let mut default: libc::sigaction = std::mem::zeroed();
-                default.sa_sigaction = libc::SIG_DFL;
-                libc::sigaction(signal, &default, std::ptr::null_mut());
+                let default = raw::KernelSigaction::default();
+                raw::rt_sigaction(signal, &default, std::ptr::null_mut());
             }
         }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-            fail(args, Stage::DeathSignal);
+        let err = raw::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as usize);
+        if err != 0 {
+            fail(args, Stage::DeathSignal, err);
         }
         // bootplan may have died before prctl took effect.
-        if libc::getppid() != args.parent {
-            libc::_exit(1);
+        if raw::getppid() != args.parent {
+            raw::exit(1);
         }
-        if args.own_group && libc::setpgid(0, 0) != 0 {
-            fail(args, Stage::ProcessGroup);
-        }
-        for (target, fd) in args.fds.into_iter().enumerate() {
-            if fd >= 0 && libc::dup2(fd, target as libc::c_int) < 0 {
-                fail(args, Stage::Redirect);
+        if args.own_group {
+            let err = raw::setpgid();
+            if err != 0 {
+                fail(args, Stage::ProcessGroup, err);
             }
         }
-        if !args.cwd.is_null() && libc::chdir(args.cwd) != 0 {
-            fail(args, Stage::Chdir);
+        for (target, fd) in args.fds.into_iter().enumerate() {
+            if fd < 0 {
+                continue;
+            }
+            let err = raw::move_fd(fd, target as RawFd);
+            if err != 0 {
+                fail(args, Stage::Redirect, err);
+            }
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if !args.cwd.is_null() {
+            let err = raw::chdir(args.cwd);
+            if err != 0 {
+                fail(args, Stage::Chdir, err);
+            }
+        }
+        raw::unblock_all_signals();
 
         // As execvp: try each PATH entry; remember EACCES but keep looking.
         let mut first_error = 0;
-        for &path in args.candidates {
-            libc::execve(path, args.argv, args.envp);
-            let e = errno();
+        for i in 0..args.candidate_count {
+            let path = *args.candidates.add(i);
+            let e = raw::execve(path, args.argv, args.envp);
             if e != libc::ENOENT && e != libc::ENOTDIR && e != libc::EACCES {
                 first_error = e;
                 break;
@@ -849,14 +1028,194 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 first_error = e;
             }
         }
-        args.errno = first_error;
-        args.failed_at = Stage::Exec;
-        libc::_exit(127)
+        fail(args, Stage::Exec, first_error)
     }
 }
 
-fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+/// Reports (stage, errno) on the report pipe and exits.
+///
+/// # Safety
+/// Only from [`child_main`].
+unsafe fn fail(args: &ChildArgs, stage: Stage, errno: i32) -> ! {
+    let code = stage.code().to_ne_bytes();
+    let errno = errno.to_ne_bytes();
+    let report = [
+        code[0], code[1], code[2], code[3], errno[0], errno[1], errno[2], errno[3],
+    ];
+    // SAFETY: writing a local buffer to our pipe, then exiting.
+    unsafe {
+        raw::write(args.report, &report);
+        raw::exit(127)
+    }
+}
+
+/// System calls made directly, without libc's wrappers: they return the
+/// negated errno instead of setting the thread-local `errno` (see
+/// [`child_main`]). Only what the child needs, for x86_64 and aarch64.
+mod raw {
+    use std::os::fd::RawFd;
+
+    /// The kernel's `struct sigaction` (same layout on x86_64 and aarch64).
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct KernelSigaction {
+        pub handler: usize,
+        pub flags: u64,
+        pub restorer: usize,
+        pub mask: u64,
+    }
+
+    /// The errno of a raw return value (0 on success).
+    fn errno_of(ret: isize) -> i32 {
+        if (-4095..0).contains(&ret) {
+            -ret as i32
+        } else {
+            0
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn syscall(n: libc::c_long, a: [usize; 6]) -> isize {
+        let ret: isize;
+        // SAFETY: the caller passes a valid system call and arguments.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") n as isize => ret,
+                in("rdi") a[0], in("rsi") a[1], in("rdx") a[2],
+                in("r10") a[3], in("r8") a[4], in("r9") a[5],
+                lateout("rcx") _, lateout("r11") _,
+                options(nostack)
+            );
+        }
+        ret
+    }
+
+    /// Other architectures start children through the fork path (see
+    /// [`super::clone_supported`]); this only keeps the module compiling.
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    unsafe fn syscall(_n: libc::c_long, _a: [usize; 6]) -> isize {
+        -(libc::ENOSYS as isize)
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn syscall(n: libc::c_long, a: [usize; 6]) -> isize {
+        let ret: isize;
+        // SAFETY: the caller passes a valid system call and arguments.
+        unsafe {
+            std::arch::asm!(
+                "svc 0",
+                in("x8") n,
+                inlateout("x0") a[0] as isize => ret,
+                in("x1") a[1], in("x2") a[2], in("x3") a[3], in("x4") a[4], in("x5") a[5],
+                options(nostack)
+            );
+        }
+        ret
+    }
+
+    pub unsafe fn rt_sigaction(
+        signal: i32,
+        act: *const KernelSigaction,
+        old: *mut KernelSigaction,
+    ) -> i32 {
+        // SAFETY: valid (or null) pointers; 8 is the kernel's sigset size.
+        errno_of(unsafe {
+            syscall(
+                libc::SYS_rt_sigaction,
+                [signal as usize, act as usize, old as usize, 8, 0, 0],
+            )
+        })
+    }
+
+    pub unsafe fn prctl(option: i32, arg: usize) -> i32 {
+        // SAFETY: integer arguments only.
+        errno_of(unsafe { syscall(libc::SYS_prctl, [option as usize, arg, 0, 0, 0, 0]) })
+    }
+
+    pub unsafe fn getppid() -> libc::pid_t {
+        // SAFETY: no arguments.
+        unsafe { syscall(libc::SYS_getppid, [0; 6]) as libc::pid_t }
+    }
+
+    /// `setpgid(0, 0)`: a new process group led by this process.
+    pub unsafe fn setpgid() -> i32 {
+        // SAFETY: integer arguments only.
+        errno_of(unsafe { syscall(libc::SYS_setpgid, [0; 6]) })
+    }
+
+    /// Puts `fd` at `target`, not close-on-exec.
+    pub unsafe fn move_fd(fd: RawFd, target: RawFd) -> i32 {
+        if fd == target {
+            // SAFETY: integer arguments only.
+            return errno_of(unsafe {
+                syscall(
+                    libc::SYS_fcntl,
+                    [fd as usize, libc::F_SETFD as usize, 0, 0, 0, 0],
+                )
+            });
+        }
+        // SAFETY: integer arguments only.
+        errno_of(unsafe { syscall(libc::SYS_dup3, [fd as usize, target as usize, 0, 0, 0, 0]) })
+    }
+
+    pub unsafe fn chdir(path: *const libc::c_char) -> i32 {
+        // SAFETY: a NUL-terminated path prepared by the parent.
+        errno_of(unsafe { syscall(libc::SYS_chdir, [path as usize, 0, 0, 0, 0, 0]) })
+    }
+
+    pub unsafe fn unblock_all_signals() {
+        let empty: u64 = 0;
+        // SAFETY: a valid 8-byte set; no old set wanted.
+        unsafe {
+            syscall(
+                libc::SYS_rt_sigprocmask,
+                [
+                    libc::SIG_SETMASK as usize,
+                    &empty as *const u64 as usize,
+                    0,
+                    8,
+                    0,
+                    0,
+                ],
+            );
+        }
+    }
+
+    /// Returns only on failure, with its errno.
+    pub unsafe fn execve(
+        path: *const libc::c_char,
+        argv: *const *const libc::c_char,
+        envp: *const *const libc::c_char,
+    ) -> i32 {
+        // SAFETY: NUL-terminated strings and NULL-terminated arrays from the parent.
+        errno_of(unsafe {
+            syscall(
+                libc::SYS_execve,
+                [path as usize, argv as usize, envp as usize, 0, 0, 0],
+            )
+        })
+    }
+
+    pub unsafe fn write(fd: RawFd, bytes: &[u8]) {
+        // SAFETY: a valid buffer of that length.
+        unsafe {
+            syscall(
+                libc::SYS_write,
+                [fd as usize, bytes.as_ptr() as usize, bytes.len(), 0, 0, 0],
+            );
+        }
+    }
+
+    pub unsafe fn exit(code: i32) -> ! {
+        // SAFETY: ends this process only (it is not a thread of bootplan's).
+        unsafe {
+            syscall(libc::SYS_exit, [code as usize, 0, 0, 0, 0, 0]);
+        }
+        // exit does not return; loop to satisfy the type.
+        #[allow(clippy::empty_loop)]
+        loop {}
+    }
 }
 
 #[cfg(test)]
@@ -867,22 +1226,21 @@ mod tests {
     /// Both ways of starting a child: the clone path (when this kernel has
     /// pidfds) and the fork fallback, which must behave the same.
     fn paths() -> Vec<bool> {
-        if pidfd_supported() {
+        if clone_supported() {
             vec![true, false]
         } else {
             vec![false]
         }
     }
 
-    fn spawn(cmd: &Command, cloned: bool) -> io::Result<Child> {
-        crate::lifecycle::reaper::while_spawning(|| {
-            if cloned {
-                cmd.spawn_cloned()
-                    .map_err(|(Refused::Clone(e) | Refused::Start(e))| e)
-            } else {
-                cmd.spawn_forked()
-            }
-        })
+    async fn spawn(cmd: &Command, cloned: bool) -> io::Result<Child> {
+        if cloned {
+            cmd.spawn_cloned()
+                .await
+                .map_err(|(Refused::Clone(e) | Refused::Start(e))| e)
+        } else {
+            cmd.spawn_forked()
+        }
     }
 
     async fn read_all(pipe: Option<pipe::Receiver>) -> String {
@@ -912,7 +1270,7 @@ mod tests {
                 .env("GONE", "here")
                 .env_remove("GONE")
                 .current_dir(dir.path());
-            let mut child = spawn(&cmd, cloned).unwrap();
+            let mut child = spawn(&cmd, cloned).await.unwrap();
             let out = read_all(child.stdout.take()).await;
             let err = read_all(child.stderr.take()).await;
             let status = child.wait().await.unwrap();
@@ -938,7 +1296,7 @@ mod tests {
                 .arg("/proc/self/status")
                 .stdout(Stdio::Piped)
                 .own_process_group();
-            let mut child = spawn(&cmd, cloned).unwrap();
+            let mut child = spawn(&cmd, cloned).await.unwrap();
             let pid = child.id().unwrap();
             let out = read_all(child.stdout.take()).await;
             assert!(child.wait().await.unwrap().success());
@@ -960,15 +1318,19 @@ mod tests {
     #[tokio::test]
     async fn start_failures_name_what_failed_and_leave_no_child() {
         for cloned in paths() {
-            let err = spawn(&Command::new("bootplan-no-such-program"), cloned).unwrap_err();
+            let err = spawn(&Command::new("bootplan-no-such-program"), cloned)
+                .await
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::NotFound, "cloned={cloned}");
 
-            let err = spawn(&Command::new("/etc/passwd"), cloned).unwrap_err();
+            let err = spawn(&Command::new("/etc/passwd"), cloned)
+                .await
+                .unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
 
             let mut cmd = Command::new("true");
             cmd.current_dir("/bootplan-no-such-dir");
-            let err = spawn(&cmd, cloned).unwrap_err();
+            let err = spawn(&cmd, cloned).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
             if cloned {
                 assert!(
@@ -977,9 +1339,9 @@ mod tests {
                 );
             }
         }
-        let err = Command::new("").spawn().unwrap_err();
+        let err = Command::new("").spawn().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        let err = Command::new("true").arg("a\0b").spawn().unwrap_err();
+        let err = Command::new("true").arg("a\0b").spawn().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         // No zombie was left behind by the failed starts. They never
         // reached exec, so they carry this test thread's name.
@@ -991,7 +1353,7 @@ mod tests {
         for cloned in paths() {
             let mut cmd = Command::new("sleep");
             cmd.arg("60").kill_on_drop();
-            let child = spawn(&cmd, cloned).unwrap();
+            let child = spawn(&cmd, cloned).await.unwrap();
             let pid = child.id().unwrap();
             drop(child);
             // Gone, not a zombie: polled until the reaping task has run.
@@ -1009,7 +1371,9 @@ mod tests {
     #[tokio::test]
     async fn try_wait_and_start_kill() {
         for cloned in paths() {
-            let mut child = spawn(Command::new("sleep").arg("60"), cloned).unwrap();
+            let mut child = spawn(Command::new("sleep").arg("60"), cloned)
+                .await
+                .unwrap();
             assert!(child.try_wait().unwrap().is_none());
             child.start_kill().unwrap();
             let status = child.wait().await.unwrap();

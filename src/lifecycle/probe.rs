@@ -222,7 +222,10 @@ impl Probe {
         command
             .stdout(crate::spawn::Stdio::Null)
             .stderr(crate::spawn::Stdio::Null);
-        let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
+        let mut child = command
+            .spawn()
+            .await
+            .map_err(|e| format!("cannot start: {e}"))?;
         let pgid = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
         // kill_on_drop kills the command if the check times out.
         let status = child.wait().await.map_err(|e| e.to_string())?;

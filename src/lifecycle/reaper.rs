@@ -6,7 +6,7 @@
 //! reaps zombies that nobody else waits for:
 //!
 //! - children started by [`crate::spawn::Command`] are *owned* by their
-//!   [`Child`] and left alone (the spawn happens under the same lock the
+//!   `spawn::Child` and left alone (the spawn happens under the same lock the
 //!   reaper scans under, in [`while_spawning`], so a fast-exiting child
 //!   cannot be reaped before it is registered);
 //! - children spawned through [`spawn_watched`] (the supervised app) are
@@ -32,8 +32,6 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::Notify;
 
-use crate::spawn::Child;
-
 /// How often to scan even without SIGCHLD (signals can coalesce).
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 
@@ -45,7 +43,7 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static ORPHANS_REAPED: AtomicU64 = AtomicU64::new(0);
-/// Pids a [`Child`] waits for. Also the lock that orders spawns against scans.
+/// Pids a `spawn::Child` waits for. Also the lock that orders spawns against scans.
 static OWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 /// Pids whose status we collect, and the statuses collected so far.
 static WATCHED: LazyLock<Mutex<HashMap<i32, Option<i32>>>> =
@@ -59,16 +57,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs `spawn`, which starts one child that its [`Child`] will wait for,
-/// under the lock the reaper scans under, and keeps the reaper off that
-/// child. Every [`crate::spawn::Command`] spawns through here.
-pub fn while_spawning(spawn: impl FnOnce() -> std::io::Result<Child>) -> std::io::Result<Child> {
+/// Runs `spawn`, which starts one child that bootplan will wait for
+/// itself, under the lock the reaper scans under, and keeps the reaper off
+/// that child (`pid_of` names it). Every [`crate::spawn::Command`] spawns
+/// through here.
+pub fn while_spawning<T>(
+    spawn: impl FnOnce() -> std::io::Result<T>,
+    pid_of: impl FnOnce(&T) -> Option<u32>,
+) -> std::io::Result<T> {
     let mut owned = lock(&OWNED);
-    let child = spawn()?;
-    if let (true, Some(pid)) = (ACTIVE.load(Ordering::SeqCst), child.id()) {
+    let spawned = spawn()?;
+    if let (true, Some(pid)) = (ACTIVE.load(Ordering::SeqCst), pid_of(&spawned)) {
         owned.insert(pid as i32);
     }
-    Ok(child)
+    Ok(spawned)
 }
 
 /// Spawns a child whose exit status the reaper collects (see [`wait_watched`]).

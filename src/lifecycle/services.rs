@@ -164,7 +164,7 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
     if let Some(listener) = &unit.notify {
         command.env("NOTIFY_SOCKET", listener.path());
     }
-    let mut child = command.spawn().map_err(|source| StepError::Spawn {
+    let mut child = command.spawn().await.map_err(|source| StepError::Spawn {
         program: unit.cmd.program().to_string(),
         source,
     })?;

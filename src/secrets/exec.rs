@@ -36,6 +36,7 @@ pub async fn fetch(name: &str, spec: &ExecSecret, cwd: &Path) -> Result<SecretVa
         .kill_on_drop();
     let mut child = command
         .spawn()
+        .await
         .map_err(|e| err(unreachable, format!("cannot start `{program}`: {e}")))?;
     let limit = spec.timeout.map_or(DEFAULT_TIMEOUT, |t| t.get());
     let mut stdout = child.stdout.take();

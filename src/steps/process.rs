@@ -84,7 +84,7 @@ pub async fn run(
     output: Output,
     cancel: &CancellationToken,
 ) -> Result<(), StepError> {
-    let mut child = spawn(step, cmd, ctx)?;
+    let mut child = spawn(step, cmd, ctx).await?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     let readers = take_readers(&mut child, step, ctx, output);
     let status = tokio::select! {
@@ -110,9 +110,10 @@ pub async fn run(
 }
 
 /// Spawns without waiting.
-pub fn spawn(step: &str, cmd: &Cmd, ctx: &StepContext) -> Result<Child, StepError> {
+pub async fn spawn(step: &str, cmd: &Cmd, ctx: &StepContext) -> Result<Child, StepError> {
     cmd.command(ctx, step)
         .spawn()
+        .await
         .map_err(|source| StepError::Spawn {
             program: cmd.program().to_string(),
             source,

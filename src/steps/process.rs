@@ -12,7 +12,6 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::{StepContext, StepError};
 use crate::spawn::{Child, Command, Stdio};
@@ -86,22 +85,43 @@ pub async fn run(
 ) -> Result<(), StepError> {
     let mut child = spawn(step, cmd, ctx).await?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
-    let readers = take_readers(&mut child, step, ctx, output);
-    let status = tokio::select! {
-        status = child.wait() => status,
-        () = cancel.cancelled() => {
-            if let Some(pgid) = pgid {
-                terminate_group(&mut child, pgid, ctx.kill_grace).await;
+    // The output is read here, beside the wait, rather than by tasks of its
+    // own: one step's process costs no task spawns, handles or timers.
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let pumps = async {
+        let reporter = &ctx.reporter;
+        tokio::join!(
+            pump_if(stdout, step, Stream::Stdout, reporter, output),
+            pump_if(stderr, step, Stream::Stderr, reporter, output),
+        );
+    };
+    tokio::pin!(pumps);
+    let mut pumped = false;
+    let status = loop {
+        tokio::select! {
+            // Keeps reading while the command runs, so a full pipe never
+            // blocks it.
+            () = &mut pumps, if !pumped => pumped = true,
+            status = child.wait() => break status,
+            () = cancel.cancelled() => {
+                if let Some(pgid) = pgid {
+                    terminate_group(&mut child, pgid, ctx.kill_grace).await;
+                }
+                if !pumped {
+                    let _ = tokio::time::timeout(PIPE_DRAIN, &mut pumps).await;
+                }
+                return Err(StepError::Cancelled);
             }
-            drain(readers).await;
-            return Err(StepError::Cancelled);
         }
     };
     if let Some(pgid) = pgid {
         // Background leftovers of the command die with it.
         let _ = killpg(pgid, Signal::SIGKILL);
     }
-    drain(readers).await;
+    if !pumped {
+        // A process that escaped the group may hold a pipe open forever.
+        let _ = tokio::time::timeout(PIPE_DRAIN, &mut pumps).await;
+    }
     let status = status.map_err(|source| StepError::Spawn {
         program: cmd.program().to_string(),
         source,
@@ -118,41 +138,6 @@ pub async fn spawn(step: &str, cmd: &Cmd, ctx: &StepContext) -> Result<Child, St
             program: cmd.program().to_string(),
             source,
         })
-}
-
-/// Starts the output readers of a spawned child.
-pub fn take_readers(
-    child: &mut Child,
-    step: &str,
-    ctx: &StepContext,
-    output: Output,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut handles = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        handles.push(tokio::spawn(
-            pump(
-                out,
-                step.to_string(),
-                Stream::Stdout,
-                ctx.reporter.clone(),
-                output,
-            )
-            .in_current_span(),
-        ));
-    }
-    if let Some(err) = child.stderr.take() {
-        handles.push(tokio::spawn(
-            pump(
-                err,
-                step.to_string(),
-                Stream::Stderr,
-                ctx.reporter.clone(),
-                output,
-            )
-            .in_current_span(),
-        ));
-    }
-    handles
 }
 
 /// Waits briefly for the readers to hit end of file; a process that escaped
@@ -194,6 +179,19 @@ pub fn exit_result(program: &str, status: std::process::ExitStatus) -> Result<()
             program: program.to_string(),
             status: -1,
         }),
+    }
+}
+
+/// [`pump`] for a stream that may not be piped.
+async fn pump_if(
+    reader: Option<impl AsyncRead + Unpin>,
+    step: &str,
+    stream: Stream,
+    reporter: &std::sync::Arc<crate::telemetry::Reporter>,
+    output: Output,
+) {
+    if let Some(reader) = reader {
+        pump(reader, step.to_string(), stream, reporter.clone(), output).await;
     }
 }
 

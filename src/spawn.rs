@@ -316,9 +316,7 @@ impl Command {
                 // It could never be waited for: do not leave it running.
                 let (pidfd, err) = err.into_parts();
                 let _ = pidfd_kill(&pidfd);
-                let mut status = 0;
-                // SAFETY: waiting for our own, just killed, child.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
+                wait_blocking(pid);
                 return Err(Refused::Start(err));
             }
         };
@@ -467,27 +465,33 @@ impl Drop for Child {
             let _ = pidfd_kill(fd.get_ref());
         }
         // Reap it once it exits, so it does not stay a zombie.
-        let pid = self.pid;
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    while let Ok(mut ready) = fd.readable().await {
-                        if !matches!(reap(pid), Ok(None)) {
-                            return;
-                        }
-                        ready.clear_ready();
-                    }
-                });
-            }
-            Err(_) if self.kill_on_drop => {
-                // No runtime to wait on: the child was just killed, so this is short.
-                let mut status = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-            }
+            Ok(runtime) => reap_when_exited(&runtime, self.pid, fd),
+            // No runtime to wait on: the child was just killed, so this is short.
+            Err(_) if self.kill_on_drop => wait_blocking(self.pid),
             Err(_) => {}
         }
     }
+}
+
+/// Reaps `pid` from a task once its pidfd says it exited.
+fn reap_when_exited(runtime: &tokio::runtime::Handle, pid: libc::pid_t, fd: AsyncFd<OwnedFd>) {
+    runtime.spawn(async move {
+        while let Ok(mut ready) = fd.readable().await {
+            if !matches!(reap(pid), Ok(None)) {
+                return;
+            }
+            ready.clear_ready();
+        }
+    });
+}
+
+/// Blocks until our child `pid` has exited and reaps it. Only for a child
+/// that was just killed or is exiting on its own.
+fn wait_blocking(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waiting for our own child; status is a valid out pointer.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
 }
 
 /// `waitpid(pid, WNOHANG)`: the status once the child has exited.
@@ -829,9 +833,7 @@ impl Pending {
     /// The child reported a failure and is exiting: wait for it, then
     /// the launch data can go.
     fn reap_failed(&mut self) {
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        wait_blocking(self.pid);
         self.pidfd = None;
         drop(self.launch.take());
     }
@@ -865,21 +867,8 @@ fn reap_later(pid: libc::pid_t, pidfd: OwnedFd) {
                 .map(|fd| (rt, fd))
         });
     match registered {
-        Some((runtime, fd)) => {
-            runtime.spawn(async move {
-                while let Ok(mut ready) = fd.readable().await {
-                    if !matches!(reap(pid), Ok(None)) {
-                        return;
-                    }
-                    ready.clear_ready();
-                }
-            });
-        }
-        None => {
-            let mut status = 0;
-            // SAFETY: waiting for our own, just killed, child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
-        }
+        Some((runtime, fd)) => reap_when_exited(&runtime, pid, fd),
+        None => wait_blocking(pid),
     }
 }
 

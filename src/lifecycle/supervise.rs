@@ -384,7 +384,9 @@ async fn conclude(
     app_started: Instant,
     opts: &Options,
 ) -> i32 {
-    let failure = match (phase, ending) {
+    // Before ready, the app's step ends failed (its own exit, or a failed
+    // bootplan) or cancelled (a lost service, the deadline, a signal).
+    let (state, outcome, code, info, failed_step) = match (phase, ending) {
         (Phase::Ready, None | Some(Ending::Signal(_))) => {
             ctx.reporter
                 .notice(Level::Info, format!("the app exited with code {app_code}"));
@@ -398,30 +400,24 @@ async fn conclude(
             return f.error.code.exit_code();
         }
         (Phase::Ready, Some(Ending::Deadline | Ending::Failed(_))) => return app_code,
-        (Phase::Starting, None) => ErrorInfo {
-            code: ErrorCode::StepExitNonzero,
-            message: format!("the app exited with code {app_code} before it was ready"),
-        },
-        (Phase::Starting, Some(Ending::Failed(info))) => info,
+        (Phase::Starting, None) => app_failed(
+            ErrorInfo {
+                code: ErrorCode::StepExitNonzero,
+                message: format!("the app exited with code {app_code} before it was ready"),
+            },
+            app_code,
+            step,
+        ),
+        (Phase::Starting, Some(Ending::Failed(info))) => app_failed(info, app_code, step),
         (Phase::Starting, Some(Ending::Service(f))) => {
-            finish_step(
-                ctx,
-                step,
+            let code = f.error.code.exit_code();
+            (
                 StepState::Cancelled,
-                Some(f.error.clone()),
-                app_started,
-            );
-            return finish_run(
-                plan,
-                ctx,
-                summary,
                 Outcome::Failed,
-                f.error.code.exit_code(),
-                Some(f.error),
+                code,
+                f.error,
                 Some(f.step),
-                opts,
             )
-            .await;
         }
         (Phase::Starting, Some(Ending::Deadline)) => {
             let info = ErrorInfo {
@@ -431,73 +427,62 @@ async fn conclude(
                     humantime::format_duration(plan.deadline)
                 ),
             };
-            finish_step(
-                ctx,
-                step,
+            (
                 StepState::Cancelled,
-                Some(info.clone()),
-                app_started,
-            );
-            return finish_run(
-                plan,
-                ctx,
-                summary,
                 Outcome::DeadlineExceeded,
                 exit::DEADLINE,
-                Some(info),
+                info,
                 None,
-                opts,
             )
-            .await;
         }
         (Phase::Starting, Some(Ending::Signal(sig))) => {
             let info = ErrorInfo {
                 code: ErrorCode::RunInterrupted,
                 message: format!("bootplan received signal {sig} before the app was ready"),
             };
-            finish_step(
-                ctx,
-                step,
+            (
                 StepState::Cancelled,
-                Some(info.clone()),
-                app_started,
-            );
-            return finish_run(
-                plan,
-                ctx,
-                summary,
                 Outcome::Interrupted,
                 128 + sig,
-                Some(info),
+                info,
                 None,
-                opts,
             )
-            .await;
         }
     };
-    finish_step(
+    finish_step(ctx, step, state, Some(info.clone()), app_started);
+    finish_run(
+        plan,
         ctx,
-        step,
-        StepState::Failed,
-        Some(failure.clone()),
-        app_started,
-    );
+        summary,
+        outcome,
+        code,
+        Some(info),
+        failed_step,
+        opts,
+    )
+    .await
+}
+
+/// The verdict parts when the app's step failed before ready: the app's own
+/// exit code when it simply exited non-zero, else the error's.
+fn app_failed(
+    failure: ErrorInfo,
+    app_code: i32,
+    step: &Step,
+) -> (StepState, Outcome, i32, ErrorInfo, Option<String>) {
     let code = if failure.code == ErrorCode::StepExitNonzero && app_code != 0 {
         app_code
     } else {
         failure.code.exit_code()
     };
-    finish_run(
-        plan,
-        ctx,
-        summary,
+    let failed_step = Some(step.name.clone());
+    (
+        StepState::Failed,
         Outcome::Failed,
         code,
-        Some(failure),
-        Some(step.name.clone()),
-        opts,
+        failure,
+        failed_step,
     )
-    .await
 }
 
 fn finish_step(

@@ -569,6 +569,17 @@ fn start_etcd() -> Option<Etcd> {
         eprintln!("skipped: etcd is not installed (scripts/deps/etcd.sh)");
         return None;
     }
+    let etcd = launch_etcd("http", &[]);
+    wait_until("etcd to answer", LONG, || {
+        etcd_get(&etcd, "/health-probe").is_some()
+    });
+    Some(etcd)
+}
+
+/// Starts a single-node etcd on free loopback ports with its data dir on
+/// /dev/shm, its client side on `scheme` (`http` or `https`), with `extra`
+/// arguments (certificates).
+fn launch_etcd(scheme: &str, extra: &[std::ffi::OsString]) -> Etcd {
     let shm = Path::new("/dev/shm");
     let data = if shm.is_dir() {
         tempfile::tempdir_in(shm)
@@ -577,7 +588,7 @@ fn start_etcd() -> Option<Etcd> {
     }
     .unwrap();
     let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
+    let url = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let child = Command::new("etcd")
         .args(["--name", "t", "--data-dir"])
@@ -595,20 +606,17 @@ fn start_etcd() -> Option<Etcd> {
             &peer_url,
         ])
         .args(["--initial-cluster", &format!("t={peer_url}")])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn etcd");
-    let etcd = Etcd {
+    Etcd {
         child,
         url,
         auth: false,
         _data: data,
-    };
-    wait_until("etcd to answer", LONG, || {
-        etcd_get(&etcd, "/health-probe").is_some()
-    });
-    Some(etcd)
+    }
 }
 
 /// The key's lease id as etcdctl sees it: `Some(None)` when absent.
@@ -1204,46 +1212,15 @@ fn registration_over_tls_trusts_the_plans_ca_file() {
         "san.ext",
     ]);
 
-    let shm = Path::new("/dev/shm");
-    let data = if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
-    }
-    .unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("https://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "t", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
-        .arg("--cert-file")
-        .arg(dir.join("server.pem"))
-        .arg("--key-file")
-        .arg(dir.join("server.key"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn etcd");
-    let etcd = Etcd {
-        child,
-        url,
-        auth: false,
-        _data: data,
-    };
+    let etcd = launch_etcd(
+        "https",
+        &[
+            "--cert-file".into(),
+            dir.join("server.pem").into(),
+            "--key-file".into(),
+            dir.join("server.key").into(),
+        ],
+    );
     let ca = dir.join("ca.pem");
     let get = |key: &str| {
         let out = Command::new("etcdctl")

@@ -229,7 +229,11 @@ impl Command {
         match self.env.get(OsStr::new("PATH")) {
             Some(Some(path)) => path.clone(),
             Some(None) => DEFAULT_PATH.into(),
-            None => std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+            None => base_env()
+                .iter()
+                .find(|(key, _)| key == "PATH")
+                .map(|(_, pair)| OsStr::from_bytes(&pair.to_bytes()["PATH=".len()..]).to_owned())
+                .unwrap_or_else(|| DEFAULT_PATH.into()),
         }
     }
 
@@ -351,19 +355,9 @@ impl Command {
         cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         cmd.kill_on_drop(self.kill_on_drop);
         let parent = std::process::id() as libc::pid_t;
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run
-        // between fork and exec.
+        // SAFETY: die_with_parent makes only async-signal-safe calls.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // bootplan may have died between fork and prctl.
-                if libc::getppid() != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || die_with_parent(libc::SIGKILL, parent));
         }
         let child = cmd.spawn()?;
         let pid = child.id().unwrap_or_default() as libc::pid_t;
@@ -377,6 +371,22 @@ impl Command {
             kill_on_drop: self.kill_on_drop,
         })
     }
+}
+
+/// For a forked child, between fork and exec: `signal` when bootplan
+/// (`parent`) dies, and exit at once if it already has. Only
+/// async-signal-safe calls (prctl, getppid, _exit).
+pub fn die_with_parent(signal: libc::c_int, parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // bootplan may have died between fork and prctl.
+    // SAFETY: no arguments; _exit leaves without running parent code.
+    if unsafe { libc::getppid() } != parent {
+        unsafe { libc::_exit(1) };
+    }
+    Ok(())
 }
 
 /// A started process.

@@ -616,17 +616,12 @@ fn spawn_app(request: &ExecRequest, notify_socket: Option<&Path>) -> std::io::Re
         command.current_dir(cwd);
     }
     let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (prctl, getppid, isatty, signal,
-    // tcsetpgrp, getpid, _exit) run between fork and exec.
+    // SAFETY: only async-signal-safe calls (those of die_with_parent,
+    // isatty, signal, tcsetpgrp, getpid) run between fork and exec.
     unsafe {
         command.pre_exec(move || {
             // The app goes when bootplan goes, so a killed supervisor leaves nothing.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
+            crate::spawn::die_with_parent(libc::SIGTERM, parent)?;
             // On a terminal, the app's group takes the foreground so it can read input.
             if libc::isatty(0) == 1 {
                 libc::signal(libc::SIGTTOU, libc::SIG_IGN);

@@ -54,7 +54,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -179,24 +179,45 @@ impl Command {
         &self.program
     }
 
-    /// Starts the process. It gets `SIGKILL` if bootplan dies.
+    /// Starts the process and waits until it has exec'd its program: a
+    /// program that cannot be started is an error here. It gets `SIGKILL`
+    /// if bootplan dies.
     pub async fn spawn(&self) -> io::Result<Child> {
+        self.check()?;
+        if clone_supported()
+            && let Some(started) = clone_outcome(self.spawn_cloned().await)
+        {
+            return started;
+        }
+        self.spawn_forked_watched()
+    }
+
+    /// Starts the process without waiting for its exec: a program that
+    /// cannot be started (not found, not executable, a missing directory)
+    /// is reported by [`Child::wait`] instead, after the child exited 127.
+    /// For callers that wait for the child anyway: it saves a pipe and a
+    /// wake-up per child. It gets `SIGKILL` if bootplan dies.
+    pub fn start(&self) -> io::Result<Child> {
+        self.check()?;
+        if clone_supported()
+            && let Some(started) = clone_outcome(self.start_cloned())
+        {
+            return started;
+        }
+        self.spawn_forked_watched()
+    }
+
+    fn check(&self) -> io::Result<()> {
         if self.program.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the program name is empty",
             ));
         }
-        if clone_supported() {
-            match self.spawn_cloned().await {
-                Err(Refused::Clone(err)) if clone_unavailable(&err) => {
-                    // A sandbox (seccomp) that refuses this clone: fork from now on.
-                    CLONE_WORKS.store(false, Ordering::Relaxed);
-                }
-                Err(Refused::Clone(err) | Refused::Start(err)) => return Err(err),
-                Ok(child) => return Ok(child),
-            }
-        }
+        Ok(())
+    }
+
+    fn spawn_forked_watched(&self) -> io::Result<Child> {
         crate::lifecycle::reaper::while_spawning(|| self.spawn_forked(), Child::id)
     }
 
@@ -255,7 +276,7 @@ impl Command {
     }
 
     /// Everything the cloned child will read, in one box that outlives it.
-    fn launch(&self, streams: &Streams, report: RawFd) -> io::Result<Box<Launch>> {
+    fn launch(&self, streams: &Streams) -> io::Result<Box<Launch>> {
         let candidates = self
             .candidates()
             .into_iter()
@@ -286,8 +307,8 @@ impl Command {
                 cwd: cwd.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
                 fds: streams.child_fds()?,
                 own_group: self.own_group,
-                parent: std::process::id() as libc::pid_t,
-                report,
+                parent: own_pid(),
+                failure: AtomicU64::new(0),
             },
             stack: Box::new_uninit_slice(CHILD_STACK),
             _strings: (candidates, argv, env_owned, cwd),
@@ -295,43 +316,50 @@ impl Command {
         }))
     }
 
-    async fn spawn_cloned(&self) -> Result<Child, Refused> {
+    /// Clones the child, registered with the reaper while it is created.
+    fn clone_child(&self) -> Result<(Pending, Streams), Refused> {
         let streams = Streams::open(self.stdout, self.stderr)?;
-        let (report_read, report_write) = pipe_cloexec()?;
-        let launch = self.launch(&streams, report_write.as_raw_fd())?;
-        let mut pending = crate::lifecycle::reaper::while_spawning(
+        let launch = self.launch(&streams)?;
+        let pending = crate::lifecycle::reaper::while_spawning(
             || clone_concurrent(launch),
             |pending| u32::try_from(pending.pid).ok(),
         )
         .map_err(Refused::Clone)?;
+        Ok((pending, streams))
+    }
+
+    /// [`Command::spawn`] by clone: a close-on-exec pipe tells when the
+    /// child has exec'd (end of file) or exited, and the launch data then
+    /// says which.
+    async fn spawn_cloned(&self) -> Result<Child, Refused> {
+        let (exec_read, exec_write) = pipe_cloexec()?;
+        let (mut pending, streams) = self.clone_child()?;
         // The child has its own copies now; ours must close so end of file
-        // is seen (the report pipe at exec, the output pipes at exit).
-        drop(report_write);
+        // is seen (the exec pipe at exec, the output pipes at exit).
+        drop(exec_write);
         let (stdout, stderr) = streams.into_parent_ends()?;
-        if let Some((stage, errno)) = read_report(report_read).await? {
+        wait_for_eof(exec_read).await?;
+        if let Some(failure) = pending.failure() {
             pending.reap_failed();
-            return Err(Refused::Start(stage.error(errno, self)));
+            return Err(Refused::Start(failure.error()));
         }
-        let (pid, pidfd) = pending.confirmed()?;
-        // SAFETY: the AsyncFd owns the pidfd; nothing else closes it.
-        let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
-            Ok(pidfd) => pidfd,
-            Err(err) => {
-                // It could never be waited for: do not leave it running.
-                let (pidfd, err) = err.into_parts();
-                let _ = pidfd_kill(&pidfd);
-                wait_blocking(pid);
-                return Err(Refused::Start(err));
-            }
-        };
-        Ok(Child {
-            pid,
-            wait: Wait::Pidfd(pidfd),
-            status: None,
-            stdout,
-            stderr,
-            kill_on_drop: self.kill_on_drop,
-        })
+        let (pid, pidfd, launch) = pending.into_parts()?;
+        // Exec'd: the child no longer touches our memory.
+        drop(launch);
+        let wait = watch_pidfd(pid, pidfd)?;
+        Ok(Child::new(pid, wait, stdout, stderr, self.kill_on_drop))
+    }
+
+    /// [`Command::start`] by clone: the launch data stays with the
+    /// [`Child`] until it is reaped, and tells then whether the start failed.
+    fn start_cloned(&self) -> Result<Child, Refused> {
+        let (pending, streams) = self.clone_child()?;
+        let (stdout, stderr) = streams.into_parent_ends()?;
+        let (pid, pidfd, launch) = pending.into_parts()?;
+        let wait = watch_pidfd(pid, pidfd)?;
+        let mut child = Child::new(pid, wait, stdout, stderr, self.kill_on_drop);
+        child.launch = Some(launch);
+        Ok(child)
     }
 
     /// The fallback: tokio's spawner with a `pre_exec` hook (a full fork).
@@ -354,22 +382,28 @@ impl Command {
         let [stdin, stdout, stderr] = streams.child_stdio()?;
         cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         cmd.kill_on_drop(self.kill_on_drop);
-        let parent = std::process::id() as libc::pid_t;
+        let parent = own_pid();
         // SAFETY: die_with_parent makes only async-signal-safe calls.
         unsafe {
             cmd.pre_exec(move || die_with_parent(libc::SIGKILL, parent));
         }
-        let child = cmd.spawn()?;
+        let child = cmd.spawn().map_err(|err| self.explain_fork_error(err))?;
         let pid = child.id().unwrap_or_default() as libc::pid_t;
         let (stdout, stderr) = streams.into_parent_ends()?;
-        Ok(Child {
-            pid,
-            wait: Wait::Tokio(child),
-            status: None,
-            stdout,
-            stderr,
-            kill_on_drop: self.kill_on_drop,
-        })
+        let wait = Wait::Tokio(child);
+        Ok(Child::new(pid, wait, stdout, stderr, self.kill_on_drop))
+    }
+
+    /// std reports a missing working directory like a missing program;
+    /// say which it was, as the clone path does.
+    fn explain_fork_error(&self, err: io::Error) -> io::Error {
+        match &self.cwd {
+            Some(cwd) if !cwd.is_dir() => io::Error::new(
+                err.kind(),
+                format!("cannot change to directory {}: {err}", cwd.display()),
+            ),
+            _ => err,
+        }
     }
 }
 
@@ -400,6 +434,12 @@ pub struct Child {
     /// The read end of its stderr, when piped.
     pub stderr: Option<pipe::Receiver>,
     kill_on_drop: bool,
+    /// For a child from [`Command::start`]: what it was started with, kept
+    /// until it is reaped (it may still be reading it), which then says
+    /// whether the start failed.
+    launch: Option<Box<Launch>>,
+    /// Why the program could not be started, once known.
+    start_failure: Option<StartFailure>,
 }
 
 #[derive(Debug)]
@@ -411,16 +451,35 @@ enum Wait {
 }
 
 impl Child {
+    fn new(
+        pid: libc::pid_t,
+        wait: Wait,
+        stdout: Option<pipe::Receiver>,
+        stderr: Option<pipe::Receiver>,
+        kill_on_drop: bool,
+    ) -> Child {
+        Child {
+            pid,
+            wait,
+            status: None,
+            stdout,
+            stderr,
+            kill_on_drop,
+            launch: None,
+            start_failure: None,
+        }
+    }
+
     /// The pid, until the child has been waited for (then it may be reused).
     pub fn id(&self) -> Option<u32> {
         self.status.is_none().then_some(self.pid as u32)
     }
 
     /// Waits for the child to exit. Cancel-safe; returns the same status
-    /// when called again.
+    /// (or start failure) when called again.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(status) = self.status {
-            return Ok(status);
+            return self.outcome(status);
         }
         let status = match &mut self.wait {
             Wait::Tokio(child) => child.wait().await?,
@@ -433,19 +492,36 @@ impl Child {
             },
             Wait::Dropped => return Err(io::Error::other("the child was given up")),
         };
-        self.status = Some(status);
-        Ok(status)
+        self.reaped(status)
     }
 
     /// The exit status if the child has exited, without waiting.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = match &mut self.wait {
-                Wait::Tokio(child) => child.try_wait()?,
-                Wait::Pidfd(_) | Wait::Dropped => reap(self.pid)?,
-            };
+        if let Some(status) = self.status {
+            return self.outcome(status).map(Some);
         }
-        Ok(self.status)
+        let status = match &mut self.wait {
+            Wait::Tokio(child) => child.try_wait()?,
+            Wait::Pidfd(_) | Wait::Dropped => reap(self.pid)?,
+        };
+        status.map(|status| self.reaped(status)).transpose()
+    }
+
+    /// The child is gone: its launch data can go, after saying whether the
+    /// program was started at all.
+    fn reaped(&mut self, status: ExitStatus) -> io::Result<ExitStatus> {
+        self.status = Some(status);
+        if let Some(launch) = self.launch.take() {
+            self.start_failure = launch.failure();
+        }
+        self.outcome(status)
+    }
+
+    fn outcome(&self, status: ExitStatus) -> io::Result<ExitStatus> {
+        match &self.start_failure {
+            Some(failure) => Err(failure.error()),
+            None => Ok(status),
+        }
     }
 
     /// Sends SIGKILL to the child alone (not its group) if it has not been
@@ -474,26 +550,77 @@ impl Drop for Child {
         if self.kill_on_drop {
             let _ = pidfd_kill(fd.get_ref());
         }
-        // Reap it once it exits, so it does not stay a zombie.
+        // Reap it once it exits, so it does not stay a zombie; its launch
+        // data (if any) may go only then.
+        let launch = self.launch.take();
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => reap_when_exited(&runtime, self.pid, fd),
+            Ok(runtime) => reap_when_exited(&runtime, self.pid, fd, launch),
             // No runtime to wait on: the child was just killed, so this is short.
-            Err(_) if self.kill_on_drop => wait_blocking(self.pid),
-            Err(_) => {}
+            Err(_) if self.kill_on_drop => {
+                wait_blocking(self.pid);
+                drop(launch);
+            }
+            // Never reaped here: the child may read its launch data forever.
+            Err(_) => {
+                launch.map(Box::leak);
+            }
         }
     }
 }
 
-/// Reaps `pid` from a task once its pidfd says it exited.
-fn reap_when_exited(runtime: &tokio::runtime::Handle, pid: libc::pid_t, fd: AsyncFd<OwnedFd>) {
+/// Reaps `pid` from a task once its pidfd says it exited, then frees what
+/// it was started with.
+fn reap_when_exited(
+    runtime: &tokio::runtime::Handle,
+    pid: libc::pid_t,
+    fd: AsyncFd<OwnedFd>,
+    launch: Option<Box<Launch>>,
+) {
     runtime.spawn(async move {
         while let Ok(mut ready) = fd.readable().await {
             if !matches!(reap(pid), Ok(None)) {
+                drop(launch);
                 return;
             }
             ready.clear_ready();
         }
+        // The pidfd cannot be waited on: the child may still run.
+        launch.map(Box::leak);
     });
+}
+
+/// Registers a new child's pidfd with the runtime. A child that could not
+/// be waited for is killed and reaped rather than left running.
+fn watch_pidfd(pid: libc::pid_t, pidfd: OwnedFd) -> io::Result<Wait> {
+    // SAFETY: the AsyncFd owns the pidfd; nothing else closes it.
+    match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+        Ok(pidfd) => Ok(Wait::Pidfd(pidfd)),
+        Err(err) => {
+            let (pidfd, err) = err.into_parts();
+            let _ = pidfd_kill(&pidfd);
+            wait_blocking(pid);
+            Err(err)
+        }
+    }
+}
+
+/// Where a cloned start fell back, or its result: `None` when a sandbox
+/// refused the clone (forks from now on), else what to return.
+fn clone_outcome(started: Result<Child, Refused>) -> Option<io::Result<Child>> {
+    match started {
+        Err(Refused::Clone(err)) if clone_unavailable(&err) => {
+            CLONE_WORKS.store(false, Ordering::Relaxed);
+            None
+        }
+        Err(Refused::Clone(err) | Refused::Start(err)) => Some(Err(err)),
+        Ok(child) => Some(Ok(child)),
+    }
+}
+
+/// bootplan's pid, which never changes (it does not fork itself).
+fn own_pid() -> libc::pid_t {
+    static PID: OnceLock<libc::pid_t> = OnceLock::new();
+    *PID.get_or_init(|| std::process::id() as libc::pid_t)
 }
 
 /// Blocks until our child `pid` has exited and reaps it. Only for a child
@@ -766,16 +893,27 @@ impl Stage {
             _ => Stage::None,
         }
     }
+}
 
-    fn error(self, errno: i32, cmd: &Command) -> io::Error {
-        let os = io::Error::from_raw_os_error(errno);
-        let what = match self {
+/// Why a cloned child could not start its program, as it left it in its
+/// launch data before exiting.
+#[derive(Debug, Clone)]
+struct StartFailure {
+    stage: Stage,
+    errno: i32,
+    cwd: Option<PathBuf>,
+}
+
+impl StartFailure {
+    fn error(&self) -> io::Error {
+        let os = io::Error::from_raw_os_error(self.errno);
+        let what = match self.stage {
             Stage::DeathSignal => "cannot set the parent-death signal".to_string(),
             Stage::ProcessGroup => "cannot create a process group".to_string(),
             Stage::Redirect => "cannot connect standard streams".to_string(),
             Stage::Chdir => format!(
                 "cannot change to directory {}",
-                cmd.cwd.as_deref().unwrap_or(Path::new("")).display()
+                self.cwd.as_deref().unwrap_or(Path::new("")).display()
             ),
             Stage::Exec | Stage::None => return os,
         };
@@ -785,8 +923,8 @@ impl Stage {
 
 /// Everything the cloned child reads, prepared by the parent. The child
 /// runs beside bootplan's threads in the same memory, so it only reads
-/// this (never written while the child may run) and writes only to its
-/// own stack and to the report pipe.
+/// this (never written by the parent while the child may run) and writes
+/// only to its own stack and to `failure`.
 struct ChildArgs {
     candidates: *const *const libc::c_char,
     candidate_count: usize,
@@ -796,9 +934,10 @@ struct ChildArgs {
     fds: [RawFd; 3],
     own_group: bool,
     parent: libc::pid_t,
-    /// Close-on-exec write end: closed by a successful exec, or given
-    /// (stage, errno) before the child exits.
-    report: RawFd,
+    /// Written by the child just before it exits when it cannot start the
+    /// program: the stage (high half) and errno (low half); 0 otherwise.
+    /// Read by the parent only once the child has exec'd or exited.
+    failure: AtomicU64,
 }
 
 /// A start in flight: the child's stack and everything its arguments point
@@ -813,6 +952,12 @@ struct Launch {
         Vec<*const libc::c_char>,
         Vec<*const libc::c_char>,
     ),
+}
+
+impl std::fmt::Debug for Launch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Launch").finish_non_exhaustive()
+    }
 }
 
 // SAFETY: the raw pointers in a Launch point into strings the Launch owns
@@ -830,14 +975,19 @@ struct Pending {
 }
 
 impl Pending {
-    fn confirmed(mut self) -> io::Result<(libc::pid_t, OwnedFd)> {
-        // Exec'd: the child no longer touches our memory.
-        drop(self.launch.take());
-        let pidfd = self
-            .pidfd
-            .take()
-            .ok_or_else(|| io::Error::other("the child's pidfd is gone"))?;
-        Ok((self.pid, pidfd))
+    /// Hands over the pid, the pidfd and the launch data, which must stay
+    /// alive until the child has exec'd or been reaped.
+    fn into_parts(mut self) -> io::Result<(libc::pid_t, OwnedFd, Box<Launch>)> {
+        let (Some(pidfd), Some(launch)) = (self.pidfd.take(), self.launch.take()) else {
+            return Err(io::Error::other("the child's pidfd is gone"));
+        };
+        Ok((self.pid, pidfd, launch))
+    }
+
+    /// What the child left in its launch data. Only meaningful once it has
+    /// exec'd or exited.
+    fn failure(&self) -> Option<StartFailure> {
+        self.launch.as_ref().and_then(|launch| launch.failure())
     }
 
     /// The child reported a failure and is exiting: wait for it, then
@@ -846,6 +996,26 @@ impl Pending {
         wait_blocking(self.pid);
         self.pidfd = None;
         drop(self.launch.take());
+    }
+}
+
+impl Launch {
+    /// Why the child could not start its program, if it said so. Read only
+    /// after it exec'd or exited (it writes before exiting).
+    fn failure(&self) -> Option<StartFailure> {
+        let failure = self.args.failure.load(Ordering::Acquire);
+        if failure == 0 {
+            return None;
+        }
+        Some(StartFailure {
+            stage: Stage::from_code((failure >> 32) as u32),
+            errno: failure as u32 as i32,
+            cwd: self
+                ._strings
+                .3
+                .as_ref()
+                .map(|cwd| PathBuf::from(OsStr::from_bytes(cwd.to_bytes()))),
+        })
     }
 }
 
@@ -877,36 +1047,24 @@ fn reap_later(pid: libc::pid_t, pidfd: OwnedFd) {
                 .map(|fd| (rt, fd))
         });
     match registered {
-        Some((runtime, fd)) => reap_when_exited(&runtime, pid, fd),
+        Some((runtime, fd)) => reap_when_exited(&runtime, pid, fd, None),
         None => wait_blocking(pid),
     }
 }
 
-/// Waits for the child's report: `None` when the pipe closed empty (the
-/// exec happened), else the stage and errno it failed with.
-async fn read_report(read: OwnedFd) -> io::Result<Option<(Stage, i32)>> {
+/// Waits until the close-on-exec pipe's write end is closed everywhere:
+/// the child has exec'd or exited.
+async fn wait_for_eof(read: OwnedFd) -> io::Result<()> {
     use tokio::io::AsyncReadExt;
     // SAFETY: fcntl on an fd we own; a fresh pipe end has no other flags.
     if unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let mut pipe = pipe::Receiver::from_owned_fd_unchecked(read)?;
-    let mut report = [0u8; 8];
-    let mut filled = 0;
-    while filled < report.len() {
-        match pipe.read(&mut report[filled..]).await? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    if filled < report.len() {
-        return Ok(None);
-    }
-    let stage = Stage::from_code(u32::from_ne_bytes([
-        report[0], report[1], report[2], report[3],
-    ]));
-    let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
-    Ok(Some((stage, errno)))
+    let mut byte = [0u8; 1];
+    // Nothing writes to it: the only answer is end of file.
+    while pipe.read(&mut byte).await? != 0 {}
+    Ok(())
 }
 
 /// Clones a child that shares our memory and runs [`child_main`] on the
@@ -1031,21 +1189,18 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     }
 }
 
-/// Reports (stage, errno) on the report pipe and exits.
+/// Leaves (stage, errno) in the launch data for the parent and exits.
 ///
 /// # Safety
 /// Only from [`child_main`].
 unsafe fn fail(args: &ChildArgs, stage: Stage, errno: i32) -> ! {
-    let code = stage.code().to_ne_bytes();
-    let errno = errno.to_ne_bytes();
-    let report = [
-        code[0], code[1], code[2], code[3], errno[0], errno[1], errno[2], errno[3],
-    ];
-    // SAFETY: writing a local buffer to our pipe, then exiting.
-    unsafe {
-        raw::write(args.report, &report);
-        raw::exit(127)
-    }
+    // Errno 0 cannot happen on a failure; keep the word non-zero anyway.
+    let failure = (u64::from(stage.code()) << 32) | u64::from(errno.max(1) as u32);
+    // A plain store: no call into libc. The parent reads it after it saw
+    // this process exit, which the exit system call orders after the store.
+    args.failure.store(failure, Ordering::Release);
+    // SAFETY: ends this process only.
+    unsafe { raw::exit(127) }
 }
 
 /// System calls made directly, without libc's wrappers: they return the
@@ -1196,16 +1351,6 @@ mod raw {
         })
     }
 
-    pub unsafe fn write(fd: RawFd, bytes: &[u8]) {
-        // SAFETY: a valid buffer of that length.
-        unsafe {
-            syscall(
-                libc::SYS_write,
-                [fd as usize, bytes.as_ptr() as usize, bytes.len(), 0, 0, 0],
-            );
-        }
-    }
-
     pub unsafe fn exit(code: i32) -> ! {
         // SAFETY: ends this process only (it is not a thread of bootplan's).
         unsafe {
@@ -1346,6 +1491,60 @@ mod tests {
         // reached exec, so they carry this test thread's name (cut to the
         // kernel's 15 bytes; other tests' threads differ there).
         assert_eq!(zombie_children_named("spawn::tests::s"), 0);
+    }
+
+    #[tokio::test]
+    async fn unconfirmed_start_failures_come_from_wait() {
+        // `start` does not wait for the exec: on the clone path the failure
+        // comes from `wait` (every time it is asked), on the fork path from
+        // `start` itself. Either way it names what failed.
+        async fn start_error(cmd: &Command) -> io::Error {
+            match cmd.start() {
+                Ok(mut child) => {
+                    let first = child.wait().await.unwrap_err();
+                    let again = child.wait().await.unwrap_err();
+                    assert_eq!(first.to_string(), again.to_string());
+                    assert!(child.try_wait().is_err());
+                    first
+                }
+                Err(err) => err,
+            }
+        }
+        let err = start_error(&Command::new("bootplan-no-such-program")).await;
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        let err = start_error(&Command::new("/etc/passwd")).await;
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        let mut cmd = Command::new("true");
+        cmd.current_dir("/bootplan-no-such-dir");
+        let err = start_error(&cmd).await;
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        if clone_supported() {
+            assert!(err.to_string().contains("/bootplan-no-such-dir"), "{err}");
+        }
+        // A good start after failed ones: output and status as with spawn.
+        let mut child = sh("echo started; exit 4").start().unwrap();
+        let stdout = child.stdout.take();
+        let (out, status) = tokio::join!(read_all(stdout), child.wait());
+        assert_eq!(out, "started\n");
+        assert_eq!(status.unwrap().code(), Some(4));
+        assert_eq!(zombie_children_named("spawn::tests::u"), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_an_unconfirmed_child_kills_and_reaps_it() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60").kill_on_drop();
+        let child = cmd.start().unwrap();
+        let pid = child.id().unwrap();
+        drop(child);
+        let gone = async {
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), gone)
+            .await
+            .unwrap_or_else(|_| panic!("pid {pid} still there"));
     }
 
     #[tokio::test]

@@ -83,7 +83,9 @@ pub async fn run(
     output: Output,
     cancel: &CancellationToken,
 ) -> Result<(), StepError> {
-    let mut child = spawn(step, cmd, ctx).await?;
+    // Started without waiting for the exec: a program that cannot start
+    // shows up as the wait's error below, one wake-up fewer per command.
+    let mut child = start(step, cmd, ctx)?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     // The output is read here, beside the wait, rather than by tasks of its
     // own: one step's process costs no task spawns, handles or timers.
@@ -129,11 +131,10 @@ pub async fn run(
     exit_result(cmd.program(), status)
 }
 
-/// Spawns without waiting.
-pub async fn spawn(step: &str, cmd: &Cmd, ctx: &StepContext) -> Result<Child, StepError> {
+/// Starts the command without waiting for it (see [`crate::spawn::Command::start`]).
+fn start(step: &str, cmd: &Cmd, ctx: &StepContext) -> Result<Child, StepError> {
     cmd.command(ctx, step)
-        .spawn()
-        .await
+        .start()
         .map_err(|source| StepError::Spawn {
             program: cmd.program().to_string(),
             source,
@@ -153,7 +154,13 @@ pub async fn drain(readers: Vec<tokio::task::JoinHandle<()>>) {
 
 /// SIGTERM to the group, then SIGKILL after `grace` if the leader is still there.
 pub async fn terminate_group(child: &mut Child, pgid: Pid, grace: Duration) {
-    let _ = killpg(pgid, Signal::SIGTERM);
+    if killpg(pgid, Signal::SIGTERM) == Err(nix::errno::Errno::ESRCH)
+        && let Some(pid) = child.id()
+    {
+        // Started a moment ago and not yet in its own group: the leader
+        // alone (not reaped yet, so its pid cannot belong to another).
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = child.wait().await;

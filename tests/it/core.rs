@@ -790,3 +790,35 @@ steps:
         "a file with a bad owner was written anyway"
     );
 }
+
+#[test]
+fn a_command_that_cannot_start_fails_its_step_with_the_reason() {
+    let sb = Sandbox::new();
+    sb.plan(
+        r#"
+version: 1
+name: cannot-start
+steps:
+  missing: { run: ["bootplan-no-such-program"], on_failure: continue }
+  bad-dir: { run: ["true"], cwd: no-such-dir, on_failure: continue }
+  fine: { run: ["true"], needs: [missing, bad-dir] }
+"#,
+    );
+    let out = sb.run();
+    // Both failures are `continue`: the run is degraded, and `fine` still ran.
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.status()["outcome"], "degraded", "{}", dump(&out));
+    assert_eq!(sb.step("fine")["state"], "done");
+    let missing = sb.step("missing");
+    assert_eq!(missing["state"], "failed");
+    assert_eq!(missing["error"]["code"], "step.spawn_failed", "{missing}");
+    let message = missing["error"]["message"].as_str().unwrap();
+    assert!(message.contains("bootplan-no-such-program"), "{message}");
+    let bad_dir = sb.step("bad-dir");
+    assert_eq!(bad_dir["error"]["code"], "step.spawn_failed", "{bad_dir}");
+    let message = bad_dir["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no-such-dir"),
+        "names the directory: {message}"
+    );
+}

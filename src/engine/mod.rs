@@ -575,12 +575,16 @@ async fn attempt_with_timeout(
         StepKind::Wait(_) | StepKind::Service { .. } => None,
         _ => inputs.step.timeout,
     };
-    let Some(limit) = limit else {
-        return steps::run_attempt(inputs, ctx, cancel).await;
+    // One attempt future for both paths: the step's task stores it once.
+    let attempt_cancel = match limit {
+        Some(_) => cancel.child_token(),
+        None => cancel.clone(),
     };
-    let attempt_cancel = cancel.child_token();
     let attempt = steps::run_attempt(inputs, ctx, &attempt_cancel);
     tokio::pin!(attempt);
+    let Some(limit) = limit else {
+        return attempt.await;
+    };
     tokio::select! {
         result = &mut attempt => result,
         () = tokio::time::sleep(limit) => {

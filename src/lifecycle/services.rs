@@ -228,30 +228,7 @@ async fn pump(
     stream: Stream,
     reporter: Arc<Reporter>,
 ) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    // Long lines are cut, as for step output, so one runaway line cannot exhaust memory.
-    const MAX_LINE: u64 = 16 * 1024;
-    let mut reader = tokio::io::BufReader::new(reader);
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        buf.clear();
-        match (&mut reader)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            buf.pop();
-        }
-        reporter.emit(crate::telemetry::EventKind::Output {
-            step: step.clone(),
-            stream,
-            line: String::from_utf8_lossy(&buf).into_owned(),
-        });
-    }
+    process::pump(reader, &step, stream, &reporter, process::Output::Log).await;
 }
 
 /// Watches one service: restarts it by its policy, reports it when it is

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{StepContext, StepError};
 use crate::spawn::{Child, Command, Stdio};
-use crate::telemetry::{EventKind, Stream};
+use crate::telemetry::{EventKind, Reporter, Stream};
 
 /// Longest captured line; longer lines are cut so one runaway line cannot
 /// exhaust memory.
@@ -194,43 +194,142 @@ async fn pump_if(
     reader: Option<impl AsyncRead + Unpin>,
     step: &str,
     stream: Stream,
-    reporter: &std::sync::Arc<crate::telemetry::Reporter>,
+    reporter: &Reporter,
     output: Output,
 ) {
     if let Some(reader) = reader {
-        pump(reader, step.to_string(), stream, reporter.clone(), output).await;
+        pump(reader, step, stream, reporter, output).await;
     }
 }
 
-async fn pump(
-    reader: impl AsyncRead + Unpin,
-    step: String,
+/// Reads `reader` to its end and reports each line as `step`'s output
+/// (redacted by the reporter); a line longer than [`MAX_LINE`] is cut into
+/// pieces of that size. With [`Output::Discard`] it only reads. Nothing is
+/// allocated for a command that prints nothing.
+pub async fn pump(
+    mut reader: impl AsyncRead + Unpin,
+    step: &str,
     stream: Stream,
-    reporter: std::sync::Arc<crate::telemetry::Reporter>,
+    reporter: &Reporter,
     output: Output,
 ) {
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        buf.clear();
-        match (&mut reader)
-            .take(MAX_LINE as u64)
-            .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+    // On the heap: an array here would make every step's task (which
+    // holds this future) kilobytes bigger, copied each time it moves.
+    let mut chunk = vec![0u8; 4096];
+    let mut line = Vec::new();
+    let emit = |line: &mut Vec<u8>| {
+        while line.last().is_some_and(|b| *b == b'\r') {
+            line.pop();
         }
+        reporter.emit(EventKind::Output {
+            step: step.to_string(),
+            stream,
+            line: String::from_utf8_lossy(line).into_owned(),
+        });
+        line.clear();
+    };
+    loop {
+        let read = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
         if output == Output::Discard {
             continue;
         }
-        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            buf.pop();
+        let mut rest = &chunk[..read];
+        while !rest.is_empty() {
+            let room = MAX_LINE - line.len();
+            let window = &rest[..rest.len().min(room)];
+            if let Some(end) = window.iter().position(|b| *b == b'\n') {
+                line.extend_from_slice(&rest[..end]);
+                rest = &rest[end + 1..];
+                emit(&mut line);
+            } else if window.len() == room {
+                line.extend_from_slice(window);
+                rest = &rest[room..];
+                emit(&mut line);
+            } else {
+                line.extend_from_slice(rest);
+                rest = &[];
+            }
         }
-        reporter.emit(EventKind::Output {
-            step: step.clone(),
-            stream,
-            line: String::from_utf8_lossy(&buf).into_owned(),
-        });
+    }
+    if !line.is_empty() {
+        emit(&mut line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+    use crate::secrets::Redactor;
+    use crate::telemetry::{Event, Sink};
+
+    /// Gives its bytes `size` at a time, so lines straddle reads.
+    struct Chunked {
+        bytes: Vec<u8>,
+        size: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.size.min(self.bytes.len()).min(buf.remaining());
+            buf.put_slice(&self.bytes[..n]);
+            self.bytes.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Lines(Arc<Mutex<Vec<String>>>);
+
+    impl Sink for Lines {
+        fn event(&mut self, event: &Event) {
+            if let EventKind::Output { line, .. } = &event.kind {
+                self.0.lock().unwrap().push(line.clone());
+            }
+        }
+    }
+
+    async fn lines_of(bytes: &[u8], size: usize, output: Output) -> Vec<String> {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let reporter = Reporter::new(Arc::new(Redactor::new()));
+        reporter.add_sink(Box::new(Lines(seen.clone())));
+        let reader = Chunked {
+            bytes: bytes.to_vec(),
+            size,
+        };
+        pump(reader, "s", Stream::Stdout, &reporter, output).await;
+        seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn output_is_reported_line_by_line_however_it_is_read() {
+        let text = b"one\r\ntwo\n\nthree without newline";
+        let expected = ["one", "two", "", "three without newline"];
+        for size in [1, 2, 3, 7, 4096] {
+            assert_eq!(lines_of(text, size, Output::Log).await, expected, "{size}");
+        }
+        assert!(lines_of(text, 3, Output::Discard).await.is_empty());
+        assert!(lines_of(b"", 1, Output::Log).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_runaway_line_is_cut_at_the_limit() {
+        let mut text = vec![b'x'; MAX_LINE * 2 + 10];
+        text.extend_from_slice(b"\nend\n");
+        let lines = lines_of(&text, 1000, Output::Log).await;
+        let lengths: Vec<usize> = lines.iter().map(String::len).collect();
+        assert_eq!(lengths, [MAX_LINE, MAX_LINE, 10, 3]);
+        assert_eq!(lines[3], "end");
     }
 }

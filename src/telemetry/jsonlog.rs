@@ -2,8 +2,6 @@
 
 use std::io::Write;
 
-use serde_json::{Map, Value, json};
-
 use super::{Event, EventKind, Level, Sink, timestamp};
 
 /// Writes each event at or above `level` as one JSON line.
@@ -26,23 +24,83 @@ impl<W: Write + Send> JsonLogSink<W> {
     }
 }
 
-/// The JSON object for one event.
-pub fn event_json(event: &Event, bootstrap_id: &str) -> Value {
-    let mut obj = Map::new();
-    obj.insert("ts".into(), json!(timestamp(event.at)));
-    obj.insert("level".into(), json!(event.kind.level().as_str()));
-    obj.insert("bootstrap_id".into(), json!(bootstrap_id));
-    obj.insert("event".into(), json!(event.kind.name()));
+/// A field value of a log line.
+enum Field<'a> {
+    Str(&'a str),
+    Owned(String),
+    U64(u64),
+    I64(i64),
+}
+
+/// The fields of one log line, written in key order (as a JSON map with
+/// sorted keys would be) without building an intermediate JSON value: this
+/// runs for every step transition.
+struct Fields<'a>(Vec<(&'static str, Field<'a>)>);
+
+impl<'a> Fields<'a> {
+    /// Sets `key`, replacing an earlier value.
+    fn put(&mut self, key: &'static str, value: Field<'a>) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    fn str(&mut self, key: &'static str, value: &'a str) {
+        self.put(key, Field::Str(value));
+    }
+
+    fn owned(&mut self, key: &'static str, value: String) {
+        self.put(key, Field::Owned(value));
+    }
+
+    fn ms(&mut self, key: &'static str, value: std::time::Duration) {
+        self.put(key, Field::U64(value.as_millis() as u64));
+    }
+
+    fn write(mut self, out: &mut Vec<u8>) {
+        self.0.sort_unstable_by_key(|(key, _)| *key);
+        out.push(b'{');
+        for (i, (key, value)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, key);
+            out.push(b':');
+            match value {
+                Field::Str(s) => write_str(out, s),
+                Field::Owned(s) => write_str(out, s),
+                Field::U64(n) => {
+                    let _ = write!(out, "{n}");
+                }
+                Field::I64(n) => {
+                    let _ = write!(out, "{n}");
+                }
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+/// A JSON string, escaped by serde_json.
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends the JSON object for one event to `out`.
+pub fn write_event(out: &mut Vec<u8>, event: &Event, bootstrap_id: &str) {
+    let mut f = Fields(Vec::with_capacity(12));
+    f.owned("ts", timestamp(event.at));
+    f.str("level", event.kind.level().as_str());
+    f.str("bootstrap_id", bootstrap_id);
+    f.str("event", event.kind.name());
     if let Some(step) = event.kind.step() {
-        obj.insert("step".into(), json!(step));
+        f.str("step", step);
     }
     if let Some((trace_id, span_id)) = super::traces::current_ids() {
-        obj.insert("trace_id".into(), json!(trace_id));
-        obj.insert("span_id".into(), json!(span_id));
+        f.owned("trace_id", trace_id);
+        f.owned("span_id", span_id);
     }
-    let mut put = |k: &str, v: Value| {
-        obj.insert(k.into(), v);
-    };
     match &event.kind {
         EventKind::RunStarted {
             plan,
@@ -51,45 +109,42 @@ pub fn event_json(event: &Event, bootstrap_id: &str) -> Value {
             steps,
             ..
         } => {
-            put("plan", json!(plan));
-            put("plan_path", json!(plan_path));
-            put("digest", json!(digest));
-            put("step_count", json!(steps.len()));
-            put(
+            f.str("plan", plan);
+            f.str("plan_path", plan_path);
+            f.str("digest", digest);
+            f.put("step_count", Field::U64(steps.len() as u64));
+            f.owned(
                 "msg",
-                json!(format!("starting plan {plan} ({} steps)", steps.len())),
+                format!("starting plan {plan} ({} steps)", steps.len()),
             );
         }
-        EventKind::StepSkipped { reason, .. } => put("msg", json!(format!("skipped: {reason}"))),
-        EventKind::StepStarted { .. } => put("msg", json!("started")),
-        EventKind::AttemptStarted { attempt, .. } => put("attempt", json!(attempt)),
+        EventKind::StepSkipped { reason, .. } => f.owned("msg", format!("skipped: {reason}")),
+        EventKind::StepStarted { .. } => f.str("msg", "started"),
+        EventKind::AttemptStarted { attempt, .. } => f.put("attempt", Field::U64(*attempt as u64)),
         EventKind::AttemptFailed {
             attempt,
             error,
             retry_in,
             ..
         } => {
-            put("attempt", json!(attempt));
-            put("code", json!(error.code.as_str()));
+            f.put("attempt", Field::U64(*attempt as u64));
+            f.str("code", error.code.as_str());
             if let Some(d) = retry_in {
-                put("retry_in_ms", json!(d.as_millis() as u64));
+                f.ms("retry_in_ms", *d);
             }
-            put("msg", json!(error.message));
+            f.str("msg", &error.message);
         }
         EventKind::Output { stream, line, .. } => {
-            put("stream", json!(stream.as_str()));
-            put("msg", json!(line));
+            f.str("stream", stream.as_str());
+            f.str("msg", line);
         }
         EventKind::Waiting {
             target, elapsed, ..
         } => {
-            put("duration_ms", json!(elapsed.as_millis() as u64));
-            put(
+            f.ms("duration_ms", *elapsed);
+            f.owned(
                 "msg",
-                json!(format!(
-                    "still waiting for {target} after {}s",
-                    elapsed.as_secs()
-                )),
+                format!("still waiting for {target} after {}s", elapsed.as_secs()),
             );
         }
         EventKind::StepFinished {
@@ -99,23 +154,23 @@ pub fn event_json(event: &Event, bootstrap_id: &str) -> Value {
             error,
             ..
         } => {
-            put("state", json!(state.as_str()));
-            put("attempt", json!(attempts));
-            put("duration_ms", json!(duration.as_millis() as u64));
+            f.str("state", state.as_str());
+            f.put("attempt", Field::U64(*attempts as u64));
+            f.ms("duration_ms", *duration);
             if let Some(e) = error {
-                put("code", json!(e.code.as_str()));
-                put("msg", json!(e.message));
+                f.str("code", e.code.as_str());
+                f.str("msg", &e.message);
             }
         }
-        EventKind::StepNotRun { reason, .. } => put("msg", json!(format!("not run: {reason}"))),
+        EventKind::StepNotRun { reason, .. } => f.owned("msg", format!("not run: {reason}")),
         EventKind::UndoFinished { error, .. } => match error {
             Some(e) => {
-                put("code", json!(e.code.as_str()));
-                put("msg", json!(format!("undo failed: {}", e.message)));
+                f.str("code", e.code.as_str());
+                f.owned("msg", format!("undo failed: {}", e.message));
             }
-            None => put("msg", json!("undo done")),
+            None => f.str("msg", "undo done"),
         },
-        EventKind::Notice { message, .. } => put("msg", json!(message)),
+        EventKind::Notice { message, .. } => f.str("msg", message),
         EventKind::RunFinished {
             outcome,
             exit_code,
@@ -123,19 +178,19 @@ pub fn event_json(event: &Event, bootstrap_id: &str) -> Value {
             failed_step,
             duration,
         } => {
-            put("outcome", json!(outcome.as_str()));
-            put("exit_code", json!(exit_code));
-            put("duration_ms", json!(duration.as_millis() as u64));
+            f.str("outcome", outcome.as_str());
+            f.put("exit_code", Field::I64(i64::from(*exit_code)));
+            f.ms("duration_ms", *duration);
             if let Some(step) = failed_step {
-                put("step", json!(step));
+                f.str("step", step);
             }
             if let Some(e) = error {
-                put("code", json!(e.code.as_str()));
-                put("msg", json!(e.message));
+                f.str("code", e.code.as_str());
+                f.str("msg", &e.message);
             }
         }
     }
-    Value::Object(obj)
+    f.write(out);
 }
 
 impl<W: Write + Send> Sink for JsonLogSink<W> {
@@ -147,9 +202,7 @@ impl<W: Write + Send> Sink for JsonLogSink<W> {
             return;
         }
         self.line.clear();
-        if serde_json::to_writer(&mut self.line, &event_json(event, &self.bootstrap_id)).is_err() {
-            return;
-        }
+        write_event(&mut self.line, event, &self.bootstrap_id);
         self.line.push(b'\n');
         // A closed stdout must not fail the boot; the status file still records it.
         let _ = self.out.write_all(&self.line);
@@ -157,5 +210,94 @@ impl<W: Write + Send> Sink for JsonLogSink<W> {
 
     fn finish(&mut self) {
         let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::telemetry::{ErrorInfo, StepState, Stream};
+
+    fn line(kind: EventKind) -> String {
+        let mut sink = JsonLogSink::new(Vec::new(), Level::Debug);
+        sink.bootstrap_id = "b-1".into();
+        sink.event(&Event {
+            at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_500),
+            kind,
+        });
+        String::from_utf8(sink.out).unwrap()
+    }
+
+    /// The keys in the order they appear in the line.
+    fn keys(line: &str) -> Vec<String> {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut keys: Vec<(usize, String)> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| (line.find(&format!("\"{k}\":")).unwrap(), k.clone()))
+            .collect();
+        keys.sort();
+        keys.into_iter().map(|(_, k)| k).collect()
+    }
+
+    #[test]
+    fn a_failed_step_is_one_json_line_with_sorted_keys() {
+        let text = line(EventKind::StepFinished {
+            step: "migrate".into(),
+            state: StepState::Failed,
+            attempts: 3,
+            duration: Duration::from_millis(1234),
+            error: Some(ErrorInfo {
+                code: ErrorCode::StepExitNonzero,
+                message: "`app` exited with \"status\" 2\n".into(),
+            }),
+        });
+        assert!(
+            text.ends_with('\n') && text.matches('\n').count() == 1,
+            "{text}"
+        );
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["ts"], "1970-01-01T00:00:01.500Z");
+        assert_eq!(value["level"], "error");
+        assert_eq!(value["bootstrap_id"], "b-1");
+        assert_eq!(value["event"], "step_finished");
+        assert_eq!(value["step"], "migrate");
+        assert_eq!(value["state"], "failed");
+        assert_eq!(value["attempt"], 3);
+        assert_eq!(value["duration_ms"], 1234);
+        assert_eq!(value["code"], "step.exit_nonzero");
+        assert_eq!(value["msg"], "`app` exited with \"status\" 2\n");
+        let keys = keys(&text);
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn output_lines_and_run_results_carry_their_fields() {
+        let text = line(EventKind::Output {
+            step: "s".into(),
+            stream: Stream::Stderr,
+            line: "tab\there \u{1b}[0m".into(),
+        });
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["stream"], "stderr");
+        assert_eq!(value["msg"], "tab\there \u{1b}[0m");
+        let text = line(EventKind::RunFinished {
+            outcome: crate::telemetry::Outcome::Failed,
+            exit_code: -1,
+            error: None,
+            failed_step: Some("db".into()),
+            duration: Duration::from_secs(2),
+        });
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["exit_code"], -1);
+        assert_eq!(value["step"], "db");
+        assert_eq!(value["duration_ms"], 2000);
+        assert_eq!(keys(&text).iter().filter(|k| *k == "step").count(), 1);
     }
 }

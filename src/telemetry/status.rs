@@ -268,8 +268,10 @@ impl StatusSink {
             0o644,
             false,
             Box::new(move || {
-                let doc = for_render.lock().unwrap_or_else(|p| p.into_inner());
-                let mut bytes = serde_json::to_vec_pretty(&*doc).unwrap_or_default();
+                // Copied under the lock, serialized outside it: the engine
+                // applies its next event while the writer formats this one.
+                let doc = for_render.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let mut bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
                 bytes.push(b'\n');
                 bytes
             }),

@@ -278,11 +278,13 @@ tokio::task_local! {
 }
 
 /// Runs `fut` (a step's task) with `env` as its child processes' trace context.
-pub async fn with_step_env<F: std::future::Future>(
+/// A plain function, not an `async fn`: that would store `fut` twice (as its
+/// argument and inside the scope), doubling the size of every step's task.
+pub fn with_step_env<F: std::future::Future>(
     env: Vec<(String, String)>,
     fut: F,
-) -> F::Output {
-    STEP_TRACE_ENV.scope(env, fut).await
+) -> impl std::future::Future<Output = F::Output> {
+    STEP_TRACE_ENV.scope(env, fut)
 }
 
 /// The trace context of the step whose task is running (empty outside one).

@@ -317,15 +317,22 @@ impl Command {
     }
 
     /// Clones the child, registered with the reaper while it is created.
-    fn clone_child(&self) -> Result<(Pending, Streams), Refused> {
-        let streams = Streams::open(self.stdout, self.stderr)?;
+    /// The read ends are made ready for tokio first, so that after the
+    /// clone bootplan has little left to do before it waits: the new child
+    /// starts on this CPU as soon as bootplan sleeps.
+    fn clone_child(&self) -> Result<(Pending, Readers), Refused> {
+        let mut streams = Streams::open(self.stdout, self.stderr)?;
+        let readers = streams.readers()?;
         let launch = self.launch(&streams)?;
         let pending = crate::lifecycle::reaper::while_spawning(
             || clone_concurrent(launch),
             |pending| u32::try_from(pending.pid).ok(),
         )
         .map_err(Refused::Clone)?;
-        Ok((pending, streams))
+        // The child has its own copies of its ends now; ours must close so
+        // that end of file is seen when it exits.
+        drop(streams);
+        Ok((pending, readers))
     }
 
     /// [`Command::spawn`] by clone: a close-on-exec pipe tells when the
@@ -333,11 +340,10 @@ impl Command {
     /// says which.
     async fn spawn_cloned(&self) -> Result<Child, Refused> {
         let (exec_read, exec_write) = pipe_cloexec()?;
-        let (mut pending, streams) = self.clone_child()?;
-        // The child has its own copies now; ours must close so end of file
-        // is seen (the exec pipe at exec, the output pipes at exit).
+        let (mut pending, (stdout, stderr)) = self.clone_child()?;
+        // The child has its own copy; ours must close so end of file is
+        // seen when it execs or exits.
         drop(exec_write);
-        let (stdout, stderr) = streams.into_parent_ends()?;
         wait_for_eof(exec_read).await?;
         if let Some(failure) = pending.failure() {
             pending.reap_failed();
@@ -353,8 +359,7 @@ impl Command {
     /// [`Command::start`] by clone: the launch data stays with the
     /// [`Child`] until it is reaped, and tells then whether the start failed.
     fn start_cloned(&self) -> Result<Child, Refused> {
-        let (pending, streams) = self.clone_child()?;
-        let (stdout, stderr) = streams.into_parent_ends()?;
+        let (pending, (stdout, stderr)) = self.clone_child()?;
         let (pid, pidfd, launch) = pending.into_parts()?;
         let wait = watch_pidfd(pid, pidfd)?;
         let mut child = Child::new(pid, wait, stdout, stderr, self.kill_on_drop);
@@ -764,6 +769,9 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// The read ends of a child's stdout and stderr, when piped.
+type Readers = (Option<pipe::Receiver>, Option<pipe::Receiver>);
+
 /// One of the child's standard streams, as bootplan sets it up.
 enum ChildEnd {
     Inherit,
@@ -829,10 +837,9 @@ impl Streams {
         Ok([one(a)?, one(b)?, one(c)?])
     }
 
-    /// Closes the child's ends (so end of file is seen when it exits) and
-    /// wraps the read ends for tokio.
-    fn into_parent_ends(self) -> io::Result<(Option<pipe::Receiver>, Option<pipe::Receiver>)> {
-        drop(self.child);
+    /// Wraps the read ends for tokio (they are close-on-exec, so a child
+    /// cloned afterwards does not keep them).
+    fn readers(&mut self) -> io::Result<Readers> {
         let wrap = |fd: Option<OwnedFd>| -> io::Result<Option<pipe::Receiver>> {
             let Some(fd) = fd else { return Ok(None) };
             // A fresh pipe's read end: no other status flag to keep.
@@ -842,7 +849,15 @@ impl Streams {
             }
             pipe::Receiver::from_owned_fd_unchecked(fd).map(Some)
         };
-        Ok((wrap(self.stdout)?, wrap(self.stderr)?))
+        Ok((wrap(self.stdout.take())?, wrap(self.stderr.take())?))
+    }
+
+    /// Closes the child's ends (so end of file is seen when it exits) and
+    /// wraps the read ends for tokio.
+    fn into_parent_ends(mut self) -> io::Result<Readers> {
+        let readers = self.readers()?;
+        drop(self.child);
+        Ok(readers)
     }
 }
 

@@ -132,15 +132,65 @@ mod tests {
         let entries: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
         assert_eq!(entries.len(), 1, "temp files left behind");
     }
+
+    #[test]
+    fn background_writes_hold_the_newest_state_with_or_without_the_thread() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.txt");
+        let version = Arc::new(AtomicU32::new(1));
+        let current = version.clone();
+        let writer = BackgroundWriter::new(
+            path.clone(),
+            0o644,
+            false,
+            Box::new(move || current.load(Ordering::SeqCst).to_string().into_bytes()),
+        );
+        // Nothing asked for yet: nothing written, no thread.
+        writer.flush().unwrap();
+        assert!(!path.exists());
+        assert!(!writer.has_thread());
+        // Written on this thread, at once.
+        writer.write_now().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "1");
+        assert!(!writer.has_thread());
+        // Later changes go through the thread; flush waits for the newest.
+        for v in 2..=50 {
+            version.store(v, Ordering::SeqCst);
+            writer.mark_dirty();
+        }
+        assert!(writer.has_thread());
+        writer.flush().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "50");
+        version.store(51, Ordering::SeqCst);
+        writer.write_now().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "51");
+        drop(writer);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "51");
+    }
 }
 
 /// Writes a file from a background thread whenever it is marked dirty,
 /// coalescing bursts: many changes in quick succession cost one write. The
 /// content is produced by `render` at write time, so a write always holds the
 /// newest state. Keeps slow disks (and fsync) off the caller's path.
+///
+/// The thread starts at the first [`BackgroundWriter::mark_dirty`]: a file
+/// that is only ever written with [`BackgroundWriter::write_now`] (or not at
+/// all, like the journal of a plan whose steps all run `always`) costs no
+/// thread, and `write_now` before the thread exists writes on the caller's
+/// thread instead of handing over to another and waiting.
 pub struct BackgroundWriter {
     shared: std::sync::Arc<WriterShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: std::sync::Mutex<WriterThread>,
+}
+
+enum WriterThread {
+    NotStarted,
+    Running(std::thread::JoinHandle<()>),
+    /// The thread could not be created: writes happen on the caller's thread.
+    Unavailable,
 }
 
 type Render = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
@@ -184,12 +234,10 @@ impl BackgroundWriter {
             durable,
             render,
         });
-        let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("bootplan-writer".into())
-            .spawn(move || worker.run())
-            .ok();
-        BackgroundWriter { shared, thread }
+        BackgroundWriter {
+            shared,
+            thread: std::sync::Mutex::new(WriterThread::NotStarted),
+        }
     }
 
     /// Asks for a write of the current state, soon.
@@ -201,10 +249,39 @@ impl BackgroundWriter {
         if state.idle {
             self.shared.wake.notify_all();
         }
+        drop(state);
+        self.start_thread();
+    }
+
+    /// Starts the writing thread unless it runs already (or cannot).
+    fn start_thread(&self) {
+        let mut thread = self.thread_state();
+        if matches!(*thread, WriterThread::NotStarted) {
+            let worker = self.shared.clone();
+            *thread = match std::thread::Builder::new()
+                .name("bootplan-writer".into())
+                .spawn(move || worker.run())
+            {
+                Ok(handle) => WriterThread::Running(handle),
+                Err(_) => WriterThread::Unavailable,
+            };
+        }
+    }
+
+    fn has_thread(&self) -> bool {
+        matches!(*self.thread_state(), WriterThread::Running(_))
+    }
+
+    fn thread_state(&self) -> std::sync::MutexGuard<'_, WriterThread> {
+        self.thread.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Writes the current state now and waits until it is on disk.
     pub fn write_now(&self) -> Result<(), String> {
+        if !self.has_thread() {
+            self.shared.lock().requested += 1;
+            return self.flush();
+        }
         self.mark_dirty();
         self.flush()
     }
@@ -214,7 +291,7 @@ impl BackgroundWriter {
     pub fn flush(&self) -> Result<(), String> {
         let mut state = self.shared.lock();
         let target = state.requested;
-        if self.thread.is_none() {
+        if !self.has_thread() {
             if state.written < target {
                 state.written = target;
                 drop(state);
@@ -246,7 +323,8 @@ impl Drop for BackgroundWriter {
         let _ = self.flush();
         self.shared.lock().stop = true;
         self.shared.wake.notify_all();
-        if let Some(thread) = self.thread.take() {
+        let thread = std::mem::replace(&mut *self.thread_state(), WriterThread::Unavailable);
+        if let WriterThread::Running(thread) = thread {
             let _ = thread.join();
         }
     }

@@ -21,6 +21,9 @@ use crate::telemetry::{EventKind, Reporter, Stream};
 /// exhaust memory.
 const MAX_LINE: usize = 16 * 1024;
 
+/// Largest read of a command's output at once.
+const MAX_READ: usize = 16 * 1024;
+
 /// How long to wait for output pipes to close once the process group is gone.
 const PIPE_DRAIN: Duration = Duration::from_secs(1);
 
@@ -213,9 +216,11 @@ pub async fn pump(
     reporter: &Reporter,
     output: Output,
 ) {
-    // On the heap: an array here would make every step's task (which
-    // holds this future) kilobytes bigger, copied each time it moves.
-    let mut chunk = vec![0u8; 4096];
+    // On the heap, not an array: that would make every step's task (which
+    // holds this future) kilobytes bigger, copied each time it moves. Small
+    // at first (most commands print little; a request of a kilobyte or more
+    // makes glibc consolidate its free lists), doubled while reads fill it.
+    let mut chunk = Vec::with_capacity(512);
     let mut line = Vec::new();
     let emit = |line: &mut Vec<u8>| {
         while line.last().is_some_and(|b| *b == b'\r') {
@@ -229,10 +234,14 @@ pub async fn pump(
         line.clear();
     };
     loop {
-        let read = match reader.read(&mut chunk).await {
+        chunk.clear();
+        let read = match reader.read_buf(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(read) => read,
         };
+        if read == chunk.capacity() && read < MAX_READ {
+            chunk.reserve(read * 2);
+        }
         if output == Output::Discard {
             continue;
         }

@@ -13,8 +13,10 @@ need() { command -v "$1" >/dev/null || apt-get -o DPkg::Lock::Timeout=600 instal
 need hyperfine hyperfine
 [ -x /usr/bin/time ] || apt-get -o DPkg::Lock::Timeout=600 install -y time >/dev/null
 
-cargo build --release --quiet
+cargo build --release --quiet --bin bootplan --example spawn-floor
 bin=$PWD/target/release/bootplan
+# bootplan's spawner alone (no engine, journal or telemetry), for reference.
+floor=$PWD/target/release/examples/spawn-floor
 work=$(mktemp -d)
 # The run dir is a tmpfs, as /run is on a real machine; the state dir is on disk.
 rundir=$(mktemp -d -p /dev/shm)
@@ -62,7 +64,7 @@ hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/skip.j
 echo
 echo "Interleaved, $runs rounds (bench/interleave.py):"
 python3 bench/interleave.py "$runs" \
-  "$bin run $work/chain.yaml" "sh -c '$direct_chain'" \
+  "$bin run $work/chain.yaml" "sh -c '$direct_chain'" "$floor 100" \
   "$bin run $work/wide.yaml" "sh -c '$direct_wide'"
 
 rss() { /usr/bin/time -f %M "$bin" run "$1" 2>&1 >/dev/null | tail -1; }

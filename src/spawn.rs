@@ -311,7 +311,8 @@ impl Command {
                 failure: AtomicU64::new(0),
             },
             stack: Box::new_uninit_slice(CHILD_STACK),
-            _strings: (candidates, argv, env_owned, cwd),
+            cwd,
+            _strings: (candidates, argv, env_owned),
             _pointers: (candidate_ptrs, argv_ptrs, env_ptrs),
         }))
     }
@@ -961,7 +962,9 @@ struct Launch {
     args: ChildArgs,
     /// Written only by the child, below its arguments' frame.
     stack: Box<[std::mem::MaybeUninit<u8>]>,
-    _strings: (Vec<CString>, Vec<CString>, Vec<CString>, Option<CString>),
+    /// The working directory the child changes to (also named in a failure).
+    cwd: Option<CString>,
+    _strings: (Vec<CString>, Vec<CString>, Vec<CString>),
     _pointers: (
         Vec<*const libc::c_char>,
         Vec<*const libc::c_char>,
@@ -1026,8 +1029,7 @@ impl Launch {
             stage: Stage::from_code((failure >> 32) as u32),
             errno: failure as u32 as i32,
             cwd: self
-                ._strings
-                .3
+                .cwd
                 .as_ref()
                 .map(|cwd| PathBuf::from(OsStr::from_bytes(cwd.to_bytes()))),
         })
@@ -1552,14 +1554,7 @@ mod tests {
         let child = cmd.start().unwrap();
         let pid = child.id().unwrap();
         drop(child);
-        let gone = async {
-            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(10), gone)
-            .await
-            .unwrap_or_else(|_| panic!("pid {pid} still there"));
+        assert_gone(pid, "start").await;
     }
 
     #[tokio::test]
@@ -1570,16 +1565,20 @@ mod tests {
             let child = spawn(&cmd, cloned).await.unwrap();
             let pid = child.id().unwrap();
             drop(child);
-            // Gone, not a zombie: polled until the reaping task has run.
-            let gone = async {
-                while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            };
-            tokio::time::timeout(std::time::Duration::from_secs(10), gone)
-                .await
-                .unwrap_or_else(|_| panic!("pid {pid} still there, cloned={cloned}"));
+            assert_gone(pid, &format!("spawn, cloned={cloned}")).await;
         }
+    }
+
+    /// Gone, not a zombie: polled until the reaping task has run.
+    async fn assert_gone(pid: u32, how: &str) {
+        let gone = async {
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), gone)
+            .await
+            .unwrap_or_else(|_| panic!("pid {pid} still there ({how})"));
     }
 
     #[tokio::test]

@@ -207,8 +207,7 @@ async fn pump_if(
 
 /// Reads `reader` to its end and reports each line as `step`'s output
 /// (redacted by the reporter); a line longer than [`MAX_LINE`] is cut into
-/// pieces of that size. With [`Output::Discard`] it only reads. Nothing is
-/// allocated for a command that prints nothing.
+/// pieces of that size. With [`Output::Discard`] it only reads.
 pub async fn pump(
     mut reader: impl AsyncRead + Unpin,
     step: &str,

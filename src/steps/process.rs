@@ -104,6 +104,10 @@ pub async fn run(
     let mut pumped = false;
     let status = loop {
         tokio::select! {
+            // Pipes first: when the command exits, its pipes are at end of
+            // file already, and reading them before the exit status spares
+            // the drain below its timer.
+            biased;
             // Keeps reading while the command runs, so a full pipe never
             // blocks it.
             () = &mut pumps, if !pumped => pumped = true,

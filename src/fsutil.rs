@@ -278,11 +278,12 @@ impl BackgroundWriter {
 
     /// Writes the current state now and waits until it is on disk.
     pub fn write_now(&self) -> Result<(), String> {
-        if !self.has_thread() {
+        if self.has_thread() {
+            self.mark_dirty();
+        } else {
+            // Before the thread exists, flush writes on this thread.
             self.shared.lock().requested += 1;
-            return self.flush();
         }
-        self.mark_dirty();
         self.flush()
     }
 

@@ -202,33 +202,19 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
 }
 
 fn take_readers(child: &mut Child, step: &str, reporter: &Arc<Reporter>) -> Vec<JoinHandle<()>> {
-    let mut handles = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        handles.push(tokio::spawn(pump(
-            out,
-            step.to_string(),
-            Stream::Stdout,
-            reporter.clone(),
-        )));
-    }
-    if let Some(err) = child.stderr.take() {
-        handles.push(tokio::spawn(pump(
-            err,
-            step.to_string(),
-            Stream::Stderr,
-            reporter.clone(),
-        )));
-    }
-    handles
-}
-
-async fn pump(
-    reader: impl tokio::io::AsyncRead + Unpin,
-    step: String,
-    stream: Stream,
-    reporter: Arc<Reporter>,
-) {
-    process::pump(reader, &step, stream, &reporter, process::Output::Log).await;
+    let pipes = [
+        (child.stdout.take(), Stream::Stdout),
+        (child.stderr.take(), Stream::Stderr),
+    ];
+    pipes
+        .into_iter()
+        .filter_map(|(pipe, stream)| {
+            let (pipe, step, reporter) = (pipe?, step.to_string(), reporter.clone());
+            Some(tokio::spawn(async move {
+                process::pump(pipe, &step, stream, &reporter, process::Output::Log).await;
+            }))
+        })
+        .collect()
 }
 
 /// Watches one service: restarts it by its policy, reports it when it is

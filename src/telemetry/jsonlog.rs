@@ -1,5 +1,6 @@
 //! JSON-lines logs: one object per event, for log shippers.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use super::{Event, EventKind, Level, Sink, timestamp};
@@ -26,8 +27,7 @@ impl<W: Write + Send> JsonLogSink<W> {
 
 /// A field value of a log line.
 enum Field<'a> {
-    Str(&'a str),
-    Owned(String),
+    Str(Cow<'a, str>),
     U64(u64),
     I64(i64),
 }
@@ -47,11 +47,11 @@ impl<'a> Fields<'a> {
     }
 
     fn str(&mut self, key: &'static str, value: &'a str) {
-        self.put(key, Field::Str(value));
+        self.put(key, Field::Str(Cow::Borrowed(value)));
     }
 
     fn owned(&mut self, key: &'static str, value: String) {
-        self.put(key, Field::Owned(value));
+        self.put(key, Field::Str(Cow::Owned(value)));
     }
 
     fn ms(&mut self, key: &'static str, value: std::time::Duration) {
@@ -69,7 +69,6 @@ impl<'a> Fields<'a> {
             out.push(b':');
             match value {
                 Field::Str(s) => write_str(out, s),
-                Field::Owned(s) => write_str(out, s),
                 Field::U64(n) => {
                     let _ = write!(out, "{n}");
                 }

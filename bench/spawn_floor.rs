@@ -38,7 +38,7 @@ async fn main() {
     }
 }
 
-async fn drain(pipe: Option<tokio::net::unix::pipe::Receiver>) {
+async fn drain(pipe: Option<bootplan::spawn::OutputPipe>) {
     if let Some(mut pipe) = pipe {
         let mut sink = Vec::new();
         let _ = pipe.read_to_end(&mut sink).await;

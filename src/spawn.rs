@@ -318,9 +318,9 @@ impl Command {
     }
 
     /// Clones the child, registered with the reaper while it is created.
-    /// The read ends are made ready for tokio first, so that after the
-    /// clone bootplan has little left to do before it waits: the new child
-    /// starts on this CPU as soon as bootplan sleeps.
+    /// The read ends are made ready first, so that after the clone bootplan
+    /// has little left to do before it waits: the new child starts on this
+    /// CPU as soon as bootplan sleeps.
     fn clone_child(&self) -> Result<(Pending, Readers), Refused> {
         let mut streams = Streams::open(self.stdout, self.stderr)?;
         let readers = streams.readers()?;
@@ -436,9 +436,9 @@ pub struct Child {
     wait: Wait,
     status: Option<ExitStatus>,
     /// The read end of its stdout, when piped.
-    pub stdout: Option<pipe::Receiver>,
+    pub stdout: Option<OutputPipe>,
     /// The read end of its stderr, when piped.
-    pub stderr: Option<pipe::Receiver>,
+    pub stderr: Option<OutputPipe>,
     kill_on_drop: bool,
     /// For a child from [`Command::start`]: what it was started with, kept
     /// until it is reaped (it may still be reading it), which then says
@@ -460,8 +460,8 @@ impl Child {
     fn new(
         pid: libc::pid_t,
         wait: Wait,
-        stdout: Option<pipe::Receiver>,
-        stderr: Option<pipe::Receiver>,
+        stdout: Option<OutputPipe>,
+        stderr: Option<OutputPipe>,
         kill_on_drop: bool,
     ) -> Child {
         Child {
@@ -771,7 +771,76 @@ fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// The read ends of a child's stdout and stderr, when piped.
-type Readers = (Option<pipe::Receiver>, Option<pipe::Receiver>);
+type Readers = (Option<OutputPipe>, Option<OutputPipe>);
+
+/// The read end of a child's output pipe. It is handed to tokio only when a
+/// read finds it empty and would have to wait: a command that is over
+/// before its output is first read (most short ones, see
+/// [`crate::steps::process::run`]) is read without tokio ever watching its
+/// pipes, so bootplan is not woken once more for each pipe the command
+/// closes as it exits. The fd is non-blocking from the start.
+#[derive(Debug)]
+pub struct OutputPipe(PipeState);
+
+#[derive(Debug)]
+enum PipeState {
+    Unwatched(OwnedFd),
+    Watched(pipe::Receiver),
+    /// Only while switching from one to the other.
+    Switching,
+}
+
+impl OutputPipe {
+    /// `fd` must be a pipe's read end, set non-blocking.
+    fn new(fd: OwnedFd) -> OutputPipe {
+        OutputPipe(PipeState::Unwatched(fd))
+    }
+
+    /// Hands the fd to tokio, for reads that wait.
+    fn watch(&mut self) -> io::Result<&mut pipe::Receiver> {
+        if let PipeState::Unwatched(_) = self.0 {
+            let PipeState::Unwatched(fd) = std::mem::replace(&mut self.0, PipeState::Switching)
+            else {
+                unreachable!("checked just above")
+            };
+            self.0 = PipeState::Watched(pipe::Receiver::from_owned_fd_unchecked(fd)?);
+        }
+        match &mut self.0 {
+            PipeState::Watched(receiver) => Ok(receiver),
+            _ => Err(io::Error::other("the pipe could not be watched")),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for OutputPipe {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while let PipeState::Unwatched(fd) = &self.0 {
+            let room = buf.initialize_unfilled();
+            // SAFETY: reads into `room`, initialised memory of that length.
+            let read = unsafe { libc::read(fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len()) };
+            if read >= 0 {
+                buf.advance(read as usize);
+                return Poll::Ready(Ok(()));
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::WouldBlock => break,
+                _ => return Poll::Ready(Err(err)),
+            }
+        }
+        // Empty but still open: from now on tokio says when there is more.
+        match self.watch() {
+            Ok(receiver) => std::pin::Pin::new(receiver).poll_read(cx, buf),
+            Err(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
 
 /// One of the child's standard streams, as bootplan sets it up.
 enum ChildEnd {
@@ -838,23 +907,23 @@ impl Streams {
         Ok([one(a)?, one(b)?, one(c)?])
     }
 
-    /// Wraps the read ends for tokio (they are close-on-exec, so a child
-    /// cloned afterwards does not keep them).
+    /// Makes the read ends ready for reading (they are close-on-exec, so a
+    /// child cloned afterwards does not keep them).
     fn readers(&mut self) -> io::Result<Readers> {
-        let wrap = |fd: Option<OwnedFd>| -> io::Result<Option<pipe::Receiver>> {
+        let wrap = |fd: Option<OwnedFd>| -> io::Result<Option<OutputPipe>> {
             let Some(fd) = fd else { return Ok(None) };
             // A fresh pipe's read end: no other status flag to keep.
             // SAFETY: fcntl on an fd we own.
             if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
                 return Err(io::Error::last_os_error());
             }
-            pipe::Receiver::from_owned_fd_unchecked(fd).map(Some)
+            Ok(Some(OutputPipe::new(fd)))
         };
         Ok((wrap(self.stdout.take())?, wrap(self.stderr.take())?))
     }
 
     /// Closes the child's ends (so end of file is seen when it exits) and
-    /// wraps the read ends for tokio.
+    /// makes the read ends ready for reading.
     fn into_parent_ends(mut self) -> io::Result<Readers> {
         let readers = self.readers()?;
         drop(self.child);
@@ -1404,7 +1473,7 @@ mod tests {
         }
     }
 
-    async fn read_all(pipe: Option<pipe::Receiver>) -> String {
+    async fn read_all(pipe: Option<OutputPipe>) -> String {
         let mut out = String::new();
         pipe.expect("piped")
             .read_to_string(&mut out)

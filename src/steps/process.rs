@@ -27,6 +27,13 @@ const MAX_READ: usize = 16 * 1024;
 /// How long to wait for output pipes to close once the process group is gone.
 const PIPE_DRAIN: Duration = Duration::from_secs(1);
 
+/// How long a command's output goes unread at first. A command that exits
+/// sooner has its output read once, after its exit, and wakes bootplan once
+/// (its exit) instead of three times (each pipe it closes, then its exit).
+/// Its first lines are at most this late, and a command that fills a pipe
+/// (64 KiB) within this time waits at most this long.
+const QUIET_START: Duration = Duration::from_millis(20);
+
 /// A command ready to spawn (already rendered).
 #[derive(Debug, Clone, Default)]
 pub struct Cmd {
@@ -101,7 +108,9 @@ pub async fn run(
         );
     };
     tokio::pin!(pumps);
-    let mut pumped = false;
+    let quiet_start = tokio::time::sleep(QUIET_START);
+    tokio::pin!(quiet_start);
+    let (mut reading, mut pumped) = (false, false);
     let status = loop {
         tokio::select! {
             // Pipes first: when the command exits, its pipes are at end of
@@ -109,9 +118,10 @@ pub async fn run(
             // the drain below its timer.
             biased;
             // Keeps reading while the command runs, so a full pipe never
-            // blocks it.
-            () = &mut pumps, if !pumped => pumped = true,
+            // blocks it for long.
+            () = &mut pumps, if reading && !pumped => pumped = true,
             status = child.wait() => break status,
+            () = &mut quiet_start, if !reading => reading = true,
             () = cancel.cancelled() => {
                 if let Some(pgid) = pgid {
                     terminate_group(&mut child, pgid, ctx.kill_grace).await;

@@ -822,3 +822,74 @@ steps:
         "names the directory: {message}"
     );
 }
+
+/// A step's output is read lazily (not before the command has run a
+/// moment), so show that this loses nothing: a running command's first line
+/// is logged while it still runs, and a command that fills its pipe before
+/// any read still finishes with every line logged.
+#[test]
+fn output_is_streamed_while_the_command_runs_and_a_full_pipe_does_not_block() {
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    sb.plan(
+        r#"
+version: 1
+name: output
+steps:
+  chatty: { shell: "seq 1 30000; echo last" }
+  live: { shell: "echo ready; while [ ! -e go ]; do sleep 0.01; done; echo done", needs: [chatty] }
+"#,
+    );
+    let mut child = sb
+        .cmd()
+        .args(["run", "plan.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, seen) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(value) = serde_json::from_str(&line) {
+                let _ = lines.send(value);
+            }
+        }
+    });
+    // `live` waits for `go`, which is only written once its first line is
+    // logged: a run that logged output only after the command exited would
+    // never get here (and the child would be left to the kill below).
+    let mut chatty_lines = 0;
+    let ready = loop {
+        let Ok(line) = seen.recv_timeout(Duration::from_secs(20)) else {
+            break false;
+        };
+        if line["event"] != "output" {
+            continue;
+        }
+        match line["step"].as_str() {
+            Some("chatty") => chatty_lines += 1,
+            Some("live") if line["msg"] == "ready" => break true,
+            _ => {}
+        }
+    };
+    if !ready {
+        let _ = child.kill();
+    }
+    assert!(
+        ready,
+        "`live` printed `ready` but it was not logged while it ran"
+    );
+    // 30000 numbers (more than a pipe holds) and `last`.
+    assert_eq!(chatty_lines, 30001);
+    sb.write("go", "");
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let rest: Vec<_> = seen.try_iter().collect();
+    assert!(
+        rest.iter()
+            .any(|l| l["event"] == "output" && l["step"] == "live" && l["msg"] == "done"),
+        "the last line of `live` is missing: {rest:?}"
+    );
+}

@@ -5,7 +5,12 @@ one command's batch after another's). Reports the median wall time, the
 minimum, and the median CPU time (user + system of the command and every
 descendant it waited for) with the CPU utilisation it implies.
 
-Usage: bench/interleave.py ROUNDS 'command one' 'command two' ...
+With `--ratio A/B` (1-based command numbers, repeatable) it also reports,
+for that pair, the median and quartiles of the per-round ratio A's wall time
+/ B's: both ran within the same round, so a slow patch of the host that
+lasts a round or more cancels out of each ratio.
+
+Usage: bench/interleave.py [--ratio A/B ...] ROUNDS 'command one' 'command two' ...
 Each command runs through `sh -c 'exec ...'` with stdout on /dev/null.
 """
 import os
@@ -24,24 +29,38 @@ def once(command, devnull):
     return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
+def parse_args(args):
+    ratios = []
+    while args and args[0] == "--ratio":
+        a, b = args[1].split("/")
+        ratios.append((int(a) - 1, int(b) - 1))
+        args = args[2:]
+    return ratios, int(args[0]), args[1:]
+
+
 def main():
-    rounds, commands = int(sys.argv[1]), sys.argv[2:]
+    ratios, rounds, commands = parse_args(sys.argv[1:])
     devnull = os.open(os.devnull, os.O_WRONLY)
-    results = {c: [] for c in commands}
-    for command in commands:  # warm-up
+    results = [[] for _ in commands]
+    for i, command in enumerate(commands):  # warm-up
         for _ in range(3):
             once(command, devnull)
     for _ in range(rounds):
-        for command in commands:
-            results[command].append(once(command, devnull))
+        for i, command in enumerate(commands):
+            results[i].append(once(command, devnull))
     print("| command | wall median | wall min | CPU median | CPUs used |")
     print("|---|---|---|---|---|")
-    for command, samples in results.items():
+    for command, samples in zip(commands, results):
         wall = statistics.median(s[0] for s in samples)
         cpu = statistics.median(s[1] for s in samples)
         fastest = min(s[0] for s in samples)
         print(f"| `{command}` | {wall * 1000:.1f} ms | {fastest * 1000:.1f} ms "
               f"| {cpu * 1000:.1f} ms | {cpu / wall:.2f} |")
+    for a, b in ratios:
+        per_round = [x[0] / y[0] for x, y in zip(results[a], results[b])]
+        q1, median, q3 = statistics.quantiles(per_round, n=4)
+        print(f"\nPer-round ratio of command {a + 1} to command {b + 1}: "
+              f"median {median:.3f}x (quartiles {q1:.3f}x–{q3:.3f}x, {rounds} rounds)")
 
 
 if __name__ == "__main__":

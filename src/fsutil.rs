@@ -221,7 +221,7 @@ struct WriterState {
 /// plan finishing many steps at once) then costs one write per pause instead
 /// of one per change; `flush` cuts the pause short, so final states are never
 /// late.
-const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25);
+const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl BackgroundWriter {
     /// `durable` selects [`write_atomic`] (fsync) over [`replace_file`].

@@ -218,9 +218,11 @@ struct WriterState {
 }
 
 /// Shortest pause between two background writes. A burst of changes (a wide
-/// plan finishing many steps at once) then costs one write per pause instead
-/// of one per change; `flush` cuts the pause short, so final states are never
-/// late.
+/// plan finishing many steps at once, a chain of short steps) then costs one
+/// write per pause instead of one per change: each write copies and
+/// serializes the whole document, on a thread that competes with the steps'
+/// commands for the CPUs. A reader is at most this far behind; `flush` cuts
+/// the pause short, so final states are never late.
 const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl BackgroundWriter {

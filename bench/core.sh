@@ -63,7 +63,7 @@ hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/skip.j
 # ratio to read (medians, same moments for both sides).
 echo
 echo "Interleaved, $runs rounds (bench/interleave.py):"
-python3 bench/interleave.py "$runs" \
+python3 bench/interleave.py --ratio 1/2 --ratio 3/2 --ratio 4/5 "$runs" \
   "$bin run $work/chain.yaml" "sh -c '$direct_chain'" "$floor 100" \
   "$bin run $work/wide.yaml" "sh -c '$direct_wide'"
 

@@ -1,7 +1,8 @@
 //! Benchmark helper (not a test): starts `/bin/true` N times, one after the
 //! other, through bootplan's own spawner (`spawn::Command::start`, the path
 //! every step command takes) with its output piped and read to the end, as
-//! a step's is, but without the engine, the journal or any telemetry. It
+//! a step's is (after the exit, as for a command that ends within 20 ms),
+//! but without the engine, the journal or any telemetry. It
 //! shows what starting the processes costs bootplan by itself; `bench/core.sh`
 //! prints it beside the plan runs and the shell loop.
 //!
@@ -30,11 +31,13 @@ async fn main() {
             }
         };
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        tokio::join!(drain(stdout), drain(stderr));
+        // As a step does with a command that is over within its first
+        // 20 ms: the exit first, then the output (`steps::process::run`).
         if let Err(err) = child.wait().await {
             eprintln!("spawn-floor: {err}");
             std::process::exit(1);
         }
+        tokio::join!(drain(stdout), drain(stderr));
     }
 }
 

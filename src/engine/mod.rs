@@ -181,6 +181,22 @@ async fn schedule(
     let mut task_ids = std::collections::HashMap::new();
     let mut stop: Option<Stop> = None;
     let mut signals = StopSignals::new();
+    // Made once, not on every turn of the loop: each turn would otherwise
+    // set and clear a timer and re-register for signals and failures.
+    let deadline_passed = tokio::time::sleep_until(deadline);
+    let signalled = async {
+        match signals.recv().await {
+            Some(signal) => signal,
+            None => std::future::pending().await,
+        }
+    };
+    let service_failed = async {
+        match ctx.services.next_failure().await {
+            Some(failure) => failure,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline_passed, signalled, service_failed);
     loop {
         while stop.is_none() && tasks.len() < plan.max_parallel {
             let Some(id) = graph.next_ready(plan) else {
@@ -217,9 +233,9 @@ async fn schedule(
                     .filter(|_| stop.is_none())
                     .map(|error| Stop::Failed { step: id, error })
             }
-            () = tokio::time::sleep_until(deadline), if stop.is_none() => Some(Stop::Deadline),
-            Some(signal) = signals.recv(), if stop.is_none() => Some(Stop::Signal(signal)),
-            Some(failure) = ctx.services.next_failure(), if stop.is_none() => {
+            () = &mut deadline_passed, if stop.is_none() => Some(Stop::Deadline),
+            signal = &mut signalled, if stop.is_none() => Some(Stop::Signal(signal)),
+            failure = &mut service_failed, if stop.is_none() => {
                 // A required service is gone for good: the run cannot be ready.
                 let step = plan.step_id(&failure.step).unwrap_or(0);
                 Some(Stop::Failed { step, error: failure.error })

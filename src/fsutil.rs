@@ -169,6 +169,59 @@ mod tests {
         drop(writer);
         assert_eq!(fs::read_to_string(&path).unwrap(), "51");
     }
+
+    /// `write_now` writes on its caller's thread while the writing thread
+    /// may be busy too: one write at a time, so the file never goes back
+    /// to an older state.
+    #[test]
+    fn writes_from_the_caller_and_the_thread_never_go_backwards() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.txt");
+        let version = Arc::new(AtomicU32::new(0));
+        let current = version.clone();
+        let writer = Arc::new(BackgroundWriter::new(
+            path.clone(),
+            0o644,
+            false,
+            Box::new(move || current.load(Ordering::SeqCst).to_string().into_bytes()),
+        ));
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (path, done) = (path.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut last = 0;
+                while !done.load(Ordering::SeqCst) {
+                    if let Ok(text) = fs::read_to_string(&path) {
+                        let seen: u32 = text.parse().unwrap();
+                        assert!(seen >= last, "went back from {last} to {seen}");
+                        last = seen;
+                    }
+                }
+            })
+        };
+        let marker = {
+            let (writer, version) = (writer.clone(), version.clone());
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    version.fetch_add(1, Ordering::SeqCst);
+                    writer.mark_dirty();
+                }
+            })
+        };
+        for _ in 0..100 {
+            version.fetch_add(1, Ordering::SeqCst);
+            writer.write_now().unwrap();
+        }
+        marker.join().unwrap();
+        writer.flush().unwrap();
+        done.store(true, Ordering::SeqCst);
+        watcher.join().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "400");
+        let entries: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(entries.len(), 1, "temp files left behind");
+    }
 }
 
 /// Writes a file from a background thread whenever it is marked dirty,
@@ -188,7 +241,7 @@ pub struct BackgroundWriter {
 
 enum WriterThread {
     NotStarted,
-    Running(std::thread::JoinHandle<()>),
+    Running,
     /// The thread could not be created: writes happen on the caller's thread.
     Unavailable,
 }
@@ -214,6 +267,11 @@ struct WriterState {
     /// The writer is waiting for work (not writing, not pausing): only then
     /// does a new request need to wake it.
     idle: bool,
+    /// A write is under way, on the thread or in `write_now`: one at a
+    /// time, so an older state is never renamed over a newer one.
+    writing: bool,
+    /// Callers waiting in `flush`.
+    flushers: u32,
     last_error: Option<String>,
 }
 
@@ -264,29 +322,46 @@ impl BackgroundWriter {
                 .name("bootplan-writer".into())
                 .spawn(move || worker.run())
             {
-                Ok(handle) => WriterThread::Running(handle),
+                // Detached: see `Drop`.
+                Ok(_) => WriterThread::Running,
                 Err(_) => WriterThread::Unavailable,
             };
         }
     }
 
     fn has_thread(&self) -> bool {
-        matches!(*self.thread_state(), WriterThread::Running(_))
+        matches!(*self.thread_state(), WriterThread::Running)
     }
 
     fn thread_state(&self) -> std::sync::MutexGuard<'_, WriterThread> {
         self.thread.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the current state now and waits until it is on disk.
+    /// Writes the current state now and waits until it is on disk. Unless
+    /// the thread is writing at that moment, the write happens on the
+    /// caller's thread: no hand-over to the thread and back (two wake-ups,
+    /// each possibly across CPUs).
     pub fn write_now(&self) -> Result<(), String> {
-        if self.has_thread() {
-            self.mark_dirty();
-        } else {
-            // Before the thread exists, flush writes on this thread.
-            self.shared.lock().requested += 1;
+        let mut state = self.shared.lock();
+        state.requested += 1;
+        if state.writing {
+            drop(state);
+            // The thread takes this request once its write is done.
+            return self.flush();
         }
-        self.flush()
+        let target = state.requested;
+        state.writing = true;
+        drop(state);
+        let result = self.shared.write_once();
+        let mut state = self.shared.lock();
+        state.writing = false;
+        state.written = state.written.max(target);
+        state.last_error = result.clone().err();
+        // Wake the thread only for requests made meanwhile, and flushers.
+        if state.flushers > 0 || state.requested > state.written {
+            self.shared.wake.notify_all();
+        }
+        result
     }
 
     /// Waits until every write requested so far is done (a no-op when none
@@ -306,6 +381,7 @@ impl BackgroundWriter {
             state.urgent = true;
             self.shared.wake.notify_all();
         }
+        state.flushers += 1;
         while state.written < target && !state.stop {
             state = self
                 .shared
@@ -313,6 +389,7 @@ impl BackgroundWriter {
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
+        state.flushers -= 1;
         state.last_error.clone().map_or(Ok(()), Err)
     }
 
@@ -326,10 +403,10 @@ impl Drop for BackgroundWriter {
         let _ = self.flush();
         self.shared.lock().stop = true;
         self.shared.wake.notify_all();
-        let thread = std::mem::replace(&mut *self.thread_state(), WriterThread::Unavailable);
-        if let WriterThread::Running(thread) = thread {
-            let _ = thread.join();
-        }
+        // Not joined: nothing is left to write, and the thread returns as
+        // soon as it sees `stop` (or ends with the process, which is
+        // exiting when the status and journal writers are dropped).
+        *self.thread_state() = WriterThread::Unavailable;
     }
 }
 
@@ -351,20 +428,22 @@ impl WriterShared {
     fn run(&self) {
         let mut state = self.lock();
         loop {
-            while state.requested == state.written && !state.stop {
+            while (state.requested == state.written || state.writing) && !state.stop {
                 state.idle = true;
                 state = self.wake.wait(state).unwrap_or_else(|p| p.into_inner());
             }
             state.idle = false;
-            if state.stop && state.requested == state.written {
+            if state.stop && (state.requested == state.written || state.writing) {
                 return;
             }
             let target = state.requested;
             state.urgent = false;
+            state.writing = true;
             drop(state);
             let result = self.write_once();
             state = self.lock();
-            state.written = target;
+            state.writing = false;
+            state.written = state.written.max(target);
             state.last_error = result.err();
             self.wake.notify_all();
             // Pause before the next write unless someone is waiting for it.

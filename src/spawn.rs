@@ -798,11 +798,9 @@ impl OutputPipe {
 
     /// Hands the fd to tokio, for reads that wait.
     fn watch(&mut self) -> io::Result<&mut pipe::Receiver> {
-        if let PipeState::Unwatched(_) = self.0 {
-            let PipeState::Unwatched(fd) = std::mem::replace(&mut self.0, PipeState::Switching)
-            else {
-                unreachable!("checked just above")
-            };
+        if matches!(self.0, PipeState::Unwatched(_))
+            && let PipeState::Unwatched(fd) = std::mem::replace(&mut self.0, PipeState::Switching)
+        {
             self.0 = PipeState::Watched(pipe::Receiver::from_owned_fd_unchecked(fd)?);
         }
         match &mut self.0 {
@@ -819,6 +817,11 @@ impl tokio::io::AsyncRead for OutputPipe {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
         use std::task::Poll;
+        if buf.remaining() == 0 {
+            // Nothing to read into; a read of zero bytes would look like
+            // end of file.
+            return Poll::Ready(Ok(()));
+        }
         while let PipeState::Unwatched(fd) = &self.0 {
             let room = buf.initialize_unfilled();
             // SAFETY: reads into `room`, initialised memory of that length.
@@ -1480,6 +1483,34 @@ mod tests {
             .await
             .expect("read");
         out
+    }
+
+    /// An output pipe read before anything is in it is handed to tokio
+    /// then, and what comes later still arrives, to the end of file.
+    #[tokio::test]
+    async fn output_written_after_the_first_read_still_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let go = dir.path().join("go");
+        let script = format!(
+            "while [ ! -e '{}' ]; do sleep 0.01; done; echo late",
+            go.display()
+        );
+        let mut child = sh(&script).start().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 16];
+        // Nothing can be written before `go` exists: this read waits.
+        let early = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            stdout.read(&mut first),
+        )
+        .await;
+        assert!(early.is_err(), "read {early:?} before the command wrote");
+        assert!(matches!(stdout.0, PipeState::Watched(_)));
+        std::fs::write(&go, "").unwrap();
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "late\n");
+        assert_eq!(child.wait().await.unwrap().code(), Some(0));
     }
 
     fn sh(script: &str) -> Command {

@@ -16,7 +16,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -71,7 +72,7 @@ enum Stop {
 }
 
 /// Runs `plan` to its end. Never panics on a step's behalf: a panicking step
-/// task becomes an `internal.error` failure.
+/// becomes an `internal.error` failure.
 pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> RunSummary {
     let started = Instant::now();
     let mut graph = Graph::new(plan);
@@ -177,8 +178,10 @@ async fn schedule(
 ) -> Option<Stop> {
     let deadline = tokio::time::Instant::now() + plan.deadline;
     let cancel = CancellationToken::new();
-    let mut tasks: JoinSet<(usize, StepResult)> = JoinSet::new();
-    let mut task_ids = std::collections::HashMap::new();
+    // The running steps are futures polled by this one, not tasks of their
+    // own: no task to allocate, schedule and join per step, and a step can
+    // borrow the plan and the context instead of copying them.
+    let mut running = FuturesUnordered::new();
     let mut stop: Option<Stop> = None;
     let mut signals = StopSignals::new();
     // Made once, not on every turn of the loop: each turn would otherwise
@@ -198,34 +201,22 @@ async fn schedule(
     };
     tokio::pin!(deadline_passed, signalled, service_failed);
     loop {
-        while stop.is_none() && tasks.len() < plan.max_parallel {
+        while stop.is_none() && running.len() < plan.max_parallel {
             let Some(id) = graph.next_ready(plan) else {
                 break;
             };
-            let handle = tasks.spawn(step_task(
+            running.push(step_future(
                 &plan.steps[id],
                 ctx,
                 journal,
                 cancel.child_token(),
             ));
-            task_ids.insert(handle.id(), id);
         }
-        if tasks.is_empty() {
+        if running.is_empty() {
             return stop;
         }
         let stopped = tokio::select! {
-            Some(joined) = tasks.join_next_with_id() => {
-                let (id, result) = match joined {
-                    Ok((_, pair)) => pair,
-                    Err(err) => {
-                        let id = task_ids.get(&err.id()).copied().unwrap_or(0);
-                        (id, StepResult::Failed {
-                            error: StepError::Internal(format!("the step's task failed: {err}")),
-                            attempts: 0,
-                            duration: Duration::ZERO,
-                        })
-                    }
-                };
+            Some((id, result)) = running.next() => {
                 let step = &plan.steps[id];
                 let finished = finish_step(step, result, stop.as_ref(), ctx);
                 graph
@@ -248,23 +239,42 @@ async fn schedule(
     }
 }
 
-/// One step as a task: its span parents its attempts and network calls, and
-/// its trace context goes to the step's child processes.
-fn step_task(
-    step: &Step,
-    ctx: &Arc<StepContext>,
-    journal: &Arc<Journal>,
+/// One step: its span parents its attempts and network calls, and its
+/// trace context goes to the step's child processes. A panic inside it
+/// fails the step with `internal.error` instead of ending bootplan.
+fn step_future<'a>(
+    step: &'a Step,
+    ctx: &'a StepContext,
+    journal: &'a Journal,
     token: CancellationToken,
-) -> impl std::future::Future<Output = (usize, StepResult)> + 'static {
-    let (step, ctx, journal) = (step.clone(), ctx.clone(), journal.clone());
+) -> impl std::future::Future<Output = (usize, StepResult)> + 'a {
     let span = traces::step_span(&step.name, step.kind.name(), &ctx.bootstrap_id);
     let trace_env = traces::span_env(&span);
-    let task = async move {
-        let result = execute(&step, &ctx, &journal, &token).await;
+    let run = async move {
+        let result = execute(step, ctx, journal, &token).await;
         trace_step_result(&result);
-        (step.id, result)
+        result
     };
-    traces::with_step_env(trace_env, task).instrument(span)
+    let traced = traces::with_step_env(trace_env, run).instrument(span);
+    std::panic::AssertUnwindSafe(traced)
+        .catch_unwind()
+        .map(|outcome| {
+            let result = outcome.unwrap_or_else(|panic| StepResult::Failed {
+                error: StepError::Internal(format!("the step panicked: {}", panic_text(&panic))),
+                attempts: 0,
+                duration: Duration::ZERO,
+            });
+            (step.id, result)
+        })
+}
+
+/// A panic's message, when it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
 }
 
 /// After the last step: prepares the exec, reports steps that never ran,

@@ -66,7 +66,7 @@ error_codes! {
     DeadlineExceeded => ("deadline.exceeded", exit::DEADLINE, "the plan's global deadline passed before the run finished"),
     RunInterrupted => ("run.interrupted", exit::STEP_FAILED, "bootplan was asked to stop (SIGINT or SIGTERM) during the run"),
     StateUnwritable => ("state.unwritable", exit::CANT_CREATE, "the state or run directory could not be written"),
-    Internal => ("internal.error", exit::SOFTWARE, "a bug in bootplan: a step's task panicked"),
+    Internal => ("internal.error", exit::SOFTWARE, "a bug in bootplan: a step panicked"),
     ExecFailed => ("exec.failed", exit::STEP_FAILED, "the final exec could not replace bootplan"),
     FactsUnreachable => ("facts.unreachable", exit::UNAVAILABLE, "no metadata provider answered within the detection budget"),
     FactsMalformed => ("facts.malformed", exit::UNAVAILABLE, "the metadata service answered, but not in its documented shape"),

@@ -539,7 +539,7 @@ async fn execute(
     }
 }
 
-/// Records a step's end on its span (the current one in the step's task).
+/// Records a step's end on its span (the current one in the step's future).
 fn trace_step_result(result: &StepResult) {
     let span = tracing::Span::current();
     let (outcome, code, attempts) = match result {
@@ -601,7 +601,7 @@ async fn attempt_with_timeout(
         StepKind::Wait(_) | StepKind::Service { .. } => None,
         _ => inputs.step.timeout,
     };
-    // One attempt future for both paths: the step's task stores it once.
+    // One attempt future for both paths: the step's future stores it once.
     let attempt_cancel = match limit {
         Some(_) => cancel.child_token(),
         None => cancel.clone(),

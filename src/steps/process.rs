@@ -229,7 +229,7 @@ pub async fn pump(
     reporter: &Reporter,
     output: Output,
 ) {
-    // On the heap, not an array: that would make every step's task (which
+    // On the heap, not an array: that would make every step's future (which
     // holds this future) kilobytes bigger, copied each time it moves. Small
     // at first (most commands print little; a request of a kilobyte or more
     // makes glibc consolidate its free lists), doubled while reads fill it.

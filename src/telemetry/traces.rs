@@ -277,9 +277,9 @@ tokio::task_local! {
     static STEP_TRACE_ENV: Vec<(String, String)>;
 }
 
-/// Runs `fut` (a step's task) with `env` as its child processes' trace context.
+/// Runs `fut` (a step) with `env` as its child processes' trace context.
 /// A plain function, not an `async fn`: that would store `fut` twice (as its
-/// argument and inside the scope), doubling the size of every step's task.
+/// argument and inside the scope), doubling the size of every step's future.
 pub fn with_step_env<F: std::future::Future>(
     env: Vec<(String, String)>,
     fut: F,

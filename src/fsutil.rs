@@ -115,6 +115,9 @@ pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
     use super::*;
 
     #[test]
@@ -133,20 +136,20 @@ mod tests {
         assert_eq!(entries.len(), 1, "temp files left behind");
     }
 
+    /// A writer of a counter's current value, and the counter.
+    fn counter_writer(path: &Path, start: u32) -> (BackgroundWriter, Arc<AtomicU32>) {
+        let version = Arc::new(AtomicU32::new(start));
+        let current = version.clone();
+        let render = move || current.load(Ordering::SeqCst).to_string().into_bytes();
+        let writer = BackgroundWriter::new(path.to_path_buf(), 0o644, false, Box::new(render));
+        (writer, version)
+    }
+
     #[test]
     fn background_writes_hold_the_newest_state_with_or_without_the_thread() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicU32, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.txt");
-        let version = Arc::new(AtomicU32::new(1));
-        let current = version.clone();
-        let writer = BackgroundWriter::new(
-            path.clone(),
-            0o644,
-            false,
-            Box::new(move || current.load(Ordering::SeqCst).to_string().into_bytes()),
-        );
+        let (writer, version) = counter_writer(&path, 1);
         // Nothing asked for yet: nothing written, no thread.
         writer.flush().unwrap();
         assert!(!path.exists());
@@ -175,18 +178,10 @@ mod tests {
     /// to an older state.
     #[test]
     fn writes_from_the_caller_and_the_thread_never_go_backwards() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.txt");
-        let version = Arc::new(AtomicU32::new(0));
-        let current = version.clone();
-        let writer = Arc::new(BackgroundWriter::new(
-            path.clone(),
-            0o644,
-            false,
-            Box::new(move || current.load(Ordering::SeqCst).to_string().into_bytes()),
-        ));
+        let (writer, version) = counter_writer(&path, 0);
+        let writer = Arc::new(writer);
         let done = Arc::new(AtomicBool::new(false));
         let watcher = {
             let (path, done) = (path.clone(), done.clone());
@@ -352,11 +347,7 @@ impl BackgroundWriter {
         let target = state.requested;
         state.writing = true;
         drop(state);
-        let result = self.shared.write_once();
-        let mut state = self.shared.lock();
-        state.writing = false;
-        state.written = state.written.max(target);
-        state.last_error = result.clone().err();
+        let (state, result) = self.shared.write_claimed(target);
         // Wake the thread only for requests made meanwhile, and flushers.
         if state.flushers > 0 || state.requested > state.written {
             self.shared.wake.notify_all();
@@ -370,12 +361,10 @@ impl BackgroundWriter {
         let mut state = self.shared.lock();
         let target = state.requested;
         if !self.has_thread() {
-            if state.written < target {
-                state.written = target;
-                drop(state);
-                return self.shared.write_once();
-            }
-            return Ok(());
+            let pending = state.written < target;
+            drop(state);
+            // No thread to wait for: write here, as `write_now` does.
+            return if pending { self.write_now() } else { Ok(()) };
         }
         if state.written < target {
             state.urgent = true;
@@ -425,6 +414,20 @@ impl WriterShared {
         result.map_err(|e| e.to_string())
     }
 
+    /// Writes the state asked for by request `target`, for a writer that
+    /// has set `writing` (one write at a time); returns the lock, retaken.
+    fn write_claimed(
+        &self,
+        target: u64,
+    ) -> (std::sync::MutexGuard<'_, WriterState>, Result<(), String>) {
+        let result = self.write_once();
+        let mut state = self.lock();
+        state.writing = false;
+        state.written = state.written.max(target);
+        state.last_error = result.clone().err();
+        (state, result)
+    }
+
     fn run(&self) {
         let mut state = self.lock();
         loop {
@@ -440,11 +443,7 @@ impl WriterShared {
             state.urgent = false;
             state.writing = true;
             drop(state);
-            let result = self.write_once();
-            state = self.lock();
-            state.writing = false;
-            state.written = state.written.max(target);
-            state.last_error = result.err();
+            state = self.write_claimed(target).0;
             self.wake.notify_all();
             // Pause before the next write unless someone is waiting for it.
             let pause_until = std::time::Instant::now() + MIN_WRITE_INTERVAL;

@@ -840,12 +840,8 @@ steps:
   live: { shell: "echo ready; while [ ! -e go ]; do sleep 0.01; done; echo done", needs: [chatty] }
 "#,
     );
-    let mut child = sb
-        .cmd()
-        .args(["run", "plan.yaml"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Killed if an assertion below fails first.
+    let mut child = crate::harness::start_run(&sb, &[]);
     let (lines, seen) = std::sync::mpsc::channel::<serde_json::Value>();
     let stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -858,7 +854,7 @@ steps:
     });
     // `live` waits for `go`, which is only written once its first line is
     // logged: a run that logged output only after the command exited would
-    // never get here (and the child would be left to the kill below).
+    // never get here.
     let mut chatty_lines = 0;
     let ready = loop {
         let Ok(line) = seen.recv_timeout(Duration::from_secs(20)) else {
@@ -873,9 +869,6 @@ steps:
             _ => {}
         }
     };
-    if !ready {
-        let _ = child.kill();
-    }
     assert!(
         ready,
         "`live` printed `ready` but it was not logged while it ran"

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -186,5 +186,58 @@ pub fn pid_alive(pid: i32) -> bool {
                 != Some("Z")
         }
         Err(_) => false,
+    }
+}
+
+/// Starts `bootplan run plan.yaml` in the background with extra args, its
+/// stdout and stderr piped.
+pub fn start_run(sb: &Sandbox, extra: &[&str]) -> Bootplan {
+    Bootplan::new(
+        sb.cmd()
+            .args(["run", "plan.yaml"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bootplan"),
+    )
+}
+
+/// A bootplan started by a test. If the test ends before waiting for it (a
+/// failed assertion), it is killed: it would otherwise run on, with its
+/// steps or its app, after the test.
+pub struct Bootplan(Option<Child>);
+
+impl Bootplan {
+    /// Takes charge of a bootplan started some other way.
+    pub fn new(child: Child) -> Bootplan {
+        Bootplan(Some(child))
+    }
+
+    /// The child, no longer killed when this is dropped.
+    pub fn into_child(mut self) -> Child {
+        self.0.take().expect("bootplan child")
+    }
+}
+
+impl std::ops::Deref for Bootplan {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("bootplan child")
+    }
+}
+
+impl std::ops::DerefMut for Bootplan {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("bootplan child")
+    }
+}
+
+impl Drop for Bootplan {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Sandbox, code, dump, free_port, log_lines, pid_alive, under_ci, wait_until};
+use crate::harness::{
+    Bootplan, Sandbox, code, dump, free_port, log_lines, pid_alive, start_run, under_ci, wait_until,
+};
 
 const LONG: Duration = Duration::from_secs(20);
 
@@ -30,48 +32,8 @@ fn signal(pid: u32, sig: i32) {
     unsafe { libc::kill(pid as i32, sig) };
 }
 
-/// Starts `bootplan run plan.yaml` in the background with extra args.
-fn spawn(sb: &Sandbox, extra: &[&str]) -> Bootplan {
-    Bootplan(Some(
-        sb.cmd()
-            .args(["run", "plan.yaml"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn bootplan"),
-    ))
-}
-
-/// A bootplan started by a test. If the test ends before waiting for it (a
-/// failed assertion), it is killed: a supervising bootplan would otherwise
-/// run on, with its app, after the test.
-struct Bootplan(Option<Child>);
-
-impl std::ops::Deref for Bootplan {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        self.0.as_ref().expect("bootplan child")
-    }
-}
-
-impl std::ops::DerefMut for Bootplan {
-    fn deref_mut(&mut self) -> &mut Child {
-        self.0.as_mut().expect("bootplan child")
-    }
-}
-
-impl Drop for Bootplan {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_output(mut bootplan: Bootplan) -> std::process::Output {
-    let child = bootplan.0.take().expect("bootplan child");
+fn wait_output(bootplan: Bootplan) -> std::process::Output {
+    let child = bootplan.into_child();
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
@@ -147,7 +109,7 @@ steps:
     ready: { file: app.up, interval: 20ms }
 "#,
     );
-    let mut child = spawn(&sb, &["--supervise"]);
+    let mut child = start_run(&sb, &["--supervise"]);
     wait_ready(&sb, &mut child);
     let up = sb.read("app.up");
     let ppid: u32 = up.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -202,7 +164,7 @@ fn exit_codes_and_signals_of_the_app_are_passed_on() {
         sb.plan(&format!(
             "version: 1\nname: codes\nsteps:\n  app:\n    exec: [\"sh\", \"-c\", \"{script}\"]\n"
         ));
-        let out = wait_output(spawn(&sb, &["--supervise"]));
+        let out = wait_output(start_run(&sb, &["--supervise"]));
         assert_eq!(code(&out), want, "`{script}`\n{}", dump(&out));
     }
 }
@@ -226,7 +188,7 @@ steps:
     ready: { file: orphan.pid, interval: 20ms }
 "#,
     );
-    let mut child = spawn(&sb, &["--supervise"]);
+    let mut child = start_run(&sb, &["--supervise"]);
     wait_ready(&sb, &mut child);
     let orphan: i32 = sb.read("orphan.pid").trim().parse().unwrap();
     let bootplan = child.id() as i32;
@@ -280,7 +242,7 @@ steps:
     ready: { file: app.start, interval: 20ms }
 "#,
     );
-    let mut child = spawn(&sb, &[]);
+    let mut child = start_run(&sb, &[]);
     wait_ready(&sb, &mut child);
     assert_eq!(
         sb.read("app.start").trim(),
@@ -326,7 +288,7 @@ steps:
         )
     };
     sb.plan(&plan(2));
-    let mut child = spawn(&sb, &[]);
+    let mut child = start_run(&sb, &[]);
     wait_ready(&sb, &mut child);
     wait_until("the service to be restarted", LONG, || {
         sb.read("starts.log").lines().count() == 2
@@ -344,7 +306,7 @@ steps:
     sb.write("svc.sh", "echo start >> starts.log\nsleep 0.3\nexit 3\n");
     sb.write("app.sh", SIGNAL_APP);
     sb.plan(&plan(2));
-    let out = wait_output(spawn(&sb, &[]));
+    let out = wait_output(start_run(&sb, &[]));
     assert_eq!(code(&out), 69, "{}", dump(&out));
     assert_eq!(
         sb.read("starts.log").lines().count(),
@@ -404,7 +366,7 @@ steps:
 "#,
     );
     // --kill-child: if the test kills unshare, bootplan (the namespace's init) dies too.
-    let child = Bootplan(Some(
+    let child = Bootplan::new(
         Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
             .arg(crate::harness::bin())
@@ -417,7 +379,7 @@ steps:
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn unshare"),
-    ));
+    );
     wait_until("the app to start", LONG, || sb.read("app.up").contains(' '));
     let up = sb.read("app.up");
     let ids: Vec<i32> = up.split_whitespace().map(|s| s.parse().unwrap()).collect();
@@ -679,7 +641,7 @@ register:
     );
 
     // Not registered while the app runs but is not ready yet.
-    let mut child = spawn(&sb, &[]);
+    let mut child = start_run(&sb, &[]);
     wait_until("the app to start", LONG, || sb.read("app.up").contains(' '));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -738,7 +700,7 @@ register:
     // SIGKILL: nothing deregisters, the lease expires within its TTL.
     let _ = std::fs::remove_file(sb.path().join("app.up"));
     let _ = std::fs::remove_file(sb.run_dir().join("status.json"));
-    let mut child = spawn(&sb, &[]);
+    let mut child = start_run(&sb, &[]);
     wait_ready(&sb, &mut child);
     assert!(etcd_get(&etcd, &key).flatten().is_some());
     let app_pid: i32 = sb
@@ -806,7 +768,7 @@ register:
 "#,
         etcd.url
     ));
-    let mut child = spawn(&sb, &[]);
+    let mut child = start_run(&sb, &[]);
     wait_ready(&sb, &mut child);
     let (lease, _) = etcd_get(&etcd, "/services/auth/one")
         .flatten()
@@ -829,7 +791,7 @@ register:
     // A wrong password: register.failed, exit 69, and the app is stopped.
     sb.write("pw.txt", "wrong\n");
     let _ = std::fs::remove_file(sb.path().join("app.up"));
-    let out = wait_output(spawn(&sb, &[]));
+    let out = wait_output(start_run(&sb, &[]));
     assert_eq!(code(&out), 69, "{}", dump(&out));
     assert_eq!(sb.status()["error"]["code"], "register.failed");
     assert!(
@@ -1062,7 +1024,7 @@ steps:
     ready: { file: never, interval: 20ms }
 "#,
     );
-    let out = wait_output(spawn(&sb, &[]));
+    let out = wait_output(start_run(&sb, &[]));
     assert_eq!(code(&out), 4, "{}", dump(&out));
     let status = sb.status();
     assert_eq!(status["outcome"], "failed");
@@ -1088,7 +1050,7 @@ steps:
     ready: { file: never, interval: 20ms }
 "#,
     );
-    let out = wait_output(spawn(&sb, &["--supervise"]));
+    let out = wait_output(start_run(&sb, &["--supervise"]));
     assert_eq!(code(&out), 75, "{}", dump(&out));
     assert_eq!(sb.status()["outcome"], "deadline_exceeded");
     assert!(
@@ -1116,7 +1078,7 @@ steps:
     ready: { notify: true }
 "#,
     );
-    let mut child = Bootplan(Some(
+    let mut child = Bootplan::new(
         sb.cmd()
             .args(["run", "plan.yaml"])
             .env("NOTIFY_SOCKET", &socket.path)
@@ -1124,7 +1086,7 @@ steps:
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    ));
+    );
     wait_ready(&sb, &mut child);
     assert!(
         sb.path().join("app.said-ready").exists(),
@@ -1246,7 +1208,7 @@ fn registration_over_tls_trusts_the_plans_ca_file() {
         )
     };
     sb.plan(&plan("    ca_file: etcd-ca.pem\n"));
-    let mut child = spawn(&sb, &[]);
+    let mut child = start_run(&sb, &[]);
     wait_ready(&sb, &mut child);
     assert!(
         get("/services/tls/one").is_some_and(|v| v.contains("bootstrap_id")),
@@ -1264,7 +1226,7 @@ fn registration_over_tls_trusts_the_plans_ca_file() {
     // Without the CA the server is not trusted: register.failed.
     sb.plan(&plan(""));
     let _ = std::fs::remove_file(sb.path().join("app.up"));
-    let out = wait_output(spawn(&sb, &[]));
+    let out = wait_output(start_run(&sb, &[]));
     assert_eq!(code(&out), 69, "{}", dump(&out));
     assert_eq!(sb.status()["error"]["code"], "register.failed");
 }
@@ -1300,7 +1262,7 @@ steps:
     let _ = std::fs::remove_file(sb.path().join("svc.pid"));
 
     // With --supervise the services stay up after ready, until SIGTERM.
-    let mut child = spawn(&sb, &["--supervise"]);
+    let mut child = start_run(&sb, &["--supervise"]);
     wait_ready(&sb, &mut child);
     wait_until("the readiness file", LONG, || {
         sb.run_dir().join("ready").exists()
@@ -1340,7 +1302,7 @@ fn the_reaper_never_steals_the_exit_status_of_a_step() {
     );
     plan.push_str("]\n");
     sb.plan(&plan);
-    let out = wait_output(spawn(&sb, &["--supervise"]));
+    let out = wait_output(start_run(&sb, &["--supervise"]));
     assert_eq!(code(&out), 0, "{}", dump(&out));
     let status = sb.status();
     for i in 0..24 {
@@ -1376,7 +1338,7 @@ steps:
 "#,
     );
     let started = std::time::Instant::now();
-    let out = wait_output(spawn(&sb, &[]));
+    let out = wait_output(start_run(&sb, &[]));
     assert_eq!(code(&out), 69, "{}", dump(&out));
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -1434,7 +1396,7 @@ register:
         bao.addr(),
         etcd.url
     ));
-    let mut child = spawn(&sb, &[]);
+    let mut child = start_run(&sb, &[]);
     wait_ready(&sb, &mut child);
     assert!(
         etcd_get(&etcd, "/services/vault/one").flatten().is_some(),

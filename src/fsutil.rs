@@ -173,6 +173,41 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "51");
     }
 
+    /// A change made just after a write (here `write_now`'s, as at the start
+    /// of a run) waits out the pause instead of rewriting the file at once;
+    /// a flush still has it written without waiting.
+    #[test]
+    fn a_change_just_after_a_write_waits_for_the_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.txt");
+        let renders = Arc::new(AtomicU32::new(0));
+        let counted = renders.clone();
+        let render = move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            n.to_string().into_bytes()
+        };
+        let writer = BackgroundWriter::new(path.clone(), 0o644, false, Box::new(render));
+        writer.write_now().unwrap();
+        let wrote = std::time::Instant::now();
+        writer.mark_dirty();
+        assert!(writer.has_thread());
+        // What is checked here is an absence: the thread, started by
+        // `mark_dirty`, must not write within the pause. Look a third of
+        // the way in; on a host too stalled to get there in time, only the
+        // flush below is checked.
+        std::thread::sleep(MIN_WRITE_INTERVAL / 3);
+        if wrote.elapsed() < MIN_WRITE_INTERVAL * 9 / 10 {
+            assert_eq!(
+                renders.load(Ordering::SeqCst),
+                1,
+                "rewritten within the pause"
+            );
+        }
+        writer.flush().unwrap();
+        assert_eq!(renders.load(Ordering::SeqCst), 2);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "2");
+    }
+
     /// `write_now` writes on its caller's thread while the writing thread
     /// may be busy too: one write at a time, so the file never goes back
     /// to an older state.
@@ -268,9 +303,22 @@ struct WriterState {
     /// Callers waiting in `flush`.
     flushers: u32,
     last_error: Option<String>,
+    /// When the last write ended, on the thread or in `write_now`.
+    last_write: Option<std::time::Instant>,
 }
 
-/// Shortest pause between two background writes. A burst of changes (a wide
+impl WriterState {
+    /// How much of the pause after the last write is left, if any.
+    fn pause_left(&self) -> Option<std::time::Duration> {
+        let since = self.last_write?.elapsed();
+        MIN_WRITE_INTERVAL
+            .checked_sub(since)
+            .filter(|left| !left.is_zero())
+    }
+}
+
+/// Shortest pause between a write (the thread's or `write_now`'s) and the
+/// thread's next one. A burst of changes (a wide
 /// plan finishing many steps at once, a chain of short steps) then costs one
 /// write per pause instead of one per change: each write copies and
 /// serializes the whole document, on a thread that competes with the steps'
@@ -423,6 +471,7 @@ impl WriterShared {
         let result = self.write_once();
         let mut state = self.lock();
         state.writing = false;
+        state.last_write = Some(std::time::Instant::now());
         state.written = state.written.max(target);
         state.last_error = result.clone().err();
         (state, result)
@@ -439,25 +488,28 @@ impl WriterShared {
             if state.stop && (state.requested == state.written || state.writing) {
                 return;
             }
+            // The pause counts from the last write, `write_now`'s included:
+            // the first change after a run's opening write waits with the
+            // rest instead of rewriting the file a moment later. A flush
+            // (or the end) cuts it short.
+            if let Some(left) = state.pause_left()
+                && !state.urgent
+                && !state.stop
+            {
+                state = self
+                    .wake
+                    .wait_timeout(state, left)
+                    .map(|(s, _)| s)
+                    .unwrap_or_else(|p| p.into_inner().0);
+                // Anything may have changed meanwhile: look again.
+                continue;
+            }
             let target = state.requested;
             state.urgent = false;
             state.writing = true;
             drop(state);
             state = self.write_claimed(target).0;
             self.wake.notify_all();
-            // Pause before the next write unless someone is waiting for it.
-            let pause_until = std::time::Instant::now() + MIN_WRITE_INTERVAL;
-            while !state.urgent && !state.stop {
-                let left = pause_until.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = self
-                    .wake
-                    .wait_timeout(state, left)
-                    .map(|(s, _)| s)
-                    .unwrap_or_else(|p| p.into_inner().0);
-            }
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::facts::Facts;
 use crate::fsutil::BackgroundWriter;
@@ -49,10 +50,86 @@ pub enum JournalError {
     Locked { path: PathBuf },
 }
 
+/// The journal as a run holds it: its own plan's records parsed, every
+/// other plan's kept as the JSON text read from the file and written back
+/// as it was. A run then parses (and re-serializes) only its own records,
+/// however many plans share the state directory.
+#[derive(Debug, Default)]
+struct OpenDoc {
+    version: u32,
+    mine: BTreeMap<String, Record>,
+    others: BTreeMap<String, Box<RawValue>>,
+}
+
+/// The journal file, with each plan's records left unparsed.
+#[derive(Deserialize)]
+struct RawJournalDoc {
+    version: u32,
+    plans: BTreeMap<String, Box<RawValue>>,
+}
+
+/// One plan's records on the way back to the file.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PlanRecords<'a> {
+    Parsed(&'a BTreeMap<String, Record>),
+    Raw(&'a RawValue),
+}
+
+impl OpenDoc {
+    /// Reads the journal for `plan`; a missing file is an empty journal.
+    fn read(state_dir: &Path, plan: &str) -> Result<OpenDoc, (PathBuf, String)> {
+        let path = state_dir.join(JOURNAL_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(OpenDoc {
+                    version: 1,
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err((path, e.to_string())),
+        };
+        let invalid = |e: serde_json::Error| (path.clone(), e.to_string());
+        let RawJournalDoc { version, mut plans } =
+            serde_json::from_slice(&bytes).map_err(invalid)?;
+        let mine = match plans.remove(plan) {
+            Some(records) => serde_json::from_str(records.get()).map_err(invalid)?,
+            None => BTreeMap::new(),
+        };
+        Ok(OpenDoc {
+            version,
+            mine,
+            others: plans,
+        })
+    }
+
+    /// The file's bytes: every plan, by name, as [`JournalDoc`] has them.
+    fn render(&self, plan: &str) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            plans: BTreeMap<&'a str, PlanRecords<'a>>,
+        }
+        let mut plans: BTreeMap<&str, PlanRecords> = self
+            .others
+            .iter()
+            .map(|(name, records)| (name.as_str(), PlanRecords::Raw(records)))
+            .collect();
+        if !self.mine.is_empty() {
+            plans.insert(plan, PlanRecords::Parsed(&self.mine));
+        }
+        let out = Out {
+            version: self.version,
+            plans,
+        };
+        serde_json::to_vec_pretty(&out).unwrap_or_default()
+    }
+}
+
 /// The open journal of one plan, holding the state directory's lock.
 pub struct Journal {
-    plan: String,
-    doc: Arc<Mutex<JournalDoc>>,
+    doc: Arc<Mutex<OpenDoc>>,
     writer: BackgroundWriter,
     _lock: Flock<std::fs::File>,
     /// Set when the file was unreadable and set aside.
@@ -98,7 +175,7 @@ impl Journal {
     pub fn open(state_dir: &Path, plan: &str) -> Result<Journal, JournalError> {
         let lock = lock_state_dir(state_dir)?;
         let mut recovered_from = None;
-        let doc = match read_doc(state_dir) {
+        let doc = match OpenDoc::read(state_dir, plan) {
             Ok(doc) => doc,
             Err((path, _)) => {
                 // Atomic writes make this nearly impossible; if it happens, keep
@@ -106,25 +183,24 @@ impl Journal {
                 let aside = path.with_extension(format!("corrupt-{}", std::process::id()));
                 let _ = std::fs::rename(&path, &aside);
                 recovered_from = Some(aside);
-                JournalDoc {
+                OpenDoc {
                     version: 1,
                     ..Default::default()
                 }
             }
         };
         let doc = Arc::new(Mutex::new(doc));
-        let for_render = doc.clone();
+        let (for_render, plan_name) = (doc.clone(), plan.to_string());
         let writer = BackgroundWriter::new(
             state_dir.join(JOURNAL_FILE),
             0o600,
             true,
             Box::new(move || {
-                serde_json::to_vec_pretty(&*for_render.lock().unwrap_or_else(|p| p.into_inner()))
-                    .unwrap_or_default()
+                let doc = for_render.lock().unwrap_or_else(|p| p.into_inner());
+                doc.render(&plan_name)
             }),
         );
         Ok(Journal {
-            plan: plan.to_string(),
             doc,
             writer,
             _lock: lock,
@@ -132,14 +208,14 @@ impl Journal {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, JournalDoc> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenDoc> {
         self.doc.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Why `step` need not run again, or `None` when it must run.
     pub fn skip_reason(&self, step: &Step, facts: &Facts) -> Option<String> {
         let doc = self.lock();
-        let record = doc.plans.get(&self.plan)?.get(&step.name)?;
+        let record = doc.mine.get(&step.name)?;
         skip_reason(record, step, facts)
     }
 
@@ -148,7 +224,7 @@ impl Journal {
     /// machine under another instance id: a cloned disk or a new instance.
     pub fn instance_change(&self, step: &Step, facts: &Facts) -> Option<String> {
         let doc = self.lock();
-        let record = doc.plans.get(&self.plan)?.get(&step.name)?;
+        let record = doc.mine.get(&step.name)?;
         instance_change(record, step, facts)
     }
 
@@ -166,11 +242,7 @@ impl Journal {
             boot_id: facts.boot_id.clone(),
             instance_key: facts.instance_key(),
         };
-        self.lock()
-            .plans
-            .entry(self.plan.clone())
-            .or_default()
-            .insert(step.name.clone(), record);
+        self.lock().mine.insert(step.name.clone(), record);
         self.writer.mark_dirty();
     }
 
@@ -262,4 +334,75 @@ pub fn reset(
         }
     })?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(fingerprint: &str) -> Record {
+        Record {
+            fingerprint: fingerprint.into(),
+            frequency: Frequency::Once,
+            completed_at: "2026-12-01T00:00:00.000Z".into(),
+            bootstrap_id: "b-1".into(),
+            boot_id: "boot-1".into(),
+            instance_key: "i-1".into(),
+        }
+    }
+
+    /// A run parses only its own plan's records; the others go back to the
+    /// file exactly as they were read, and the file stays one document.
+    #[test]
+    fn other_plans_records_are_written_back_as_they_were() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut doc = JournalDoc {
+            version: 1,
+            ..Default::default()
+        };
+        doc.plans
+            .entry("other".into())
+            .or_default()
+            .insert("kept".into(), record("sha256:other"));
+        doc.plans
+            .entry("mine".into())
+            .or_default()
+            .insert("old".into(), record("sha256:old"));
+        let original = serde_json::to_vec_pretty(&doc).unwrap();
+        std::fs::write(dir.path().join(JOURNAL_FILE), &original).unwrap();
+
+        let mut open = OpenDoc::read(dir.path(), "mine").unwrap();
+        assert_eq!(open.mine["old"].fingerprint, "sha256:old");
+        assert!(open.others.contains_key("other"));
+        open.mine.insert("new".into(), record("sha256:new"));
+        let rendered = open.render("mine");
+
+        let other_text = {
+            let raw: RawJournalDoc = serde_json::from_slice(&original).unwrap();
+            raw.plans["other"].get().to_string()
+        };
+        let text = String::from_utf8(rendered.clone()).unwrap();
+        assert!(
+            text.contains(&other_text),
+            "other plan's records changed:\n{text}"
+        );
+        std::fs::write(dir.path().join(JOURNAL_FILE), &rendered).unwrap();
+        let back = read_doc(dir.path()).unwrap();
+        assert_eq!(back.plans["other"]["kept"].fingerprint, "sha256:other");
+        assert_eq!(back.plans["mine"]["old"].fingerprint, "sha256:old");
+        assert_eq!(back.plans["mine"]["new"].fingerprint, "sha256:new");
+        // Formatted as a whole-document pretty print would have it.
+        assert_eq!(rendered, serde_json::to_vec_pretty(&back).unwrap());
+    }
+
+    /// Records of this plan that do not parse make the journal unreadable,
+    /// as before: it is set aside by `Journal::open`, never half-used.
+    #[test]
+    fn unreadable_records_of_this_plan_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"version": 1, "plans": {"mine": {"s": {"fingerprint": 3}}, "other": {}}}"#;
+        std::fs::write(dir.path().join(JOURNAL_FILE), text).unwrap();
+        assert!(OpenDoc::read(dir.path(), "mine").is_err());
+        assert!(OpenDoc::read(dir.path(), "other").is_ok());
+    }
 }

@@ -318,12 +318,12 @@ impl WriterState {
 }
 
 /// Shortest pause between a write (the thread's or `write_now`'s) and the
-/// thread's next one. A burst of changes (a wide
-/// plan finishing many steps at once, a chain of short steps) then costs one
-/// write per pause instead of one per change: each write copies and
-/// serializes the whole document, on a thread that competes with the steps'
-/// commands for the CPUs. A reader is at most this far behind; `flush` cuts
-/// the pause short, so final states are never late.
+/// thread's next one. A burst of changes (a wide plan finishing many steps
+/// at once, a chain of short steps) then costs one write per pause instead
+/// of one per change: each write copies and serializes the whole document,
+/// on a thread that competes with the steps' commands for the CPUs. A reader
+/// is at most this far behind; `flush` cuts the pause short, so final states
+/// are never late.
 const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl BackgroundWriter {

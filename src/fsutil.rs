@@ -208,6 +208,35 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "2");
     }
 
+    /// On a runtime, a change just after a write starts no thread until the
+    /// pause is over; then the thread starts and writes the change without
+    /// being asked again. A flush before that writes on the caller's thread.
+    #[tokio::test]
+    async fn on_a_runtime_the_thread_starts_when_the_pause_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.txt");
+        let (writer, version) = counter_writer(&path, 1);
+        writer.write_now().unwrap();
+        version.store(2, Ordering::SeqCst);
+        writer.mark_dirty();
+        assert!(!writer.has_thread(), "started within the pause");
+        let deadline = std::time::Instant::now() + 10 * MIN_WRITE_INTERVAL;
+        while fs::read_to_string(&path).unwrap() != "2" {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            tokio::time::sleep(MIN_WRITE_INTERVAL / 10).await;
+        }
+        assert!(writer.has_thread());
+
+        // A new writer: this time the flush comes first.
+        let (writer, version) = counter_writer(&path, 3);
+        writer.write_now().unwrap();
+        version.store(4, Ordering::SeqCst);
+        writer.mark_dirty();
+        writer.flush().unwrap();
+        assert!(!writer.has_thread());
+        assert_eq!(fs::read_to_string(&path).unwrap(), "4");
+    }
+
     /// `write_now` writes on its caller's thread while the writing thread
     /// may be busy too: one write at a time, so the file never goes back
     /// to an older state.
@@ -263,14 +292,19 @@ mod tests {
 /// that is only ever written with [`BackgroundWriter::write_now`] (or not at
 /// all, like the journal of a plan whose steps all run `always`) costs no
 /// thread, and `write_now` before the thread exists writes on the caller's
-/// thread instead of handing over to another and waiting.
+/// thread instead of handing over to another and waiting. A change made
+/// within the pause after a write is not due before the pause ends, so on
+/// a tokio runtime the thread is only started then: a run shorter than the
+/// pause, whose opening and final states are written by `write_now`, never
+/// starts it.
 pub struct BackgroundWriter {
     shared: std::sync::Arc<WriterShared>,
-    thread: std::sync::Mutex<WriterThread>,
 }
 
 enum WriterThread {
     NotStarted,
+    /// A task of the runtime starts the thread when the pause ends.
+    Scheduled,
     Running,
     /// The thread could not be created: writes happen on the caller's thread.
     Unavailable,
@@ -281,6 +315,7 @@ type Render = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
 struct WriterShared {
     state: std::sync::Mutex<WriterState>,
     wake: std::sync::Condvar,
+    thread: std::sync::Mutex<WriterThread>,
     path: PathBuf,
     mode: u32,
     durable: bool,
@@ -336,11 +371,9 @@ impl BackgroundWriter {
             mode,
             durable,
             render,
-        });
-        BackgroundWriter {
-            shared,
             thread: std::sync::Mutex::new(WriterThread::NotStarted),
-        }
+        });
+        BackgroundWriter { shared }
     }
 
     /// Asks for a write of the current state, soon.
@@ -352,32 +385,35 @@ impl BackgroundWriter {
         if state.idle {
             self.shared.wake.notify_all();
         }
+        let pause = state.pause_left();
         drop(state);
-        self.start_thread();
-    }
-
-    /// Starts the writing thread unless it runs already (or cannot).
-    fn start_thread(&self) {
-        let mut thread = self.thread_state();
-        if matches!(*thread, WriterThread::NotStarted) {
-            let worker = self.shared.clone();
-            *thread = match std::thread::Builder::new()
-                .name("bootplan-writer".into())
-                .spawn(move || worker.run())
-            {
-                // Detached: see `Drop`.
-                Ok(_) => WriterThread::Running,
-                Err(_) => WriterThread::Unavailable,
-            };
+        match pause {
+            Some(left) => self.start_thread_after(left),
+            None => self.shared.start_thread(),
         }
     }
 
-    fn has_thread(&self) -> bool {
-        matches!(*self.thread_state(), WriterThread::Running)
+    /// Has the thread started when the pause after the last write ends: by
+    /// a task of the current tokio runtime, or at once outside one.
+    fn start_thread_after(&self, left: std::time::Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.shared.start_thread();
+        };
+        let mut thread = self.shared.thread_state();
+        if !matches!(*thread, WriterThread::NotStarted) {
+            return;
+        }
+        *thread = WriterThread::Scheduled;
+        drop(thread);
+        let shared = self.shared.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(left).await;
+            shared.start_thread();
+        });
     }
 
-    fn thread_state(&self) -> std::sync::MutexGuard<'_, WriterThread> {
-        self.thread.lock().unwrap_or_else(|p| p.into_inner())
+    fn has_thread(&self) -> bool {
+        matches!(*self.shared.thread_state(), WriterThread::Running)
     }
 
     /// Writes the current state now and waits until it is on disk. Unless
@@ -443,13 +479,34 @@ impl Drop for BackgroundWriter {
         // Not joined: nothing is left to write, and the thread returns as
         // soon as it sees `stop` (or ends with the process, which is
         // exiting when the status and journal writers are dropped).
-        *self.thread_state() = WriterThread::Unavailable;
+        *self.shared.thread_state() = WriterThread::Unavailable;
     }
 }
 
 impl WriterShared {
     fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn thread_state(&self) -> std::sync::MutexGuard<'_, WriterThread> {
+        self.thread.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts the writing thread unless it runs already (or cannot, or the
+    /// writer is gone).
+    fn start_thread(self: &std::sync::Arc<Self>) {
+        let mut thread = self.thread_state();
+        if matches!(*thread, WriterThread::NotStarted | WriterThread::Scheduled) {
+            let worker = self.clone();
+            *thread = match std::thread::Builder::new()
+                .name("bootplan-writer".into())
+                .spawn(move || worker.run())
+            {
+                // Detached: see `Drop`.
+                Ok(_) => WriterThread::Running,
+                Err(_) => WriterThread::Unavailable,
+            };
+        }
     }
 
     fn write_once(&self) -> Result<(), String> {

@@ -18,6 +18,8 @@ use crate::fsutil::BackgroundWriter;
 use crate::plan::{Frequency, Step};
 
 pub const JOURNAL_FILE: &str = "journal.json";
+/// The journal file's format version.
+const VERSION: u32 = 1;
 const LOCK_FILE: &str = "lock";
 
 /// The journal file: records by plan name, then step name.
@@ -68,33 +70,23 @@ struct RawJournalDoc {
     plans: BTreeMap<String, Box<RawValue>>,
 }
 
-/// One plan's records on the way back to the file.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum PlanRecords<'a> {
-    Parsed(&'a BTreeMap<String, Record>),
-    Raw(&'a RawValue),
-}
-
 impl OpenDoc {
+    fn empty() -> OpenDoc {
+        OpenDoc {
+            version: VERSION,
+            ..Default::default()
+        }
+    }
+
     /// Reads the journal for `plan`; a missing file is an empty journal.
     fn read(state_dir: &Path, plan: &str) -> Result<OpenDoc, (PathBuf, String)> {
-        let path = state_dir.join(JOURNAL_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(OpenDoc {
-                    version: 1,
-                    ..Default::default()
-                });
-            }
-            Err(e) => return Err((path, e.to_string())),
+        let Some((path, RawJournalDoc { version, mut plans })) = read_file(state_dir)? else {
+            return Ok(OpenDoc::empty());
         };
-        let invalid = |e: serde_json::Error| (path.clone(), e.to_string());
-        let RawJournalDoc { version, mut plans } =
-            serde_json::from_slice(&bytes).map_err(invalid)?;
         let mine = match plans.remove(plan) {
-            Some(records) => serde_json::from_str(records.get()).map_err(invalid)?,
+            Some(records) => {
+                serde_json::from_str(records.get()).map_err(|e| (path, e.to_string()))?
+            }
             None => BTreeMap::new(),
         };
         Ok(OpenDoc {
@@ -106,6 +98,13 @@ impl OpenDoc {
 
     /// The file's bytes: every plan, by name, as [`JournalDoc`] has them.
     fn render(&self, plan: &str) -> Vec<u8> {
+        /// One plan's records on the way back to the file.
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum PlanRecords<'a> {
+            Parsed(&'a BTreeMap<String, Record>),
+            Raw(&'a RawValue),
+        }
         #[derive(Serialize)]
         struct Out<'a> {
             version: u32,
@@ -160,13 +159,28 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<Flock<std::fs::File>, JournalE
 
 /// Reads the journal file; a missing file is an empty journal.
 pub fn read_doc(state_dir: &Path) -> Result<JournalDoc, (PathBuf, String)> {
-    let path = state_dir.join(JOURNAL_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| (path, e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(JournalDoc {
-            version: 1,
+    Ok(match read_file(state_dir)? {
+        Some((_, doc)) => doc,
+        None => JournalDoc {
+            version: VERSION,
             ..Default::default()
-        }),
+        },
+    })
+}
+
+/// The journal file of `state_dir` and what it holds, as `T`; `None` when
+/// there is no file yet.
+fn read_file<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+) -> Result<Option<(PathBuf, T)>, (PathBuf, String)> {
+    let path = state_dir.join(JOURNAL_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err((path, e.to_string())),
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(doc) => Ok(Some((path, doc))),
         Err(e) => Err((path, e.to_string())),
     }
 }
@@ -183,10 +197,7 @@ impl Journal {
                 let aside = path.with_extension(format!("corrupt-{}", std::process::id()));
                 let _ = std::fs::rename(&path, &aside);
                 recovered_from = Some(aside);
-                OpenDoc {
-                    version: 1,
-                    ..Default::default()
-                }
+                OpenDoc::empty()
             }
         };
         let doc = Arc::new(Mutex::new(doc));

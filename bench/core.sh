@@ -14,10 +14,13 @@ need hyperfine hyperfine
 need taskset util-linux
 [ -x /usr/bin/time ] || apt-get -o DPkg::Lock::Timeout=600 install -y time >/dev/null
 
-cargo build --release --quiet --bin bootplan --example spawn-floor
+cargo build --release --quiet --bin bootplan --example spawn-floor --example std-spawn
 bin=$PWD/target/release/bootplan
 # bootplan's spawner alone (no engine, journal or telemetry), for reference.
 floor=$PWD/target/release/examples/spawn-floor
+# The same commands started by a program with Rust's std::process::Command,
+# a second view of "spawning directly" beside the shell loop.
+stdspawn=$PWD/target/release/examples/std-spawn
 work=$(mktemp -d)
 # The run dir is a tmpfs, as /run is on a real machine; the state dir is on disk.
 rundir=$(mktemp -d -p /dev/shm)
@@ -64,9 +67,9 @@ hyperfine -N --style basic --warmup 3 --runs "$runs" --export-json "$work/skip.j
 # ratio to read (medians, same moments for both sides).
 echo
 echo "Interleaved, $runs rounds (bench/interleave.py):"
-python3 bench/interleave.py --ratio 1/2 --ratio 3/2 --ratio 4/5 "$runs" \
+python3 bench/interleave.py --ratio 1/2 --ratio 3/2 --ratio 1/6 --ratio 6/2 --ratio 4/5 "$runs" \
   "$bin run $work/chain.yaml" "sh -c '$direct_chain'" "$floor 100" \
-  "$bin run $work/wide.yaml" "sh -c '$direct_wide'"
+  "$bin run $work/wide.yaml" "sh -c '$direct_wide'" "$stdspawn 100"
 
 # The chain is serial, so one CPU is enough for it; with every command
 # pinned to the same CPU the host cannot place a child on the other one
@@ -74,9 +77,9 @@ python3 bench/interleave.py --ratio 1/2 --ratio 3/2 --ratio 4/5 "$runs" \
 # shrinks. A lower-variance view of the chain, not the headline figure.
 echo
 echo "Interleaved, $runs rounds, chain only, every command on CPU 1 (taskset):"
-python3 bench/interleave.py --ratio 1/2 --ratio 3/2 "$runs" \
+python3 bench/interleave.py --ratio 1/2 --ratio 3/2 --ratio 1/4 --ratio 4/2 "$runs" \
   "taskset -c 1 $bin run $work/chain.yaml" "taskset -c 1 sh -c '$direct_chain'" \
-  "taskset -c 1 $floor 100"
+  "taskset -c 1 $floor 100" "taskset -c 1 $stdspawn 100"
 
 rss() { /usr/bin/time -f %M "$bin" run "$1" 2>&1 >/dev/null | tail -1; }
 rss_chain=$(rss "$work/chain.yaml")

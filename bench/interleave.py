@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Interleaved timing: runs each command once per round, round after round,
 so slow drift on a shared machine hits every command alike (hyperfine runs
-one command's batch after another's). Reports the median wall time, the
+one command's batch after another's). The order rotates from round to
+round, so no command always runs first. Reports the median wall time, the
 minimum, and the median CPU time (user + system of the command and every
 descendant it waited for) with the CPU utilisation it implies.
 
@@ -45,9 +46,12 @@ def main():
     for i, command in enumerate(commands):  # warm-up
         for _ in range(3):
             once(command, devnull)
-    for _ in range(rounds):
-        for i, command in enumerate(commands):
-            results[i].append(once(command, devnull))
+    for r in range(rounds):
+        # Each round starts one command further along, so no command is
+        # always the one that runs first (or right after a given other).
+        for k in range(len(commands)):
+            i = (r + k) % len(commands)
+            results[i].append(once(commands[i], devnull))
     print("| command | wall median | wall min | CPU median | CPUs used |")
     print("|---|---|---|---|---|")
     for command, samples in zip(commands, results):

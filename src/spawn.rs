@@ -63,8 +63,8 @@ use tokio::net::unix::pipe;
 /// Stack for the cloned child. It runs one small function that only makes
 /// system calls. 32 KiB is what glibc's posix_spawn allows for the same
 /// (with room for a compiler's stack checks), and it keeps the stack under
-/// malloc's 64 KiB mark above which every free consolidates the heap's
-/// small-chunk bins: with 64 KiB, each step's free did.
+/// malloc's 64 KiB mark above which a free consolidates the heap's
+/// small-chunk bins (with 64 KiB, about 40 of a 100-step chain's frees did).
 const CHILD_STACK: usize = 32 * 1024;
 
 /// Used when the child's environment has no `PATH` (as execvp does).

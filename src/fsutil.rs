@@ -355,9 +355,9 @@ impl WriterState {
 /// Shortest pause between a write (the thread's or `write_now`'s) and the
 /// thread's next one. A burst of changes (a wide plan finishing many steps
 /// at once, a chain of short steps) then costs one write per pause instead
-/// of one per change: each write copies and serializes the whole document,
-/// on a thread that competes with the steps' commands for the CPUs. A reader
-/// is at most this far behind; `flush` cuts the pause short, so final states
+/// of one per change: each write serializes the whole document, on a
+/// thread that competes with the steps' commands for the CPUs. A reader is
+/// at most this far behind; `flush` cuts the pause short, so final states
 /// are never late.
 const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -396,13 +396,16 @@ impl BackgroundWriter {
     /// Has the thread started when the pause after the last write ends: by
     /// a task of the current tokio runtime, or at once outside one.
     fn start_thread_after(&self, left: std::time::Duration) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.shared.start_thread();
-        };
+        // Checked first: every change within the pause comes here, and once
+        // the thread is scheduled or running there is nothing to do.
         let mut thread = self.shared.thread_state();
         if !matches!(*thread, WriterThread::NotStarted) {
             return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(thread);
+            return self.shared.start_thread();
+        };
         *thread = WriterThread::Scheduled;
         drop(thread);
         let shared = self.shared.clone();

@@ -44,10 +44,16 @@ pub fn detect(paths: &EvidencePaths) -> Option<Detected> {
     if let Some(found) = from_cmdline(&read_small(&paths.cmdline).unwrap_or_default()) {
         return Some(found);
     }
-    let dmi: Vec<(&str, String)> = DMI_FIELDS
-        .iter()
-        .filter_map(|f| read_small(&paths.dmi_root.join(f)).map(|v| (*f, v)))
-        .collect();
+    // Containers and some VMs have no DMI directory: one look instead of
+    // a failed open per field.
+    let dmi: Vec<(&str, String)> = if paths.dmi_root.is_dir() {
+        DMI_FIELDS
+            .iter()
+            .filter_map(|f| read_small(&paths.dmi_root.join(f)).map(|v| (*f, v)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if let Some(found) = from_dmi(&dmi) {
         return Some(found);
     }

@@ -187,6 +187,34 @@ fn from_labels(dir: &Path) -> Option<Detected> {
 mod tests {
     use super::*;
 
+    fn paths_in(dir: &Path) -> EvidencePaths {
+        EvidencePaths {
+            dmi_root: dir.join("dmi"),
+            cmdline: dir.join("cmdline"),
+            seed_dirs: vec![dir.join("seed")],
+            labels_dir: dir.join("labels"),
+            mounts: dir.join("mounts"),
+        }
+    }
+
+    #[test]
+    fn dmi_files_are_read_when_the_directory_exists_and_skipped_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = paths_in(dir.path());
+        assert_eq!(detect(&paths), None, "no DMI directory, no evidence");
+        std::fs::create_dir(dir.path().join("seed")).unwrap();
+        std::fs::write(dir.path().join("seed/meta-data"), "").unwrap();
+        let found = detect(&paths).unwrap();
+        assert_eq!(
+            found.kind,
+            ProviderKind::NoCloud,
+            "later evidence still seen"
+        );
+        std::fs::create_dir(dir.path().join("dmi")).unwrap();
+        std::fs::write(dir.path().join("dmi/sys_vendor"), "Amazon EC2\n").unwrap();
+        assert_eq!(detect(&paths).unwrap().kind, ProviderKind::Aws);
+    }
+
     fn dmi(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
         pairs.iter().map(|(f, v)| (*f, v.to_string())).collect()
     }

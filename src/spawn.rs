@@ -27,10 +27,10 @@
 //! at its default before the child unblocks them, so none of bootplan's
 //! handlers can run in it: the kernel resets them (`clone3` with
 //! `CLONE_CLEAR_SIGHAND`, Linux 5.5+, x86_64), or else the child does, one
-//! system call per signal. The exec's outcome comes back through a close-on-exec
-//! pipe: end of file means the exec happened; otherwise the child writes
-//! the stage that failed and its errno, then exits. The child is waited for
-//! through its pidfd, which also rules out pid reuse.
+//! system call per signal. The exec's outcome comes back through a
+//! close-on-exec pipe: end of file means the exec happened; otherwise the
+//! child writes the stage that failed and its errno, then exits. The child
+//! is waited for through its pidfd, which also rules out pid reuse.
 //!
 //! On kernels without pollable pidfds (before 5.3), on architectures [`raw`]
 //! does not cover, where seccomp refuses the clone, or with
@@ -1191,12 +1191,16 @@ fn clone_concurrent(launch: Box<Launch>) -> io::Result<Pending> {
     })
 }
 
+/// Whether this start must skip `clone3`: tests ask for the `clone`
+/// fallback on their thread; production never does.
 #[cfg(not(test))]
-mod tests {
-    /// Tests can ask for the `clone` fallback; production never does.
-    pub(super) fn legacy_clone_here() -> bool {
-        false
-    }
+fn clone3_declined() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn clone3_declined() -> bool {
+    tests::legacy_clone_here()
 }
 
 /// Cleared once this kernel or a seccomp filter refuses `clone3` with
@@ -1214,7 +1218,7 @@ fn clone_sharing_memory(
     args: *const ChildArgs,
     pidfd: &mut libc::c_int,
 ) -> io::Result<libc::pid_t> {
-    if CLONE3_WORKS.load(Ordering::Relaxed) && !tests::legacy_clone_here() {
+    if CLONE3_WORKS.load(Ordering::Relaxed) && !clone3_declined() {
         let clone_args = raw::CloneArgs {
             flags: (libc::CLONE_VM | libc::CLONE_PIDFD) as u64 | raw::CLONE_CLEAR_SIGHAND,
             pidfd: pidfd as *mut libc::c_int as u64,

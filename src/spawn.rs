@@ -1161,8 +1161,9 @@ async fn wait_for_eof(read: OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Clones a child that shares our memory and runs [`child_main`] on the
-/// launch's stack. Returns at once: the child runs while we go on.
+/// Clones a child that shares our memory and runs [`child_main`] (or
+/// [`child_main_handlers_cleared`]) on the launch's stack. Returns at
+/// once: the child runs while we go on.
 fn clone_concurrent(launch: Box<Launch>) -> io::Result<Pending> {
     let mut launch = launch;
     let base = launch.stack.as_mut_ptr() as usize;

@@ -11,9 +11,13 @@ for that pair, the median and quartiles of the per-round ratio A's wall time
 / B's: both ran within the same round, so a slow patch of the host that
 lasts a round or more cancels out of each ratio.
 
-Usage: bench/interleave.py [--ratio A/B ...] ROUNDS 'command one' 'command two' ...
+With `--json FILE` it also writes the medians and the ratios to FILE, for a
+script that reports them (`bench/core.sh` does).
+
+Usage: bench/interleave.py [--ratio A/B ...] [--json FILE] ROUNDS 'command one' ...
 Each command runs through `sh -c 'exec ...'` with stdout on /dev/null.
 """
+import json
 import os
 import statistics
 import sys
@@ -31,16 +35,19 @@ def once(command, devnull):
 
 
 def parse_args(args):
-    ratios = []
-    while args and args[0] == "--ratio":
-        a, b = args[1].split("/")
-        ratios.append((int(a) - 1, int(b) - 1))
+    ratios, json_path = [], None
+    while args and args[0] in ("--ratio", "--json"):
+        if args[0] == "--ratio":
+            a, b = args[1].split("/")
+            ratios.append((int(a) - 1, int(b) - 1))
+        else:
+            json_path = args[1]
         args = args[2:]
-    return ratios, int(args[0]), args[1:]
+    return ratios, json_path, int(args[0]), args[1:]
 
 
 def main():
-    ratios, rounds, commands = parse_args(sys.argv[1:])
+    ratios, json_path, rounds, commands = parse_args(sys.argv[1:])
     devnull = os.open(os.devnull, os.O_WRONLY)
     results = [[] for _ in commands]
     for i, command in enumerate(commands):  # warm-up
@@ -60,11 +67,21 @@ def main():
         fastest = min(s[0] for s in samples)
         print(f"| `{command}` | {wall * 1000:.1f} ms | {fastest * 1000:.1f} ms "
               f"| {cpu * 1000:.1f} ms | {cpu / wall:.2f} |")
+    report = {"rounds": rounds, "commands": [], "ratios": []}
+    for command, samples in zip(commands, results):
+        report["commands"].append({
+            "command": command,
+            "wall_median": statistics.median(s[0] for s in samples),
+        })
     for a, b in ratios:
         per_round = [x[0] / y[0] for x, y in zip(results[a], results[b])]
         q1, median, q3 = statistics.quantiles(per_round, n=4)
         print(f"\nPer-round ratio of command {a + 1} to command {b + 1}: "
               f"median {median:.3f}x (quartiles {q1:.3f}x–{q3:.3f}x, {rounds} rounds)")
+        report["ratios"].append({"a": a + 1, "b": b + 1, "q1": q1, "median": median, "q3": q3})
+    if json_path:
+        with open(json_path, "w") as out:
+            json.dump(report, out, indent=1)
 
 
 if __name__ == "__main__":

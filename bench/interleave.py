@@ -59,6 +59,7 @@ def main():
         for k in range(len(commands)):
             i = (r + k) % len(commands)
             results[i].append(once(commands[i], devnull))
+    report = {"rounds": rounds, "commands": [], "ratios": []}
     print("| command | wall median | wall min | CPU median | CPUs used |")
     print("|---|---|---|---|---|")
     for command, samples in zip(commands, results):
@@ -67,12 +68,7 @@ def main():
         fastest = min(s[0] for s in samples)
         print(f"| `{command}` | {wall * 1000:.1f} ms | {fastest * 1000:.1f} ms "
               f"| {cpu * 1000:.1f} ms | {cpu / wall:.2f} |")
-    report = {"rounds": rounds, "commands": [], "ratios": []}
-    for command, samples in zip(commands, results):
-        report["commands"].append({
-            "command": command,
-            "wall_median": statistics.median(s[0] for s in samples),
-        })
+        report["commands"].append({"command": command, "wall_median": wall})
     for a, b in ratios:
         per_round = [x[0] / y[0] for x, y in zip(results[a], results[b])]
         q1, median, q3 = statistics.quantiles(per_round, n=4)

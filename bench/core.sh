@@ -110,9 +110,9 @@ print(f"| peak RSS (chain / wide / skipped rerun) | {int(rss_chain)/1024:.1f} / 
 # The interleaved rounds are the ratios to read against the 1.15x target
 # (hyperfine's batches above are not). "met" needs the upper quartile
 # under the target, "edge" only the median.
+reports = {name: json.load(open(f"{work}/{name}.json")) for name in ("interleaved", "pinned")}
 def ratio(name, a, b):
-    report = json.load(open(f"{work}/{name}.json"))
-    return next(r for r in report["ratios"] if (r["a"], r["b"]) == (a, b))
+    return next(r for r in reports[name]["ratios"] if (r["a"], r["b"]) == (a, b))
 def verdict(r, target=1.15):
     return "met" if r["q3"] < target else "edge" if r["median"] < target else "missed"
 print()

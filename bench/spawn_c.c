@@ -59,6 +59,7 @@ int main(int argc, char **argv) {
   mode = atoi(argv[2]);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   int vfork_flag = (mode & 8) ? 0 : CLONE_VFORK;
+  int pidfd_flag = (mode & 2) ? CLONE_PIDFD : 0;
   double start = now();
   for (int i = 0; i < n; i++) {
     if (mode & 1) {
@@ -67,11 +68,9 @@ int main(int argc, char **argv) {
     }
     int pidfd = -1, status;
     pid_t pid;
-    if (mode & 2)
-      pid = clone(child, stack + sizeof stack, CLONE_VM | CLONE_PIDFD | vfork_flag | SIGCHLD,
+    if (mode & (2 | 8))
+      pid = clone(child, stack + sizeof stack, CLONE_VM | pidfd_flag | vfork_flag | SIGCHLD,
                   NULL, &pidfd);
-    else if (mode & 8)
-      pid = clone(child, stack + sizeof stack, CLONE_VM | SIGCHLD, NULL);
     else if ((pid = vfork()) == 0)
       child(NULL);
     if (pid < 0) {

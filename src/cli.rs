@@ -196,15 +196,24 @@ fn run_dir(cli: &Cli, plan: Option<&Plan>) -> PathBuf {
 fn print_plan_error(err: &PlanError) {
     match err {
         PlanError::Invalid { diagnostics } => {
-            for d in diagnostics {
-                eprintln!("error: {d}");
-            }
+            print_diagnostics(diagnostics);
             eprintln!(
                 "bootplan: the plan is invalid ({} problem(s)); nothing was run [plan.invalid]",
-                diagnostics.len()
+                plan::error_count(diagnostics)
             );
         }
         PlanError::Read { .. } => eprintln!("error: {err} [{}]", err.code()),
+    }
+}
+
+/// Each diagnostic on stderr, led by its severity.
+fn print_diagnostics(diagnostics: &[plan::Diagnostic]) {
+    for d in diagnostics {
+        let severity = match d.severity {
+            plan::Severity::Error => "error",
+            plan::Severity::Warning => "warning",
+        };
+        eprintln!("{severity}: {d}");
     }
 }
 
@@ -214,9 +223,10 @@ fn check(path: &Path, json: bool) -> i32 {
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"valid": true, "plan": plan.name, "steps": plan.steps.len()})
+                    serde_json::json!({"valid": true, "plan": plan.name, "steps": plan.steps.len(), "warnings": plan.warnings})
                 );
             } else {
+                print_diagnostics(&plan.warnings);
                 println!(
                     "{}: ok ({} steps, plan {})",
                     path.display(),
@@ -338,6 +348,13 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     };
     let run_dir = run_dir(cli, Some(&plan));
     let redactor = Arc::new(Redactor::new());
+    // Secrets and credentials in bootplan's own environment are known from
+    // the start, before any child could print one.
+    for name in &plan.secret_env {
+        if let Ok(value) = std::env::var(name) {
+            redactor.add_secret(&value);
+        }
+    }
     let status_sink = StatusSink::new(run_dir.join(STATUS_FILE)).with_needs(step_needs(&plan));
     // Metrics and traces start before the run so nothing recorded is lost.
     let (mut obs, telemetry_warnings) = Observability::start(
@@ -398,6 +415,9 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     for warning in telemetry_warnings {
         reporter.notice(Level::Warn, warning.to_string());
     }
+    for warning in &plan.warnings {
+        reporter.notice(Level::Warn, warning.to_string());
+    }
     if let Some(aside) = &journal.recovered_from {
         reporter.notice(
             Level::Warn,
@@ -415,7 +435,8 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         .with_backends(plan.backends.clone())
         .with_files_dir(crate::secrets::files::dir_for(&plan, &run_dir))
         .with_deadline(started + plan.deadline)
-        .with_region_hint(facts.region.clone());
+        .with_region_hint(facts.region.clone())
+        .with_reporter(reporter.clone());
     crate::secrets::files::warn_if_not_tmpfs(&secrets, &reporter);
     let root_span = traces::root_span(&bootstrap_id, &plan.name);
     let ctx = Arc::new(StepContext::new(
@@ -516,7 +537,7 @@ fn gather_for_run(
     match crate::facts::gather(&settings) {
         Ok(gathered) => {
             if let Some(user_data) = &gathered.facts.user_data {
-                redactor.add_secret(&user_data.text());
+                redactor.add_document(&user_data.text());
             }
             let level = if gathered.fell_back.is_some() {
                 Level::Warn

@@ -63,6 +63,7 @@ error_codes! {
     StepWaitTimeout => ("step.wait_timeout", exit::STEP_FAILED, "a wait step's condition did not become true in time"),
     TemplateRenderFailed => ("template.render_failed", exit::STEP_FAILED, "a template could not be rendered"),
     FileWriteFailed => ("file.write_failed", exit::STEP_FAILED, "a file could not be written, or its owner set"),
+    PathUnsafe => ("path.unsafe", exit::STEP_FAILED, "a rendered path climbs out with `..` from a value or holds a NUL, or writing it would follow a symlink someone else controls"),
     DeadlineExceeded => ("deadline.exceeded", exit::DEADLINE, "the plan's global deadline passed before the run finished"),
     RunInterrupted => ("run.interrupted", exit::STEP_FAILED, "bootplan was asked to stop (SIGINT or SIGTERM) during the run"),
     StateUnwritable => ("state.unwritable", exit::CANT_CREATE, "the state or run directory could not be written"),

@@ -22,9 +22,21 @@ impl Position {
     }
 }
 
+/// How bad a problem is: an error makes the plan invalid, a warning is
+/// reported and the plan still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    Error,
+    Warning,
+}
+
 /// One problem found in a plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Diagnostic {
+    #[serde(default)]
+    pub severity: Severity,
     pub file: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<Position>,

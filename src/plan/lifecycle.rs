@@ -14,7 +14,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::diagnostic::{Diagnostic, Position};
+use super::diagnostic::{Diagnostic, Position, Severity};
 use super::duration::HumanDuration;
 use super::refs;
 
@@ -213,6 +213,7 @@ struct Problems<'a> {
 impl Problems<'_> {
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
         self.found.push(Diagnostic {
+            severity: Severity::Error,
             file: self.file.to_path_buf(),
             position: None,
             field: field.into(),

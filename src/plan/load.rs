@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::PlanError;
-use super::diagnostic::{Diagnostic, Position, hint_for_serde_message};
+use super::diagnostic::{Diagnostic, Position, Severity, hint_for_serde_message};
 use super::raw::RawPlan;
 
 /// The plan file formats, chosen by extension.
@@ -37,6 +37,7 @@ pub fn read_plan_text(path: &Path) -> Result<String, PlanError> {
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if meta.len() > MAX_PLAN_BYTES {
         return Err(PlanError::invalid_one(Diagnostic {
+            severity: Severity::Error,
             file: path.to_path_buf(),
             position: None,
             field: String::new(),
@@ -50,6 +51,7 @@ pub fn read_plan_text(path: &Path) -> Result<String, PlanError> {
     let bytes = std::fs::read(path).map_err(read_err)?;
     String::from_utf8(bytes).map_err(|err| {
         PlanError::invalid_one(Diagnostic {
+            severity: Severity::Error,
             file: path.to_path_buf(),
             position: None,
             field: String::new(),
@@ -64,13 +66,16 @@ pub fn read_plan_text(path: &Path) -> Result<String, PlanError> {
 
 /// Parses `text` into the raw plan. A parse error stops at the first problem,
 /// since nothing after it can be trusted.
-pub fn parse(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
-    let format = Format::from_path(path).ok_or_else(|| Diagnostic {
-        file: path.to_path_buf(),
-        position: None,
-        field: String::new(),
-        message: "unknown plan file extension".into(),
-        hint: Some("name the plan *.yaml, *.yml, *.toml or *.json".into()),
+pub fn parse(path: &Path, text: &str) -> Result<RawPlan, Box<Diagnostic>> {
+    let format = Format::from_path(path).ok_or_else(|| {
+        Box::new(Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            position: None,
+            field: String::new(),
+            message: "unknown plan file extension".into(),
+            hint: Some("name the plan *.yaml, *.yml, *.toml or *.json".into()),
+        })
     })?;
     match format {
         // JSON is a subset of YAML 1.2, so one parser gives both formats line and column.
@@ -79,11 +84,15 @@ pub fn parse(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
     }
 }
 
-fn parse_yaml(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
+fn parse_yaml(path: &Path, text: &str) -> Result<RawPlan, Box<Diagnostic>> {
     let options = serde_saphyr::options! { with_snippet: false };
     serde_saphyr::from_str_with_options(text, options).map_err(|err| {
         let position = err.location().and_then(Position::from_saphyr);
-        parse_diagnostic(path, position, clean_saphyr_message(&err.to_string()))
+        Box::new(parse_diagnostic(
+            path,
+            position,
+            clean_saphyr_message(&err.to_string()),
+        ))
     })
 }
 
@@ -102,16 +111,21 @@ fn clean_saphyr_message(message: &str) -> String {
     }
 }
 
-fn parse_toml(path: &Path, text: &str) -> Result<RawPlan, Diagnostic> {
+fn parse_toml(path: &Path, text: &str) -> Result<RawPlan, Box<Diagnostic>> {
     toml::from_str(text).map_err(|err: toml::de::Error| {
         let position = err.span().map(|span| offset_to_position(text, span.start));
-        parse_diagnostic(path, position, err.message().trim().to_string())
+        Box::new(parse_diagnostic(
+            path,
+            position,
+            err.message().trim().to_string(),
+        ))
     })
 }
 
 /// A parser's error as a diagnostic, with the best hint we have for it.
 fn parse_diagnostic(path: &Path, position: Option<Position>, message: String) -> Diagnostic {
     Diagnostic {
+        severity: Severity::Error,
         file: path.to_path_buf(),
         position,
         field: String::new(),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Serialize;
 
-pub use diagnostic::{Diagnostic, Position};
+pub use diagnostic::{Diagnostic, Position, Severity};
 pub use raw::{Frequency, OnFailure, RawStep};
 pub use secret_source::{BackendsConfig, SecretSource};
 
@@ -40,12 +40,28 @@ pub enum PlanError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{} problem(s) in the plan:\n{}", diagnostics.len(), render(diagnostics))]
+    #[error(
+        "{} problem(s) in the plan:\n{}",
+        error_count(diagnostics),
+        render(diagnostics)
+    )]
     Invalid { diagnostics: Vec<Diagnostic> },
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
-    diagnostics.iter().map(|d| format!("{d}\n")).collect()
+    diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| format!("{d}\n"))
+        .collect()
+}
+
+/// The errors among `diagnostics` (warnings do not make a plan invalid).
+pub fn error_count(diagnostics: &[Diagnostic]) -> usize {
+    diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count()
 }
 
 impl PlanError {
@@ -75,7 +91,7 @@ pub fn present_keys<const N: usize>(keys: [(&'static str, bool); N]) -> Vec<&'st
 /// Reads, parses and validates the plan at `path`.
 pub fn load(path: &Path) -> Result<Plan, PlanError> {
     let text = load::read_plan_text(path)?;
-    let raw = load::parse(path, &text).map_err(PlanError::invalid_one)?;
+    let raw = load::parse(path, &text).map_err(|d| PlanError::invalid_one(*d))?;
     validate::resolve(path, &text, raw).map_err(|diagnostics| PlanError::Invalid { diagnostics })
 }
 
@@ -106,6 +122,11 @@ pub struct Plan {
     pub lifecycle: lifecycle::Lifecycle,
     /// Where metrics and traces go (`telemetry:`).
     pub telemetry: telemetry::TelemetryConfig,
+    /// Environment variables that hold secrets or credentials (see
+    /// [`secret_checks::secret_env_names`]).
+    pub secret_env: std::collections::BTreeSet<String>,
+    /// Problems that do not stop the plan from running.
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Plan {

@@ -10,6 +10,47 @@ use super::secret_source::{
     BackendsConfig, CredentialRef, CredentialSource, NetRetry, SecretSource,
 };
 
+/// The environment variables that hold secrets or credentials bootplan
+/// uses: `env` secrets, credential references, and AWS's key variables when
+/// the plan reads from AWS. Their values are registered with the redactor
+/// at start, they are treated like `secrets.*` in templates, and children
+/// do not inherit them unless a step's `env:` passes one on.
+pub fn secret_env_names(
+    secrets: &IndexMap<String, Spanned<SecretSource>>,
+    backends: &BackendsConfig,
+) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut uses_aws = false;
+    for source in secrets.values() {
+        let source = &source.value;
+        if let Some(env) = &source.env {
+            names.insert(env.name.clone());
+        }
+        uses_aws |= source.aws_secretsmanager.is_some() || source.aws_ssm.is_some();
+    }
+    if let Some(vault) = &backends.vault {
+        let auth = &vault.auth;
+        let refs = [
+            auth.token.as_ref(),
+            auth.approle.as_ref().map(|a| &a.secret_id),
+            auth.jwt.as_ref().and_then(|j| j.jwt.as_ref()),
+            auth.kubernetes.as_ref().and_then(|j| j.jwt.as_ref()),
+        ];
+        for r in refs.into_iter().flatten() {
+            if let CredentialRef::Ref(CredentialSource {
+                env: Some(name), ..
+            }) = r
+            {
+                names.insert(name.clone());
+            }
+        }
+    }
+    if uses_aws {
+        names.extend(["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"].map(String::from));
+    }
+    names
+}
+
 /// One problem: the field path, the message, and a hint.
 pub type Problem = (String, String, Option<String>);
 

@@ -153,14 +153,68 @@ pub struct SecretFile {
 
 /// A credential bootplan reads at run time: exactly one of `file` or `env`.
 /// A literal string is accepted by the parser only so that validation can
-/// reject it with a clear message: credentials never live in the plan.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+/// reject it with a clear message: credentials never live in the plan. Any
+/// other form (a list, a number, null) is refused by the parser without
+/// echoing what was written.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum CredentialRef {
     /// Where to read the credential.
     Ref(CredentialSource),
     /// A literal value: rejected by validation (except where documented).
     Literal(String),
+}
+
+impl<'de> Deserialize<'de> for CredentialRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CredentialRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a reference `{ file: PATH }` or `{ env: NAME }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<CredentialRef, E> {
+                Ok(CredentialRef::Literal(text.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<CredentialRef, A::Error> {
+                CredentialSource::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(CredentialRef::Ref)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<CredentialRef, A::Error> {
+                Err(not_a_reference("a list"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<CredentialRef, E> {
+                Err(not_a_reference("a number"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<CredentialRef, E> {
+                Err(not_a_reference("a number"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<CredentialRef, E> {
+                Err(not_a_reference("a number"))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<CredentialRef, E> {
+                Err(not_a_reference("a boolean"))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<CredentialRef, E> {
+                Err(not_a_reference("null"))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<CredentialRef, E> {
+                Err(not_a_reference("null"))
+            }
+        }
+        fn not_a_reference<E: serde::de::Error>(found: &str) -> E {
+            E::custom(format!(
+                "a credential is a reference `{{ file: PATH }}` or `{{ env: NAME }}`, not {found} (what was written is not shown)"
+            ))
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Where a credential is read from.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
-use super::diagnostic::{Diagnostic, Position, did_you_mean};
+use super::diagnostic::{Diagnostic, Position, Severity, did_you_mean};
 use super::duration::parse_duration;
 use super::raw::{Frequency, RawPlan, RawStep, RawWait};
 use super::refs::{self, ROOTS, Reference};
@@ -34,8 +34,9 @@ pub fn resolve(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Vec<Diagno
         plan_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         diagnostics: Vec::new(),
     };
-    let plan = v.plan(text, raw);
-    if v.diagnostics.is_empty() {
+    let mut plan = v.plan(text, raw);
+    if v.error_count() == 0 {
+        plan.warnings = v.diagnostics;
         Ok(plan)
     } else {
         Err(v.diagnostics)
@@ -52,6 +53,19 @@ struct Validator {
 struct RefScope<'a> {
     secrets: &'a BTreeSet<String>,
     vars: &'a BTreeSet<String>,
+    /// Environment variables that hold secrets (`env.NAME` of these is a secret).
+    secret_env: &'a BTreeSet<String>,
+}
+
+impl RefScope<'_> {
+    /// Whether `reference` reads a secret, directly or through `env.*`.
+    fn is_secret(&self, reference: &Reference) -> bool {
+        match (reference.root.as_str(), &reference.name) {
+            ("secrets", _) => true,
+            ("env", Some(name)) => self.secret_env.contains(name),
+            _ => false,
+        }
+    }
 }
 
 impl Validator {
@@ -63,12 +77,38 @@ impl Validator {
         hint: Option<String>,
     ) {
         self.diagnostics.push(Diagnostic {
+            severity: Severity::Error,
             file: self.file.clone(),
             position,
             field: field.into(),
             message: message.into(),
             hint,
         });
+    }
+
+    fn warn(
+        &mut self,
+        position: Option<Position>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.diagnostics.push(Diagnostic {
+            severity: Severity::Warning,
+            file: self.file.clone(),
+            position,
+            field: field.into(),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    /// How many errors (not warnings) were found so far.
+    fn error_count(&self) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     fn plan(&mut self, text: &str, raw: RawPlan) -> Plan {
@@ -140,9 +180,11 @@ impl Validator {
             self.error(position, field, message, hint);
         }
         let var_names: BTreeSet<String> = raw.vars.keys().cloned().collect();
+        let secret_env = super::secret_checks::secret_env_names(&raw.secrets, &raw.backends);
         let scope = RefScope {
             secrets: &secret_names,
             vars: &var_names,
+            secret_env: &secret_env,
         };
 
         let names: Vec<String> = raw.steps.keys().cloned().collect();
@@ -200,6 +242,8 @@ impl Validator {
             steps,
             lifecycle,
             telemetry,
+            secret_env,
+            warnings: Vec::new(),
         }
     }
 
@@ -215,7 +259,7 @@ impl Validator {
         let pos = Position::from_saphyr(spanned.referenced);
         let raw = &spanned.value;
         let field = format!("steps.{name}");
-        let errors_before = self.diagnostics.len();
+        let errors_before = self.error_count();
 
         if name.is_empty()
             || !name
@@ -229,7 +273,7 @@ impl Validator {
                 Some("use letters, digits, `-`, `_` and `.` only".into()),
             );
         }
-        let kind = self.kind(pos, &field, raw);
+        let mut kind = self.kind(pos, &field, raw);
 
         let mut needs = Vec::new();
         for need in &raw.needs {
@@ -357,7 +401,11 @@ impl Validator {
                 secret_refs.push(wanted.clone());
             }
         }
-        if self.diagnostics.len() > errors_before {
+        if let Some(StepKind::Template(spec)) = kind.as_mut() {
+            let mode_given = raw.template.as_ref().is_some_and(|t| t.mode.is_some());
+            self.secret_file_mode(pos, &field, spec, mode_given, scope);
+        }
+        if self.error_count() > errors_before {
             return None;
         }
         let kind = kind?;
@@ -768,7 +816,9 @@ impl Validator {
             }
         }
 
+        let argv_fields = [".argv[", ".unless", ".undo"];
         let mut used_secrets = BTreeSet::new();
+        let mut argv_warned = false;
         for (where_, text) in texts {
             match refs::references(text) {
                 Ok(found) => {
@@ -776,6 +826,18 @@ impl Validator {
                         self.check_reference(pos, &where_, &reference, scope);
                         if reference.root == "secrets" {
                             used_secrets.extend(reference.name.clone());
+                        }
+                        if scope.is_secret(&reference)
+                            && !argv_warned
+                            && argv_fields.iter().any(|f| where_.contains(f))
+                        {
+                            argv_warned = true;
+                            self.warn(
+                                pos,
+                                &where_,
+                                "a secret in a command line is visible to every user of the machine in /proc/PID/cmdline",
+                                Some("pass it through `env:` (e.g. `env: { TOKEN: \"{{ secrets.token }}\" }`) or a file (`to_file`)".into()),
+                            );
                         }
                     }
                 }
@@ -788,22 +850,101 @@ impl Validator {
             }
         }
         if let Some(script) = &raw.shell {
-            match refs::references(script) {
-                Ok(found) if found.iter().any(|r| r.root == "secrets") => self.error(
-                    pos,
-                    format!("{field}.shell"),
-                    "secrets may not be interpolated into a shell string",
-                    Some("pass the secret through `env:` and read \"$NAME\" in the script".into()),
-                ),
-                Ok(found) => {
-                    for reference in found {
-                        self.check_reference(pos, &format!("{field}.shell"), &reference, scope);
-                    }
-                }
-                Err(msg) => self.error(pos, format!("{field}.shell"), msg, None),
-            }
+            self.check_shell(pos, &format!("{field}.shell"), script, scope);
         }
         used_secrets.into_iter().collect()
+    }
+
+    /// A `shell:` script: no secrets (also not through `env.*`), every
+    /// `{{ ... }}` where quoting keeps it one word, and a warning for
+    /// `shell_unsafe` on values others control.
+    fn check_shell(&mut self, pos: Option<Position>, field: &str, script: &str, scope: &RefScope) {
+        match refs::references(script) {
+            Ok(found) => {
+                if found.iter().any(|r| scope.is_secret(r)) {
+                    self.error(
+                        pos,
+                        field,
+                        "secrets may not be interpolated into a shell string (also not through `env.*` of a variable that holds one)",
+                        Some("pass the secret through `env:` and read \"$NAME\" in the script".into()),
+                    );
+                }
+                for reference in found.iter().filter(|r| !scope.is_secret(r)) {
+                    self.check_reference(pos, field, reference, scope);
+                }
+            }
+            Err(msg) => {
+                self.error(pos, field, msg, None);
+                return;
+            }
+        }
+        for bad in crate::template::shell_placements(script) {
+            self.error(
+                pos,
+                field,
+                bad.describe(),
+                Some(crate::template::shell::PLACEMENT_HINT.into()),
+            );
+        }
+        for (line, expr) in crate::template::expressions(script) {
+            if !expr.contains("shell_unsafe") {
+                continue;
+            }
+            let reads_untrusted = refs::references(&format!("{{{{ {expr} }}}}"))
+                .is_ok_and(|found| found.iter().any(|r| r.root == "facts" || r.root == "env"));
+            if reads_untrusted {
+                self.warn(
+                    pos,
+                    field,
+                    format!(
+                        "`shell_unsafe` pastes a value that others control (facts.* or env.*) into the script unquoted, on line {line}"
+                    ),
+                    Some("remove `| shell_unsafe`: bootplan quotes the value as one word".into()),
+                );
+            }
+        }
+    }
+
+    /// A template that renders a secret is written 0600 unless the plan
+    /// gives a mode; a given mode may not let others read it, nor the file's
+    /// group unless the owner names that group.
+    fn secret_file_mode(
+        &mut self,
+        pos: Option<Position>,
+        field: &str,
+        spec: &mut TemplateSpec,
+        mode_given: bool,
+        scope: &RefScope,
+    ) {
+        let renders_secret = [&spec.source, &spec.dest].iter().any(|text| {
+            refs::references(text).is_ok_and(|found| found.iter().any(|r| scope.is_secret(r)))
+        });
+        if !renders_secret {
+            return;
+        }
+        if !mode_given {
+            spec.mode = 0o600;
+            return;
+        }
+        let group_named = spec.owner.as_deref().is_some_and(|o| o.contains(':'));
+        let readable_by = if spec.mode & 0o004 != 0 {
+            Some("every user")
+        } else if spec.mode & 0o040 != 0 && !group_named {
+            Some("the file's group")
+        } else {
+            None
+        };
+        if let Some(who) = readable_by {
+            self.error(
+                pos,
+                format!("{field}.template.mode"),
+                format!(
+                    "mode {:04o} makes a file that holds a secret readable by {who}",
+                    spec.mode
+                ),
+                Some("use \"0600\", or \"0640\" with `owner: user:group` naming the group that may read it".into()),
+            );
+        }
     }
 
     fn check_reference(

@@ -19,7 +19,7 @@ pub mod exec;
 pub mod files;
 pub mod http;
 pub mod local;
-pub mod redact;
+
 pub mod vault;
 
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use tokio::sync::OnceCell;
 
-pub use redact::Redactor;
+pub use crate::redact::Redactor;
 
 use crate::error::ErrorCode;
 use crate::plan::secret_source::AwsSsmSecret;
@@ -128,6 +128,8 @@ pub struct SecretStore {
     region_hint: Option<String>,
     vault: OnceCell<Result<vault::VaultClient, String>>,
     aws: OnceCell<Result<aws::AwsClient, String>>,
+    /// Where warnings go (a value too short to mask, retries).
+    reporter: Option<Arc<crate::telemetry::Reporter>>,
 }
 
 impl SecretStore {
@@ -147,6 +149,19 @@ impl SecretStore {
             region_hint: None,
             vault: OnceCell::new(),
             aws: OnceCell::new(),
+            reporter: None,
+        }
+    }
+
+    /// Where the store's warnings go.
+    pub fn with_reporter(mut self, reporter: Arc<crate::telemetry::Reporter>) -> SecretStore {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    fn warn(&self, message: String) {
+        if let Some(reporter) = &self.reporter {
+            reporter.notice(crate::telemetry::Level::Warn, message);
         }
     }
 
@@ -232,7 +247,12 @@ impl SecretStore {
 
     /// Registers a fresh value with the redactor and writes its file, if any.
     fn store(&self, name: &str, value: &SecretValue) -> Result<(), SecretError> {
-        self.redactor.add_secret(value.expose());
+        if self.redactor.add_secret(value.expose()) == crate::redact::Registered::TooShort {
+            self.warn(format!(
+                "secret `{name}` is shorter than {} characters: it cannot be masked and will show wherever it is printed",
+                crate::redact::MIN_SECRET_LEN
+            ));
+        }
         if let Some(spec) = self.sources.get(name).and_then(|s| s.to_file.as_ref()) {
             files::write(name, &self.files_dir, spec, value)?;
         }

@@ -28,6 +28,7 @@ use crate::fsutil::FsError;
 use crate::plan::{Step, StepKind, refs};
 use crate::secrets::{SecretError, SecretStore, SecretValue};
 use crate::telemetry::Reporter;
+use crate::template as tpl;
 
 /// What one attempt of a step does.
 #[allow(async_fn_in_trait)]
@@ -108,17 +109,18 @@ pub struct StepInputs<'a> {
 impl StepInputs<'_> {
     /// Renders a template string with facts, vars, env and this step's secrets.
     pub fn render(&self, text: &str, what: &str, ctx: &StepContext) -> Result<String, StepError> {
-        render(text, what, ctx, Some(&self.secrets))
+        tpl::render_text(text, context(ctx, Some(&self.secrets))).map_err(render_error(what))
     }
 
-    /// Renders without secrets in scope (for strings that must never hold one).
-    pub fn render_public(
+    /// Renders a `shell:` script: no secrets in scope, and every value
+    /// arrives as one quoted shell word.
+    pub fn render_script(
         &self,
         text: &str,
         what: &str,
         ctx: &StepContext,
     ) -> Result<String, StepError> {
-        render(text, what, ctx, None)
+        tpl::render_shell(text, context(ctx, None)).map_err(render_error(what))
     }
 
     /// The step's rendered argv, env and cwd.
@@ -137,16 +139,45 @@ impl StepInputs<'_> {
         // Relative paths in a plan, the working directory included, are
         // relative to the plan file's directory.
         let cwd = match &self.step.cwd {
-            Some(cwd) => ctx.plan_dir.join(self.render(cwd, "cwd", ctx)?),
+            Some(cwd) => self.path(cwd, "cwd", ctx)?,
             None => ctx.plan_dir.clone(),
         };
         let cwd = Some(cwd);
         Ok(process::Cmd { argv, env, cwd })
     }
 
-    /// A path from the plan, rendered and made absolute against the plan's directory.
+    /// A path from the plan, rendered (no NUL, no `..` from a value) and
+    /// made absolute against the plan's directory.
     pub fn path(&self, text: &str, what: &str, ctx: &StepContext) -> Result<PathBuf, StepError> {
-        Ok(ctx.plan_dir.join(self.render(text, what, ctx)?))
+        let rendered = tpl::render_path(text, context(ctx, Some(&self.secrets)))
+            .map_err(render_error(what))?;
+        Ok(ctx.plan_dir.join(rendered))
+    }
+}
+
+/// The template context: facts, vars, env and, when given, secrets.
+fn context(ctx: &StepContext, secrets: Option<&BTreeMap<String, SecretValue>>) -> minijinja::Value {
+    let secret_values: BTreeMap<&str, &str> = secrets
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.expose()))
+        .collect();
+    ctx.template_scope
+        .context(minijinja::Value::from(minijinja::value::Serde(
+            &secret_values,
+        )))
+}
+
+fn render_error(what: &str) -> impl FnOnce(tpl::TemplateError) -> StepError + '_ {
+    move |err| match err {
+        tpl::TemplateError::UnsafePath { message } => StepError::UnsafePath {
+            what: what.to_string(),
+            message,
+        },
+        other => StepError::Render {
+            what: what.to_string(),
+            message: other.to_string(),
+        },
     }
 }
 
@@ -157,32 +188,7 @@ pub fn render(
     ctx: &StepContext,
     secrets: Option<&BTreeMap<String, SecretValue>>,
 ) -> Result<String, StepError> {
-    if !refs::is_template(text) {
-        return Ok(text.to_string());
-    }
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-        .keep_trailing_newline(true)
-        .build()
-    {
-        env.set_syntax(syntax);
-    }
-    let secret_values: BTreeMap<&str, &str> = secrets
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.as_str(), v.expose()))
-        .collect();
-    let context = ctx
-        .template_scope
-        .context(minijinja::Value::from(minijinja::value::Serde(
-            &secret_values,
-        )));
-    env.render_str(text, context)
-        .map_err(|err| StepError::Render {
-            what: what.to_string(),
-            message: refs::describe_error(&err),
-        })
+    tpl::render_text(text, context(ctx, secrets)).map_err(render_error(what))
 }
 
 /// Why an attempt failed. Messages never contain secret values (and pass the
@@ -209,6 +215,8 @@ pub enum StepError {
     },
     #[error("cannot render {what}: {message}")]
     Render { what: String, message: String },
+    #[error("unsafe {what}: {message}")]
+    UnsafePath { what: String, message: String },
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error("cannot set owner `{owner}` of {path}: {message}")]
@@ -238,6 +246,7 @@ impl StepError {
             StepError::Timeout { .. } => ErrorCode::StepTimeout,
             StepError::WaitTimeout { .. } => ErrorCode::StepWaitTimeout,
             StepError::Render { .. } => ErrorCode::TemplateRenderFailed,
+            StepError::UnsafePath { .. } => ErrorCode::PathUnsafe,
             StepError::Fs(_) | StepError::Owner { .. } => ErrorCode::FileWriteFailed,
             StepError::Secret(e) => e.code(),
             StepError::Internal(_) => ErrorCode::Internal,
@@ -251,7 +260,10 @@ impl StepError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            StepError::Render { .. } | StepError::Cancelled | StepError::Secret(_)
+            StepError::Render { .. }
+                | StepError::UnsafePath { .. }
+                | StepError::Cancelled
+                | StepError::Secret(_)
         )
     }
 }

@@ -10,8 +10,9 @@ pub struct RunAction<'a> {
     pub argv: &'a [String],
 }
 
-/// A script run by `/bin/sh -c`. Secrets are never interpolated into it
-/// (validation rejects that); they reach the script through `env`.
+/// A script run by `/bin/sh -c`. Every value interpolated into it is one
+/// quoted shell word; secrets are never interpolated into it (validation
+/// rejects that): they reach the script through `env`.
 pub struct ShellAction<'a> {
     pub script: &'a str,
 }
@@ -35,7 +36,7 @@ impl StepAction for ShellAction<'_> {
         ctx: &StepContext,
         cancel: &CancellationToken,
     ) -> Result<(), StepError> {
-        let script = inputs.render_public(self.script, "shell", ctx)?;
+        let script = inputs.render_script(self.script, "shell", ctx)?;
         let base = inputs.command(&[], ctx)?;
         let cmd = Cmd {
             argv: vec!["/bin/sh".into(), "-c".into(), script],

@@ -20,7 +20,7 @@ use std::time::SystemTime;
 
 pub use event::{ErrorInfo, Event, EventKind, Level, Outcome, StepState, Stream};
 
-use crate::secrets::Redactor;
+use crate::redact::Redactor;
 
 /// Receives every event of a run, in order.
 pub trait Sink: Send {

@@ -1,4 +1,4 @@
-//! Stable error codes and the exit codes they map to (DESIGN.md §6).
+//! Stable error codes and the exit codes they map to.
 //!
 //! Each code has a runbook entry in `docs/runbook.md`; a test checks that
 //! every variant here has one. Codes are part of the contract: add new ones,

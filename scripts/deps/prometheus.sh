@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Test peers for observability (issue 5): Prometheus + promtool, the
+# Test peers for observability: Prometheus + promtool, the
 # Pushgateway, headless Chromium (HTML report screenshot) and hyperfine
 # (telemetry overhead benchmark). All from Debian's archive. Idempotent.
 set -euo pipefail

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §6): a [`MetricsSink`] that derives every
+//! Prometheus metrics: a [`MetricsSink`] that derives every
 //! run metric from events, and the process-wide recorder that also catches
 //! what other modules record through the `metrics` facade macros (secret
 //! fetch latency and errors, redactions).

@@ -1,5 +1,5 @@
 //! The status file: one JSON document describing the run, rewritten
-//! atomically as steps change state (DESIGN.md §6).
+//! atomically as steps change state.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1,4 +1,4 @@
-//! Observability (issue 5): the metrics endpoint scraped by a real
+//! Observability: the metrics endpoint scraped by a real
 //! Prometheus, the textfile and a real Pushgateway checked by promtool,
 //! alerting rules unit-tested by promtool, traces decoded from a loopback
 //! OTLP/HTTP receiver, and the analyze report rendered by headless Chromium.

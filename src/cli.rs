@@ -330,23 +330,90 @@ fn reporter(cli: &Cli, status: StatusSink, redactor: Arc<Redactor>) -> Arc<Repor
     reporter
 }
 
+/// Why a run was refused before it started: nothing was written.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+}
+
+/// Makes sure the state, run and secrets directories are bootplan's own
+/// (creating them when missing) and takes the state directory's lock.
+/// Nothing is written before this succeeds.
+fn claim_dirs(
+    state_dir: &Path,
+    run_dir: &Path,
+    secrets_dir: Option<&Path>,
+) -> Result<nix::fcntl::Flock<std::fs::File>, Refusal> {
+    use crate::fsutil::{DirError, FsError, ensure_own_dir};
+    let refusal = |err: DirError| {
+        let code = match &err {
+            DirError::Untrusted(_) | DirError::Fs(FsError::UnsafeLink { .. }) => {
+                ErrorCode::StateUntrusted
+            }
+            DirError::Fs(_) => ErrorCode::StateUnwritable,
+        };
+        Refusal {
+            code,
+            message: err.to_string(),
+        }
+    };
+    ensure_own_dir(state_dir, 0o700, false).map_err(refusal)?;
+    ensure_own_dir(run_dir, 0o755, false).map_err(refusal)?;
+    if let Some(dir) = secrets_dir {
+        ensure_own_dir(dir, 0o700, true).map_err(refusal)?;
+    }
+    journal::lock_state_dir(state_dir).map_err(|err| Refusal {
+        code: match err {
+            journal::JournalError::Fs(crate::fsutil::FsError::UnsafeLink { .. }) => {
+                ErrorCode::StateUntrusted
+            }
+            _ => ErrorCode::StateUnwritable,
+        },
+        message: err.to_string(),
+    })
+}
+
+/// The secrets directory a run writes `to_file` secrets to, if it has any.
+fn secrets_dir(plan: &Plan, run_dir: &Path) -> Option<PathBuf> {
+    plan.secrets
+        .values()
+        .any(|s| s.to_file.is_some())
+        .then(|| crate::secrets::files::dir_for(plan, run_dir))
+}
+
 fn run(cli: &Cli, path: &Path) -> i32 {
     let started = Instant::now();
-    let plan = match plan::load(path) {
+    let loaded = plan::load(path);
+    let (state_dir, run_dir) = (
+        state_dir(cli, loaded.as_ref().ok()),
+        run_dir(cli, loaded.as_ref().ok()),
+    );
+    let secrets_dir = loaded.as_ref().ok().and_then(|p| secrets_dir(p, &run_dir));
+    let lock = match claim_dirs(&state_dir, &run_dir, secrets_dir.as_deref()) {
+        Ok(lock) => lock,
+        Err(refusal) => {
+            eprintln!("error: {} [{}]", refusal.message, refusal.code);
+            // The lock holder's status, ready file and metrics stay as they are.
+            if let Ok(plan) = &loaded {
+                report_refusal(cli, plan, &refusal);
+            }
+            return refusal.code.exit_code();
+        }
+    };
+    let plan = match loaded {
         Ok(plan) => plan,
         Err(err) => {
             print_plan_error(&err);
-            let doc = write_invalid_status(&run_dir(cli, None), path, &err);
+            let doc = write_invalid_status(&run_dir, path, &err);
             for warning in observe::record_invalid_plan(&cli.telemetry, path) {
                 eprintln!("bootplan: warning: {warning}");
             }
             // A readiness file from an earlier run must not say "ready" now.
-            crate::lifecycle::readyfile::remove(&run_dir(cli, None).join("ready"));
+            crate::lifecycle::readyfile::remove(&run_dir.join("ready"));
             report_invalid_plan(cli, path, &doc);
             return err.code().exit_code();
         }
     };
-    let run_dir = run_dir(cli, Some(&plan));
     let redactor = Arc::new(Redactor::new());
     // Secrets and credentials in bootplan's own environment are known from
     // the start, before any child could print one.
@@ -356,6 +423,7 @@ fn run(cli: &Cli, path: &Path) -> i32 {
         }
     }
     let status_sink = StatusSink::new(run_dir.join(STATUS_FILE)).with_needs(step_needs(&plan));
+    let status_writer = status_sink.writer();
     // Metrics and traces start before the run so nothing recorded is lost.
     let (mut obs, telemetry_warnings) = Observability::start(
         cli.telemetry.merge(&plan.telemetry),
@@ -375,30 +443,27 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     );
     let bootstrap_id = new_bootstrap_id();
 
-    let journal = match journal::Journal::open(&state_dir(cli, Some(&plan)), &plan.name) {
+    let journal = match journal::Journal::open(&state_dir, &plan.name, lock) {
         Ok(journal) => Arc::new(journal),
         Err(err) => {
-            eprintln!("error: {err} [{}]", ErrorCode::StateUnwritable);
-            crate::telemetry::metrics::record_refused_run(ErrorCode::StateUnwritable);
+            let refusal = Refusal {
+                code: match err {
+                    journal::JournalError::Fs(crate::fsutil::FsError::UnsafeLink { .. }) => {
+                        ErrorCode::StateUntrusted
+                    }
+                    _ => ErrorCode::StateUnwritable,
+                },
+                message: redactor
+                    .redact_owned(&err.to_string())
+                    .unwrap_or(err.to_string()),
+            };
+            eprintln!("error: {} [{}]", refusal.message, refusal.code);
+            crate::telemetry::metrics::record_refused_run(refusal.code);
             for warning in obs.finish_run() {
                 eprintln!("bootplan: warning: {warning}");
             }
-            if let Some(spec) = crate::lifecycle::report_spec(&plan, cli.report_url.as_deref()) {
-                let message = redactor
-                    .redact_owned(&err.to_string())
-                    .unwrap_or(err.to_string());
-                let sent = crate::lifecycle::report::report_early_failure(
-                    &spec,
-                    &plan,
-                    &bootstrap_id,
-                    ErrorCode::StateUnwritable,
-                    message,
-                );
-                if let Err(err) = sent {
-                    eprintln!("bootplan: {err}");
-                }
-            }
-            return ErrorCode::StateUnwritable.exit_code();
+            report_refusal(cli, &plan, &refusal);
+            return refusal.code.exit_code();
         }
     };
     reporter.emit(EventKind::RunStarted {
@@ -417,6 +482,18 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     }
     for warning in &plan.warnings {
         reporter.notice(Level::Warn, warning.to_string());
+    }
+    if let Some(err) = status_writer.last_error() {
+        // Without a status file nobody can tell what this run did: stop
+        // before the first step.
+        let refusal = Refusal {
+            code: ErrorCode::StateUnwritable,
+            message: format!("the run directory is not writable: {err}"),
+        };
+        eprintln!("error: {} [{}]", refusal.message, refusal.code);
+        crate::telemetry::metrics::record_refused_run(refusal.code);
+        report_refusal(cli, &plan, &refusal);
+        return refusal.code.exit_code();
     }
     if let Some(aside) = &journal.recovered_from {
         reporter.notice(
@@ -520,6 +597,23 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     });
     reporter.finish();
     ErrorCode::ExecFailed.exit_code()
+}
+
+/// Sends a refused run's error to the report webhook, when one is known.
+fn report_refusal(cli: &Cli, plan: &Plan, refusal: &Refusal) {
+    let Some(spec) = crate::lifecycle::report_spec(plan, cli.report_url.as_deref()) else {
+        return;
+    };
+    let sent = crate::lifecycle::report::report_early_failure(
+        &spec,
+        plan,
+        &new_bootstrap_id(),
+        refusal.code,
+        refusal.message.clone(),
+    );
+    if let Err(err) = sent {
+        eprintln!("bootplan: {err}");
+    }
 }
 
 /// Gathers facts before any step: reports where they came from, registers

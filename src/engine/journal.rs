@@ -50,6 +50,8 @@ pub enum JournalError {
     },
     #[error("another bootplan is running with state directory {path}")]
     Locked { path: PathBuf },
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
 }
 
 /// The journal as a run holds it: its own plan's records parsed, every
@@ -136,24 +138,38 @@ pub struct Journal {
 }
 
 /// Takes the state directory's exclusive lock (released by the kernel if
-/// bootplan dies), so two runs never interleave their records.
+/// bootplan dies), so two runs never interleave their records. The lock
+/// file is never a link. The directory must exist (see
+/// [`crate::fsutil::ensure_own_dir`]); nothing is written before the lock
+/// is held.
 pub fn lock_state_dir(state_dir: &Path) -> Result<Flock<std::fs::File>, JournalError> {
-    let io = |source| JournalError::Io {
-        path: state_dir.to_path_buf(),
-        source,
-    };
-    std::fs::create_dir_all(state_dir).map_err(io)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(state_dir.join(LOCK_FILE))
-        .map_err(io)?;
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ELOOP) => JournalError::Fs(crate::fsutil::FsError::UnsafeLink {
+                link: path.clone(),
+                reason: "the lock file is a link; bootplan's own files never are".into(),
+            }),
+            _ => JournalError::Io {
+                path: path.clone(),
+                source,
+            },
+        })?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
         nix::errno::Errno::EWOULDBLOCK => JournalError::Locked {
             path: state_dir.to_path_buf(),
         },
-        other => io(std::io::Error::from(other)),
+        other => JournalError::Io {
+            path,
+            source: std::io::Error::from(other),
+        },
     })
 }
 
@@ -174,9 +190,9 @@ fn read_file<T: serde::de::DeserializeOwned>(
     state_dir: &Path,
 ) -> Result<Option<(PathBuf, T)>, (PathBuf, String)> {
     let path = state_dir.join(JOURNAL_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let bytes = match crate::fsutil::read_nofollow(&path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(None),
         Err(e) => return Err((path, e.to_string())),
     };
     match serde_json::from_slice(&bytes) {
@@ -186,8 +202,19 @@ fn read_file<T: serde::de::DeserializeOwned>(
 }
 
 impl Journal {
-    pub fn open(state_dir: &Path, plan: &str) -> Result<Journal, JournalError> {
-        let lock = lock_state_dir(state_dir)?;
+    /// Opens the journal of `plan` under the state directory's `lock`.
+    pub fn open(
+        state_dir: &Path,
+        plan: &str,
+        lock: Flock<std::fs::File>,
+    ) -> Result<Journal, JournalError> {
+        let journal_path = state_dir.join(JOURNAL_FILE);
+        if std::fs::symlink_metadata(&journal_path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(JournalError::Fs(crate::fsutil::FsError::UnsafeLink {
+                link: journal_path,
+                reason: "the journal is a link; bootplan's own files never are".into(),
+            }));
+        }
         let mut recovered_from = None;
         let doc = match OpenDoc::read(state_dir, plan) {
             Ok(doc) => doc,
@@ -318,6 +345,9 @@ pub fn reset(
     plan: Option<&str>,
     steps: &[String],
 ) -> Result<usize, JournalError> {
+    if !state_dir.exists() {
+        return Ok(0);
+    }
     let _lock = lock_state_dir(state_dir)?;
     let mut doc = read_doc(state_dir).map_err(|(path, msg)| JournalError::Io {
         path,
@@ -338,12 +368,7 @@ pub fn reset(
     }
     doc.plans.retain(|_, records| !records.is_empty());
     let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    crate::fsutil::write_atomic(&state_dir.join(JOURNAL_FILE), &bytes, 0o600).map_err(|e| {
-        JournalError::Io {
-            path: e.path,
-            source: e.source,
-        }
-    })?;
+    crate::fsutil::write_atomic(&state_dir.join(JOURNAL_FILE), &bytes, 0o600)?;
     Ok(removed)
 }
 

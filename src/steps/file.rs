@@ -30,8 +30,9 @@ impl StepAction for FileAction<'_> {
 }
 
 /// Writes `bytes` atomically. The owner is resolved first and set on the
-/// temp file before the rename, so a bad owner writes nothing and a good one
-/// never shows the file with the wrong owner.
+/// temp file before any content is written, so a bad owner writes nothing
+/// and a good one never shows the file with the wrong owner. No link at
+/// the path is followed, nor one in a directory others can write.
 pub fn write_file(
     path: &Path,
     bytes: &[u8],
@@ -39,18 +40,17 @@ pub fn write_file(
     owner: Option<&str>,
 ) -> Result<(), StepError> {
     let ids = owner.map(|owner| resolve_owner(path, owner)).transpose()?;
-    fsutil::write_atomic_owned(path, bytes, mode, ids).map_err(|err| match (owner, &err.source) {
-        (Some(owner), source)
-            if source.kind() == std::io::ErrorKind::PermissionDenied
-                && err.action == "cannot set owner of" =>
-        {
-            StepError::Owner {
-                owner: owner.to_string(),
-                path: path.to_path_buf(),
-                message: format!("{source} (setting an owner needs root)"),
-            }
-        }
-        _ => StepError::Fs(err),
+    let options = fsutil::WriteOptions {
+        owner: ids,
+        ..fsutil::WriteOptions::new(mode)
+    };
+    fsutil::write_file(path, bytes, options).map_err(|err| match (owner, err) {
+        (Some(owner), fsutil::FsError::Owner { source, .. }) => StepError::Owner {
+            owner: owner.to_string(),
+            path: path.to_path_buf(),
+            message: format!("{source} (setting an owner needs root)"),
+        },
+        (_, err) => StepError::Fs(err),
     })
 }
 

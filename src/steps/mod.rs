@@ -247,6 +247,7 @@ impl StepError {
             StepError::WaitTimeout { .. } => ErrorCode::StepWaitTimeout,
             StepError::Render { .. } => ErrorCode::TemplateRenderFailed,
             StepError::UnsafePath { .. } => ErrorCode::PathUnsafe,
+            StepError::Fs(FsError::UnsafeLink { .. }) => ErrorCode::PathUnsafe,
             StepError::Fs(_) | StepError::Owner { .. } => ErrorCode::FileWriteFailed,
             StepError::Secret(e) => e.code(),
             StepError::Internal(_) => ErrorCode::Internal,

@@ -255,7 +255,7 @@ impl StatusDoc {
 /// returns, so a reader that sees a final outcome sees the whole run.
 pub struct StatusSink {
     doc: Arc<Mutex<Option<StatusDoc>>>,
-    writer: BackgroundWriter,
+    writer: Arc<BackgroundWriter>,
     needs: IndexMap<String, Vec<String>>,
 }
 
@@ -263,7 +263,7 @@ impl StatusSink {
     pub fn new(path: PathBuf) -> StatusSink {
         let doc: Arc<Mutex<Option<StatusDoc>>> = Arc::new(Mutex::new(None));
         let for_render = doc.clone();
-        let writer = BackgroundWriter::new(
+        let writer = Arc::new(BackgroundWriter::new(
             path,
             0o644,
             false,
@@ -277,7 +277,7 @@ impl StatusSink {
                 bytes.push(b'\n');
                 bytes
             }),
-        );
+        ));
         StatusSink {
             doc,
             writer,
@@ -289,6 +289,11 @@ impl StatusSink {
     pub fn with_needs(mut self, needs: IndexMap<String, Vec<String>>) -> StatusSink {
         self.needs = needs;
         self
+    }
+
+    /// The file's writer, to ask whether the last write failed.
+    pub fn writer(&self) -> Arc<BackgroundWriter> {
+        self.writer.clone()
     }
 
     /// A handle to the live document, for other sinks (e.g. the /status endpoint).

@@ -1165,3 +1165,37 @@ fn invalid_facts_block_is_reported_with_hints() {
         .unwrap();
     assert_eq!(code(&out), 64, "{}", dump(&out));
 }
+
+// ---------------------------------------------------------------- attacks
+
+/// Instance tags are set by anyone with the cloud's tag permission: a tag
+/// pasted into a `shell:` script is one quoted word, never a command.
+#[test]
+fn a_cloud_tag_cannot_inject_a_command_into_a_shell_step() {
+    let server = MetadataServer::start(|req, seen| match req.path() {
+        "/latest/meta-data/tags/instance/Name" => ok("web-1; touch INJECTED #"),
+        _ => aws_handler(req, seen),
+    });
+    let sb = Sandbox::new();
+    sb.plan(concat!(
+        "version: 1\nname: tags\nfacts: { provider: aws }\n",
+        "steps:\n  a: { shell: \"echo name={{ facts.tags.Name }}\" }\n",
+    ));
+    let out = sb
+        .cmd()
+        .env("BOOTPLAN_METADATA_URL_AWS", server.url())
+        .args(["run", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert!(
+        !sb.path().join("INJECTED").exists(),
+        "the tag ran as a command"
+    );
+    let printed: Vec<Value> = log_lines(&out)
+        .into_iter()
+        .filter(|l| l["event"] == "output")
+        .map(|l| l["msg"].clone())
+        .collect();
+    assert_eq!(printed, ["name=web-1; touch INJECTED #"], "{}", dump(&out));
+}

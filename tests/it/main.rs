@@ -12,3 +12,4 @@ mod invalid_plans;
 mod lifecycle;
 mod observability;
 mod secrets;
+mod security;

@@ -44,12 +44,6 @@ pub enum RegisterError {
     },
     #[error("etcd {path} answered unexpectedly: {message}")]
     Protocol { path: String, message: String },
-    #[error("cannot read etcd CA file {path}: {source}")]
-    CaFile {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot set up the etcd client: {0}")]
     Client(String),
     #[error("cannot render register.etcd.{what}: {message}")]
@@ -75,21 +69,11 @@ impl EtcdClient {
         spec: &EtcdSpec,
         credentials: Option<(String, SecretValue)>,
     ) -> Result<EtcdClient, RegisterError> {
-        let mut builder = crate::http::client_builder()
+        let builder = crate::http::client_builder()
             .timeout(spec.timeout)
             .no_proxy();
-        if let Some(path) = &spec.ca_file {
-            let pem = std::fs::read(path).map_err(|source| RegisterError::CaFile {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| RegisterError::Client(format!("{}: {e}", path.display())))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
+        let http = crate::http::with_ca_file(builder, spec.ca_file.as_deref(), spec.ca_only)
+            .map_err(RegisterError::Client)?
             .build()
             .map_err(|e| RegisterError::Client(e.to_string()))?;
         Ok(EtcdClient {

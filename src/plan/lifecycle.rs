@@ -96,6 +96,13 @@ pub struct RawEtcd {
     /// PEM CA bundle for `https://` endpoints, relative to the plan file.
     #[serde(default)]
     pub ca_file: Option<String>,
+    /// Trust only `ca_file`, not the public web roots.
+    #[serde(default)]
+    pub ca_only: bool,
+    /// Allow the password over plain `http://` to a host other than this
+    /// machine (warned on every run). Default: refused.
+    #[serde(default)]
+    pub insecure_http: bool,
     /// User for etcd authentication.
     #[serde(default)]
     pub username: Option<String>,
@@ -189,6 +196,8 @@ pub struct EtcdSpec {
     pub address: Option<String>,
     pub port: Option<u16>,
     pub ca_file: Option<PathBuf>,
+    pub ca_only: bool,
+    pub insecure_http: bool,
     pub username: Option<String>,
     pub password: Option<String>,
     pub timeout: Duration,
@@ -290,6 +299,27 @@ fn etcd(raw: &RawEtcd, plan_dir: &Path, names: &Names, p: &mut Problems) -> Etcd
             Some("set both, or neither for an etcd without auth"),
         );
     }
+    if raw.password.is_some() {
+        for url in &raw.endpoints {
+            if reqwest::Url::parse(url).is_ok()
+                && let Err(message) =
+                    crate::http::credential_transport(url, raw.insecure_http, "the etcd password")
+            {
+                p.push(
+                    format!("{field}.endpoints"),
+                    message,
+                    Some("etcd serves TLS on its client URL with `--cert-file`/`--key-file`"),
+                );
+            }
+        }
+    }
+    if raw.ca_only && raw.ca_file.is_none() {
+        p.push(
+            format!("{field}.ca_only"),
+            "`ca_only` needs a `ca_file` to trust",
+            None,
+        );
+    }
     let mut secret_refs = BTreeSet::new();
     let texts = [
         ("key", Some(&raw.key)),
@@ -322,6 +352,8 @@ fn etcd(raw: &RawEtcd, plan_dir: &Path, names: &Names, p: &mut Problems) -> Etcd
         address: raw.address.clone(),
         port: raw.port,
         ca_file: raw.ca_file.as_ref().map(|f| plan_dir.join(f)),
+        ca_only: raw.ca_only,
+        insecure_http: raw.insecure_http,
         username: raw.username.clone(),
         password: raw.password.clone(),
         timeout: raw
@@ -464,6 +496,8 @@ mod tests {
             address: None,
             port: Some(80),
             ca_file: Some("ca.pem".into()),
+            ca_only: false,
+            insecure_http: false,
             username: None,
             password: None,
             timeout: None,

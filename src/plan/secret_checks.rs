@@ -117,6 +117,26 @@ pub fn check(
         }
         if let Some(addr) = &vault.address {
             check_url("backends.vault.address", addr, &mut problems);
+            if reqwest::Url::parse(addr).is_ok()
+                && let Err(message) = crate::http::credential_transport(
+                    addr,
+                    vault.insecure_http,
+                    "the Vault token and login credentials",
+                )
+            {
+                problems.push((
+                    "backends.vault.address".into(),
+                    message,
+                    Some("Vault and OpenBao serve TLS with `tls_cert_file`/`tls_key_file` on the listener".into()),
+                ));
+            }
+        }
+        if vault.ca_only && vault.ca_file.is_none() {
+            problems.push((
+                "backends.vault.ca_only".into(),
+                "`ca_only` needs a `ca_file` to trust".into(),
+                None,
+            ));
         }
         check_retry("backends.vault.retry", vault.retry.as_ref(), &mut problems);
     }

@@ -256,6 +256,13 @@ pub struct VaultConfig {
     /// PEM file of the CA that signed the server's certificate, added to the web roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// Trust only `ca_file`, not the public web roots.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ca_only: bool,
+    /// Allow the token and login credentials over plain `http://` to a host
+    /// other than this machine (warned on every run). Default: refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_http: bool,
     /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,

@@ -26,19 +26,16 @@ const MAX_ERROR_BODY: usize = 300;
 
 /// A reqwest client for one backend. `ca_file` adds a private CA to the
 /// platform roots; `no_proxy` is for link-local services (IMDS).
-pub fn client(ca_file: Option<&Path>, no_proxy: bool) -> Result<reqwest::Client, String> {
+pub fn client(
+    ca_file: Option<&Path>,
+    ca_only: bool,
+    no_proxy: bool,
+) -> Result<reqwest::Client, String> {
     let mut builder = crate::http::client_builder();
     if no_proxy {
         builder = builder.no_proxy();
     }
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|err| format!("cannot read CA file {}: {err}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|err| format!("CA file {} is not PEM: {err}", path.display()))?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    builder
+    crate::http::with_ca_file(builder, ca_file, ca_only)?
         .build()
         .map_err(|err| format!("cannot build the HTTP client: {err}"))
 }
@@ -258,7 +255,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_under_the_cap() {
-        let net = Net::new(client(None, false).unwrap(), None, None, None);
+        let net = Net::new(client(None, false, false).unwrap(), None, None, None);
         for attempt in 1..40 {
             assert!(net.jitter(attempt) <= DEFAULT_MAX_BACKOFF);
         }

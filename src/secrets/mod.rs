@@ -348,6 +348,14 @@ impl SecretStore {
                     .vault
                     .as_ref()
                     .ok_or("backends.vault is not configured")?;
+                let warning = crate::http::credential_transport(
+                    &vault::address(config)?,
+                    config.insecure_http,
+                    "the Vault token and login credentials",
+                )?;
+                if let Some(warning) = warning {
+                    self.warn(warning);
+                }
                 vault::VaultClient::new(
                     config,
                     &self.base_dir,

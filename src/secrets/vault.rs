@@ -68,6 +68,16 @@ impl Token {
     }
 }
 
+/// The server's address: the plan's, else `$VAULT_ADDR`, then `$BAO_ADDR`.
+pub fn address(config: &VaultConfig) -> Result<String, String> {
+    config
+        .address
+        .clone()
+        .or_else(|| std::env::var("VAULT_ADDR").ok())
+        .or_else(|| std::env::var("BAO_ADDR").ok())
+        .ok_or_else(|| "no address: set backends.vault.address or VAULT_ADDR".to_string())
+}
+
 impl VaultClient {
     /// Builds the client; no network traffic until the first read.
     pub fn new(
@@ -76,14 +86,9 @@ impl VaultClient {
         redactor: Arc<Redactor>,
         deadline: Option<Instant>,
     ) -> Result<VaultClient, String> {
-        let address = config
-            .address
-            .clone()
-            .or_else(|| std::env::var("VAULT_ADDR").ok())
-            .or_else(|| std::env::var("BAO_ADDR").ok())
-            .ok_or("no address: set backends.vault.address or VAULT_ADDR")?;
+        let address = address(config)?;
         let ca = config.ca_file.as_ref().map(|f| base_dir.join(f));
-        let client = super::http::client(ca.as_deref(), false)?;
+        let client = super::http::client(ca.as_deref(), config.ca_only, false)?;
         let net = Net::new(
             client,
             config.timeout.map(|t| t.get()),

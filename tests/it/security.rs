@@ -389,3 +389,26 @@ fn an_env_secret_cannot_reach_a_shell_script_through_env() {
         dump(&out)
     );
 }
+
+#[test]
+fn credentials_over_plain_http_to_another_host_are_refused_unless_the_plan_accepts_it() {
+    let sb = Sandbox::new();
+    let plan = |extra: &str| {
+        format!(
+            concat!(
+                "version: 1\nname: http\nsecrets:\n  s: {{ vault: {{ path: secret/x }} }}\n",
+                "backends:\n  vault: {{ address: \"http://10.20.30.40:8200\", auth: {{ token: {{ env: VAULT_TOKEN }} }}{} }}\n",
+                "steps:\n  a: {{ run: [\"true\"], secrets: [s] }}\n",
+            ),
+            extra
+        )
+    };
+    sb.plan(&plan(""));
+    let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+    assert_eq!(code(&out), 65, "{}", dump(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backends.vault.address: refusing to send the Vault token and login credentials over plain http to 10.20.30.40"), "{err}");
+    sb.plan(&plan(", insecure_http: true"));
+    let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+}

@@ -110,13 +110,13 @@ impl AwsClient {
     ) -> Result<AwsClient, String> {
         let timeout = config.timeout.map(|t| t.get());
         let net = Net::new(
-            super::http::client(None, false)?,
+            super::http::client(None, false, false)?,
             timeout,
             config.retry.as_ref(),
             deadline,
         );
         let mut imds_net = Net::new(
-            super::http::client(None, true)?,
+            super::http::client(None, false, true)?,
             timeout,
             config.retry.as_ref(),
             deadline,

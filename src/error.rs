@@ -68,6 +68,7 @@ error_codes! {
     RunInterrupted => ("run.interrupted", exit::STEP_FAILED, "bootplan was asked to stop (SIGINT or SIGTERM) during the run"),
     StateUnwritable => ("state.unwritable", exit::CANT_CREATE, "the state or run directory could not be written, or another bootplan holds its lock"),
     StateUntrusted => ("state.untrusted", exit::CANT_CREATE, "the state, run or secrets directory (or a file bootplan keeps there) could be changed by someone other than bootplan's user"),
+    RunGone => ("run.gone", exit::UNAVAILABLE, "the bootplan that wrote the status file was killed (or the machine rebooted) before the run finished"),
     Internal => ("internal.error", exit::SOFTWARE, "a bug in bootplan: a step panicked"),
     ExecFailed => ("exec.failed", exit::STEP_FAILED, "the final exec could not replace bootplan"),
     FactsUnreachable => ("facts.unreachable", exit::UNAVAILABLE, "no metadata provider answered within the detection budget"),

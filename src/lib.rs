@@ -14,6 +14,7 @@ pub mod redact;
 pub mod retry;
 pub mod secrets;
 pub mod spawn;
+pub mod stdio;
 pub mod steps;
 pub mod telemetry;
 pub mod template;

@@ -54,7 +54,7 @@ pub fn command(args: &AnalyzeArgs, status_file: &Path) -> i32 {
     let doc = match status::read_status(status_file) {
         Ok(doc) => doc,
         Err(err) => {
-            eprintln!("bootplan: no run to analyze: {err}");
+            crate::stdio::errln!("bootplan: no run to analyze: {err}");
             return exit::UNAVAILABLE;
         }
     };
@@ -69,6 +69,6 @@ pub fn command(args: &AnalyzeArgs, status_file: &Path) -> i32 {
         Format::Svg => render::svg(&timeline, failed),
         Format::Html => render::html(&timeline, failed),
     };
-    print!("{out}");
+    crate::stdio::write_out_raw(out.as_bytes());
     exit::READY
 }

@@ -227,6 +227,13 @@ impl Default for LocalSources {
     }
 }
 
+/// The kernel's boot id (empty when unreadable).
+pub fn current_boot_id() -> String {
+    std::fs::read_to_string(LocalSources::default().boot_id)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 impl Facts {
     /// Local facts only; `cloud` is `local` and the instance id is the machine id.
     pub fn local(sources: &LocalSources) -> Facts {

@@ -10,6 +10,8 @@
 //! readiness signal: write a `Sink` that acts on `RunFinished` and register
 //! it in `add_sinks`.
 
+pub mod boot;
+pub mod dirs;
 pub mod notify;
 pub mod probe;
 pub mod readyfile;
@@ -17,6 +19,7 @@ pub mod reaper;
 pub mod register;
 pub mod report;
 pub mod services;
+pub mod status;
 pub mod supervise;
 
 use std::path::PathBuf;

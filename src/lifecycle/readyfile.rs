@@ -44,7 +44,7 @@ impl Sink for ReadyFileSink {
                 let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
                 bytes.push(b'\n');
                 if let Err(err) = crate::fsutil::replace_file(&self.path, &bytes, 0o644) {
-                    eprintln!("bootplan: cannot write the readiness file: {err}");
+                    crate::stdio::errln!("bootplan: cannot write the readiness file: {err}");
                 }
             }
             EventKind::RunFinished { .. } => remove(&self.path),

@@ -78,7 +78,7 @@ impl Sink for ReportSink {
         // Sinks must not block the engine: send from a thread, joined in finish().
         self.sending.push(std::thread::spawn(move || {
             if let Err(err) = post(&spec, body) {
-                eprintln!("bootplan: {err}");
+                crate::stdio::errln!("bootplan: {err}");
             }
         }));
     }
@@ -136,6 +136,7 @@ pub fn report_early_failure(
             plan: plan.name.clone(),
             plan_path: plan.path.display().to_string(),
             digest: plan.digest.clone(),
+            boot_id: crate::facts::current_boot_id(),
             steps: Vec::new(),
         },
     };

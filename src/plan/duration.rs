@@ -16,11 +16,21 @@ impl HumanDuration {
     }
 }
 
+/// The longest duration a plan may give: a year is longer than any boot
+/// should take, and far from where adding it to a clock could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Parses `text` as a duration, with an error message that says what is expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|err| {
+    let duration = humantime::parse_duration(text.trim()).map_err(|err| {
         format!("invalid duration `{text}` ({err}): write a number and a unit, such as 500ms, 30s, 2m or 1h")
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "duration `{text}` is longer than the longest bootplan accepts (366 days)"
+        ));
+    }
+    Ok(duration)
 }
 
 impl<'de> Deserialize<'de> for HumanDuration {
@@ -80,6 +90,14 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    }
+
+    #[test]
+    fn huge_durations_are_refused_not_overflowed() {
+        for huge in ["9223372036854775807s", "367d", "100000000000000000000000s"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert!(parse_duration("366d").is_ok());
     }
 
     #[test]

@@ -79,6 +79,31 @@ impl PlanError {
     }
 }
 
+/// Prints each diagnostic on stderr, led by its severity.
+pub fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        let severity = match d.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        crate::stdio::errln!("{severity}: {d}");
+    }
+}
+
+/// Prints why a plan could not be loaded, on stderr.
+pub fn print_error(err: &PlanError) {
+    match err {
+        PlanError::Invalid { diagnostics } => {
+            print_diagnostics(diagnostics);
+            crate::stdio::errln!(
+                "bootplan: the plan is invalid ({} problem(s)); nothing was run [plan.invalid]",
+                error_count(diagnostics)
+            );
+        }
+        PlanError::Read { .. } => crate::stdio::errln!("error: {err} [{}]", err.code()),
+    }
+}
+
 /// The names whose flag is set, in order: which of a set of mutually
 /// exclusive optional keys (step kinds, secret backends, auth methods) a
 /// mapping actually has.

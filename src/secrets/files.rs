@@ -55,6 +55,37 @@ fn failed(name: &str, path: &Path, err: std::io::Error) -> SecretError {
     }
 }
 
+/// Removes the secret files runs wrote: `plan`'s `to_file` secrets, or,
+/// without a plan, everything in the default secrets directory
+/// (`<run_dir>/secrets`). Returns how many files were removed.
+pub fn remove_written(
+    plan: Option<&crate::plan::Plan>,
+    run_dir: &Path,
+) -> Result<usize, crate::fsutil::FsError> {
+    let paths: Vec<PathBuf> = match plan {
+        Some(plan) => {
+            let dir = dir_for(plan, run_dir);
+            plan.secrets
+                .values()
+                .filter_map(|s| s.to_file.as_ref())
+                .map(|spec| path_for(&dir, spec))
+                .collect()
+        }
+        None => match std::fs::read_dir(run_dir.join("secrets")) {
+            Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        },
+    };
+    let mut removed = 0;
+    for path in paths {
+        if std::fs::symlink_metadata(&path).is_ok() {
+            crate::fsutil::remove_file(&path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The secrets directory of a run: `backends.files.dir` (relative to the
 /// plan file), else `<run_dir>/secrets`.
 pub fn dir_for(plan: &crate::plan::Plan, run_dir: &Path) -> PathBuf {

@@ -16,6 +16,8 @@ pub struct ConsoleSink {
     bars: HashMap<String, ProgressBar>,
     rows: Vec<Row>,
     started: Instant,
+    /// Plain lines, without the live view: queued, never blocking the run.
+    out: super::queue::QueuedWriter,
 }
 
 struct Row {
@@ -34,16 +36,17 @@ impl ConsoleSink {
             bars: HashMap::new(),
             rows: Vec::new(),
             started: Instant::now(),
+            out: super::queue::QueuedWriter::stderr(),
         }
     }
 
-    fn print(&self, line: &str) {
+    fn print(&mut self, line: &str) {
         match &self.live {
             Some(multi) => {
                 let _ = multi.println(line);
             }
             None => {
-                let _ = writeln!(std::io::stderr(), "{line}");
+                let _ = writeln!(self.out, "{line}");
             }
         }
     }
@@ -263,5 +266,6 @@ impl Sink for ConsoleSink {
         if let Some(multi) = &self.live {
             let _ = multi.clear();
         }
+        let _ = self.out.flush();
     }
 }

@@ -106,6 +106,8 @@ pub enum EventKind {
         plan: String,
         plan_path: String,
         digest: String,
+        /// The kernel's boot id: a status file from an earlier boot is not current.
+        boot_id: String,
         /// (step name, kind) in plan order.
         steps: Vec<(String, &'static str)>,
     },

@@ -119,12 +119,12 @@ fn serve(listener: TcpListener, shared: Shared, stop: tokio::sync::oneshot::Rece
         .enable_all()
         .build()
     else {
-        eprintln!("bootplan: cannot start the metrics endpoint runtime");
+        crate::stdio::errln!("bootplan: cannot start the metrics endpoint runtime");
         return;
     };
     runtime.block_on(async move {
         let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-            eprintln!("bootplan: cannot use the metrics listener");
+            crate::stdio::errln!("bootplan: cannot use the metrics listener");
             return;
         };
         let upkeep = shared.metrics.clone();
@@ -142,7 +142,7 @@ fn serve(listener: TcpListener, shared: Shared, stop: tokio::sync::oneshot::Rece
             })
             .await;
         if let Err(err) = result {
-            eprintln!("bootplan: metrics endpoint stopped: {err}");
+            crate::stdio::errln!("bootplan: metrics endpoint stopped: {err}");
         }
     });
 }

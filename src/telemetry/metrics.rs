@@ -344,6 +344,7 @@ mod tests {
             plan: "unit".into(),
             plan_path: "p".into(),
             digest: "d".into(),
+            boot_id: String::new(),
             steps: vec![("db".into(), "service"), ("mig".into(), "run")],
         }));
         let err = ErrorInfo {

@@ -12,6 +12,7 @@ pub mod export;
 pub mod jsonlog;
 pub mod metrics;
 pub mod observe;
+pub mod queue;
 pub mod status;
 pub mod traces;
 
@@ -21,6 +22,15 @@ use std::time::SystemTime;
 pub use event::{ErrorInfo, Event, EventKind, Level, Outcome, StepState, Stream};
 
 use crate::redact::Redactor;
+
+/// How run logs are written: `auto` is the console view on a terminal and
+/// JSON lines otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
 
 /// Receives every event of a run, in order.
 pub trait Sink: Send {

@@ -20,6 +20,13 @@ pub struct StatusDoc {
     pub bootstrap_id: String,
     pub plan: PlanInfo,
     pub pid: u32,
+    /// When the process `pid` started (clock ticks after boot): with the
+    /// boot id, it tells a live run from a pid reused by another process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+    /// The boot the run happened in (the kernel's boot id).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
     pub started_at: String,
     pub started_unix_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,6 +210,7 @@ impl StatusDoc {
             plan,
             plan_path,
             digest,
+            boot_id,
             steps,
         } = &event.kind
         else {
@@ -217,6 +225,8 @@ impl StatusDoc {
                 digest: digest.clone(),
             },
             pid: std::process::id(),
+            pid_start: process_start(std::process::id()),
+            boot_id: boot_id.clone(),
             started_at: timestamp(event.at),
             started_unix_ms: unix_ms(event.at),
             finished_at: None,
@@ -327,7 +337,7 @@ impl Sink for StatusSink {
         match event.kind {
             EventKind::RunStarted { .. } | EventKind::RunFinished { .. } => {
                 if let Err(err) = self.writer.write_now() {
-                    eprintln!(
+                    crate::stdio::errln!(
                         "bootplan: cannot write status file {}: {err}",
                         self.writer.path().display()
                     );
@@ -340,6 +350,16 @@ impl Sink for StatusSink {
     fn finish(&mut self) {
         let _ = self.writer.flush();
     }
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`
+/// field 22); `None` when it does not exist.
+pub fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: count from the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields after the name start at field 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Reads a status file.

@@ -1,0 +1,191 @@
+//! Command-line interface: argument parsing and wiring, one module per
+//! command. Each command calls the library and returns the exit code; none
+//! has logic of its own.
+
+mod check;
+mod facts;
+mod reset;
+mod run;
+mod status;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{ErrorCode, exit};
+use crate::lifecycle::dirs::RunDirs;
+use crate::plan::Plan;
+use crate::stdio::errln;
+use crate::telemetry::{Level, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bootplan",
+    version,
+    about = "Take a machine from a blank start to ready, driven by a declarative plan."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Where the journal lives [default: the plan's state_dir, else /var/lib/bootplan]
+    #[arg(long, global = true, env = "BOOTPLAN_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where the status file goes [default: the plan's run_dir, else /run/bootplan]
+    #[arg(long, global = true, env = "BOOTPLAN_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Log format: `auto` is text on a terminal, JSON lines otherwise.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto, env = "BOOTPLAN_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Least severe level to log.
+    #[arg(long, global = true, value_enum, default_value_t = Level::Info, env = "BOOTPLAN_LOG_LEVEL")]
+    pub log_level: Level,
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::observe::TelemetryArgs,
+    /// `run`: stay the parent of the exec app (forward signals, reap, stop in order)
+    /// even without services. Automatic with services, as PID 1, or with `register`.
+    #[arg(long, global = true, env = "BOOTPLAN_SUPERVISE")]
+    pub supervise: bool,
+    /// `run`: POST the final status here too (overrides the plan's `report.webhook`;
+    /// the only report URL when the plan cannot be parsed).
+    #[arg(long, global = true, env = "BOOTPLAN_REPORT_URL")]
+    pub report_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a plan to ready.
+    Run { plan: PathBuf },
+    /// Validate a plan and report every problem (exit 65 when invalid).
+    Check {
+        plan: PathBuf,
+        /// Print the problems as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a run would do, without doing anything.
+    Plan {
+        plan: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the plan file's JSON Schema.
+    Schema,
+    /// Show the status of the current or last run.
+    Status {
+        /// A plan file whose run_dir to read.
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Wait until the run has finished.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 75).
+        #[arg(long, value_parser = crate::plan::duration::parse_duration, default_value = "5m")]
+        timeout: Duration,
+    },
+    /// Forget journal records so steps run again.
+    Reset {
+        /// Steps to forget; all when none are named.
+        steps: Vec<String>,
+        /// Only records of this plan (a plan file; its state_dir is used too).
+        #[arg(long)]
+        plan: Option<PathBuf>,
+    },
+    /// Print the facts bootplan sees on this machine (never the user data, unless asked).
+    Facts {
+        #[arg(long)]
+        json: bool,
+        /// Provider to ask: auto, aws, gcp, azure, openstack, digitalocean, nocloud, local.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Use this plan's `facts:` settings (provider, fallback, budget, endpoints).
+        #[arg(long)]
+        plan: Option<PathBuf>,
+        /// Print only the raw user data, to stdout (it is never shown otherwise).
+        #[arg(long)]
+        user_data: bool,
+    },
+    /// Where the time of the last run went: blame, critical chain, waterfall.
+    Analyze(crate::analyze::AnalyzeArgs),
+}
+
+/// Runs the command line and returns the process exit code. A panic is
+/// `internal.error`, exit 70.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return match err.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    exit::READY
+                }
+                _ => exit::USAGE,
+            };
+        }
+    };
+    std::panic::catch_unwind(|| dispatch(&cli)).unwrap_or_else(|_| {
+        errln!(
+            "bootplan: internal error: bootplan panicked (a bug; please report it) [{}]",
+            ErrorCode::Internal
+        );
+        ErrorCode::Internal.exit_code()
+    })
+}
+
+fn dispatch(cli: &Cli) -> i32 {
+    match &cli.command {
+        Command::Run { plan } => run::run(cli, plan),
+        Command::Check { plan, json } => check::check(plan, *json),
+        Command::Plan { plan, json } => check::dry_run(cli, plan, *json),
+        Command::Schema => check::schema(),
+        Command::Status {
+            plan,
+            json,
+            wait,
+            timeout,
+        } => status::status(cli, plan.as_deref(), *json, *wait, *timeout),
+        Command::Reset { steps, plan } => reset::reset(cli, steps, plan.as_deref()),
+        Command::Facts {
+            json,
+            provider,
+            plan,
+            user_data,
+        } => facts::facts(*json, provider.as_deref(), plan.as_deref(), *user_data),
+        Command::Analyze(args) => {
+            let status = match &args.status {
+                Some(path) => path.clone(),
+                None => match load_optional(args.plan.as_deref()) {
+                    Ok(plan) => dirs(cli, plan.as_ref()).status_file(),
+                    Err(code) => return code,
+                },
+            };
+            crate::analyze::command(args, &status)
+        }
+    }
+}
+
+/// The JSON Schema of the plan format, pretty-printed.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(crate::plan::raw::RawPlan);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+/// The run's directories: the flags', else the plan's, else the defaults.
+fn dirs(cli: &Cli, plan: Option<&Plan>) -> RunDirs {
+    RunDirs::resolve(cli.state_dir.as_deref(), cli.run_dir.as_deref(), plan)
+}
+
+/// Loads the plan a command's `--plan` names, if it names one; an invalid
+/// plan is reported and becomes the exit code.
+fn load_optional(path: Option<&std::path::Path>) -> Result<Option<Plan>, i32> {
+    match path.map(crate::plan::load).transpose() {
+        Ok(plan) => Ok(plan),
+        Err(err) => {
+            crate::plan::print_error(&err);
+            Err(err.code().exit_code())
+        }
+    }
+}

@@ -11,5 +11,6 @@ mod facts;
 mod invalid_plans;
 mod lifecycle;
 mod observability;
+mod robust;
 mod secrets;
 mod security;

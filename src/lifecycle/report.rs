@@ -109,7 +109,7 @@ pub fn spec_for_invalid_plan(cli_url: Option<&str>, plan_path: &Path) -> Option<
     });
     from_cli.or_else(|| {
         let text = crate::plan::load::read_plan_text(plan_path).ok()?;
-        let raw = crate::plan::load::parse(plan_path, &text).ok()?;
+        let raw = crate::plan::load::parse::<serde_json::Value>(plan_path, &text).ok()?;
         let report = raw.report?;
         Some(ReportSpec {
             webhook: report.webhook,

@@ -4,7 +4,10 @@ use std::path::Path;
 
 use super::PlanError;
 use super::diagnostic::{Diagnostic, Position, Severity, hint_for_serde_message};
-use super::raw::RawPlan;
+use indexmap::IndexMap;
+use serde_saphyr::Spanned;
+
+use super::raw::{RawPlan, RawStep};
 
 /// The plan file formats, chosen by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,45 +31,173 @@ impl Format {
 /// Largest plan file accepted; a plan is a few KiB, anything near this is a mistake.
 const MAX_PLAN_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Reads the file at `path` (bounded in size) as UTF-8 text.
+/// Reads the file at `path` as UTF-8 text: a regular file of at most
+/// [`MAX_PLAN_BYTES`]. A device (`/dev/zero`), a FIFO or a directory is
+/// refused without reading it, and no read goes past the limit.
 pub fn read_plan_text(path: &Path) -> Result<String, PlanError> {
-    let read_err = |source| PlanError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_PLAN_BYTES {
-        return Err(PlanError::invalid_one(Diagnostic {
+    let bytes = read_bounded(path, MAX_PLAN_BYTES).map_err(|err| match err {
+        Bounded::Io(source) => PlanError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+        Bounded::Problem(message, hint) => PlanError::invalid_one(Diagnostic {
             severity: Severity::Error,
             file: path.to_path_buf(),
             position: None,
             field: String::new(),
-            message: format!(
-                "the file is {} bytes; a plan may be at most {MAX_PLAN_BYTES}",
-                meta.len()
-            ),
-            hint: Some("is this the right file?".into()),
-        }));
-    }
-    let bytes = std::fs::read(path).map_err(read_err)?;
+            message,
+            hint: Some(hint.into()),
+        }),
+    })?;
     String::from_utf8(bytes).map_err(|err| {
+        let valid = err.utf8_error().valid_up_to();
+        let bytes = err.into_bytes();
+        let before = String::from_utf8_lossy(&bytes[..valid]);
         PlanError::invalid_one(Diagnostic {
             severity: Severity::Error,
             file: path.to_path_buf(),
-            position: None,
+            position: Some(offset_to_position(&before, before.len())),
             field: String::new(),
-            message: format!(
-                "the file is not valid UTF-8 (at byte {})",
-                err.utf8_error().valid_up_to()
-            ),
+            message: format!("the file is not valid UTF-8 (at byte {valid})"),
             hint: Some("save the plan as UTF-8 text".into()),
         })
     })
 }
 
+/// Why a bounded read failed.
+pub enum Bounded {
+    Io(std::io::Error),
+    /// What is wrong with the file, and a hint.
+    Problem(String, &'static str),
+}
+
+/// Reads a regular file of at most `limit` bytes. The file is opened
+/// without blocking (a FIFO with no writer would wait forever) and checked
+/// to be a regular file before anything is read.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, Bounded> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(Bounded::Io)?;
+    let meta = file.metadata().map_err(Bounded::Io)?;
+    if !meta.file_type().is_file() {
+        return Err(Bounded::Problem(
+            "not a regular file (a device, FIFO, socket or directory)".into(),
+            "give the path of a plan or template file",
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Bounded::Io)?;
+    if bytes.len() as u64 > limit {
+        return Err(Bounded::Problem(
+            format!("the file is larger than {limit} bytes"),
+            "is this the right file?",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A step that did not parse: its name, where it is, and the steps it
+/// names in `needs` (as far as they could be read), so that the rest of
+/// the plan can still be checked around it.
+#[derive(Debug, Clone)]
+pub struct BrokenStep {
+    pub name: String,
+    pub position: Option<Position>,
+    pub needs: Vec<String>,
+}
+
+/// Every problem of a plan whose parse failed with `first`: when the
+/// problem is inside a step, each step is parsed on its own and the rest of
+/// the plan is validated, so one `check` reports the broken steps and the
+/// other steps' problems together. `first` keeps its exact position.
+pub fn every_step_problem(path: &Path, text: &str, first: Diagnostic) -> Vec<Diagnostic> {
+    let Ok(mut lenient) = parse::<serde_json::Value>(path, text) else {
+        // The problem is outside the steps: nothing after it can be trusted.
+        return vec![first];
+    };
+    let step_lines: Vec<u64> = lenient
+        .steps
+        .values()
+        .map(|s| Position::from_saphyr(s.referenced).map_or(0, |p| p.line))
+        .collect();
+    // The step `first` is in: the last one that starts before it.
+    let first_in = first
+        .position
+        .and_then(|p| step_lines.iter().rposition(|&l| l > 0 && l <= p.line));
+    let mut diagnostics = vec![first];
+    let mut good = IndexMap::new();
+    let mut broken = Vec::new();
+    let steps = std::mem::take(&mut lenient.steps);
+    for (index, (name, spanned)) in steps.iter().enumerate() {
+        let position = Position::from_saphyr(spanned.referenced);
+        match serde_path_to_error::deserialize::<_, RawStep>(&spanned.value) {
+            Ok(step) => {
+                let step = Spanned::new(step, spanned.referenced, spanned.defined);
+                good.insert(name.clone(), step);
+            }
+            Err(err) => {
+                let at = err.path().to_string();
+                let field = if at == "." {
+                    format!("steps.{name}")
+                } else {
+                    format!("steps.{name}.{at}")
+                };
+                if Some(index) == first_in {
+                    // The parser's own message has the exact position; this adds the field.
+                    if diagnostics[0].field.is_empty() {
+                        diagnostics[0].field = field;
+                    }
+                } else {
+                    let message = err.into_inner().to_string();
+                    diagnostics.push(Diagnostic {
+                        severity: Severity::Error,
+                        file: path.to_path_buf(),
+                        position,
+                        field,
+                        hint: hint_for_serde_message(&message).or_else(|| generic_hint(&message)),
+                        message,
+                    });
+                }
+                broken.push(BrokenStep {
+                    name: name.clone(),
+                    position,
+                    needs: needs_of(&spanned.value),
+                });
+            }
+        }
+    }
+    let raw = lenient.with_steps(good);
+    if let Err(more) = super::validate::resolve(path, text, raw, broken) {
+        diagnostics.extend(more);
+    }
+    diagnostics
+}
+
+/// The `needs` of a step that did not parse, as far as they are names.
+fn needs_of(step: &serde_json::Value) -> Vec<String> {
+    step.get("needs")
+        .and_then(serde_json::Value::as_array)
+        .map(|needs| {
+            needs
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Parses `text` into the raw plan. A parse error stops at the first problem,
 /// since nothing after it can be trusted.
-pub fn parse(path: &Path, text: &str) -> Result<RawPlan, Box<Diagnostic>> {
+pub fn parse<S: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<RawPlan<S>, Box<Diagnostic>> {
     let format = Format::from_path(path).ok_or_else(|| {
         Box::new(Diagnostic {
             severity: Severity::Error,
@@ -84,7 +215,10 @@ pub fn parse(path: &Path, text: &str) -> Result<RawPlan, Box<Diagnostic>> {
     }
 }
 
-fn parse_yaml(path: &Path, text: &str) -> Result<RawPlan, Box<Diagnostic>> {
+fn parse_yaml<S: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<RawPlan<S>, Box<Diagnostic>> {
     let options = serde_saphyr::options! { with_snippet: false };
     serde_saphyr::from_str_with_options(text, options).map_err(|err| {
         let position = err.location().and_then(Position::from_saphyr);
@@ -111,7 +245,10 @@ fn clean_saphyr_message(message: &str) -> String {
     }
 }
 
-fn parse_toml(path: &Path, text: &str) -> Result<RawPlan, Box<Diagnostic>> {
+fn parse_toml<S: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<RawPlan<S>, Box<Diagnostic>> {
     toml::from_str(text).map_err(|err: toml::de::Error| {
         let position = err.span().map(|span| offset_to_position(text, span.start));
         Box::new(parse_diagnostic(
@@ -164,4 +301,50 @@ pub fn offset_to_position(text: &str, offset: usize) -> Position {
     let line = before.matches('\n').count() as u64 + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
     Position { line, column }
+}
+
+/// Where the field at dotted `path` (`steps.web.template.mode`,
+/// `register.etcd.endpoints`) is written in the plan text, found by
+/// looking for each key in turn after the one before: YAML and JSON keys
+/// (`mode:`, `"mode":`) and TOML keys and tables (`mode =`, `[steps.web]`).
+/// The deepest key found gives the position; `None` when not even the
+/// first is there.
+pub fn locate(text: &str, path: &str) -> Option<Position> {
+    let mut from = 0;
+    let mut found = None;
+    for segment in path.split('.').map(|s| s.split('[').next().unwrap_or(s)) {
+        if segment.is_empty() {
+            continue;
+        }
+        match find_key(text, from, segment) {
+            Some(at) => {
+                found = Some(at);
+                from = at + segment.len();
+            }
+            None => break,
+        }
+    }
+    found.map(|at| offset_to_position(text, at))
+}
+
+/// The byte offset of `key` written as a key at or after `from`.
+fn find_key(text: &str, from: usize, key: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut start = from;
+    while let Some(rel) = text.get(start..)?.find(key) {
+        let at = start + rel;
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        let after = text[at + key.len()..].trim_start_matches(['"', '\'']);
+        let after = after.trim_start_matches([' ', '\t']);
+        let starts_key = before.is_none_or(|b| b" \t\n{,[.\"'".contains(&b));
+        let ends_key = after.starts_with(':')
+            || after.starts_with('=')
+            || after.starts_with(']')
+            || after.starts_with('.');
+        if starts_key && ends_key {
+            return Some(at);
+        }
+        start = at + key.len();
+    }
+    None
 }

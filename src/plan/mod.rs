@@ -116,8 +116,13 @@ pub fn present_keys<const N: usize>(keys: [(&'static str, bool); N]) -> Vec<&'st
 /// Reads, parses and validates the plan at `path`.
 pub fn load(path: &Path) -> Result<Plan, PlanError> {
     let text = load::read_plan_text(path)?;
-    let raw = load::parse(path, &text).map_err(|d| PlanError::invalid_one(*d))?;
-    validate::resolve(path, &text, raw).map_err(|diagnostics| PlanError::Invalid { diagnostics })
+    match load::parse::<RawStep>(path, &text) {
+        Ok(raw) => validate::resolve(path, &text, raw, Vec::new())
+            .map_err(|diagnostics| PlanError::Invalid { diagnostics }),
+        Err(first) => Err(PlanError::Invalid {
+            diagnostics: load::every_step_problem(path, &text, *first),
+        }),
+    }
 }
 
 /// A validated plan, ready to run. Steps are addressed by dense ids (their

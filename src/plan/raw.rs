@@ -12,14 +12,17 @@ use serde_saphyr::Spanned;
 
 use super::duration::HumanDuration;
 
-/// The whole plan file.
+/// The whole plan file. `S` is what a step is parsed into: [`RawStep`],
+/// or, for a second look at a plan whose steps did not all parse, any
+/// value (each step is then parsed on its own, so every broken step is
+/// reported, not only the first).
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, bound(deserialize = "S: Deserialize<'de>"))]
 #[schemars(
     title = "bootplan plan",
     description = "A bootplan plan: steps that take a machine from blank to ready."
 )]
-pub struct RawPlan {
+pub struct RawPlan<S = RawStep> {
     /// Format version; only `1` exists.
     #[schemars(with = "u32")]
     pub version: Spanned<u32>,
@@ -64,7 +67,7 @@ pub struct RawPlan {
     pub backends: super::secret_source::BackendsConfig,
     /// The steps, by name. Order in the file does not matter: `needs` decides.
     #[schemars(with = "IndexMap<String, RawStep>")]
-    pub steps: IndexMap<String, Spanned<RawStep>>,
+    pub steps: IndexMap<String, Spanned<S>>,
     /// Keep bootplan as the parent of the `exec` app (signals, reaping, shutdown order).
     #[serde(default)]
     pub supervise: Option<super::lifecycle::RawSupervise>,
@@ -81,6 +84,33 @@ pub struct RawPlan {
     /// Where metrics and traces go. See docs/plan.md, "Telemetry".
     #[serde(default)]
     pub telemetry: Option<super::telemetry::RawTelemetry>,
+}
+
+impl<S> RawPlan<S> {
+    /// The same plan with other steps.
+    pub fn with_steps<T>(self, steps: IndexMap<String, Spanned<T>>) -> RawPlan<T> {
+        RawPlan {
+            version: self.version,
+            name: self.name,
+            description: self.description,
+            deadline: self.deadline,
+            max_parallel: self.max_parallel,
+            rollback: self.rollback,
+            kill_grace: self.kill_grace,
+            vars: self.vars,
+            state_dir: self.state_dir,
+            run_dir: self.run_dir,
+            facts: self.facts,
+            secrets: self.secrets,
+            backends: self.backends,
+            steps,
+            supervise: self.supervise,
+            ready_file: self.ready_file,
+            register: self.register,
+            report: self.report,
+            telemetry: self.telemetry,
+        }
+    }
 }
 
 /// Fact gathering settings.

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::diagnostic::{Diagnostic, Position, Severity, did_you_mean};
 use super::duration::parse_duration;
+use super::load::BrokenStep;
 use super::raw::{Frequency, RawPlan, RawStep, RawWait};
 use super::refs::{self, ROOTS, Reference};
 use super::{FileSpec, Plan, RetryPolicy, Step, StepKind, TemplateSpec, WaitSpec, WaitTarget};
@@ -28,13 +29,26 @@ const KIND_KEYS: [&str; 7] = [
 ];
 
 /// Validates `raw` (parsed from `text` at `path`) into a runnable plan.
-pub fn resolve(path: &Path, text: &str, raw: RawPlan) -> Result<Plan, Vec<Diagnostic>> {
+///
+/// `broken` are steps that did not parse (reported already): they count as
+/// known names for `needs` and take part in the cycle check, and the plan
+/// is invalid.
+pub fn resolve(
+    path: &Path,
+    text: &str,
+    raw: RawPlan,
+    broken: Vec<BrokenStep>,
+) -> Result<Plan, Vec<Diagnostic>> {
     let mut v = Validator {
         file: path.to_path_buf(),
         plan_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         diagnostics: Vec::new(),
     };
-    let mut plan = v.plan(text, raw);
+    let mut plan = v.plan(text, raw, &broken);
+    v.locate_unplaced(text);
+    if !broken.is_empty() {
+        return Err(v.diagnostics);
+    }
     if v.error_count() == 0 {
         plan.warnings = v.diagnostics;
         Ok(plan)
@@ -111,7 +125,17 @@ impl Validator {
             .count()
     }
 
-    fn plan(&mut self, text: &str, raw: RawPlan) -> Plan {
+    /// Gives every diagnostic without a position the position of its field
+    /// in the file (found by its dotted path), else the top of the file.
+    fn locate_unplaced(&mut self, text: &str) {
+        for d in self.diagnostics.iter_mut().filter(|d| d.position.is_none()) {
+            d.position = Some(
+                super::load::locate(text, &d.field).unwrap_or(Position { line: 1, column: 1 }),
+            );
+        }
+    }
+
+    fn plan(&mut self, text: &str, raw: RawPlan, broken: &[BrokenStep]) -> Plan {
         if raw.version.value != 1 {
             self.error(
                 Position::from_saphyr(raw.version.referenced),
@@ -187,7 +211,12 @@ impl Validator {
             secret_env: &secret_env,
         };
 
-        let names: Vec<String> = raw.steps.keys().cloned().collect();
+        let names: Vec<String> = raw
+            .steps
+            .keys()
+            .cloned()
+            .chain(broken.iter().map(|b| b.name.clone()))
+            .collect();
         let ids: HashMap<&str, usize> = names
             .iter()
             .enumerate()
@@ -199,8 +228,22 @@ impl Validator {
                 steps.push(step);
             }
         }
+        let graph: Vec<GraphNode> = raw
+            .steps
+            .iter()
+            .map(|(name, s)| GraphNode {
+                name,
+                needs: s.value.needs.iter().map(|n| n.value.as_str()).collect(),
+                position: Position::from_saphyr(s.referenced),
+            })
+            .chain(broken.iter().map(|b| GraphNode {
+                name: &b.name,
+                needs: b.needs.iter().map(String::as_str).collect(),
+                position: b.position,
+            }))
+            .collect();
+        self.check_cycles(&graph);
         if steps.len() == names.len() {
-            self.check_cycles(&steps, &raw);
             self.check_exec(&steps, &raw);
         }
         let (lifecycle, lifecycle_problems) = super::lifecycle::resolve_plan(
@@ -600,13 +643,13 @@ impl Validator {
             let (source, origin) = match (&t.src, &t.inline) {
                 (Some(src), None) => {
                     let path = self.plan_dir.join(src);
-                    match std::fs::read_to_string(&path) {
+                    match read_template(&path) {
                         Ok(text) => (text, path.display().to_string()),
-                        Err(err) => {
+                        Err(message) => {
                             self.error(
                                 pos,
                                 format!("{field}.template.src"),
-                                format!("cannot read template {}: {err}", path.display()),
+                                format!("cannot read template {}: {message}", path.display()),
                                 Some("`src` is relative to the plan file's directory".into()),
                             );
                             return None;
@@ -816,6 +859,41 @@ impl Validator {
             }
         }
 
+        for (where_, text) in &texts {
+            let is_content =
+                kind.is_some_and(|k| matches!(k, StepKind::Template(t) if t.origin == *where_));
+            if !is_content && text.contains('\0') {
+                self.error(
+                    pos,
+                    where_.clone(),
+                    "the value holds a NUL byte, which no command line, environment or path can",
+                    Some("remove the `\\0` escape".into()),
+                );
+            }
+        }
+        for key in raw
+            .env
+            .keys()
+            .filter(|k| k.is_empty() || k.contains(['=', '\0']))
+        {
+            self.error(
+                pos,
+                format!("{field}.env"),
+                format!(
+                    "`{}` is not an environment variable name",
+                    key.escape_debug()
+                ),
+                Some("names are letters, digits and `_`, e.g. `DB_HOST`".into()),
+            );
+        }
+        if raw.shell.as_deref().is_some_and(|s| s.contains('\0')) {
+            self.error(
+                pos,
+                format!("{field}.shell"),
+                "the script holds a NUL byte, which no command line can",
+                None,
+            );
+        }
         let argv_fields = [".argv[", ".unless", ".undo"];
         let mut used_secrets = BTreeSet::new();
         let mut argv_warned = false;
@@ -1010,56 +1088,26 @@ impl Validator {
         }
     }
 
-    /// Reports each dependency cycle as the chain `a -> b -> a`.
-    fn check_cycles(&mut self, steps: &[Step], raw: &RawPlan) {
-        #[derive(Clone, Copy, PartialEq)]
-        enum Mark {
-            New,
-            Active,
-            Finished,
-        }
-        fn visit(
-            id: usize,
-            steps: &[Step],
-            marks: &mut [Mark],
-            stack: &mut Vec<usize>,
-            cycles: &mut Vec<Vec<usize>>,
-        ) {
-            marks[id] = Mark::Active;
-            stack.push(id);
-            for &dep in &steps[id].needs {
-                match marks[dep] {
-                    Mark::New => visit(dep, steps, marks, stack, cycles),
-                    Mark::Active => {
-                        let start = stack.iter().position(|&s| s == dep).unwrap_or(0);
-                        let mut cycle = stack[start..].to_vec();
-                        cycle.push(dep);
-                        cycles.push(cycle);
-                    }
-                    Mark::Finished => {}
-                }
-            }
-            stack.pop();
-            marks[id] = Mark::Finished;
-        }
-        let mut marks = vec![Mark::New; steps.len()];
-        let mut cycles = Vec::new();
-        for id in 0..steps.len() {
-            if marks[id] == Mark::New {
-                visit(id, steps, &mut marks, &mut Vec::new(), &mut cycles);
-            }
-        }
-        for cycle in cycles {
-            let chain: Vec<&str> = cycle.iter().map(|&i| steps[i].name.as_str()).collect();
-            let first = &steps[cycle[0]].name;
-            let pos = raw
-                .steps
-                .get(first)
-                .and_then(|s| Position::from_saphyr(s.referenced));
+    /// Reports each dependency cycle as the chain `a -> b -> a` (a long
+    /// one shortened to its first and last steps and its length).
+    fn check_cycles(&mut self, graph: &[GraphNode]) {
+        let ids: HashMap<&str, usize> =
+            graph.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
+        let edges: Vec<Vec<usize>> = graph
+            .iter()
+            .map(|n| {
+                n.needs
+                    .iter()
+                    .filter_map(|need| ids.get(need).copied())
+                    .collect()
+            })
+            .collect();
+        for cycle in find_cycles(&edges) {
+            let first = &graph[cycle[0]];
             self.error(
-                pos,
-                format!("steps.{first}.needs"),
-                format!("dependency cycle: {}", chain.join(" -> ")),
+                first.position,
+                format!("steps.{}.needs", first.name),
+                format!("dependency cycle: {}", describe_cycle(&cycle, graph)),
                 Some("remove one of these `needs` to break the cycle".into()),
             );
         }
@@ -1100,6 +1148,72 @@ impl Validator {
     }
 }
 
+/// A step as the cycle check sees it: a name and the names it needs.
+struct GraphNode<'a> {
+    name: &'a str,
+    needs: Vec<&'a str>,
+    position: Option<Position>,
+}
+
+/// Each cycle in the graph (by step index), found by a depth-first walk
+/// without recursion, so a plan of any size cannot exhaust the stack.
+fn find_cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Finished,
+    }
+    let mut marks = vec![Mark::New; edges.len()];
+    let mut cycles = Vec::new();
+    for root in 0..edges.len() {
+        if marks[root] != Mark::New {
+            continue;
+        }
+        // (node, index of the next edge to follow)
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        marks[root] = Mark::Active;
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let Some(&dep) = edges[node].get(*next) else {
+                marks[node] = Mark::Finished;
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match marks[dep] {
+                Mark::New => {
+                    marks[dep] = Mark::Active;
+                    stack.push((dep, 0));
+                }
+                Mark::Active => {
+                    let start = stack.iter().position(|&(n, _)| n == dep).unwrap_or(0);
+                    let mut cycle: Vec<usize> = stack[start..].iter().map(|&(n, _)| n).collect();
+                    cycle.push(dep);
+                    cycles.push(cycle);
+                }
+                Mark::Finished => {}
+            }
+        }
+    }
+    cycles
+}
+
+/// `a -> b -> c -> a`, or for a long cycle its first and last few steps
+/// and how many there are.
+fn describe_cycle(cycle: &[usize], graph: &[GraphNode]) -> String {
+    const SHOWN: usize = 4;
+    let names: Vec<&str> = cycle.iter().map(|&i| graph[i].name).collect();
+    if names.len() <= 2 * SHOWN + 1 {
+        return names.join(" -> ");
+    }
+    format!(
+        "{} -> … -> {} ({} steps)",
+        names[..SHOWN].join(" -> "),
+        names[names.len() - SHOWN..].join(" -> "),
+        names.len() - 1
+    )
+}
+
 fn push_wait_texts<'a>(texts: &mut Vec<(String, &'a str)>, field: &str, target: &'a WaitTarget) {
     match target {
         WaitTarget::Tcp(s) | WaitTarget::Http(s) | WaitTarget::File(s) => {
@@ -1110,6 +1224,19 @@ fn push_wait_texts<'a>(texts: &mut Vec<(String, &'a str)>, field: &str, target: 
         }
         WaitTarget::Notify => {}
     }
+}
+
+/// Largest template source accepted.
+const MAX_TEMPLATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A template source: a regular UTF-8 file, bounded in size.
+fn read_template(path: &Path) -> Result<String, String> {
+    let bytes = super::load::read_bounded(path, MAX_TEMPLATE_BYTES).map_err(|err| match err {
+        super::load::Bounded::Io(e) => e.to_string(),
+        super::load::Bounded::Problem(message, _) => message,
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|e| format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
 }
 
 /// Parses `MIN..MAX` into two durations with MIN ≤ MAX.

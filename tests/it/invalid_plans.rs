@@ -151,3 +151,126 @@ fn mangled_plans_never_panic() {
         assert!(result.is_ok(), "the loader panicked on:\n{mangled}");
     }
 }
+
+/// `check` output for a plan written into a fresh sandbox.
+fn check_text(plan: &str) -> String {
+    let sb = Sandbox::new();
+    sb.plan(plan);
+    let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+    assert_eq!(code(&out), 65, "{}", dump(&out));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_reports_every_broken_step_and_the_rest_of_the_plan_in_one_run() {
+    let err = check_text(concat!(
+        "version: 1\nname: many\nsteps:\n",
+        "  a: { run: 5 }\n",                            // a type error
+        "  b: { run: [\"true\"], needs: [c, nope] }\n", // an unknown need
+        "  c: { run: [\"true\"], needs: [d] }\n",
+        "  d: { shell: [1, 2], needs: [c] }\n", // another type error, in a cycle
+        "  e: { run: [\"true\"], neds: [a] }\n", // an unknown field
+        "  f: { run: [\"a\\0b\"] }\n",          // a NUL byte
+    ));
+    for expected in [
+        "plan.yaml:4:",
+        "steps.b.needs: unknown step `nope`",
+        "steps.d",
+        "steps.e",
+        "unknown field `neds`",
+        "dependency cycle: c -> d -> c",
+        "steps.f.argv[0]: the value holds a NUL byte",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+#[test]
+fn every_problem_has_a_line_and_column() {
+    for (plan, field) in [
+        (
+            "version: 1\nname: \"\"\nsteps:\n  a: { run: [\"true\"] }\n",
+            "name",
+        ),
+        ("version: 1\nname: x\nsteps: {}\n", "steps"),
+        (
+            "version: 1\nname: x\nfacts: { attempt_timeout: 0s }\nsteps:\n  a: { run: [\"true\"] }\n",
+            "facts.attempt_timeout",
+        ),
+        (
+            "version: 1\nname: x\nsecrets:\n  s: { file: { path: a }, env: { name: B } }\nsteps:\n  a: { run: [\"true\"] }\n",
+            "secrets.s",
+        ),
+        (
+            "version: 1\nname: x\nregister:\n  etcd: { endpoints: [], key: /k }\nsteps:\n  a: { run: [\"true\"] }\n",
+            "register.etcd.endpoints",
+        ),
+    ] {
+        let err = check_text(plan);
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!(": {field}")))
+            .unwrap_or_else(|| panic!("no `{field}` in:\n{err}"));
+        let pos = line
+            .split("plan.yaml:")
+            .nth(1)
+            .and_then(|rest| rest.split(": ").next())
+            .unwrap_or("");
+        let parts: Vec<&str> = pos.split(':').collect();
+        assert!(
+            parts.len() == 2 && parts.iter().all(|p| p.parse::<u32>().is_ok_and(|n| n > 0)),
+            "`{line}` has no line:column"
+        );
+    }
+}
+
+#[test]
+fn a_long_cycle_is_named_in_a_readable_line() {
+    let mut plan = String::from("version: 1\nname: ring\nsteps:\n");
+    let n = 5000;
+    for i in 0..n {
+        plan.push_str(&format!(
+            "  s{i}: {{ run: [\"true\"], needs: [s{}] }}\n",
+            (i + 1) % n
+        ));
+    }
+    let err = check_text(&plan);
+    let line = err
+        .lines()
+        .find(|l| l.contains("dependency cycle"))
+        .unwrap();
+    assert!(line.len() < 300, "{} bytes: {line}", line.len());
+    assert!(line.contains("(5000 steps)"), "{line}");
+}
+
+#[test]
+fn a_plan_that_is_not_a_regular_file_is_refused_without_reading_it() {
+    let sb = Sandbox::new();
+    std::os::unix::fs::symlink("/dev/zero", sb.path().join("zero.yaml")).unwrap();
+    let fifo = sb.path().join("fifo.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for name in ["zero.yaml", "fifo.yaml"] {
+        // A FIFO without a writer would block a reader forever: the
+        // command must come back on its own.
+        let out = sb.cmd().args(["check", name]).output().unwrap();
+        assert_eq!(code(&out), 65, "{name}: {}", dump(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+            "{}",
+            dump(&out)
+        );
+    }
+    // Not UTF-8 on line 3: the position says where.
+    std::fs::write(
+        sb.path().join("latin1.yaml"),
+        b"version: 1\nname: x\nsteps: { a: { run: [\"caf\xe9\"] } }\n",
+    )
+    .unwrap();
+    let out = sb.cmd().args(["check", "latin1.yaml"]).output().unwrap();
+    assert_eq!(code(&out), 65, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("latin1.yaml:3:"),
+        "{}",
+        dump(&out)
+    );
+}

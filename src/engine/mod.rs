@@ -23,7 +23,6 @@ use tracing::Instrument;
 
 use crate::error::{ErrorCode, exit};
 use crate::plan::{OnFailure, Plan, Step, StepKind};
-use crate::retry;
 use crate::steps::exec::ExecRequest;
 use crate::steps::process::{self, Output};
 use crate::steps::{self, StepContext, StepError, StepInputs};
@@ -464,13 +463,14 @@ async fn execute(
     };
     // Secrets first: nothing runs with an unresolved secret. A fetch that is
     // still retrying when the run stops (deadline, failure, signal) is dropped.
-    let secrets = tokio::select! {
-        resolved = ctx.secrets.resolve(&step.secret_refs) => match resolved {
-            Ok(values) => values,
-            Err(err) => return failed(err.into(), 0),
-        },
-        () = cancel.cancelled() => {
-            return StepResult::Cancelled { attempts: 0, duration: started.elapsed() };
+    let (secrets, announced) = match wait_for_secrets(step, ctx, cancel).await {
+        Some((Ok(values), announced)) => (values, announced),
+        Some((Err(err), _)) => return failed(err.into(), 0),
+        None => {
+            return StepResult::Cancelled {
+                attempts: 0,
+                duration: started.elapsed(),
+            };
         }
     };
     let inputs = StepInputs { step, secrets };
@@ -485,10 +485,12 @@ async fn execute(
         }
         Err(err) => return failed(err, 0),
     }
-    ctx.reporter.emit(EventKind::StepStarted {
-        step: step.name.clone(),
-    });
-    let mut delays = retry::delays(&step.retry);
+    if !announced {
+        ctx.reporter.emit(EventKind::StepStarted {
+            step: step.name.clone(),
+        });
+    }
+    let mut delays = step.retry.budget().delays();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -534,6 +536,52 @@ async fn execute(
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => return StepResult::Cancelled { attempts: attempt, duration: started.elapsed() },
                 }
+            }
+        }
+    }
+}
+
+/// How long a step may wait for its secrets before it shows as running
+/// and waiting, and how often it says it still waits.
+const SECRET_WAIT_SHOWN_AFTER: Duration = Duration::from_millis(250);
+const SECRET_WAIT_REPEAT: Duration = Duration::from_secs(5);
+
+/// Resolves the step's secrets. A fetch that takes a while (a store that
+/// is down and being retried) shows: the step is started, and says what it
+/// waits for, again every few seconds. `None` when the run was cancelled
+/// meanwhile; the flag says whether the step was shown as started.
+async fn wait_for_secrets(
+    step: &Step,
+    ctx: &StepContext,
+    cancel: &CancellationToken,
+) -> Option<(
+    Result<
+        std::collections::BTreeMap<String, crate::secrets::SecretValue>,
+        crate::secrets::SecretError,
+    >,
+    bool,
+)> {
+    let resolve = ctx.secrets.resolve(&step.secret_refs);
+    tokio::pin!(resolve);
+    let started = Instant::now();
+    let mut next = tokio::time::Instant::now() + SECRET_WAIT_SHOWN_AFTER;
+    let mut announced = false;
+    loop {
+        tokio::select! {
+            biased;
+            resolved = &mut resolve => return Some((resolved, announced)),
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep_until(next) => {
+                if !announced {
+                    ctx.reporter.emit(EventKind::StepStarted { step: step.name.clone() });
+                    announced = true;
+                }
+                ctx.reporter.emit(EventKind::Waiting {
+                    step: step.name.clone(),
+                    target: format!("secret(s) {}", step.secret_refs.join(", ")),
+                    elapsed: started.elapsed(),
+                });
+                next += SECRET_WAIT_REPEAT;
             }
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::FactsError;
+use crate::retry::Attempt;
 
 /// Smallest and largest retry delay cap (full jitter draws from 0..cap).
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -26,6 +27,7 @@ pub struct MetadataClient {
     attempt_timeout: Duration,
     budget: Duration,
     deadline: Instant,
+    reporter: Option<std::sync::Arc<crate::telemetry::Reporter>>,
 }
 
 /// A successful answer.
@@ -51,9 +53,9 @@ impl MetadataClient {
     pub fn new(
         provider: &'static str,
         base: &str,
-        attempt_timeout: Duration,
-        budget: Duration,
+        settings: &super::FactsSettings,
     ) -> Result<MetadataClient, FactsError> {
+        let (attempt_timeout, budget) = (settings.attempt_timeout, settings.budget);
         let http = crate::http::client_builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
@@ -69,6 +71,7 @@ impl MetadataClient {
             attempt_timeout,
             budget,
             deadline: Instant::now() + budget,
+            reporter: settings.reporter.clone(),
         })
     }
 
@@ -135,35 +138,39 @@ impl MetadataClient {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Option<Response>, FactsError> {
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let now = Instant::now();
-            let remaining = self.deadline.saturating_duration_since(now);
-            let last = match self
-                .attempt(
-                    method.clone(),
-                    url,
-                    headers,
-                    remaining.min(self.attempt_timeout),
-                )
-                .await
-            {
-                Attempt::Done(result) => return result,
-                Attempt::Retry(last) => last,
-            };
-            tracing::debug!(attempt, error = %last, "metadata request failed");
-            let delay = crate::retry::backoff(BACKOFF_MIN, BACKOFF_MAX, attempt + 1);
-            if Instant::now() + delay >= self.deadline {
-                return Err(FactsError::Unreachable {
-                    provider: self.provider,
-                    url: url.to_string(),
-                    budget: self.budget,
-                    last,
-                });
+        let mut budget = crate::retry::Budget::new(u32::MAX, BACKOFF_MIN, BACKOFF_MAX);
+        budget.deadline = Some(self.deadline);
+        let announce = |retrying: &crate::retry::Retrying<'_>| {
+            crate::retry::count("metadata");
+            if let Some(reporter) = &self.reporter {
+                reporter.notice(
+                    crate::telemetry::Level::Warn,
+                    format!(
+                        "{} metadata at {url} unreachable: {retrying}",
+                        self.provider
+                    ),
+                );
             }
-            tokio::time::sleep(delay).await;
-        }
+        };
+        let sent = crate::retry::run(&budget, announce, |_| {
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            self.attempt(
+                method.clone(),
+                url,
+                headers,
+                remaining.min(self.attempt_timeout),
+            )
+        })
+        .await;
+        sent.map_err(|gave_up| match gave_up {
+            crate::retry::GaveUp::Fatal(err) => err,
+            crate::retry::GaveUp::Exhausted(exhausted) => FactsError::Unreachable {
+                provider: self.provider,
+                url: url.to_string(),
+                budget: self.budget,
+                last: exhausted.last,
+            },
+        })
     }
 
     async fn attempt(
@@ -172,9 +179,9 @@ impl MetadataClient {
         url: &str,
         headers: &[(&str, &str)],
         limit: Duration,
-    ) -> Attempt {
+    ) -> Attempt<Option<Response>, FactsError> {
         if limit.is_zero() {
-            return Attempt::Retry("no time left in the budget".into());
+            return Attempt::retry("no time left in the budget");
         }
         let mut request = self.http.request(method, url).timeout(limit);
         for (name, value) in headers {
@@ -183,45 +190,38 @@ impl MetadataClient {
         let response = match request.send().await {
             Ok(response) => response,
             Err(err) if err.is_timeout() => {
-                return Attempt::Retry(format!(
+                return Attempt::retry(format!(
                     "no answer within {}",
                     humantime::format_duration(limit)
                 ));
             }
-            Err(err) => return Attempt::Retry(crate::http::describe_error(&err)),
+            Err(err) => return Attempt::retry(crate::http::describe_error(&err)),
         };
         let status = response.status();
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Attempt::Retry(format!("HTTP {}", status.as_u16()));
+            return Attempt::retry(format!("HTTP {}", status.as_u16()));
         }
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Attempt::Done(Ok(None));
+            return Attempt::Done(None);
         }
         if !status.is_success() {
-            return Attempt::Done(Err(FactsError::Status {
+            return Attempt::Fail(FactsError::Status {
                 provider: self.provider,
                 url: url.to_string(),
                 status: status.as_u16(),
                 hint: status_hint(status.as_u16()),
-            }));
+            });
         }
         match response.bytes().await {
-            Ok(body) => Attempt::Done(Ok(Some(Response {
+            Ok(body) => Attempt::Done(Some(Response {
                 provider: self.provider,
                 url: url.to_string(),
                 body: body.to_vec(),
-            }))),
-            Err(err) if err.is_timeout() => {
-                Attempt::Retry("the body did not arrive in time".into())
-            }
-            Err(err) => Attempt::Retry(crate::http::describe_error(&err)),
+            })),
+            Err(err) if err.is_timeout() => Attempt::retry("the body did not arrive in time"),
+            Err(err) => Attempt::retry(crate::http::describe_error(&err)),
         }
     }
-}
-
-enum Attempt {
-    Done(Result<Option<Response>, FactsError>),
-    Retry(String),
 }
 
 fn status_hint(status: u16) -> Option<&'static str> {

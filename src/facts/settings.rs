@@ -164,6 +164,8 @@ pub struct FactsSettings {
     endpoints: BTreeMap<ProviderKind, String>,
     pub paths: EvidencePaths,
     pub local: LocalSources,
+    /// Where each retried metadata request is logged (none for `bootplan facts`).
+    pub reporter: Option<std::sync::Arc<crate::telemetry::Reporter>>,
 }
 
 impl FactsSettings {
@@ -211,6 +213,7 @@ impl FactsSettings {
                 mounts: path("BOOTPLAN_MOUNTS", "/proc/self/mounts"),
             },
             local: LocalSources::default(),
+            reporter: None,
         }
     }
 

@@ -383,12 +383,13 @@ fn run_steps(
 /// registers the user data with the redactor.
 fn gather_facts(
     plan: &Plan,
-    reporter: &Reporter,
+    reporter: &Arc<Reporter>,
     redactor: &Redactor,
 ) -> Result<crate::facts::Facts, crate::facts::FactsError> {
     let mut settings = FactsSettings::from_env(&plan.facts);
     // Detection is part of the bootstrap: it may not outlast the plan's deadline.
     settings.budget = settings.budget.min(plan.deadline);
+    settings.reporter = Some(reporter.clone());
     let gathered = crate::facts::gather(&settings)?;
     if let Some(user_data) = &gathered.facts.user_data {
         redactor.add_document(&user_data.text());

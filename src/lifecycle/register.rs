@@ -29,6 +29,8 @@ use crate::telemetry::Level;
 
 /// Tries for the initial registration before giving up.
 const REGISTER_ATTEMPTS: u32 = 3;
+/// Delay caps between registration attempts (full jitter below each).
+const REGISTER_BACKOFF: (Duration, Duration) = (Duration::from_millis(300), Duration::from_secs(2));
 
 /// Why registration failed.
 #[derive(Debug, thiserror::Error)]
@@ -274,45 +276,60 @@ pub async fn register(
     .unwrap_or_default();
     let client = Arc::new(EtcdClient::new(spec, credentials)?);
 
-    let mut last = None;
-    for attempt in 1..=REGISTER_ATTEMPTS {
+    let (min, max) = REGISTER_BACKOFF;
+    let budget = crate::retry::Budget::new(REGISTER_ATTEMPTS, min, max);
+    let announce = |retrying: &crate::retry::Retrying<'_>| {
+        crate::retry::count("etcd");
+        ctx.reporter.notice(
+            Level::Warn,
+            format!("registering {key} in etcd failed: {retrying}"),
+        );
+    };
+    // The last failure, to report as it is when the attempts run out.
+    let last = std::sync::Mutex::new(None);
+    let registered = crate::retry::run(&budget, announce, |_| async {
         match put_with_lease(&client, &key, &value, spec.ttl).await {
-            Ok(lease) => {
-                let lease = Arc::new(std::sync::Mutex::new(lease));
-                let stop = CancellationToken::new();
-                let keepalive = tokio::spawn(keep_alive(
-                    client.clone(),
-                    key.clone(),
-                    value,
-                    lease.clone(),
-                    spec.ttl,
-                    stop.clone(),
-                    ctx.reporter.clone(),
-                ));
-                ctx.reporter.notice(
-                    Level::Info,
-                    format!(
-                        "registered in etcd as {key} (lease TTL {}s)",
-                        spec.ttl.as_secs()
-                    ),
-                );
-                return Ok(Registration {
-                    client,
-                    key,
-                    lease,
-                    stop,
-                    keepalive,
-                });
-            }
+            Ok(lease) => crate::retry::Attempt::<_, RegisterError>::Done(lease),
             Err(err) => {
-                last = Some(err);
-                if attempt < REGISTER_ATTEMPTS {
-                    tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
-                }
+                let detail = err.to_string();
+                *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(err);
+                crate::retry::Attempt::retry(detail)
             }
         }
-    }
-    Err(last.unwrap_or(RegisterError::Client("no attempt made".into())))
+    })
+    .await;
+    let lease = registered.map_err(|gave_up| match gave_up {
+        crate::retry::GaveUp::Fatal(err) => err,
+        crate::retry::GaveUp::Exhausted(exhausted) => last
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or(RegisterError::Client(exhausted.to_string())),
+    })?;
+    let lease = Arc::new(std::sync::Mutex::new(lease));
+    let stop = CancellationToken::new();
+    let keepalive = tokio::spawn(keep_alive(
+        client.clone(),
+        key.clone(),
+        value,
+        lease.clone(),
+        spec.ttl,
+        stop.clone(),
+        ctx.reporter.clone(),
+    ));
+    ctx.reporter.notice(
+        Level::Info,
+        format!(
+            "registered in etcd as {key} (lease TTL {}s)",
+            spec.ttl.as_secs()
+        ),
+    );
+    Ok(Registration {
+        client,
+        key,
+        lease,
+        stop,
+        keepalive,
+    })
 }
 
 async fn put_with_lease(

@@ -182,8 +182,15 @@ async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError>
         .no_proxy()
         .build()
         .map_err(|e| ReportError::Client(e.to_string()))?;
-    let mut last = String::new();
-    for attempt in 1..=spec.attempts {
+    let budget = crate::retry::Budget::new(spec.attempts, FIRST_BACKOFF, MAX_BACKOFF);
+    // Not through the reporter: this runs while the reporter delivers the
+    // verdict, on a thread it waits for.
+    let announce = |retrying: &crate::retry::Retrying<'_>| {
+        crate::retry::count("report");
+        crate::stdio::errln!("bootplan: report to {} failed: {retrying}", spec.webhook);
+    };
+    let (client, body) = (&client, &body);
+    let sent = crate::retry::run(&budget, announce, |attempt| async move {
         let sent = client
             .post(&spec.webhook)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -191,28 +198,28 @@ async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError>
             .send()
             .await;
         match sent {
-            Ok(resp) if resp.status().is_success() => return Ok(()),
+            Ok(resp) if resp.status().is_success() => crate::retry::Attempt::Done(()),
             // A 4xx other than 408/429 will not get better by trying again.
             Ok(resp)
                 if resp.status().is_client_error()
                     && !matches!(resp.status().as_u16(), 408 | 429) =>
             {
-                return Err(ReportError::Undelivered {
-                    url: spec.webhook.clone(),
-                    attempts: attempt,
-                    last: format!("HTTP {}", resp.status()),
-                });
+                crate::retry::Attempt::Fail((attempt, format!("HTTP {}", resp.status())))
             }
-            Ok(resp) => last = format!("HTTP {}", resp.status()),
-            Err(e) => last = crate::http::describe_error(&e),
+            Ok(resp) => crate::retry::Attempt::retry(format!("HTTP {}", resp.status())),
+            Err(e) => crate::retry::Attempt::retry(crate::http::describe_error(&e)),
         }
-        if attempt < spec.attempts {
-            tokio::time::sleep(crate::retry::backoff(FIRST_BACKOFF, MAX_BACKOFF, attempt)).await;
+    })
+    .await;
+    sent.map_err(|gave_up| {
+        let (attempts, last) = match gave_up {
+            crate::retry::GaveUp::Fatal(failed) => failed,
+            crate::retry::GaveUp::Exhausted(e) => (e.attempts, e.last),
+        };
+        ReportError::Undelivered {
+            url: spec.webhook.clone(),
+            attempts,
+            last,
         }
-    }
-    Err(ReportError::Undelivered {
-        url: spec.webhook.clone(),
-        attempts: spec.attempts,
-        last,
     })
 }

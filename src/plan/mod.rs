@@ -290,6 +290,12 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The policy as a retry budget (no time limits of its own: the step's
+    /// timeout and the run's deadline bound it).
+    pub fn budget(&self) -> crate::retry::Budget {
+        crate::retry::Budget::new(self.attempts, self.min_backoff, self.max_backoff)
+    }
+
     pub const NONE: RetryPolicy = RetryPolicy {
         attempts: 1,
         min_backoff: Duration::from_millis(500),

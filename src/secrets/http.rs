@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+use crate::retry::Attempt;
+
 use crate::plan::secret_source::NetRetry;
 use crate::plan::validate::parse_backoff;
 
@@ -41,16 +43,15 @@ pub fn client(
 }
 
 /// Timeouts and retry budget for one backend.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Net {
     pub client: reqwest::Client,
     pub timeout: Duration,
-    pub attempts: u32,
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    pub max_elapsed: Duration,
-    /// The run's deadline: no attempt starts that could not finish before it.
-    pub deadline: Option<Instant>,
+    pub budget: crate::retry::Budget,
+    /// The backend, in retry messages and the retry metric.
+    pub dependency: &'static str,
+    /// Where each retried failure is logged.
+    pub reporter: Option<std::sync::Arc<crate::telemetry::Reporter>>,
 }
 
 impl Net {
@@ -59,102 +60,92 @@ impl Net {
         timeout: Option<Duration>,
         retry: Option<&NetRetry>,
         deadline: Option<Instant>,
+        dependency: &'static str,
     ) -> Net {
         let (min_backoff, max_backoff) = retry
             .and_then(|r| r.backoff.as_deref())
             .and_then(|b| parse_backoff(b).ok())
             .unwrap_or((DEFAULT_MIN_BACKOFF, DEFAULT_MAX_BACKOFF));
-        Net {
-            client,
-            timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
-            attempts: retry
-                .and_then(|r| r.attempts)
-                .unwrap_or(DEFAULT_ATTEMPTS)
-                .max(1),
-            min_backoff,
-            max_backoff,
-            max_elapsed: retry
+        let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let attempts = retry.and_then(|r| r.attempts).unwrap_or(DEFAULT_ATTEMPTS);
+        let mut budget = crate::retry::Budget::new(attempts, min_backoff, max_backoff);
+        budget.max_elapsed = Some(
+            retry
                 .and_then(|r| r.max_elapsed)
                 .map_or(DEFAULT_MAX_ELAPSED, |d| d.get()),
-            deadline,
+        );
+        budget.deadline = deadline;
+        budget.attempt_time = timeout;
+        Net {
+            client,
+            timeout,
+            budget,
+            dependency,
+            reporter: None,
         }
+    }
+
+    /// Logs each retried failure through `reporter`.
+    pub fn with_reporter(
+        mut self,
+        reporter: Option<std::sync::Arc<crate::telemetry::Reporter>>,
+    ) -> Net {
+        self.reporter = reporter;
+        self
     }
 
     /// The same policy without retries (for best-effort calls such as revoke).
     pub fn single_attempt(&self) -> Net {
-        Net {
-            attempts: 1,
-            ..self.clone()
-        }
+        let mut net = self.clone();
+        net.budget.attempts = 1;
+        net
     }
 
-    /// Sends the request `build` makes, retrying what may get better.
+    /// Sends the request `build` makes, retrying what may get better; each
+    /// retried failure is logged at warn and counted.
     /// `url` names the target in messages (never put credentials in it).
     pub async fn send(
         &self,
         url: &str,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<Response, Failure> {
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let outcome = self.attempt(url, &build).await;
-            let (detail, retry_after) = match outcome {
-                Attempt::Done(response) => return Ok(response),
-                Attempt::Fatal(failure) => return Err(failure),
-                Attempt::Retryable {
-                    detail,
-                    retry_after,
-                } => (detail, retry_after),
-            };
-            let delay = self
-                .jitter(attempt)
-                .max(retry_after.unwrap_or(Duration::ZERO));
-            let next_start = Instant::now() + delay;
-            let out_of_budget = attempt >= self.attempts
-                || next_start.duration_since(started) > self.max_elapsed
-                || self.deadline.is_some_and(|d| next_start + self.timeout > d);
-            if out_of_budget {
-                return Err(Failure::Unreachable(format!(
-                    "{url}: {detail} (gave up after {attempt} attempt(s) in {:.1}s)",
-                    started.elapsed().as_secs_f64()
-                )));
+        let announce = |retrying: &crate::retry::Retrying<'_>| {
+            crate::retry::count(self.dependency);
+            if let Some(reporter) = &self.reporter {
+                reporter.notice(
+                    crate::telemetry::Level::Warn,
+                    format!("{} at {url} unreachable: {retrying}", self.dependency),
+                );
             }
-            tracing::debug!(
-                url,
-                attempt,
-                delay_ms = delay.as_millis() as u64,
-                "retrying secret store request"
-            );
-            tokio::time::sleep(delay).await;
-        }
+        };
+        crate::retry::run(&self.budget, announce, |_| self.attempt(url, &build))
+            .await
+            .map_err(|gave_up| match gave_up {
+                crate::retry::GaveUp::Fatal(failure) => failure,
+                crate::retry::GaveUp::Exhausted(exhausted) => {
+                    Failure::Unreachable(format!("{url}: {exhausted}"))
+                }
+            })
     }
 
     async fn attempt(
         &self,
         url: &str,
         build: &impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
-    ) -> Attempt {
+    ) -> Attempt<Response, Failure> {
         let request = build(&self.client).timeout(self.timeout);
         let response = match tokio::time::timeout(self.timeout, request.send()).await {
             Err(_) => {
-                return Attempt::Retryable {
-                    detail: format!("no answer within {:?}", self.timeout),
-                    retry_after: None,
-                };
+                return Attempt::retry(format!("no answer within {:?}", self.timeout));
             }
             Ok(Err(err)) if err.is_builder() => {
-                return Attempt::Fatal(Failure::Unreachable(format!(
+                return Attempt::Fail(Failure::Unreachable(format!(
                     "{url}: invalid request: {}",
                     chain(&err)
                 )));
             }
             Ok(Err(err)) => {
-                return Attempt::Retryable {
-                    detail: crate::http::describe_error(&err),
-                    retry_after: None,
-                };
+                return Attempt::retry(crate::http::describe_error(&err));
             }
             Ok(Ok(response)) => response,
         };
@@ -168,16 +159,10 @@ impl Net {
         let body = match tokio::time::timeout(self.timeout, response.bytes()).await {
             Ok(Ok(bytes)) => Zeroizing::new(bytes.to_vec()),
             Ok(Err(err)) => {
-                return Attempt::Retryable {
-                    detail: format!("reading the answer: {}", chain(&err)),
-                    retry_after: None,
-                };
+                return Attempt::retry(format!("reading the answer: {}", chain(&err)));
             }
             Err(_) => {
-                return Attempt::Retryable {
-                    detail: format!("answer not read within {:?}", self.timeout),
-                    retry_after: None,
-                };
+                return Attempt::retry(format!("answer not read within {:?}", self.timeout));
             }
         };
         if (200..300).contains(&status) {
@@ -185,30 +170,16 @@ impl Net {
         }
         let text = error_text(&body);
         if status == 429 || status >= 500 {
-            return Attempt::Retryable {
+            return Attempt::Retry {
                 detail: format!("HTTP {status}: {text}"),
                 retry_after,
             };
         }
-        Attempt::Fatal(Failure::Status {
+        Attempt::Fail(Failure::Status {
             status,
             message: text,
         })
     }
-
-    /// Full jitter: uniform in `0..=min(max, min·2^(attempt-1))`.
-    fn jitter(&self, attempt: u32) -> Duration {
-        crate::retry::backoff(self.min_backoff, self.max_backoff, attempt)
-    }
-}
-
-enum Attempt {
-    Done(Response),
-    Fatal(Failure),
-    Retryable {
-        detail: String,
-        retry_after: Option<Duration>,
-    },
 }
 
 /// A successful (2xx) answer. The body may hold a secret: it is zeroized on drop.
@@ -252,15 +223,6 @@ fn chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_under_the_cap() {
-        let net = Net::new(client(None, false, false).unwrap(), None, None, None);
-        for attempt in 1..40 {
-            assert!(net.jitter(attempt) <= DEFAULT_MAX_BACKOFF);
-        }
-        assert!(net.jitter(1) <= DEFAULT_MIN_BACKOFF);
-    }
 
     #[test]
     fn error_text_is_bounded_on_a_char_boundary() {

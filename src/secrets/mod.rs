@@ -361,6 +361,7 @@ impl SecretStore {
                     &self.base_dir,
                     self.redactor.clone(),
                     self.deadline,
+                    self.reporter.clone(),
                 )
             })
             .await;
@@ -385,6 +386,7 @@ impl SecretStore {
                     self.region_hint.clone(),
                     self.redactor.clone(),
                     self.deadline,
+                    self.reporter.clone(),
                 )
             })
             .await;

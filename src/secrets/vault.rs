@@ -85,6 +85,7 @@ impl VaultClient {
         base_dir: &Path,
         redactor: Arc<Redactor>,
         deadline: Option<Instant>,
+        reporter: Option<Arc<crate::telemetry::Reporter>>,
     ) -> Result<VaultClient, String> {
         let address = address(config)?;
         let ca = config.ca_file.as_ref().map(|f| base_dir.join(f));
@@ -94,7 +95,9 @@ impl VaultClient {
             config.timeout.map(|t| t.get()),
             config.retry.as_ref(),
             deadline,
-        );
+            "vault",
+        )
+        .with_reporter(reporter);
         Ok(VaultClient {
             session: Arc::new(Session {
                 net,

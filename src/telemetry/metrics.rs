@@ -122,6 +122,14 @@ fn describe() {
         "Step run time (all attempts and backoff), by step and final state."
     );
     describe_counter!(STEP_RETRIES, "Step attempts that failed and were retried.");
+    describe_counter!(
+        "bootplan_dependency_retries_total",
+        "Failed requests to a dependency (vault, aws, metadata, etcd, report) that were retried."
+    );
+    describe_counter!(
+        "bootplan_log_lines_dropped_total",
+        "Log lines dropped because the log reader did not keep up."
+    );
     describe_histogram!(
         SERVICE_READY,
         Unit::Seconds,

@@ -46,6 +46,12 @@ pub struct Reporter {
     redactor: Arc<Redactor>,
 }
 
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporter")
+    }
+}
+
 impl Reporter {
     pub fn new(redactor: Arc<Redactor>) -> Reporter {
         Reporter {

@@ -67,6 +67,9 @@ pub struct StepStatus {
     pub duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<String>,
+    /// What a running step is waiting for (a secret store, a port, a URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -105,10 +108,16 @@ impl StatusDoc {
     pub fn apply(&mut self, event: &Event) {
         let now = unix_ms(event.at);
         match &event.kind {
-            EventKind::RunStarted { .. }
-            | EventKind::Output { .. }
-            | EventKind::Waiting { .. }
-            | EventKind::Notice { .. } => {}
+            EventKind::RunStarted { .. } | EventKind::Output { .. } | EventKind::Notice { .. } => {}
+            EventKind::Waiting {
+                step,
+                target,
+                elapsed,
+            } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.waiting_for = Some(format!("{target} (for {}s)", elapsed.as_secs()));
+                }
+            }
             EventKind::StepSkipped { step, reason } => {
                 if let Some(s) = self.steps.get_mut(step) {
                     s.state = StepState::Skipped;
@@ -124,6 +133,7 @@ impl StatusDoc {
             }
             EventKind::AttemptStarted { step, attempt } => {
                 if let Some(s) = self.steps.get_mut(step) {
+                    s.waiting_for = None;
                     s.attempts = *attempt;
                     s.attempt_log.push(AttemptRecord {
                         attempt: *attempt,
@@ -159,6 +169,7 @@ impl StatusDoc {
             } => {
                 if let Some(s) = self.steps.get_mut(step) {
                     s.state = *state;
+                    s.waiting_for = None;
                     s.attempts = *attempts;
                     s.finished_unix_ms = Some(now);
                     s.duration_ms = Some(duration.as_millis() as u64);
@@ -249,6 +260,7 @@ impl StatusDoc {
                             finished_unix_ms: None,
                             duration_ms: None,
                             skip_reason: None,
+                            waiting_for: None,
                             error: None,
                             attempt_log: Vec::new(),
                             undo: None,
@@ -316,7 +328,7 @@ impl Sink for StatusSink {
     fn event(&mut self, event: &Event) {
         if matches!(
             event.kind,
-            EventKind::Output { .. } | EventKind::Waiting { .. } | EventKind::Notice { .. }
+            EventKind::Output { .. } | EventKind::Notice { .. }
         ) {
             return;
         }

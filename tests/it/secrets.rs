@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
+use serde_json::Value;
 
 use crate::harness::{Sandbox, code, dump, free_port, log_lines, peer, under_ci, wait_until};
 
@@ -763,6 +764,104 @@ steps:
     assert!(
         back_after >= Duration::from_millis(1500),
         "the run did not meet the outage"
+    );
+}
+
+/// A store outage is visible while it lasts: a warn line per failed
+/// attempt, the waiting step `running` with what it waits for in the
+/// status file, and the retries counted in the metrics.
+#[test]
+fn a_vault_outage_shows_in_the_logs_the_status_and_the_metrics() {
+    let Some(bao) = Bao::start(false) else { return };
+    bao.ok(&["kv", "put", "secret/app/one", "v=came-back"]);
+    let port = free_port();
+    let up = Arc::new(AtomicBool::new(false));
+    forwarder(port, bao.port, up.clone(), Arc::new(Mutex::new(None)));
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: outage
+deadline: 60s
+backends:
+  vault:
+    address: http://127.0.0.1:{port}
+    auth: {{ token: {{ env: T }} }}
+    retry: {{ attempts: 100, backoff: 50ms..300ms, max_elapsed: 40s }}
+secrets:
+  a: {{ vault: {{ path: secret/app/one, key: v }} }}
+steps:
+  render: {{ template: {{ inline: "{{{{ secrets.a }}}}", dest: out.txt }} }}
+"#
+    ));
+    let textfile = sb.path().join("bootplan.prom");
+    let mut child = sb
+        .cmd()
+        .env("T", "root")
+        .args(["run", "plan.yaml", "--metrics-textfile"])
+        .arg(&textfile)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    // While the store is down, the step shows as running and says why.
+    wait_until(
+        "the step to show what it waits for",
+        Duration::from_secs(20),
+        || {
+            let Ok(text) = std::fs::read_to_string(sb.run_dir().join("status.json")) else {
+                return false;
+            };
+            let status: Value = serde_json::from_str(&text).unwrap_or_default();
+            let step = &status["steps"]["render"];
+            step["state"] == "running"
+                && step["waiting_for"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with("secret(s) a"))
+        },
+    );
+    up.store(true, Ordering::SeqCst);
+    let status = child.wait().unwrap();
+    let logs = logs.join().unwrap();
+    assert!(status.success(), "run failed: {:?}", sb.status());
+    let warnings: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["level"] == "warn")
+        .collect();
+    let retry_line = warnings
+        .iter()
+        .filter_map(|l| l["msg"].as_str())
+        .find(|m| {
+            m.starts_with(&format!("vault at http://127.0.0.1:{port}/v1/"))
+                && m.contains(" unreachable: cannot connect")
+        })
+        .unwrap_or_else(|| panic!("no retry warning in:\n{logs}"));
+    assert!(
+        retry_line.contains("attempt 1 of 100, retrying in"),
+        "{retry_line}"
+    );
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    let retries: f64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("bootplan_dependency_retries_total{")
+                && l.contains("dependency=\"vault\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no vault retries counted in:\n{metrics}"));
+    assert!(retries >= 1.0, "{metrics}");
+    assert_eq!(sb.step("render")["state"], "done");
+    assert!(
+        sb.step("render").get("waiting_for").is_none(),
+        "{}",
+        sb.step("render")
     );
 }
 

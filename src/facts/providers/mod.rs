@@ -99,7 +99,7 @@ pub fn client(kind: ProviderKind, settings: &FactsSettings) -> Result<MetadataCl
             provider: kind.name(),
             message: "no metadata endpoint is configured".into(),
         })?;
-    MetadataClient::new(kind.name(), base, settings.attempt_timeout, settings.budget)
+    MetadataClient::new(kind.name(), base, settings)
 }
 
 /// Where a config drive with one of `labels` is mounted, if it is. bootplan

@@ -62,14 +62,9 @@ impl NoCloud {
             .unwrap_or_default();
         let seedfrom = args.remove("seedfrom");
         let seed = match seedfrom {
-            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
-                Seed::Http(MetadataClient::new(
-                    PROVIDER,
-                    url.trim_end_matches('/'),
-                    settings.attempt_timeout,
-                    settings.budget,
-                )?)
-            }
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => Seed::Http(
+                MetadataClient::new(PROVIDER, url.trim_end_matches('/'), settings)?,
+            ),
             Some(path) => Seed::Dir(PathBuf::from(path.strip_prefix("file://").unwrap_or(&path))),
             None => {
                 let dir = mounted_config_drive(settings, &["cidata", "CIDATA"]).or_else(|| {

@@ -107,6 +107,7 @@ impl AwsClient {
         region_hint: Option<String>,
         redactor: Arc<Redactor>,
         deadline: Option<Instant>,
+        reporter: Option<Arc<crate::telemetry::Reporter>>,
     ) -> Result<AwsClient, String> {
         let timeout = config.timeout.map(|t| t.get());
         let net = Net::new(
@@ -114,17 +115,22 @@ impl AwsClient {
             timeout,
             config.retry.as_ref(),
             deadline,
-        );
+            "aws",
+        )
+        .with_reporter(reporter.clone());
         let mut imds_net = Net::new(
             super::http::client(None, false, true)?,
             timeout,
             config.retry.as_ref(),
             deadline,
-        );
+            "aws instance metadata",
+        )
+        .with_reporter(reporter);
         // The metadata service answers in milliseconds or not at all (off
         // EC2): do not spend the secret store's retry budget on it.
-        imds_net.attempts = imds_net.attempts.min(IMDS_ATTEMPTS);
+        imds_net.budget.attempts = imds_net.budget.attempts.min(IMDS_ATTEMPTS);
         imds_net.timeout = imds_net.timeout.min(IMDS_TIMEOUT);
+        imds_net.budget.attempt_time = imds_net.timeout;
         let imds_base = config
             .endpoints
             .imds

@@ -398,6 +398,16 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     for warning in telemetry_warnings {
         reporter.notice(Level::Warn, warning.to_string());
     }
+    // What a killed earlier run left goes first; then this run's own group.
+    match crate::process::cgroup::reclaim_leftovers(&run_dir) {
+        Ok(Some(reclaimed)) => reporter.notice(Level::Warn, reclaimed.to_string()),
+        Ok(None) => {}
+        Err(err) => reporter.notice(Level::Warn, err.to_string()),
+    }
+    let containment = crate::process::cgroup::contain_run(&run_dir, &reporter);
+    for (level, message) in containment.notices() {
+        reporter.notice(level, message);
+    }
     if let Some(aside) = &journal.recovered_from {
         reporter.notice(
             Level::Warn,
@@ -486,6 +496,7 @@ fn run(cli: &Cli, path: &Path) -> i32 {
     drop(obs);
     // Release the runtime (and its threads) before the process image is replaced.
     drop(runtime);
+    drop(containment);
     let err = crate::steps::exec::exec(&request);
     reporter.emit(EventKind::RunFinished {
         outcome: Outcome::Failed,

@@ -1,5 +1,5 @@
 //! The lifecycle around the plan: services (`services`, `probe`), PID 1
-//! supervision (`supervise`, `reaper`), readiness signals (`notify`,
+//! supervision (`supervise`, with `process::reaper`), readiness signals (`notify`,
 //! `readyfile`), registration (`register`) and reports off the machine
 //! (`report`).
 //!
@@ -13,7 +13,6 @@
 pub mod notify;
 pub mod probe;
 pub mod readyfile;
-pub mod reaper;
 pub mod register;
 pub mod report;
 pub mod services;
@@ -26,6 +25,7 @@ use std::time::{Duration, Instant};
 use crate::engine::{self, RunSummary, journal::Journal};
 use crate::plan::lifecycle::ReportSpec;
 use crate::plan::{Plan, StepKind};
+use crate::process::reaper;
 use crate::steps::StepContext;
 use crate::telemetry::Reporter;
 

@@ -477,11 +477,12 @@ fn check_usable(group: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// bootplan's own cgroup directory in the cgroup v2 hierarchy.
-fn own_cgroup() -> Result<PathBuf, String> {
+/// This process's own cgroup directory in the cgroup v2 hierarchy, or why
+/// there is none.
+pub fn own_cgroup() -> Result<PathBuf, String> {
     let cgroup = fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-    let own = unified_path(&cgroup).ok_or("bootplan is in no cgroup v2 hierarchy")?;
+    let own = unified_path(&cgroup).ok_or("this process is in no cgroup v2 hierarchy")?;
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let mounts = cgroup2_mounts(&mountinfo);
@@ -495,7 +496,7 @@ fn own_cgroup() -> Result<PathBuf, String> {
             let dir = point.join(rest);
             dir.join("cgroup.procs").is_file().then_some(dir)
         })
-        .ok_or_else(|| format!("bootplan's cgroup {own} is under no cgroup2 mount"))
+        .ok_or_else(|| format!("cgroup {own} is under no cgroup2 mount"))
 }
 
 /// The path of the `0::` (cgroup v2) line of `/proc/PID/cgroup`; `None`

@@ -11,4 +11,5 @@ mod facts;
 mod invalid_plans;
 mod lifecycle;
 mod observability;
+mod process;
 mod secrets;

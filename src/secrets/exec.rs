@@ -168,3 +168,88 @@ fn not_found(name: String, detail: String) -> SecretError {
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::plan::duration::HumanDuration;
+
+    fn helper(script: &str, timeout: Duration) -> ExecSecret {
+        ExecSecret {
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            key: None,
+            timeout: Some(HumanDuration(timeout)),
+        }
+    }
+
+    async fn fetch_with(script: &str, timeout: Duration) -> Result<String, SecretError> {
+        let dir = tempfile::tempdir().unwrap();
+        fetch("s", &helper(script, timeout), dir.path())
+            .await
+            .map(|v| v.expose().to_string())
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_an_error_at_once_not_a_timeout() {
+        // 2 MiB on stdout and on stderr: a helper that blocked on a full
+        // pipe would run into the timeout instead.
+        let started = Instant::now();
+        let script = "head -c 2097152 /dev/zero; head -c 2097152 /dev/zero >&2";
+        let err = fetch_with(script, Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("printed more than 1024 KiB"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        // Just under the cap is a secret (well, a value).
+        let script = "head -c 1048575 /dev/zero | tr '\\0' x; head -c 2097152 /dev/zero >&2";
+        let value = fetch_with(script, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(value.len(), 1_048_575);
+    }
+
+    #[tokio::test]
+    async fn a_helper_past_its_timeout_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = format!("31.{}7", std::process::id());
+        let pid_file = dir.path().join("pid");
+        let script = format!(
+            "sleep {marker} & echo $! > {}; sleep 60",
+            pid_file.display()
+        );
+        let err = fetch_with(&script, Duration::from_millis(500))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("did not finish within"), "{err}");
+        let left: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed and, being the helper's child, reparented and reaped
+        // elsewhere: gone from /proc or a zombie, not running.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{left}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            if matches!(state, None | Some("Z")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the helper's child {left} still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

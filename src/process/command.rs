@@ -205,8 +205,7 @@ impl Command {
         }
         let leaf = cgroup::leaf();
         if let Some(leaf) = leaf {
-            let cmd = self.build(Some(&leaf))?;
-            match start(cmd) {
+            match self.build(Some(&leaf)).and_then(&mut start) {
                 Ok(started) => return Ok((started, Tree::new(Some(leaf)))),
                 Err(contained) => {
                     let where_to = leaf.path().display().to_string();

@@ -645,6 +645,18 @@ mod tests {
         assert_eq!(stubborn.wait().await.unwrap().signal(), Some(libc::SIGKILL));
     }
 
+    #[tokio::test]
+    async fn try_wait_and_start_kill() {
+        let mut child = Command::new("sleep").arg("60").spawn().unwrap();
+        assert!(child.try_wait().unwrap().is_none());
+        child.start_kill().unwrap();
+        let status = child.wait().await.unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert_eq!(child.try_wait().unwrap(), Some(status));
+        assert_eq!(child.id(), None);
+    }
+
     #[test]
     fn debug_shows_no_argument_or_value() {
         let mut cmd = Command::new("helper");

@@ -1,7 +1,7 @@
 //! The lifecycle around the plan: services (`services`, `probe`), PID 1
-//! supervision (`supervise`, with `process::reaper`), readiness signals (`notify`,
-//! `readyfile`), registration (`register`) and reports off the machine
-//! (`report`).
+//! supervision (`supervise`, with `process::reaper`), readiness signals
+//! (`notify`, `readyfile`), registration (`register`) and reports off the
+//! machine (`report`).
 //!
 //! `run` is the entry point the CLI calls instead of `engine::run`: it
 //! decides whether to supervise, starts the reaper and the signal forwarder

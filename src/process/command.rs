@@ -334,13 +334,16 @@ impl Tree {
         self.leaf.is_some()
     }
 
-    /// `signal` to every process of the tree. `pgid` is the child's pid;
-    /// the caller knows it still names the child's group (the child has
-    /// not been reaped, or others of its group remain).
+    /// `signal` to every process of the tree, once each: the leaf's
+    /// processes (its process group is among them), else the group.
+    /// `pgid` is the child's pid; the caller knows it still names the
+    /// child's group (the child has not been reaped).
     pub(crate) fn signal(&self, pgid: u32, signal: Signal) {
-        let _ = nix::sys::signal::killpg(Pid::from_raw(pgid as i32), signal);
-        if let Some(leaf) = &self.leaf {
-            leaf.signal(signal);
+        match &self.leaf {
+            Some(leaf) => leaf.signal(signal),
+            None => {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pgid as i32), signal);
+            }
         }
     }
 

@@ -532,3 +532,34 @@ steps:
         || !pid_alive(app),
     );
 }
+
+/// A cancelled step's processes get SIGTERM first (their trap runs, once),
+/// then SIGKILL after the grace.
+#[test]
+fn a_cancelled_step_gets_sigterm_once_then_sigkill() {
+    for containment in containments("a_cancelled_step_gets_sigterm_once") {
+        let sb = Sandbox::new();
+        sb.plan(
+            r#"
+version: 1
+name: term-once
+kill_grace: 500ms
+steps:
+  trapping:
+    shell: "trap 'echo term >> terms' TERM; touch started; while :; do sleep 0.02; done"
+"#,
+        );
+        let bootplan = start_with(&containment, &sb);
+        wait_until("the step to start", Duration::from_secs(10), || {
+            sb.path().join("started").exists()
+        });
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(bootplan.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let out = finish(bootplan);
+        assert_eq!(code(&out), 143, "{}", dump(&out));
+        assert_eq!(sb.read("terms"), "term\n", "the trap ran once");
+    }
+}

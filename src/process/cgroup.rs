@@ -253,11 +253,6 @@ pub fn contain_run(run_dir: &Path, reporter: &Arc<Reporter>) -> RunContainment {
 }
 
 impl RunContainment {
-    /// The run group, when there is one.
-    pub fn cgroup(&self) -> Option<&Path> {
-        self.group.as_deref()
-    }
-
     /// What the operator should know: where the children go, or why they
     /// are not in a cgroup.
     pub fn notices(&self) -> Vec<(Level, String)> {

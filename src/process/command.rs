@@ -329,11 +329,6 @@ impl Tree {
         Tree { leaf }
     }
 
-    /// Whether the tree is a cgroup leaf (else a process group).
-    pub(crate) fn in_cgroup(&self) -> bool {
-        self.leaf.is_some()
-    }
-
     /// `signal` to every process of the tree, once each: the leaf's
     /// processes (its process group is among them), else the group.
     /// `pgid` is the child's pid; the caller knows it still names the
@@ -376,11 +371,6 @@ impl Child {
     /// The pid, until the child has been waited for (then it may be reused).
     pub fn id(&self) -> Option<u32> {
         self.status.is_none().then_some(self.pid)
-    }
-
-    /// Whether its tree is contained by a cgroup (else by its process group).
-    pub fn in_cgroup(&self) -> bool {
-        self.tree.in_cgroup()
     }
 
     /// Waits for the child to exit; then kills what it left in its tree.

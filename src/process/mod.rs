@@ -27,7 +27,7 @@ mod output;
 pub mod reaper;
 
 pub use command::{Child, Command, Stdio};
-pub use output::{MAX_LINE, Output, PIPE_DRAIN, drain, log_in_background, pump, run};
+pub use output::{Output, drain, log_in_background, pump, run};
 
 /// A command that did not run to its end.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use crate::telemetry::{EventKind, Reporter, Stream};
 
 /// Longest captured line; longer lines are cut so one runaway line cannot
 /// exhaust memory.
-pub const MAX_LINE: usize = 16 * 1024;
+const MAX_LINE: usize = 16 * 1024;
 
 /// Largest read of a command's output at once.
 const MAX_READ: usize = 16 * 1024;
@@ -21,7 +21,7 @@ const MAX_READ: usize = 16 * 1024;
 /// How long to wait for output pipes to close once the process tree is
 /// gone. Without a cgroup, a process that left the group may hold a pipe
 /// open forever.
-pub const PIPE_DRAIN: Duration = Duration::from_secs(1);
+const PIPE_DRAIN: Duration = Duration::from_secs(1);
 
 /// What to do with the command's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -263,8 +263,18 @@ fn run_plan(
             ),
         );
     }
+    // What a killed earlier run left goes first; then this run's own group.
+    match crate::process::cgroup::reclaim_leftovers(&dirs.run) {
+        Ok(Some(reclaimed)) => outputs.reporter.notice(Level::Warn, reclaimed.to_string()),
+        Ok(None) => {}
+        Err(err) => outputs.reporter.notice(Level::Warn, err.to_string()),
+    }
+    let containment = crate::process::cgroup::contain_run(&dirs.run, &outputs.reporter);
+    for (level, message) in containment.notices() {
+        outputs.reporter.notice(level, message);
+    }
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_steps(opts, plan, dirs, journal, bootstrap_id, &mut outputs)
+        run_steps(opts, plan, dirs, journal, bootstrap_id, containment, &mut outputs)
     }));
     ran.unwrap_or_else(|panic| {
         let message = format!(
@@ -283,6 +293,7 @@ fn run_steps(
     dirs: &RunDirs,
     journal: Arc<Journal>,
     bootstrap_id: String,
+    containment: crate::process::cgroup::RunContainment,
     outputs: &mut Outputs,
 ) -> i32 {
     let reporter = outputs.reporter.clone();
@@ -362,8 +373,10 @@ fn run_steps(
         linger(&runtime, &opts.telemetry, &outputs.obs);
         return summary.exit_code;
     };
-    // Release the runtime (and its threads) before the process image is replaced.
+    // Release the runtime (and its threads) and the run's cgroup before
+    // the process image is replaced.
     drop(runtime);
+    drop(containment);
     let err = crate::steps::exec::exec(&request);
     outputs.reporter.emit(EventKind::RunFinished {
         outcome: Outcome::Failed,

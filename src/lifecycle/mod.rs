@@ -1,7 +1,7 @@
 //! The lifecycle around the plan: services (`services`, `probe`), PID 1
-//! supervision (`supervise`, `reaper`), readiness signals (`notify`,
-//! `readyfile`), registration (`register`) and reports off the machine
-//! (`report`).
+//! supervision (`supervise`, with `process::reaper`), readiness signals
+//! (`notify`, `readyfile`), registration (`register`) and reports off the
+//! machine (`report`).
 //!
 //! `run` is the entry point the CLI calls instead of `engine::run`: it
 //! decides whether to supervise, starts the reaper and the signal forwarder
@@ -15,7 +15,6 @@ pub mod dirs;
 pub mod notify;
 pub mod probe;
 pub mod readyfile;
-pub mod reaper;
 pub mod register;
 pub mod report;
 pub mod services;
@@ -29,6 +28,7 @@ use std::time::{Duration, Instant};
 use crate::engine::{self, RunSummary, journal::Journal};
 use crate::plan::lifecycle::ReportSpec;
 use crate::plan::{Plan, StepKind};
+use crate::process::reaper;
 use crate::steps::StepContext;
 use crate::telemetry::Reporter;
 

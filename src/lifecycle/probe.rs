@@ -220,19 +220,12 @@ impl Probe {
     async fn check_command(&self, cmd: &Cmd) -> Result<(), String> {
         let mut command = cmd.command_for(&self.bootstrap_id, &self.step);
         command
-            .stdout(crate::spawn::Stdio::Null)
-            .stderr(crate::spawn::Stdio::Null);
-        let mut child = command
-            .spawn()
-            .await
-            .map_err(|e| format!("cannot start: {e}"))?;
-        let pgid = child.id().map(|pid| nix::unistd::Pid::from_raw(pid as i32));
-        // kill_on_drop kills the command if the check times out.
+            .stdout(crate::process::Stdio::Null)
+            .stderr(crate::process::Stdio::Null);
+        let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
+        // Dropped when the check times out, the child's tree is killed;
+        // when it exits, what it left is killed with it.
         let status = child.wait().await.map_err(|e| e.to_string())?;
-        if let Some(pgid) = pgid {
-            // Leftovers of the check die with it.
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-        }
         if status.success() {
             Ok(())
         } else {

@@ -10,8 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -19,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 use super::probe::{NotifyListener, Probe};
 use crate::error::ErrorCode;
 use crate::plan::lifecycle::{RestartOn, RestartPolicy};
-use crate::spawn::Child;
+use crate::process::{self, Child};
 use crate::steps::StepError;
-use crate::steps::process::{self, Cmd};
+use crate::steps::process::Cmd;
 use crate::telemetry::metrics::{SERVICE_READY, SERVICE_RESTARTS};
-use crate::telemetry::{ErrorInfo, Level, Reporter, Stream};
+use crate::telemetry::{ErrorInfo, Level, Reporter};
 
 /// Everything needed to (re)start one service.
 pub struct ServiceUnit {
@@ -43,7 +41,6 @@ pub struct ServiceUnit {
 /// A started service process that passed its probe.
 pub struct Running {
     child: Child,
-    pgid: Pid,
     readers: Vec<JoinHandle<()>>,
 }
 
@@ -164,18 +161,11 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
     if let Some(listener) = &unit.notify {
         command.env("NOTIFY_SOCKET", listener.path());
     }
-    let mut child = command.spawn().await.map_err(|source| StepError::Spawn {
+    let mut child = command.spawn().map_err(|source| StepError::Spawn {
         program: unit.cmd.program().to_string(),
         source,
     })?;
-    let Some(pid) = child.id() else {
-        return Err(StepError::ServiceExited {
-            program: unit.cmd.program().to_string(),
-            status: "exited at once".into(),
-        });
-    };
-    let pgid = Pid::from_raw(pid as i32);
-    let readers = take_readers(&mut child, &unit.step, &unit.reporter);
+    let readers = process::log_in_background(&mut child, &unit.step, &unit.reporter);
     let program = unit.cmd.program().to_string();
     let result = unit
         .probe
@@ -188,33 +178,13 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
         })
         .await;
     match result {
-        Ok(()) => Ok(Running {
-            child,
-            pgid,
-            readers,
-        }),
+        Ok(()) => Ok(Running { child, readers }),
         Err(err) => {
-            process::terminate_group(&mut child, pgid, unit.grace).await;
+            child.terminate(unit.grace).await;
             process::drain(readers).await;
             Err(err)
         }
     }
-}
-
-fn take_readers(child: &mut Child, step: &str, reporter: &Arc<Reporter>) -> Vec<JoinHandle<()>> {
-    let pipes = [
-        (child.stdout.take(), Stream::Stdout),
-        (child.stderr.take(), Stream::Stderr),
-    ];
-    pipes
-        .into_iter()
-        .filter_map(|(pipe, stream)| {
-            let (pipe, step, reporter) = (pipe?, step.to_string(), reporter.clone());
-            Some(tokio::spawn(async move {
-                process::pump(pipe, &step, stream, &reporter, process::Output::Log).await;
-            }))
-        })
-        .collect()
 }
 
 /// Watches one service: restarts it by its policy, reports it when it is
@@ -232,7 +202,6 @@ async fn watch_service(
         let ended = match current.take() {
             Some(mut proc) => tokio::select! {
                 status = proc.child.wait() => {
-                    let _ = killpg(proc.pgid, Signal::SIGKILL);
                     process::drain(proc.readers).await;
                     match status {
                         Ok(s) => (s.success(), format!("exited with {s}")),
@@ -241,7 +210,7 @@ async fn watch_service(
                 }
                 () = stop.cancelled() => {
                     let grace = Duration::from_millis(grace_ms.load(Ordering::SeqCst));
-                    process::terminate_group(&mut proc.child, proc.pgid, grace).await;
+                    proc.child.terminate(grace).await;
                     process::drain(proc.readers).await;
                     return;
                 }

@@ -13,7 +13,6 @@
 //! code (128+n for signal n). A required service gone for good stops the app
 //! and exits with `service.failed`'s code.
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,11 +26,12 @@ use tokio_util::sync::CancellationToken;
 use super::probe::{NotifyListener, Probe};
 use super::register::{self, Registration};
 use super::services::ServiceFailure;
-use super::{Options, notify, readyfile, reaper};
+use super::{Options, notify, readyfile};
 use crate::engine::RunSummary;
 use crate::error::{ErrorCode, exit};
 use crate::plan::lifecycle::Registry;
 use crate::plan::{Plan, Step, WaitTarget};
+use crate::process::{Stdio, reaper};
 use crate::steps::exec::ExecRequest;
 use crate::steps::{StepContext, StepError, StepInputs};
 use crate::telemetry::{ErrorInfo, EventKind, Level, Outcome, StepState};
@@ -187,8 +187,8 @@ pub async fn supervise(
                 .await;
         }
     };
-    let pid = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
-        Ok(pid) => pid,
+    let mut app = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
+        Ok(app) => app,
         Err(err) => {
             let info = ErrorInfo {
                 code: ErrorCode::ExecFailed,
@@ -198,6 +198,7 @@ pub async fn supervise(
                 .await;
         }
     };
+    let pid = app.id();
     let pgid = Pid::from_raw(pid as i32);
     ctx.reporter.notice(
         Level::Info,
@@ -296,8 +297,8 @@ pub async fn supervise(
             }
         }
     };
-    // Anything the app left in its group goes with it.
-    let _ = killpg(pgid, Signal::SIGKILL);
+    // Anything the app left in its tree goes with it.
+    app.kill_tree();
     probe_cancel.cancel();
     drop(listener);
     notify::stopping();
@@ -598,38 +599,31 @@ async fn register_instance(
         })
 }
 
-/// Starts the app in its own process group; the reaper collects its status.
-fn spawn_app(request: &ExecRequest, notify_socket: Option<&Path>) -> std::io::Result<u32> {
+/// Starts the app in its own process group (on a terminal, in the
+/// foreground), with stdin, stdout and stderr bootplan's own; the reaper
+/// collects its status. Like every child it gets SIGKILL when bootplan dies,
+/// so an app that ignores SIGTERM cannot outlive a killed supervisor.
+fn spawn_app(
+    request: &ExecRequest,
+    notify_socket: Option<&Path>,
+) -> std::io::Result<reaper::Watched> {
     let cmd = &request.cmd;
-    let mut command = std::process::Command::new(cmd.program());
+    let mut command = crate::process::Command::new(cmd.program());
     command
-        .args(&cmd.argv[1..])
+        .args(cmd.argv.iter().skip(1))
         .env_remove("NOTIFY_SOCKET")
         .env("BOOTPLAN_BOOTSTRAP_ID", &request.bootstrap_id)
         .env("BOOTPLAN_STEP", &request.step)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .process_group(0);
+        .stdin(Stdio::Inherit)
+        .stdout(Stdio::Inherit)
+        .stderr(Stdio::Inherit)
+        .foreground();
     if let Some(path) = notify_socket {
         command.env("NOTIFY_SOCKET", path);
     }
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: only async-signal-safe calls (those of die_with_parent,
-    // isatty, signal, tcsetpgrp, getpid) run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            // The app goes when bootplan goes, so a killed supervisor leaves nothing.
-            crate::spawn::die_with_parent(libc::SIGTERM, parent)?;
-            // On a terminal, the app's group takes the foreground so it can read input.
-            if libc::isatty(0) == 1 {
-                libc::signal(libc::SIGTTOU, libc::SIG_IGN);
-                libc::tcsetpgrp(0, libc::getpid());
-                libc::signal(libc::SIGTTOU, libc::SIG_DFL);
-            }
-            Ok(())
-        });
-    }
-    reaper::spawn_watched(&mut command)
+    reaper::spawn_watched(&command)
 }

@@ -7,12 +7,21 @@ use std::os::unix::process::CommandExt;
 
 use super::{StepContext, StepError, StepInputs};
 
-/// The rendered command to exec.
-#[derive(Debug)]
+/// The rendered command to exec. Its `Debug` shows no argument or value
+/// (see [`super::process::Cmd`]).
 pub struct ExecRequest {
     pub step: String,
     pub cmd: super::process::Cmd,
     pub bootstrap_id: String,
+}
+
+impl std::fmt::Debug for ExecRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecRequest")
+            .field("step", &self.step)
+            .field("cmd", &self.cmd)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Renders the exec step's argv, env and cwd.
@@ -33,7 +42,7 @@ pub fn exec(request: &ExecRequest) -> std::io::Error {
     let cmd = &request.cmd;
     let mut command = std::process::Command::new(cmd.program());
     command
-        .args(&cmd.argv[1..])
+        .args(cmd.argv.iter().skip(1))
         .env("BOOTPLAN_BOOTSTRAP_ID", &request.bootstrap_id)
         .env("BOOTPLAN_STEP", &request.step)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)));

@@ -101,6 +101,14 @@ impl Sandbox {
     }
 }
 
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // A bootplan that a test killed leaves its run's cgroup behind (for
+        // the next run to reclaim); the test host keeps none of them.
+        let _ = bootplan::process::cgroup::reclaim_leftovers(&self.run_dir());
+    }
+}
+
 /// The JSON log lines of a run's stdout.
 pub fn log_lines(output: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&output.stdout)

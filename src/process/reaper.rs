@@ -2,26 +2,26 @@
 //!
 //! Orphans re-parented to bootplan must be reaped, or they stay zombies.
 //! A plain `waitpid(-1)` loop would also steal the exit statuses of the
-//! children bootplan waits for ([`crate::spawn::Child`]), so this reaper only
-//! reaps zombies that nobody else waits for:
+//! children bootplan waits for ([`crate::process::Child`]), so this reaper
+//! only reaps zombies that nobody else waits for:
 //!
-//! - children started by [`crate::spawn::Command`] are *owned* by their
-//!   `spawn::Child` and left alone (the spawn happens under the same lock the
-//!   reaper scans under, in [`while_spawning`], so a fast-exiting child
-//!   cannot be reaped before it is registered);
+//! - children started by [`crate::process::Command`] are *owned*: tokio
+//!   reaps them (through a pidfd, by pid, when their `Child` is waited for;
+//!   by its own orphan queue, on SIGCHLD, when it was dropped), so they are
+//!   left alone here. The spawn happens under the same lock the reaper
+//!   scans under ([`while_spawning`]), so a fast-exiting child cannot be
+//!   reaped before it is registered, and a pid stays owned until it is no
+//!   longer a child of bootplan (tokio has reaped it);
 //! - children spawned through [`spawn_watched`] (the supervised app) are
 //!   reaped here and their status is kept in a pid → status map for
 //!   [`wait_watched`];
 //! - every other zombie child (an orphan) is reaped and counted, once it has
 //!   been a zombie for [`ORPHAN_GRACE`]: a child that other code spawned
 //!   with tokio directly would be reaped by tokio long before, so even a
-//!   spawn that bypasses [`crate::spawn`] keeps its status.
+//!   spawn that bypasses [`crate::process`] keeps its status.
 //!
 //! Zombie children are found by scanning `/proc/*/stat` for our pid as the
 //! parent; watched pids are also polled directly in case `/proc` is missing.
-//! Every spawn in bootplan goes through [`crate::spawn`] or
-//! [`spawn_watched`]; a child spawned another way could lose its status to
-//! this reaper while it runs.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,18 +32,22 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::Notify;
 
+use super::Command;
+use super::command::Tree;
+
 /// How often to scan even without SIGCHLD (signals can coalesce).
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 
 /// How long an untracked zombie is left for its possible owner first. A
 /// child some other code spawned with tokio directly (not through
-/// [`crate::spawn`]) is reaped by tokio within milliseconds of its exit;
+/// [`crate::process`]) is reaped by tokio within milliseconds of its exit;
 /// an orphan has no owner and is reaped after this.
 const ORPHAN_GRACE: Duration = Duration::from_secs(1);
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static ORPHANS_REAPED: AtomicU64 = AtomicU64::new(0);
-/// Pids a `spawn::Child` waits for. Also the lock that orders spawns against scans.
+/// Pids tokio reaps (children of [`crate::process::Command`]). Also the lock
+/// that orders spawns against scans.
 static OWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
 /// Pids whose status we collect, and the statuses collected so far.
 static WATCHED: LazyLock<Mutex<HashMap<i32, Option<i32>>>> =
@@ -59,7 +63,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Runs `spawn`, which starts one child that bootplan will wait for
 /// itself, under the lock the reaper scans under, and keeps the reaper off
-/// that child (`pid_of` names it). Every [`crate::spawn::Command`] spawns
+/// that child (`pid_of` names it). Every [`crate::process::Command`] spawns
 /// through here.
 pub fn while_spawning<T>(
     spawn: impl FnOnce() -> std::io::Result<T>,
@@ -73,15 +77,55 @@ pub fn while_spawning<T>(
     Ok(spawned)
 }
 
-/// Spawns a child whose exit status the reaper collects (see [`wait_watched`]).
-pub fn spawn_watched(cmd: &mut std::process::Command) -> std::io::Result<u32> {
-    let _owned = lock(&OWNED);
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    lock(&WATCHED).insert(pid as i32, None);
-    // Dropping a std Child neither waits nor kills: the reaper reaps it.
-    drop(child);
-    Ok(pid)
+/// Starts `cmd` as a child whose exit status the reaper collects (see
+/// [`wait_watched`]), contained like every other child.
+pub fn spawn_watched(cmd: &Command) -> std::io::Result<Watched> {
+    let (pid, tree) = cmd.contained(|mut cmd| {
+        let _owned = lock(&OWNED);
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        lock(&WATCHED).insert(pid as i32, None);
+        // Dropping a std Child neither waits nor kills: the reaper reaps it.
+        drop(child);
+        Ok(pid)
+    })?;
+    Ok(Watched {
+        pid,
+        tree,
+        killed: false,
+    })
+}
+
+/// A child started by [`spawn_watched`]. Dropped, it kills what is left of
+/// the child's tree.
+#[derive(Debug)]
+pub struct Watched {
+    pid: u32,
+    tree: Tree,
+    /// Once killed after the child's exit, its group id is not signalled
+    /// again: with no process left in it, it may name another group later.
+    killed: bool,
+}
+
+impl Watched {
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// SIGKILL to everything left of the child's tree (its cgroup leaf, else
+    /// its process group).
+    pub fn kill_tree(&mut self) {
+        if !self.killed {
+            self.killed = true;
+            self.tree.kill(self.pid);
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.kill_tree();
+    }
 }
 
 /// Waits until the watched child `pid` has exited; returns its exit code,
@@ -109,8 +153,7 @@ pub fn orphans_reaped() -> u64 {
 /// Must be called inside the runtime, before any child is spawned.
 pub fn start() -> tokio::task::JoinHandle<()> {
     if std::process::id() != 1 {
-        // SAFETY: prctl with integer arguments only.
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let _ = nix::sys::prctl::set_child_subreaper(true);
     }
     ACTIVE.store(true, Ordering::SeqCst);
     tokio::spawn(async {

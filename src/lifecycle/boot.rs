@@ -274,7 +274,15 @@ fn run_plan(
         outputs.reporter.notice(level, message);
     }
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_steps(opts, plan, dirs, journal, bootstrap_id, containment, &mut outputs)
+        run_steps(
+            opts,
+            plan,
+            dirs,
+            journal,
+            bootstrap_id,
+            containment,
+            &mut outputs,
+        )
     }));
     ran.unwrap_or_else(|panic| {
         let message = format!(

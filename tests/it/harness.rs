@@ -15,9 +15,12 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bootplan"))
 }
 
-/// Whether we run under CI, where a missing peer is a failure, not a skip.
+/// Whether a missing peer (or host feature) must fail the test instead of
+/// skipping it: under `scripts/test` (`BOOTPLAN_TEST_REQUIRE_PEERS=1`, which
+/// installs every peer first) and under CI.
 pub fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    let set = |var: &str| std::env::var(var).is_ok_and(|v| v == "true" || v == "1");
+    set("BOOTPLAN_TEST_REQUIRE_PEERS") || set("CI")
 }
 
 /// A scratch directory holding a plan, its state dir and its run dir.

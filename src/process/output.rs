@@ -153,7 +153,7 @@ pub async fn pump(
     // print little), doubled while reads fill it.
     let mut chunk = Vec::with_capacity(512);
     let mut line = Vec::new();
-    let emit = |line: &mut Vec<u8>| {
+    let mut emit = |line: &mut Vec<u8>| {
         while line.last().is_some_and(|b| *b == b'\r') {
             line.pop();
         }
@@ -164,6 +164,9 @@ pub async fn pump(
         });
         line.clear();
     };
+    // Redacted before it is cut into lines, so a secret split across two
+    // reads, or across the line-length cut, is still masked.
+    let mut redacting = reporter.redactor().stream();
     loop {
         chunk.clear();
         let read = match reader.read_buf(&mut chunk).await {
@@ -176,26 +179,36 @@ pub async fn pump(
         if output == Output::Discard {
             continue;
         }
-        let mut rest = &chunk[..read];
-        while !rest.is_empty() {
-            let room = MAX_LINE - line.len();
-            let window = &rest[..rest.len().min(room)];
-            if let Some(end) = window.iter().position(|b| *b == b'\n') {
-                line.extend_from_slice(&rest[..end]);
-                rest = &rest[end + 1..];
-                emit(&mut line);
-            } else if window.len() == room {
-                line.extend_from_slice(window);
-                rest = &rest[room..];
-                emit(&mut line);
-            } else {
-                line.extend_from_slice(rest);
-                rest = &[];
-            }
-        }
+        let clean = redacting.push(&chunk[..read]);
+        split_lines(&clean, &mut line, &mut emit);
+    }
+    if output == Output::Log {
+        let clean = redacting.finish();
+        split_lines(&clean, &mut line, &mut emit);
     }
     if !line.is_empty() {
         emit(&mut line);
+    }
+}
+
+/// Adds `bytes` to the partial `line`, emitting each complete line (and
+/// each [`MAX_LINE`] piece of a longer one).
+fn split_lines(mut bytes: &[u8], line: &mut Vec<u8>, emit: &mut impl FnMut(&mut Vec<u8>)) {
+    while !bytes.is_empty() {
+        let room = MAX_LINE - line.len();
+        let window = &bytes[..bytes.len().min(room)];
+        if let Some(end) = window.iter().position(|b| *b == b'\n') {
+            line.extend_from_slice(&bytes[..end]);
+            bytes = &bytes[end + 1..];
+            emit(line);
+        } else if window.len() == room {
+            line.extend_from_slice(window);
+            bytes = &bytes[room..];
+            emit(line);
+        } else {
+            line.extend_from_slice(bytes);
+            bytes = &[];
+        }
     }
 }
 
@@ -256,6 +269,43 @@ mod tests {
         };
         pump(reader, "s", Stream::Stdout, &reporter, output).await;
         seen.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_across_reads_or_the_line_cut_is_masked() {
+        let (reporter, seen) = reporter();
+        let secret = "canary-5ecr3t-value";
+        reporter.redactor().add_secret(secret);
+        for size in [1, 2, 5, 7, 4096] {
+            seen.lock().unwrap().clear();
+            let text = format!("one {secret} two\n");
+            let reader = Chunked {
+                bytes: text.into_bytes(),
+                size,
+            };
+            pump(reader, "s", Stream::Stdout, &reporter, Output::Log).await;
+            assert_eq!(
+                *seen.lock().unwrap(),
+                ["one [REDACTED] two"],
+                "read size {size}"
+            );
+        }
+        // The secret straddles the 16 KiB cut of a runaway line.
+        seen.lock().unwrap().clear();
+        let pad = "x".repeat(MAX_LINE - 6);
+        let reader = Chunked {
+            bytes: format!("{pad}{secret}\n").into_bytes(),
+            size: 1000,
+        };
+        pump(reader, "s", Stream::Stdout, &reporter, Output::Log).await;
+        let lines = seen.lock().unwrap().clone();
+        assert_eq!(lines.concat(), format!("{pad}[REDACTED]"));
+        assert!(
+            lines
+                .iter()
+                .all(|l| !l.contains("canary") && !l.contains("value")),
+            "{lines:?}"
+        );
     }
 
     #[tokio::test]

@@ -412,3 +412,38 @@ fn credentials_over_plain_http_to_another_host_are_refused_unless_the_plan_accep
     let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", dump(&out));
 }
+
+#[test]
+fn a_secret_printed_in_pieces_or_across_the_line_cut_is_still_masked() {
+    let sb = Sandbox::new();
+    sb.write("secret", "canary-0123456789abcdef\n");
+    sb.write("lines", "ab12\ncd34\nef56\n");
+    sb.plan(concat!(
+        "version: 1\nname: pieces\nmax_parallel: 1\n",
+        "secrets:\n  s: { file: { path: secret } }\n  m: { file: { path: lines } }\n",
+        "steps:\n",
+        // Two writes, with the reader woken between them.
+        "  split: { shell: \"printf canary-0123; sleep 0.3; printf '456789abcdef\\\\n'\", secrets: [s] }\n",
+        // The secret straddles the 16 KiB line cut.
+        "  long: { shell: \"head -c 16380 /dev/zero | tr '\\\\0' x; echo canary-0123456789abcdef\", secrets: [s], needs: [split] }\n",
+        // A multi-line secret with short lines, printed line by line.
+        "  multi: { shell: \"echo ab12; echo cd34; echo ef56\", secrets: [m], needs: [long] }\n",
+    ));
+    let out = sb.run();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let all = String::from_utf8_lossy(&out.stdout);
+    for fragment in ["canary", "0123", "abcdef", "ab12", "cd34", "ef56"] {
+        assert!(!all.contains(fragment), "`{fragment}` leaked:\n{all}");
+    }
+    let lines = output_lines(&out);
+    assert_eq!(lines[0], "[REDACTED]", "{lines:?}");
+    assert_eq!(
+        lines[1..3].concat(),
+        format!("{}[REDACTED]", "x".repeat(16380))
+    );
+    // Masked as a whole or line by line, depending on how the reads fall.
+    assert!(
+        !lines[3..].is_empty() && lines[3..].iter().all(|l| l == "[REDACTED]"),
+        "{lines:?}"
+    );
+}

@@ -116,6 +116,8 @@ impl Outputs {
                 redactor.add_secret(&value);
             }
         }
+        // And no child inherits them, unless a step's `env:` passes one on.
+        crate::process::withhold_env(plan.secret_env.iter().cloned());
         let status_sink = StatusSink::new(dirs.status_file()).with_needs(step_needs(plan));
         let status = status_sink.writer();
         // Metrics and traces start before the run so nothing recorded is lost.

@@ -81,14 +81,35 @@ impl fmt::Debug for Command {
     }
 }
 
+/// Variables of bootplan's own environment that no child inherits (secrets
+/// and credentials bootplan uses); see [`withhold_env`].
+static WITHHELD: std::sync::OnceLock<Vec<OsString>> = std::sync::OnceLock::new();
+
+/// Names variables of bootplan's environment that children do not
+/// inherit: every [`Command`] starts without them (a step's own `env:`
+/// may still pass one on). Set once, at the start of a run.
+pub fn withhold_env(names: impl IntoIterator<Item = String>) {
+    let _ = WITHHELD.set(names.into_iter().map(OsString::from).collect());
+}
+
+/// The withheld variables, for a child started outside [`Command`] (the
+/// final exec).
+pub fn withheld_env() -> &'static [OsString] {
+    WITHHELD.get().map_or(&[], Vec::as_slice)
+}
+
 impl Command {
     /// A command for `program` (searched in the child's `PATH` unless it
-    /// contains a `/`): stdin from /dev/null, output inherited.
+    /// contains a `/`): stdin from /dev/null, output inherited, without
+    /// the [`withheld`](withhold_env) variables.
     pub fn new(program: impl AsRef<OsStr>) -> Self {
         Command {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
-            env: Vec::new(),
+            env: withheld_env()
+                .iter()
+                .map(|name| (name.clone(), None))
+                .collect(),
             cwd: None,
             stdin: Stdio::Null,
             stdout: Stdio::Inherit,

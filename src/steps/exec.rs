@@ -41,6 +41,9 @@ pub fn prepare(
 pub fn exec(request: &ExecRequest) -> std::io::Error {
     let cmd = &request.cmd;
     let mut command = std::process::Command::new(cmd.program());
+    for name in crate::process::withheld_env() {
+        command.env_remove(name);
+    }
     command
         .args(cmd.argv.iter().skip(1))
         .env("BOOTPLAN_BOOTSTRAP_ID", &request.bootstrap_id)

@@ -447,3 +447,25 @@ fn a_secret_printed_in_pieces_or_across_the_line_cut_is_still_masked() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn bootplans_credentials_are_not_inherited_by_children_unless_a_step_asks() {
+    let sb = Sandbox::new();
+    sb.plan(concat!(
+        "version: 1\nname: inherit\nmax_parallel: 1\n",
+        "secrets:\n  tok: { env: { name: API_TOKEN } }\n",
+        "steps:\n",
+        "  plain: { shell: \"echo token=${API_TOKEN:-unset} other=$OTHER\" }\n",
+        "  asks: { run: [\"sh\", \"-c\", \"test \\\"$API_TOKEN\\\" = env-s3cret-token && echo passed on\"], env: { API_TOKEN: \"{{ secrets.tok }}\" }, needs: [plain] }\n",
+    ));
+    let out = sb
+        .cmd()
+        .env("API_TOKEN", "env-s3cret-token")
+        .env("OTHER", "kept")
+        .args(["run", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(output_lines(&out), ["token=unset other=kept", "passed on"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("env-s3cret-token"));
+}

@@ -19,10 +19,17 @@ use crate::telemetry::{EventKind, Reporter};
 /// Longest notify message read; systemd's own limit is similar.
 const MAX_NOTIFY_MESSAGE: usize = 4096;
 
-/// A socket a child process sends sd_notify messages to.
+/// A socket a child process sends sd_notify messages to. Only messages
+/// from the process it was given to (and its descendants) count: the
+/// kernel attaches each sender's pid (`SO_PASSCRED`), so another process
+/// that finds the socket cannot declare the service ready.
 pub struct NotifyListener {
     path: PathBuf,
     socket: tokio::net::UnixDatagram,
+    /// The processes allowed to notify: set once the process is started.
+    members: std::sync::Mutex<Option<crate::process::Members>>,
+    /// Where ignored messages are reported.
+    reporter: Option<Arc<Reporter>>,
 }
 
 impl NotifyListener {
@@ -32,7 +39,25 @@ impl NotifyListener {
         let path = dir.join(format!("{name}.sock"));
         let _ = std::fs::remove_file(&path);
         let socket = tokio::net::UnixDatagram::bind(&path)?;
-        Ok(NotifyListener { path, socket })
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::PassCred, &true)
+            .map_err(std::io::Error::from)?;
+        Ok(NotifyListener {
+            path,
+            socket,
+            members: std::sync::Mutex::new(None),
+            reporter: None,
+        })
+    }
+
+    /// Reports messages from other processes, which are ignored.
+    pub fn with_reporter(mut self, reporter: Arc<Reporter>) -> NotifyListener {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// Accepts messages from `members` only (the process just started).
+    pub fn expect_from(&self, members: crate::process::Members) {
+        *self.members.lock().unwrap_or_else(|p| p.into_inner()) = Some(members);
     }
 
     pub fn path(&self) -> &Path {
@@ -41,21 +66,78 @@ impl NotifyListener {
 
     /// Drops messages left from an earlier process (before a restart).
     pub fn clear(&self) {
-        let mut buf = [0u8; MAX_NOTIFY_MESSAGE];
-        while self.socket.try_recv(&mut buf).is_ok() {}
+        while let Ok(Some(_)) = self.try_recv() {}
     }
 
-    /// Waits for one message; `Ok(true)` when it says READY=1.
+    /// Waits for one message from the expected process; `Ok(true)` when it
+    /// says READY=1.
     async fn next(&self) -> std::io::Result<(bool, Option<String>)> {
+        loop {
+            let (text, sender) = self
+                .socket
+                .async_io(tokio::io::Interest::READABLE, || {
+                    self.try_recv()?
+                        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::WouldBlock))
+                })
+                .await?;
+            if !self.from_expected(sender) {
+                if let Some(reporter) = &self.reporter {
+                    let who = sender.map_or("a process of unknown pid".into(), |pid| {
+                        format!("pid {pid}")
+                    });
+                    reporter.notice(
+                        crate::telemetry::Level::Warn,
+                        format!(
+                            "ignored a notification on {} from {who}, which is not the service's process",
+                            self.path.display()
+                        ),
+                    );
+                }
+                continue;
+            }
+            let ready = text.lines().any(|l| l.trim() == "READY=1");
+            let status = text
+                .lines()
+                .find_map(|l| l.strip_prefix("STATUS="))
+                .map(str::to_string);
+            return Ok((ready, status));
+        }
+    }
+
+    fn from_expected(&self, sender: Option<u32>) -> bool {
+        let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        matches!((members.as_ref(), sender), (Some(members), Some(pid)) if members.contains(pid))
+    }
+
+    /// One message without waiting, with its sender's pid.
+    fn try_recv(&self) -> std::io::Result<Option<(String, Option<u32>)>> {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+        use std::os::fd::AsRawFd;
         let mut buf = vec![0u8; MAX_NOTIFY_MESSAGE];
-        let n = self.socket.recv(&mut buf).await?;
-        let text = String::from_utf8_lossy(&buf[..n]);
-        let ready = text.lines().any(|l| l.trim() == "READY=1");
-        let status = text
-            .lines()
-            .find_map(|l| l.strip_prefix("STATUS="))
-            .map(str::to_string);
-        Ok((ready, status))
+        let mut space = nix::cmsg_space!(UnixCredentials);
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let received = recvmsg::<()>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+        );
+        let msg = match received {
+            Ok(msg) => msg,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let sender = msg.cmsgs().ok().and_then(|mut cmsgs| {
+            cmsgs.find_map(|c| match c {
+                ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid() as u32),
+                _ => None,
+            })
+        });
+        let len = msg.bytes;
+        Ok(Some((
+            String::from_utf8_lossy(&buf[..len]).into_owned(),
+            sender,
+        )))
     }
 }
 
@@ -242,6 +324,17 @@ mod tests {
     async fn notify_listener_reads_status_then_ready_and_clears_old_messages() {
         let dir = tempfile::tempdir().unwrap();
         let listener = NotifyListener::bind(dir.path(), "svc").unwrap();
+        // A message from a process that is not the service is ignored.
+        let foreign = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.sendto(b'READY=1', sys.argv[1])",
+            ])
+            .arg(listener.path())
+            .status()
+            .unwrap();
+        assert!(foreign.success());
+        listener.expect_from(crate::process::Members::process(std::process::id()));
         let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
         sender
             .send_to(b"STATUS=warming up", listener.path())

@@ -165,6 +165,9 @@ pub async fn start(unit: &ServiceUnit, cancel: &CancellationToken) -> Result<Run
         program: unit.cmd.program().to_string(),
         source,
     })?;
+    if let Some(listener) = &unit.notify {
+        listener.expect_from(child.members());
+    }
     let readers = process::log_in_background(&mut child, &unit.step, &unit.reporter);
     let program = unit.cmd.program().to_string();
     let result = unit

@@ -188,7 +188,12 @@ pub async fn supervise(
         }
     };
     let mut app = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
-        Ok(app) => app,
+        Ok(app) => {
+            if let Some(listener) = &listener {
+                listener.expect_from(app.members());
+            }
+            app
+        }
         Err(err) => {
             let info = ErrorInfo {
                 code: ErrorCode::ExecFailed,
@@ -567,12 +572,12 @@ async fn prepare_probe(
     };
     let listener = match spec.target {
         WaitTarget::Notify => Some(Arc::new(
-            NotifyListener::bind(&ctx.services.notify_dir(), &step.name).map_err(|source| {
-                StepError::Spawn {
+            NotifyListener::bind(&ctx.services.notify_dir(), &step.name)
+                .map_err(|source| StepError::Spawn {
                     program: "notify socket".into(),
                     source,
-                }
-            })?,
+                })?
+                .with_reporter(ctx.reporter.clone()),
         )),
         _ => None,
     };

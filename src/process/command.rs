@@ -363,6 +363,14 @@ impl Tree {
         }
     }
 
+    /// The tree's processes, for membership checks; `leader` is the child.
+    pub(crate) fn members(&self, leader: u32) -> Members {
+        Members {
+            leader,
+            leaf: self.leaf.as_ref().map(|l| l.path().to_path_buf()),
+        }
+    }
+
     /// SIGKILL to the whole tree: the cgroup leaf at once (none can fork
     /// away from it), else the process group.
     pub(crate) fn kill(&self, pgid: u32) {
@@ -373,6 +381,64 @@ impl Tree {
             }
         }
     }
+}
+
+/// The processes of one child's tree: its cgroup leaf when it has one,
+/// else its process group and descendants.
+#[derive(Debug, Clone)]
+pub struct Members {
+    leader: u32,
+    leaf: Option<PathBuf>,
+}
+
+impl Members {
+    /// Process `leader`, its process group and its descendants.
+    pub fn process(leader: u32) -> Members {
+        Members { leader, leaf: None }
+    }
+
+    /// Whether process `pid` is the child or one of its descendants.
+    pub fn contains(&self, pid: u32) -> bool {
+        match &self.leaf {
+            Some(leaf) => cgroup::pids_in_tree(leaf).contains(&(pid as i32)),
+            None => {
+                pid == self.leader
+                    || process_group(pid) == Some(self.leader)
+                    || descends_from(pid, self.leader)
+            }
+        }
+    }
+}
+
+/// The process group of `pid` (`/proc/PID/stat` field 5).
+fn process_group(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(2)?.parse().ok()
+}
+
+/// Whether `ancestor` is among `pid`'s parents.
+fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut current = pid;
+    // A process tree is not deeper than this; a loop in a racing read is cut.
+    for _ in 0..128 {
+        let Some(parent) = stat_fields(current).and_then(|f| f.get(1)?.parse::<u32>().ok()) else {
+            return false;
+        };
+        if parent == ancestor {
+            return true;
+        }
+        if parent <= 1 {
+            return false;
+        }
+        current = parent;
+    }
+    false
+}
+
+/// The fields of `/proc/PID/stat` after the command name (state first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// A started process.
@@ -392,6 +458,12 @@ impl Child {
     /// The pid, until the child has been waited for (then it may be reused).
     pub fn id(&self) -> Option<u32> {
         self.status.is_none().then_some(self.pid)
+    }
+
+    /// Who belongs to this child's tree, to check a process against later
+    /// (e.g. the sender of a notification).
+    pub fn members(&self) -> Members {
+        self.tree.members(self.pid)
     }
 
     /// Waits for the child to exit; then kills what it left in its tree.

@@ -112,6 +112,11 @@ impl Watched {
         self.pid
     }
 
+    /// Who belongs to the child's tree (see [`super::Members`]).
+    pub fn members(&self) -> super::Members {
+        self.tree.members(self.pid)
+    }
+
     /// SIGKILL to everything left of the child's tree (its cgroup leaf, else
     /// its process group).
     pub fn kill_tree(&mut self) {

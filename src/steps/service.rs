@@ -38,15 +38,15 @@ impl StepAction for ServiceAction<'_> {
             })?;
         let notify = match ready.target {
             WaitTarget::Notify => Some(Arc::new(
-                NotifyListener::bind(&ctx.services.notify_dir(), &inputs.step.name).map_err(
-                    |source| StepError::Spawn {
+                NotifyListener::bind(&ctx.services.notify_dir(), &inputs.step.name)
+                    .map_err(|source| StepError::Spawn {
                         program: format!(
                             "notify socket in {}",
                             ctx.services.notify_dir().display()
                         ),
                         source,
-                    },
-                )?,
+                    })?
+                    .with_reporter(ctx.reporter.clone()),
             )),
             _ => None,
         };

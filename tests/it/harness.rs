@@ -229,6 +229,30 @@ impl Bootplan {
     pub fn into_child(mut self) -> Child {
         self.0.take().expect("bootplan child")
     }
+
+    /// Waits for bootplan to exit and collects its output; killed (and the
+    /// test failed) when it does not exit within `limit`.
+    pub fn wait_output(self, limit: Duration) -> Output {
+        let child = self.into_child();
+        let pid = child.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output().expect("wait"));
+        });
+        match rx.recv_timeout(limit) {
+            Ok(out) => {
+                let _ = handle.join();
+                out
+            }
+            Err(_) => {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                panic!("bootplan did not exit within {limit:?}");
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for Bootplan {

@@ -33,22 +33,7 @@ fn signal(pid: u32, sig: i32) {
 }
 
 fn wait_output(bootplan: Bootplan) -> std::process::Output {
-    let child = bootplan.into_child();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output().expect("wait"));
-    });
-    match rx.recv_timeout(LONG) {
-        Ok(out) => {
-            let _ = handle.join();
-            out
-        }
-        Err(_) => {
-            signal(pid, libc::SIGKILL);
-            panic!("bootplan did not exit within {LONG:?}");
-        }
-    }
+    bootplan.wait_output(LONG)
 }
 
 fn status_outcome(sb: &Sandbox) -> Option<String> {

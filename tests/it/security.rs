@@ -469,3 +469,32 @@ fn bootplans_credentials_are_not_inherited_by_children_unless_a_step_asks() {
     assert_eq!(output_lines(&out), ["token=unset other=kept", "passed on"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("env-s3cret-token"));
 }
+
+#[test]
+fn a_notification_from_a_foreign_process_does_not_make_a_service_ready() {
+    let sb = Sandbox::new();
+    sb.plan(concat!(
+        "version: 1\nname: notify\n",
+        "steps:\n  svc: { service: [\"sh\", \"-c\", \"touch up; exec sleep 30\"], ready: { notify: true }, timeout: 3s }\n",
+    ));
+    let mut child = crate::harness::start_run(&sb, &[]);
+    let socket = sb.run_dir().join("notify/svc.sock");
+    crate::harness::wait_until(
+        "the service to start",
+        std::time::Duration::from_secs(10),
+        || sb.path().join("up").exists() && socket.exists(),
+    );
+    // The test is not the service: its READY=1 must be ignored.
+    let foreign = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    foreign.send_to(b"READY=1", &socket).unwrap();
+    let out = child.wait_output(std::time::Duration::from_secs(30));
+    assert_eq!(code(&out), 1, "{}", dump(&out));
+    let svc = sb.step("svc");
+    assert_eq!(svc["state"], "failed", "{svc}");
+    assert_eq!(svc["error"]["code"], "step.wait_timeout", "{svc}");
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        logs.contains("ignored a notification") && logs.contains("not the service's process"),
+        "{logs}"
+    );
+}

@@ -80,7 +80,7 @@ impl NotifyListener {
                         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::WouldBlock))
                 })
                 .await?;
-            if !self.from_expected(sender) {
+            if !self.sent_by_expected(sender) {
                 if let Some(reporter) = &self.reporter {
                     let who = sender.map_or("a process of unknown pid".into(), |pid| {
                         format!("pid {pid}")
@@ -104,7 +104,7 @@ impl NotifyListener {
         }
     }
 
-    fn from_expected(&self, sender: Option<u32>) -> bool {
+    fn sent_by_expected(&self, sender: Option<u32>) -> bool {
         let members = self.members.lock().unwrap_or_else(|p| p.into_inner());
         matches!((members.as_ref(), sender), (Some(members), Some(pid)) if members.contains(pid))
     }

@@ -477,7 +477,7 @@ fn a_notification_from_a_foreign_process_does_not_make_a_service_ready() {
         "version: 1\nname: notify\n",
         "steps:\n  svc: { service: [\"sh\", \"-c\", \"touch up; exec sleep 30\"], ready: { notify: true }, timeout: 3s }\n",
     ));
-    let mut child = crate::harness::start_run(&sb, &[]);
+    let child = crate::harness::start_run(&sb, &[]);
     let socket = sb.run_dir().join("notify/svc.sock");
     crate::harness::wait_until(
         "the service to start",

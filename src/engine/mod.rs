@@ -32,7 +32,8 @@ use journal::Journal;
 /// Longest an `undo` command may take when its step sets no timeout.
 const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The verdict of a run, and the exec to perform if it ended in one.
+/// How the steps of a run ended, and the exec to perform if they ended in
+/// one. Not yet a verdict: the caller gives it.
 #[derive(Debug)]
 pub struct RunSummary {
     pub outcome: Outcome,
@@ -73,10 +74,9 @@ enum Stop {
 /// Runs `plan` to its end. Never panics on a step's behalf: a panicking step
 /// becomes an `internal.error` failure.
 pub async fn run(plan: &Plan, ctx: Arc<StepContext>, journal: Arc<Journal>) -> RunSummary {
-    let started = Instant::now();
     let mut graph = Graph::new(plan);
     let stop = schedule(plan, &ctx, &journal, &mut graph).await;
-    wind_down(plan, &ctx, &journal, graph, stop, started).await
+    wind_down(plan, &ctx, graph, stop).await
 }
 
 /// The DAG's bookkeeping: each step's state, how many of its needs are not
@@ -277,15 +277,15 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// After the last step: prepares the exec, reports steps that never ran,
-/// rolls back, stops services, closes the secret store, makes the journal
-/// durable, and gives the verdict.
+/// and after a failure stops the services and rolls back when the plan
+/// asks. The verdict is the caller's to give, from the summary: the engine
+/// leaves the services of a successful run running and the secret store
+/// open.
 async fn wind_down(
     plan: &Plan,
     ctx: &Arc<StepContext>,
-    journal: &Journal,
     mut graph: Graph,
     mut stop: Option<Stop>,
-    started: Instant,
 ) -> RunSummary {
     let mut exec = None;
     if let (None, Some(id)) = (&stop, graph.exec_step) {
@@ -313,41 +313,15 @@ async fn wind_down(
     }
 
     report_not_run(plan, &graph.state, stop.as_ref(), ctx);
-    if plan.rollback && stop.is_some() {
+    if stop.is_some() {
         // Services first, so nothing uses what the undos take away.
         ctx.services.stop_all(plan.kill_grace).await;
-        rollback(plan, &graph.completed, ctx).await;
-        crate::lifecycle::revoke_secret_tokens(ctx).await;
+        if plan.rollback {
+            rollback(plan, &graph.completed, ctx).await;
+        }
     }
-    // Supervised services outlive a successful run: the supervisor stops them.
-    if exec.is_none() && !(stop.is_none() && ctx.services.supervised()) {
-        ctx.services.stop_all(plan.kill_grace).await;
-    }
-    // A supervised app's readiness check and registration may still need
-    // secrets: the supervisor closes the store once the app is registered.
-    if !(exec.is_some() && ctx.services.supervised()) {
-        crate::lifecycle::close_secrets(ctx).await;
-    }
-    if let Err(err) = journal.flush() {
-        ctx.reporter.notice(
-            crate::telemetry::Level::Error,
-            format!("journal not saved: {err}"),
-        );
-    }
-
     let mut summary = summarize(plan, stop, graph.degraded, exec);
     summary.completed = graph.completed;
-    if summary.exec.is_some() && ctx.services.supervised() {
-        // The supervisor starts the app and gives the verdict once it is ready.
-        return summary;
-    }
-    ctx.reporter.emit(EventKind::RunFinished {
-        outcome: summary.outcome,
-        exit_code: summary.exit_code,
-        error: summary.error.clone(),
-        failed_step: summary.failed_step.clone(),
-        duration: started.elapsed(),
-    });
     summary
 }
 

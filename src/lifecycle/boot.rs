@@ -133,12 +133,7 @@ impl Outputs {
             reporter.add_sink(sink);
         }
         let ready_file = super::ready_file(plan, &dirs.run);
-        super::add_sinks(
-            &reporter,
-            plan,
-            ready_file.clone(),
-            opts.report_url.as_deref(),
-        );
+        super::add_sinks(&reporter, plan, opts.report_url.as_deref());
         let warnings = warnings.iter().map(ToString::to_string).collect();
         let outputs = Outputs {
             reporter,
@@ -153,6 +148,7 @@ impl Outputs {
 
     /// Ends the run before any step with `code` and `message`.
     fn fail(&mut self, plan: &Plan, code: ErrorCode, message: String) -> i32 {
+        super::readyfile::remove(&self.ready_file);
         for step in &plan.steps {
             self.reporter.emit(EventKind::StepNotRun {
                 step: step.name.clone(),
@@ -226,6 +222,8 @@ fn run_plan(
             return refusal.code.exit_code();
         }
     };
+    // An earlier run's readiness must not stand for this one.
+    super::readyfile::remove(&outputs.ready_file);
     outputs.reporter.emit(EventKind::RunStarted {
         bootstrap_id: bootstrap_id.clone(),
         plan: plan.name.clone(),
@@ -348,52 +346,56 @@ fn run_steps(
     ctx.services.set_notify_dir(dirs.run.join("notify"));
     let options = super::Options {
         supervise_flag: opts.supervise,
-        ready_file: outputs.ready_file.clone(),
-        started: outputs.started,
+        verdict: super::verdict::Verdict {
+            reporter: reporter.clone(),
+            journal: journal.clone(),
+            status: outputs.status.clone(),
+            ready_file: outputs.ready_file.clone(),
+            bootstrap_id: ctx.bootstrap_id.clone(),
+            started: outputs.started,
+        },
     };
-    let finished = runtime
-        .block_on(super::run(plan, ctx, journal.clone(), &options).instrument(root_span.clone()));
-    let summary = match finished {
-        super::Finished::Run(summary) => *summary,
-        // Supervised: the verdict was given when the app was ready; this is
-        // the app's exit code (or the supervisor's).
-        super::Finished::Supervised(code) => {
-            let outcome = if code == exit::READY {
-                "ready"
-            } else {
-                "failed"
-            };
-            traces::record_outcome(&root_span, outcome, None);
-            drop(root_span);
-            drop(journal);
-            outputs.finish();
-            return code;
-        }
-    };
-    traces::record_outcome(
-        &root_span,
-        summary.outcome.as_str(),
-        summary.error.as_ref().map(|e| e.code.as_str()),
+    let finished = runtime.block_on(
+        super::run(plan, ctx, journal.clone(), &options).instrument(root_span.clone()),
     );
+    let outcome = if finished.exit_code == exit::READY {
+        "ready"
+    } else {
+        "failed"
+    };
+    traces::record_outcome(&root_span, outcome, None);
     // The root span must end before the final trace flush.
     drop(root_span);
+    drop(options);
     drop(journal);
     outputs.finish();
-    let Some(request) = summary.exec else {
+    let Some(request) = finished.exec else {
         linger(&runtime, &opts.telemetry, &outputs.obs);
-        return summary.exit_code;
+        return finished.exit_code;
     };
     // Release the runtime (and its threads) and the run's cgroup before
     // the process image is replaced.
     drop(runtime);
     drop(containment);
     let err = crate::steps::exec::exec(&request);
+    let message = format!("cannot exec `{}`: {err}", request.cmd.program());
+    super::readyfile::remove(&outputs.ready_file);
+    outputs.reporter.emit(EventKind::StepFinished {
+        step: request.step.clone(),
+        state: crate::telemetry::StepState::Failed,
+        attempts: 1,
+        duration: std::time::Duration::ZERO,
+        error: Some(ErrorInfo {
+            code: ErrorCode::ExecFailed,
+            message: message.clone(),
+        }),
+    });
     outputs.reporter.emit(EventKind::RunFinished {
         outcome: Outcome::Failed,
         exit_code: ErrorCode::ExecFailed.exit_code(),
         error: Some(ErrorInfo {
             code: ErrorCode::ExecFailed,
-            message: format!("cannot exec `{}`: {err}", request.cmd.program()),
+            message,
         }),
         failed_step: Some(request.step.clone()),
         duration: outputs.started.elapsed(),

@@ -20,26 +20,27 @@ pub mod report;
 pub mod services;
 pub mod status;
 pub mod supervise;
+pub mod verdict;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{self, RunSummary, journal::Journal};
+use crate::engine::{self, journal::Journal};
+use crate::error::exit;
 use crate::plan::lifecycle::ReportSpec;
 use crate::plan::{Plan, StepKind};
 use crate::process::reaper;
 use crate::steps::StepContext;
-use crate::telemetry::Reporter;
+use crate::steps::exec::ExecRequest;
+use crate::telemetry::{EventKind, Reporter, StepState};
 
-/// What the CLI knows that the plan does not.
+/// What the command line knows that the plan does not.
 pub struct Options {
     /// `--supervise`.
     pub supervise_flag: bool,
-    /// The readiness file's path.
-    pub ready_file: PathBuf,
-    /// When the run started (the deadline counts from here).
-    pub started: Instant,
+    /// Who gives the verdict (and what it must make true first).
+    pub verdict: verdict::Verdict,
 }
 
 /// Whether bootplan stays the parent of the exec app: with an `exec` step,
@@ -79,15 +80,15 @@ pub fn ready_file(plan: &Plan, run_dir: &std::path::Path) -> PathBuf {
         .unwrap_or_else(|| run_dir.join("ready"))
 }
 
-/// Registers the readiness and report sinks. `report_url` (from
+/// Registers the sd_notify and report sinks. `report_url` (from
 /// `--report-url`/`BOOTPLAN_REPORT_URL`) overrides the plan's webhook.
-pub fn add_sinks(reporter: &Reporter, plan: &Plan, ready_file: PathBuf, report_url: Option<&str>) {
+/// (The readiness file is the verdict's to write: see [`verdict`].)
+pub fn add_sinks(reporter: &Reporter, plan: &Plan, report_url: Option<&str>) {
     // Outside a `Type=notify` unit every notification would be a no-op.
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let deadline = Instant::now() + plan.deadline;
         reporter.add_sink(Box::new(notify::NotifySink::new(deadline)));
     }
-    reporter.add_sink(Box::new(readyfile::ReadyFileSink::new(ready_file)));
     if let Some(spec) = report_spec(plan, report_url) {
         reporter.add_sink(Box::new(report::ReportSink::new(spec)));
     }
@@ -111,17 +112,17 @@ pub fn report_spec(plan: &Plan, report_url: Option<&str>) -> Option<ReportSpec> 
     }
 }
 
-/// How [`run`] ended.
+/// How [`run`] ended: the verdict was given. `exec` is the app the caller
+/// replaces itself with, when the run is ready and has one and bootplan
+/// does not supervise it.
 #[derive(Debug)]
-pub enum Finished {
-    /// The engine's verdict; the caller execs `summary.exec` if there is one.
-    Run(Box<RunSummary>),
-    /// bootplan supervised the app, which has exited; this is bootplan's exit
-    /// code. The verdict was given already: neither exec nor report again.
-    Supervised(i32),
+pub struct Finished {
+    pub exit_code: i32,
+    pub exec: Option<ExecRequest>,
 }
 
-/// Runs the plan, and supervises its app when [`should_supervise`] says so.
+/// Runs the plan, gives the verdict, and supervises the app when
+/// [`should_supervise`] says so.
 pub async fn run(
     plan: &Plan,
     ctx: Arc<StepContext>,
@@ -131,36 +132,72 @@ pub async fn run(
     let supervise = should_supervise(plan, opts.supervise_flag);
     // As PID 1, orphans are ours to reap even when there is no app.
     let reaper = (supervise || std::process::id() == 1).then(reaper::start);
-    if !supervise {
-        let summary = engine::run(plan, ctx, journal).await;
-        if let Some(reaper) = reaper {
-            reaper.abort();
+    // Listening from the start: a SIGHUP during the boot must not kill
+    // bootplan (its default action) when the app would get it later.
+    let mut signals = supervise.then(supervise::Forwarder::new);
+    let mut summary = engine::run(plan, ctx.clone(), journal).await;
+    let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
+    let ready = summary.outcome.is_ready();
+    let exec = summary.exec.take();
+    let finished = match (signals.as_mut(), exec) {
+        (Some(signals), Some(request)) if ready => Finished {
+            exit_code: supervise::supervise(plan, ctx, summary, request, signals, opts).await,
+            exec: None,
+        },
+        (Some(signals), None) if ready => {
+            // A services-only plan under supervision: ready now, and the
+            // services kept until told to stop.
+            close_secrets(&ctx).await;
+            let code = opts.verdict.give(verdict::Ending::from(&summary));
+            let code = if code == exit::READY {
+                supervise::hold_services(&ctx, signals, grace, &opts.verdict.ready_file).await
+            } else {
+                ctx.services.stop_all(grace).await;
+                code
+            };
+            Finished {
+                exit_code: code,
+                exec: None,
+            }
         }
-        return Finished::Run(Box::new(summary));
-    }
-    ctx.services.set_supervised(true);
-    let mut signals = supervise::Forwarder::new();
-    let summary = engine::run(plan, ctx.clone(), journal).await;
-    if summary.exec.is_none() {
-        if summary.outcome.is_ready() {
-            // A services-only plan under --supervise: keep them until told to stop.
-            let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
-            return Finished::Supervised(
-                supervise::hold_services(&ctx, &mut signals, grace, &opts.ready_file).await,
-            );
+        (_, exec) => {
+            // A one-shot run: its services end with it.
+            ctx.services.stop_all(grace).await;
+            close_secrets(&ctx).await;
+            if let Some(request) = &exec {
+                finish_exec_step(&ctx, &request.step);
+            }
+            let code = opts.verdict.give(verdict::Ending::from(&summary));
+            Finished {
+                exit_code: code,
+                exec: exec.filter(|_| code == exit::READY),
+            }
         }
-        // The run failed: the engine gave the verdict and stopped the services.
-        return Finished::Run(Box::new(summary));
+    };
+    if let Some(reaper) = reaper
+        && !supervise
+    {
+        reaper.abort();
     }
-    Finished::Supervised(supervise::supervise(plan, ctx, summary, &mut signals, opts).await)
+    finished
 }
 
-/// Rollback step, after the undos (by the engine and by the supervisor):
-/// revoke the credentials the secret store obtained (the Vault token, when
-/// the plan asks). `SecretStore::close` is idempotent, so the engine's own
-/// close at the end of every run does no harm afterwards.
-pub async fn revoke_secret_tokens(ctx: &StepContext) {
-    close_secrets(ctx).await;
+/// The `exec` step is done once bootplan hands over to it.
+fn finish_exec_step(ctx: &StepContext, step: &str) {
+    for kind in [
+        EventKind::StepStarted {
+            step: step.to_string(),
+        },
+        EventKind::StepFinished {
+            step: step.to_string(),
+            state: StepState::Done,
+            attempts: 1,
+            duration: Duration::ZERO,
+            error: None,
+        },
+    ] {
+        ctx.reporter.emit(kind);
+    }
 }
 
 /// Ends the secret store's sessions (revokes the Vault token when the plan

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::probe::{NotifyListener, Probe};
 use super::register::{self, Registration};
 use super::services::ServiceFailure;
+use super::verdict::Ending as Verdict;
 use super::{Options, notify, readyfile};
 use crate::engine::RunSummary;
 use crate::error::{ErrorCode, exit};
@@ -114,25 +115,25 @@ enum Ending {
     Service(ServiceFailure),
     Deadline,
     Failed(ErrorInfo),
+    /// The app was ready but the verdict could not be recorded (the exit code).
+    Unrecorded(i32),
 }
 
 /// Runs the app under supervision and returns bootplan's exit code.
 pub async fn supervise(
     plan: &Plan,
     ctx: Arc<StepContext>,
-    mut summary: RunSummary,
+    summary: RunSummary,
+    request: ExecRequest,
     signals: &mut Forwarder,
     opts: &Options,
 ) -> i32 {
-    let Some(request) = summary.exec.take() else {
-        return summary.exit_code;
-    };
     let Some(step) = plan.step_id(&request.step).map(|id| &plan.steps[id]) else {
         return exit::SOFTWARE;
     };
     let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
     let deadline =
-        tokio::time::Instant::now() + plan.deadline.saturating_sub(opts.started.elapsed());
+        tokio::time::Instant::now() + plan.deadline.saturating_sub(opts.verdict.started.elapsed());
     if let Some(sig) = signals.drain_stale() {
         ctx.reporter.emit(EventKind::StepNotRun {
             step: step.name.clone(),
@@ -237,7 +238,6 @@ pub async fn supervise(
                     Ok(()) => match register_instance(plan, &ctx).await {
                         Ok(reg) => {
                             registration = reg;
-                            phase = Phase::Ready;
                             ctx.reporter.emit(EventKind::StepFinished {
                                 step: step.name.clone(),
                                 state: StepState::Done,
@@ -245,15 +245,20 @@ pub async fn supervise(
                                 duration: app_started.elapsed(),
                                 error: None,
                             });
-                            ctx.reporter.emit(EventKind::RunFinished {
-                                outcome: summary.outcome,
-                                exit_code: exit::READY,
-                                error: None,
-                                failed_step: None,
-                                duration: opts.started.elapsed(),
-                            });
-                            // Nothing needs a secret any more.
-                            super::close_secrets(&ctx).await;
+                            let code = opts.verdict.give(Verdict::from(&summary));
+                            if code == exit::READY {
+                                phase = Phase::Ready;
+                                // Nothing needs a secret any more.
+                                super::close_secrets(&ctx).await;
+                            } else {
+                                // Ready, but bootplan could not record it.
+                                phase = Phase::Ready;
+                                ending = Some(Ending::Unrecorded(code));
+                                if let Some(reg) = registration.take() {
+                                    reg.deregister(&ctx.reporter).await;
+                                }
+                                stop_app(&mut kill_at);
+                            }
                         }
                         Err(info) => {
                             ending = Some(Ending::Failed(info));
@@ -307,7 +312,7 @@ pub async fn supervise(
     probe_cancel.cancel();
     drop(listener);
     notify::stopping();
-    readyfile::remove(&opts.ready_file);
+    readyfile::remove(&opts.verdict.ready_file);
     if let Some(reg) = registration {
         reg.deregister(&ctx.reporter).await;
     }
@@ -406,6 +411,7 @@ async fn conclude(
             return f.error.code.exit_code();
         }
         (Phase::Ready, Some(Ending::Deadline | Ending::Failed(_))) => return app_code,
+        (_, Some(Ending::Unrecorded(code))) => return code,
         (Phase::Starting, None) => app_failed(
             ErrorInfo {
                 code: ErrorCode::StepExitNonzero,
@@ -507,7 +513,8 @@ fn finish_step(
     });
 }
 
-/// Gives a failed verdict: rollback when the plan asks, then `RunFinished`.
+/// Gives a failed verdict: rollback when the plan asks, the secret
+/// store's tokens revoked, then the verdict.
 #[allow(clippy::too_many_arguments)]
 async fn finish_run(
     plan: &Plan,
@@ -522,15 +529,13 @@ async fn finish_run(
     if plan.rollback {
         crate::engine::rollback(plan, &summary.completed, ctx).await;
     }
-    super::revoke_secret_tokens(ctx).await;
-    ctx.reporter.emit(EventKind::RunFinished {
+    super::close_secrets(ctx).await;
+    opts.verdict.give(Verdict {
         outcome,
         exit_code,
         error,
         failed_step,
-        duration: opts.started.elapsed(),
-    });
-    exit_code
+    })
 }
 
 /// The app never started: stop the services and give the verdict.

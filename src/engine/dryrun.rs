@@ -24,7 +24,7 @@ pub struct Decision {
 pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
     let doc = journal::read_doc(state_dir).unwrap_or_else(|_| JournalDoc::default());
     let records = doc.plans.get(&plan.name);
-    let scope = crate::plan::refs::TemplateScope::new(facts, &plan.vars);
+    let scope = crate::plan::refs::TemplateScope::new(facts.template_value(), &plan.vars);
     plan.steps
         .iter()
         .map(|step| {

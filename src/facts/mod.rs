@@ -31,26 +31,7 @@ use serde::Serialize;
 pub use error::FactsError;
 pub use settings::{FactsConfig, FactsSettings, Fallback, ProviderChoice, ProviderKind};
 
-/// Every fact name a template may reference.
-pub const FACT_NAMES: &[&str] = &[
-    "cloud",
-    "instance_id",
-    "region",
-    "zone",
-    "instance_type",
-    "hostname",
-    "local_ipv4",
-    "public_ipv4",
-    "image_id",
-    "account",
-    "tags",
-    "machine_id",
-    "boot_id",
-    "kernel",
-    "cpu_count",
-    "memory_bytes",
-    "user_data",
-];
+pub use crate::plan::facts::FACT_NAMES;
 
 /// The gathered facts. Unknown values are `None` (and render as empty).
 #[derive(Debug, Clone, Default, Serialize)]

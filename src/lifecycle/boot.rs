@@ -355,9 +355,8 @@ fn run_steps(
             started: outputs.started,
         },
     };
-    let finished = runtime.block_on(
-        super::run(plan, ctx, journal.clone(), &options).instrument(root_span.clone()),
-    );
+    let finished = runtime
+        .block_on(super::run(plan, ctx, journal.clone(), &options).instrument(root_span.clone()));
     let outcome = if finished.exit_code == exit::READY {
         "ready"
     } else {

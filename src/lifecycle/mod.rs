@@ -13,11 +13,9 @@
 pub mod boot;
 pub mod dirs;
 pub mod notify;
-pub mod probe;
 pub mod readyfile;
 pub mod register;
 pub mod report;
-pub mod services;
 pub mod status;
 pub mod supervise;
 pub mod verdict;

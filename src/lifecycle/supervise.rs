@@ -23,9 +23,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::probe::{NotifyListener, Probe};
 use super::register::{self, Registration};
-use super::services::ServiceFailure;
 use super::verdict::Ending as Verdict;
 use super::{Options, notify, readyfile};
 use crate::engine::RunSummary;
@@ -34,6 +32,8 @@ use crate::plan::lifecycle::Registry;
 use crate::plan::{Plan, Step, WaitTarget};
 use crate::process::{Stdio, reaper};
 use crate::steps::exec::ExecRequest;
+use crate::steps::probe::{NotifyListener, Probe};
+use crate::steps::service::ServiceFailure;
 use crate::steps::{StepContext, StepError, StepInputs};
 use crate::telemetry::{ErrorInfo, EventKind, Level, Outcome, StepState};
 
@@ -588,7 +588,7 @@ async fn prepare_probe(
     };
     let secrets = ctx.secrets.resolve(&step.secret_refs).await?;
     let inputs = StepInputs { step, secrets };
-    let probe = Probe::new(spec, &inputs, ctx, listener.clone())?;
+    let probe = Probe::new(spec, "ready", &inputs, ctx, listener.clone())?;
     Ok((Some(probe), listener))
 }
 

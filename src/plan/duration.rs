@@ -33,6 +33,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Parses `MIN..MAX` into two durations with MIN ≤ MAX.
+pub fn parse_backoff(range: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = range
+        .split_once("..")
+        .ok_or_else(|| format!("invalid backoff `{range}`"))?;
+    let (min, max) = (parse_duration(min)?, parse_duration(max)?);
+    if min > max {
+        return Err(format!(
+            "backoff minimum {} is above its maximum {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok((min, max))
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;

@@ -448,7 +448,7 @@ pub fn resolve_step(
         policy.on = raw.on;
         policy.limit = raw.limit.unwrap_or(DEFAULT_RESTART_LIMIT);
         if let Some(range) = &raw.backoff {
-            match super::validate::parse_backoff(range) {
+            match super::duration::parse_backoff(range) {
                 Ok((min, max)) => {
                     policy.min_backoff = min;
                     policy.max_backoff = max;

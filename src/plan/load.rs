@@ -4,10 +4,7 @@ use std::path::Path;
 
 use super::PlanError;
 use super::diagnostic::{Diagnostic, Position, Severity, hint_for_serde_message};
-use indexmap::IndexMap;
-use serde_saphyr::Spanned;
-
-use super::raw::{RawPlan, RawStep};
+use super::raw::RawPlan;
 
 /// The plan file formats, chosen by extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,96 +99,6 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, Bounded> {
     Ok(bytes)
 }
 
-/// A step that did not parse: its name, where it is, and the steps it
-/// names in `needs` (as far as they could be read), so that the rest of
-/// the plan can still be checked around it.
-#[derive(Debug, Clone)]
-pub struct BrokenStep {
-    pub name: String,
-    pub position: Option<Position>,
-    pub needs: Vec<String>,
-}
-
-/// Every problem of a plan whose parse failed with `first`: when the
-/// problem is inside a step, each step is parsed on its own and the rest of
-/// the plan is validated, so one `check` reports the broken steps and the
-/// other steps' problems together. `first` keeps its exact position.
-pub fn every_step_problem(path: &Path, text: &str, first: Diagnostic) -> Vec<Diagnostic> {
-    let Ok(mut lenient) = parse::<serde_json::Value>(path, text) else {
-        // The problem is outside the steps: nothing after it can be trusted.
-        return vec![first];
-    };
-    let step_lines: Vec<u64> = lenient
-        .steps
-        .values()
-        .map(|s| Position::from_saphyr(s.referenced).map_or(0, |p| p.line))
-        .collect();
-    // The step `first` is in: the last one that starts before it.
-    let first_in = first
-        .position
-        .and_then(|p| step_lines.iter().rposition(|&l| l > 0 && l <= p.line));
-    let mut diagnostics = vec![first];
-    let mut good = IndexMap::new();
-    let mut broken = Vec::new();
-    let steps = std::mem::take(&mut lenient.steps);
-    for (index, (name, spanned)) in steps.iter().enumerate() {
-        let position = Position::from_saphyr(spanned.referenced);
-        match serde_path_to_error::deserialize::<_, RawStep>(&spanned.value) {
-            Ok(step) => {
-                let step = Spanned::new(step, spanned.referenced, spanned.defined);
-                good.insert(name.clone(), step);
-            }
-            Err(err) => {
-                let at = err.path().to_string();
-                let field = if at == "." {
-                    format!("steps.{name}")
-                } else {
-                    format!("steps.{name}.{at}")
-                };
-                if Some(index) == first_in {
-                    // The parser's own message has the exact position; this adds the field.
-                    if diagnostics[0].field.is_empty() {
-                        diagnostics[0].field = field;
-                    }
-                } else {
-                    let message = err.into_inner().to_string();
-                    diagnostics.push(Diagnostic {
-                        severity: Severity::Error,
-                        file: path.to_path_buf(),
-                        position,
-                        field,
-                        hint: hint_for_serde_message(&message).or_else(|| generic_hint(&message)),
-                        message,
-                    });
-                }
-                broken.push(BrokenStep {
-                    name: name.clone(),
-                    position,
-                    needs: needs_of(&spanned.value),
-                });
-            }
-        }
-    }
-    let raw = lenient.with_steps(good);
-    if let Err(more) = super::validate::resolve(path, text, raw, broken) {
-        diagnostics.extend(more);
-    }
-    diagnostics
-}
-
-/// The `needs` of a step that did not parse, as far as they are names.
-fn needs_of(step: &serde_json::Value) -> Vec<String> {
-    step.get("needs")
-        .and_then(serde_json::Value::as_array)
-        .map(|needs| {
-            needs
-                .iter()
-                .filter_map(|n| n.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Parses `text` into the raw plan. A parse error stops at the first problem,
 /// since nothing after it can be trusted.
 pub fn parse<S: serde::de::DeserializeOwned>(
@@ -271,7 +178,7 @@ fn parse_diagnostic(path: &Path, position: Option<Position>, message: String) ->
     }
 }
 
-fn generic_hint(message: &str) -> Option<String> {
+pub(crate) fn generic_hint(message: &str) -> Option<String> {
     if message.contains("duplicate mapping key") || message.contains("duplicate key") {
         Some("each name may appear only once in a mapping; rename or merge one of them".into())
     } else if message.contains("expected sequence") {

@@ -9,6 +9,7 @@
 
 pub mod diagnostic;
 pub mod duration;
+pub mod facts;
 pub mod lifecycle;
 pub mod load;
 pub mod raw;
@@ -120,9 +121,90 @@ pub fn load(path: &Path) -> Result<Plan, PlanError> {
         Ok(raw) => validate::resolve(path, &text, raw, Vec::new())
             .map_err(|diagnostics| PlanError::Invalid { diagnostics }),
         Err(first) => Err(PlanError::Invalid {
-            diagnostics: load::every_step_problem(path, &text, *first),
+            diagnostics: every_step_problem(path, &text, *first),
         }),
     }
+}
+
+/// Every problem of a plan whose parse failed with `first`: when the
+/// problem is inside a step, each step is parsed on its own and the rest of
+/// the plan is validated, so one `check` reports the broken steps and the
+/// other steps' problems together. `first` keeps its exact position.
+fn every_step_problem(path: &Path, text: &str, first: Diagnostic) -> Vec<Diagnostic> {
+    let Ok(mut lenient) = load::parse::<serde_json::Value>(path, text) else {
+        // The problem is outside the steps: nothing after it can be trusted.
+        return vec![first];
+    };
+    let step_lines: Vec<u64> = lenient
+        .steps
+        .values()
+        .map(|s| Position::from_saphyr(s.referenced).map_or(0, |p| p.line))
+        .collect();
+    // The step `first` is in: the last one that starts before it.
+    let first_in = first
+        .position
+        .and_then(|p| step_lines.iter().rposition(|&l| l > 0 && l <= p.line));
+    let mut diagnostics = vec![first];
+    let mut good = indexmap::IndexMap::new();
+    let mut broken = Vec::new();
+    let steps = std::mem::take(&mut lenient.steps);
+    for (index, (name, spanned)) in steps.iter().enumerate() {
+        let position = Position::from_saphyr(spanned.referenced);
+        match serde_path_to_error::deserialize::<_, RawStep>(&spanned.value) {
+            Ok(step) => {
+                let step = serde_saphyr::Spanned::new(step, spanned.referenced, spanned.defined);
+                good.insert(name.clone(), step);
+            }
+            Err(err) => {
+                let at = err.path().to_string();
+                let field = if at == "." {
+                    format!("steps.{name}")
+                } else {
+                    format!("steps.{name}.{at}")
+                };
+                if Some(index) == first_in {
+                    // The parser's own message has the exact position; this adds the field.
+                    if diagnostics[0].field.is_empty() {
+                        diagnostics[0].field = field;
+                    }
+                } else {
+                    let message = err.into_inner().to_string();
+                    diagnostics.push(Diagnostic {
+                        severity: Severity::Error,
+                        file: path.to_path_buf(),
+                        position,
+                        field,
+                        hint: diagnostic::hint_for_serde_message(&message)
+                            .or_else(|| load::generic_hint(&message)),
+                        message,
+                    });
+                }
+                broken.push(validate::BrokenStep {
+                    name: name.clone(),
+                    position,
+                    needs: needs_of(&spanned.value),
+                });
+            }
+        }
+    }
+    let raw = lenient.with_steps(good);
+    if let Err(more) = validate::resolve(path, text, raw, broken) {
+        diagnostics.extend(more);
+    }
+    diagnostics
+}
+
+/// The `needs` of a step that did not parse, as far as they are names.
+fn needs_of(step: &serde_json::Value) -> Vec<String> {
+    step.get("needs")
+        .and_then(serde_json::Value::as_array)
+        .map(|needs| {
+            needs
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A validated plan, ready to run. Steps are addressed by dense ids (their
@@ -140,7 +222,7 @@ pub struct Plan {
     pub vars: IndexMap<String, serde_json::Value>,
     pub facts_provider: String,
     /// The `facts:` block, validated.
-    pub facts: crate::facts::FactsConfig,
+    pub facts: facts::FactsConfig,
     /// The plan's own `state_dir`, resolved against the plan's directory.
     pub state_dir: Option<PathBuf>,
     /// The plan's own `run_dir`, resolved against the plan's directory.

@@ -65,13 +65,14 @@ pub struct TemplateScope {
 }
 
 impl TemplateScope {
+    /// `facts` as templates see them (see `Facts::template_value`).
     pub fn new(
-        facts: &crate::facts::Facts,
+        facts: minijinja::Value,
         vars: &indexmap::IndexMap<String, serde_json::Value>,
     ) -> TemplateScope {
         let process_env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
         TemplateScope {
-            facts: facts.template_value(),
+            facts,
             vars: minijinja::Value::from(minijinja::value::Serde(vars)),
             env: minijinja::Value::from(minijinja::value::Serde(&process_env)),
         }

@@ -290,7 +290,7 @@ fn check_retry(field: &str, retry: Option<&NetRetry>, problems: &mut Vec<Problem
         ));
     }
     if let Some(backoff) = &retry.backoff
-        && let Err(message) = super::validate::parse_backoff(backoff)
+        && let Err(message) = super::duration::parse_backoff(backoff)
     {
         problems.push((format!("{field}.backoff"), message, None));
     }

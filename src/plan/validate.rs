@@ -12,12 +12,11 @@ use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use super::diagnostic::{Diagnostic, Position, Severity, did_you_mean};
-use super::duration::parse_duration;
-use super::load::BrokenStep;
+use super::duration::parse_backoff;
+use super::facts::FACT_NAMES;
 use super::raw::{Frequency, RawPlan, RawStep, RawWait};
 use super::refs::{self, ROOTS, Reference};
 use super::{FileSpec, Plan, RetryPolicy, Step, StepKind, TemplateSpec, WaitSpec, WaitTarget};
-use crate::facts::FACT_NAMES;
 
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_MAX_PARALLEL: u32 = 16;
@@ -55,6 +54,16 @@ pub fn resolve(
     } else {
         Err(v.diagnostics)
     }
+}
+
+/// A step that did not parse: its name, where it is, and the steps it
+/// names in `needs` (as far as they could be read), so that the rest of
+/// the plan can still be checked around it.
+#[derive(Debug, Clone)]
+pub struct BrokenStep {
+    pub name: String,
+    pub position: Option<Position>,
+    pub needs: Vec<String>,
 }
 
 struct Validator {
@@ -477,8 +486,8 @@ impl Validator {
     }
 
     /// Checks the `facts:` block and resolves it (the environment is added at run time).
-    fn facts_config(&mut self, raw: Option<&super::raw::RawFacts>) -> crate::facts::FactsConfig {
-        use crate::facts::{FactsConfig, Fallback, ProviderChoice, ProviderKind};
+    fn facts_config(&mut self, raw: Option<&super::raw::RawFacts>) -> super::facts::FactsConfig {
+        use super::facts::{FactsConfig, Fallback, ProviderChoice, ProviderKind};
         let mut config = FactsConfig::default();
         let Some(raw) = raw else { return config };
         let names = || {
@@ -1237,22 +1246,6 @@ fn read_template(path: &Path) -> Result<String, String> {
     })?;
     String::from_utf8(bytes)
         .map_err(|e| format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
-}
-
-/// Parses `MIN..MAX` into two durations with MIN ≤ MAX.
-pub fn parse_backoff(range: &str) -> Result<(Duration, Duration), String> {
-    let (min, max) = range
-        .split_once("..")
-        .ok_or_else(|| format!("invalid backoff `{range}`"))?;
-    let (min, max) = (parse_duration(min)?, parse_duration(max)?);
-    if min > max {
-        return Err(format!(
-            "backoff minimum {} is above its maximum {}",
-            humantime::format_duration(min),
-            humantime::format_duration(max)
-        ));
-    }
-    Ok((min, max))
 }
 
 /// The step's fingerprint: its definition (without `needs`/`description`),

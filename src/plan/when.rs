@@ -65,11 +65,12 @@ mod tests {
 
     #[test]
     fn evaluates_over_facts() {
-        let facts = crate::facts::Facts {
-            cloud: "aws".into(),
-            ..crate::facts::Facts::default()
+        let facts = minijinja::context! {
+            cloud => "aws",
+            public_ipv4 => minijinja::Value::from(()),
+            user_data => minijinja::Value::from(()),
         };
-        let scope = TemplateScope::new(&facts, &indexmap::IndexMap::new());
+        let scope = TemplateScope::new(facts, &indexmap::IndexMap::new());
         assert!(evaluate("facts.cloud == 'aws'", &scope).unwrap());
         assert!(!evaluate("facts.cloud == 'gcp'", &scope).unwrap());
         assert!(!evaluate("facts.public_ipv4", &scope).unwrap());

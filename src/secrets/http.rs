@@ -15,8 +15,8 @@ use zeroize::Zeroizing;
 
 use crate::retry::Attempt;
 
+use crate::plan::duration::parse_backoff;
 use crate::plan::secret_source::NetRetry;
-use crate::plan::validate::parse_backoff;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_ATTEMPTS: u32 = 6;

@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod file;
+pub mod probe;
 pub mod process;
 pub mod run;
 pub mod service;
@@ -71,7 +72,7 @@ impl StepContext {
     ) -> StepContext {
         StepContext {
             reporter,
-            template_scope: refs::TemplateScope::new(&facts, &vars),
+            template_scope: refs::TemplateScope::new(facts.template_value(), &vars),
             facts,
             vars,
             secrets,

@@ -12,9 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::plan::{WaitSpec, WaitTarget};
 use crate::steps::process::Cmd;
-use crate::steps::wait::REPORT_EVERY;
 use crate::steps::{StepContext, StepError, StepInputs};
 use crate::telemetry::{EventKind, Reporter};
+
+/// How often a long wait reports that it is still waiting.
+pub const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Longest notify message read; systemd's own limit is similar.
 const MAX_NOTIFY_MESSAGE: usize = 4096;
@@ -169,17 +171,25 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Renders `spec` for the step in `inputs`. A `notify` spec needs `listener`.
+    /// Renders `spec` for the step in `inputs`; `field` names it in
+    /// messages (`ready`, `wait`). A `notify` spec needs `listener`.
     pub fn new(
         spec: &WaitSpec,
+        field: &str,
         inputs: &StepInputs<'_>,
         ctx: &StepContext,
         listener: Option<Arc<NotifyListener>>,
     ) -> Result<Probe, StepError> {
         let target = match &spec.target {
-            WaitTarget::Tcp(addr) => Target::Tcp(inputs.render(addr, "ready.tcp", ctx)?),
-            WaitTarget::Http(url) => Target::Http(inputs.render(url, "ready.http", ctx)?),
-            WaitTarget::File(path) => Target::File(inputs.path(path, "ready.file", ctx)?),
+            WaitTarget::Tcp(addr) => {
+                Target::Tcp(inputs.render(addr, &format!("{field}.tcp"), ctx)?)
+            }
+            WaitTarget::Http(url) => {
+                Target::Http(inputs.render(url, &format!("{field}.http"), ctx)?)
+            }
+            WaitTarget::File(path) => {
+                Target::File(inputs.path(path, &format!("{field}.file"), ctx)?)
+            }
             WaitTarget::Command(argv) => {
                 let mut cmd = inputs.command(&[], ctx)?;
                 cmd.argv = inputs.command(argv, ctx)?.argv;
@@ -189,7 +199,7 @@ impl Probe {
                 Some(listener) => Target::Notify(listener),
                 None => {
                     return Err(StepError::Render {
-                        what: "ready.notify".into(),
+                        what: format!("{field}.notify"),
                         message: "no notify socket".into(),
                     });
                 }

@@ -14,11 +14,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::probe::{NotifyListener, Probe};
 use crate::error::ErrorCode;
 use crate::plan::lifecycle::{RestartOn, RestartPolicy};
 use crate::process::{self, Child};
 use crate::steps::StepError;
+use crate::steps::probe::{NotifyListener, Probe};
 use crate::steps::process::Cmd;
 use crate::telemetry::metrics::{SERVICE_READY, SERVICE_RESTARTS};
 use crate::telemetry::{ErrorInfo, Level, Reporter};

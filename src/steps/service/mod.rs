@@ -3,16 +3,19 @@
 //! sd_notify READY=1). Started services are watched and restarted by their
 //! `restart` policy until the run (or the supervised app) ends; they are then
 //! stopped in reverse start order (SIGTERM, grace, SIGKILL). The watching
-//! lives in `lifecycle::services`.
+//! lives in [`running`].
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::lifecycle::probe::{NotifyListener, Probe};
-pub use crate::lifecycle::services::Services;
-use crate::lifecycle::services::{self, ServiceUnit};
+pub mod running;
+
+pub use running::{ServiceFailure, Services};
+
+use super::probe::{NotifyListener, Probe};
 use crate::plan::WaitTarget;
+use running::ServiceUnit;
 
 use super::{StepAction, StepContext, StepError, StepInputs};
 
@@ -52,7 +55,7 @@ impl StepAction for ServiceAction<'_> {
         };
         let unit = ServiceUnit {
             step: inputs.step.name.clone(),
-            probe: Probe::new(ready, inputs, ctx, notify.clone())?,
+            probe: Probe::new(ready, "ready", inputs, ctx, notify.clone())?,
             cmd,
             bootstrap_id: ctx.bootstrap_id.clone(),
             ready_limit: inputs.step.timeout,
@@ -62,7 +65,7 @@ impl StepAction for ServiceAction<'_> {
             reporter: ctx.reporter.clone(),
             notify,
         };
-        let running = services::start(&unit, cancel).await?;
+        let running = running::start(&unit, cancel).await?;
         ctx.services.adopt(unit, running);
         Ok(())
     }

@@ -616,7 +616,7 @@ async fn register_instance(
 fn spawn_app(
     request: &ExecRequest,
     notify_socket: Option<&Path>,
-) -> std::io::Result<reaper::Watched> {
+) -> std::io::Result<crate::process::Watched> {
     let cmd = &request.cmd;
     let mut command = crate::process::Command::new(cmd.program());
     command
@@ -635,5 +635,5 @@ fn spawn_app(
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
-    reaper::spawn_watched(&command)
+    command.spawn_watched()
 }

@@ -13,10 +13,7 @@ pub struct Reference {
     pub name: Option<String>,
 }
 
-/// Whether `text` contains template syntax at all; plain strings skip the parser.
-pub fn is_template(text: &str) -> bool {
-    text.contains("{{") || text.contains("{%") || text.contains("{#")
-}
+pub use crate::template::{describe_error, is_template};
 
 /// Parses `text` as a MiniJinja template and returns the variables it reads.
 pub fn references(text: &str) -> Result<BTreeSet<Reference>, String> {
@@ -86,15 +83,6 @@ impl TemplateScope {
             env => self.env.clone(),
             secrets => secrets,
         }
-    }
-}
-
-/// A template error as one line: what went wrong and on which template line.
-pub fn describe_error(err: &minijinja::Error) -> String {
-    let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
-    match err.line() {
-        Some(line) => format!("template error on line {line}: {}{detail}", err.kind()),
-        None => format!("template error: {}{detail}", err.kind()),
     }
 }
 

@@ -12,7 +12,7 @@
 //!   scans under ([`while_spawning`]), so a fast-exiting child cannot be
 //!   reaped before it is registered, and a pid stays owned until it is no
 //!   longer a child of bootplan (tokio has reaped it);
-//! - children spawned through [`spawn_watched`] (the supervised app) are
+//! - children spawned through [`super::Command::spawn_watched`] (the supervised app) are
 //!   reaped here and their status is kept in a pid → status map for
 //!   [`wait_watched`];
 //! - every other zombie child (an orphan) is reaped and counted, once it has
@@ -31,9 +31,6 @@ use std::time::{Duration, Instant};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::sync::Notify;
-
-use super::Command;
-use super::command::Tree;
 
 /// How often to scan even without SIGCHLD (signals can coalesce).
 const SCAN_EVERY: Duration = Duration::from_millis(500);
@@ -77,60 +74,17 @@ pub fn while_spawning<T>(
     Ok(spawned)
 }
 
-/// Starts `cmd` as a child whose exit status the reaper collects (see
-/// [`wait_watched`]), contained like every other child.
-pub fn spawn_watched(cmd: &Command) -> std::io::Result<Watched> {
-    let (pid, tree) = cmd.contained(|mut cmd| {
-        let _owned = lock(&OWNED);
-        let child = cmd.spawn()?;
-        let pid = child.id();
-        lock(&WATCHED).insert(pid as i32, None);
-        // Dropping a std Child neither waits nor kills: the reaper reaps it.
-        drop(child);
-        Ok(pid)
-    })?;
-    Ok(Watched {
-        pid,
-        tree,
-        killed: false,
-    })
-}
-
-/// A child started by [`spawn_watched`]. Dropped, it kills what is left of
-/// the child's tree.
-#[derive(Debug)]
-pub struct Watched {
-    pid: u32,
-    tree: Tree,
-    /// Once killed after the child's exit, its group id is not signalled
-    /// again: with no process left in it, it may name another group later.
-    killed: bool,
-}
-
-impl Watched {
-    pub fn id(&self) -> u32 {
-        self.pid
-    }
-
-    /// Who belongs to the child's tree (see [`super::Members`]).
-    pub fn members(&self) -> super::Members {
-        self.tree.members(self.pid)
-    }
-
-    /// SIGKILL to everything left of the child's tree (its cgroup leaf, else
-    /// its process group).
-    pub fn kill_tree(&mut self) {
-        if !self.killed {
-            self.killed = true;
-            self.tree.kill(self.pid);
-        }
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.kill_tree();
-    }
+/// Runs `spawn`, which starts a child whose exit status the reaper
+/// collects (see [`wait_watched`]), and returns its pid. The std child is
+/// dropped: that neither waits nor kills, the reaper reaps it.
+pub(crate) fn watching(
+    spawn: impl FnOnce() -> std::io::Result<std::process::Child>,
+) -> std::io::Result<u32> {
+    let _owned = lock(&OWNED);
+    let child = spawn()?;
+    let pid = child.id();
+    lock(&WATCHED).insert(pid as i32, None);
+    Ok(pid)
 }
 
 /// Waits until the watched child `pid` has exited; returns its exit code,

@@ -301,7 +301,16 @@ fn environment(
 
 fn render_error(err: minijinja::Error) -> TemplateError {
     TemplateError::Render {
-        message: crate::plan::refs::describe_error(&err),
+        message: describe_error(&err),
+    }
+}
+
+/// A template error as one line: what went wrong and on which template line.
+pub fn describe_error(err: &minijinja::Error) -> String {
+    let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    match err.line() {
+        Some(line) => format!("template error on line {line}: {}{detail}", err.kind()),
+        None => format!("template error: {}{detail}", err.kind()),
     }
 }
 

@@ -1,20 +1,29 @@
 //! bootplan: takes a machine from a blank start to "ready", driven by a
 //! declarative plan. See ARCHITECTURE.md for the map.
 
-pub mod analyze;
+mod analyze;
 pub mod cli;
-pub mod engine;
+mod engine;
 pub mod error;
-pub mod facts;
-pub mod fsutil;
-pub mod http;
-pub mod lifecycle;
+mod facts;
+mod fsutil;
+mod http;
+mod lifecycle;
 pub mod plan;
-pub mod process;
-pub mod redact;
-pub mod retry;
-pub mod secrets;
-pub mod stdio;
-pub mod steps;
-pub mod telemetry;
-pub mod template;
+mod process;
+mod redact;
+mod retry;
+mod secrets;
+mod stdio;
+mod steps;
+mod telemetry;
+mod template;
+
+/// What the integration tests (`tests/it`) call besides the binary: the
+/// host checks they share with bootplan, so a test looks where bootplan
+/// looks. Not an API.
+#[doc(hidden)]
+pub mod test_support {
+    pub use crate::process::cgroup::{own_cgroup, reclaim_leftovers};
+    pub use crate::secrets::files::on_tmpfs;
+}

@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::AhoCorasick;
 use base64::Engine;
@@ -30,7 +29,6 @@ pub const MIN_SECRET_LEN: usize = 4;
 #[derive(Default)]
 pub struct Redactor {
     inner: RwLock<Inner>,
-    redactions: AtomicU64,
 }
 
 #[derive(Default)]
@@ -142,13 +140,7 @@ impl Redactor {
     }
 
     fn count(&self, count: u64) {
-        self.redactions.fetch_add(count, Ordering::Relaxed);
         metrics::counter!("bootplan_secret_redactions_total").increment(count);
-    }
-
-    /// How many values were masked so far.
-    pub fn redactions(&self) -> u64 {
-        self.redactions.load(Ordering::Relaxed)
     }
 
     /// A redactor for a byte stream (a child's output), masking secrets
@@ -381,7 +373,6 @@ mod tests {
         let out = r.redact(&text);
         assert!(!out.contains("s3cr3t"), "{out}");
         assert!(!out.contains(&b64), "{out}");
-        assert_eq!(r.redactions(), 3);
     }
 
     #[test]
@@ -460,7 +451,6 @@ mod tests {
         let r = Redactor::new();
         r.add_secret("canary-value");
         assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
-        assert_eq!(r.redactions(), 0);
     }
 }
 

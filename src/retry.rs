@@ -190,10 +190,13 @@ pub fn full_jitter(cap: Duration) -> Duration {
     Duration::from_millis(fastrand::u64(0..=cap_ms))
 }
 
+/// The counter of retried dependency requests.
+pub const RETRIES_METRIC: &str = "bootplan_dependency_retries_total";
+
 /// Counts a retry of a dependency (`vault`, `aws`, `metadata`, `etcd`,
 /// `report`) in `bootplan_dependency_retries_total`.
 pub fn count(dependency: &'static str) {
-    metrics::counter!("bootplan_dependency_retries_total", "dependency" => dependency).increment(1);
+    metrics::counter!(RETRIES_METRIC, "dependency" => dependency).increment(1);
 }
 
 #[cfg(test)]

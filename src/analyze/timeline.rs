@@ -49,10 +49,6 @@ impl StepLine {
     pub fn run_ms(&self) -> Option<u64> {
         Some(self.end_ms?.saturating_sub(self.start_ms?))
     }
-
-    pub fn wait_ms(&self) -> Option<u64> {
-        Some(self.start_ms?.saturating_sub(self.ready_ms))
-    }
 }
 
 /// The whole run.

@@ -75,10 +75,6 @@ impl MetadataClient {
         })
     }
 
-    pub fn provider(&self) -> &'static str {
-        self.provider
-    }
-
     /// `base` + `path` (`path` starts with `/`).
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)

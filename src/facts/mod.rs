@@ -29,9 +29,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use error::FactsError;
-pub use settings::{FactsConfig, FactsSettings, Fallback, ProviderChoice, ProviderKind};
-
-pub use crate::plan::facts::FACT_NAMES;
+pub use settings::{FactsSettings, Fallback, ProviderChoice, ProviderKind};
 
 /// The gathered facts. Unknown values are `None` (and render as empty).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -81,10 +79,6 @@ impl UserData {
 
     pub fn len(&self) -> usize {
         self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -49,14 +49,6 @@ pub enum FsError {
 }
 
 impl FsError {
-    /// The path the error is about.
-    pub fn path(&self) -> &Path {
-        match self {
-            FsError::Io { path, .. } | FsError::Owner { path, .. } => path,
-            FsError::UnsafeLink { link, .. } => link,
-        }
-    }
-
     /// The underlying I/O error kind, when there is one.
     pub fn kind(&self) -> Option<io::ErrorKind> {
         match self {
@@ -268,13 +260,6 @@ fn sync_dir_fd(dir: &OwnedFd, dir_path: &Path) -> Result<(), FsError> {
     File::from(readable)
         .sync_all()
         .map_err(ctx("cannot fsync directory", dir_path))
-}
-
-/// Makes a rename in `dir` durable.
-pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ctx("cannot fsync directory", dir))
 }
 
 /// Opens `path` for reading without following a link at it (its parents

@@ -118,6 +118,7 @@ impl Command {
         }
     }
 
+    #[cfg(test)]
     pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
         self.args.push(arg.as_ref().to_owned());
         self
@@ -405,6 +406,7 @@ pub struct Members {
 
 impl Members {
     /// Process `leader`, its process group and its descendants.
+    #[cfg(test)]
     pub fn process(leader: u32) -> Members {
         Members { leader, leaf: None }
     }
@@ -506,6 +508,7 @@ pub struct Child {
 
 impl Child {
     /// The pid, until the child has been waited for (then it may be reused).
+    #[cfg(test)]
     pub fn id(&self) -> Option<u32> {
         self.status.is_none().then_some(self.pid)
     }
@@ -544,6 +547,7 @@ impl Child {
     }
 
     /// SIGKILL to the child alone, if it has not been waited for.
+    #[cfg(test)]
     pub fn start_kill(&mut self) -> io::Result<()> {
         if self.status.is_some() {
             return Ok(());

@@ -27,7 +27,7 @@ mod output;
 pub mod reaper;
 
 pub use command::{Child, Command, Members, Stdio, Watched, withheld_env, withhold_env};
-pub use output::{Output, drain, log_in_background, pump, run};
+pub use output::{Output, drain, log_in_background, run};
 
 /// A command that did not run to its end.
 #[derive(Debug, thiserror::Error)]

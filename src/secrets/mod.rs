@@ -103,12 +103,6 @@ impl SecretError {
     }
 }
 
-/// One way of fetching secrets.
-pub trait SecretBackend {
-    /// The backend's name, as in the plan and in metric labels.
-    fn name(&self) -> &'static str;
-}
-
 /// Fetches each declared secret at most once per run, on first use, and
 /// registers every value with the redactor before handing it out.
 pub struct SecretStore {
@@ -187,11 +181,6 @@ impl SecretStore {
     pub fn with_region_hint(mut self, region: Option<String>) -> SecretStore {
         self.region_hint = region;
         self
-    }
-
-    /// The directory secret files go to.
-    pub fn files_dir(&self) -> &std::path::Path {
-        &self.files_dir
     }
 
     /// Where the declared `to_file` secrets will be written.

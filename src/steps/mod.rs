@@ -51,7 +51,6 @@ pub struct StepContext {
     pub facts: Facts,
     /// Facts, vars and env as templates see them, built once for the run.
     pub template_scope: refs::TemplateScope,
-    pub vars: IndexMap<String, serde_json::Value>,
     pub secrets: SecretStore,
     pub plan_dir: PathBuf,
     pub bootstrap_id: String,
@@ -74,7 +73,6 @@ impl StepContext {
             reporter,
             template_scope: refs::TemplateScope::new(facts.template_value(), &vars),
             facts,
-            vars,
             secrets,
             plan_dir,
             bootstrap_id,
@@ -82,12 +80,6 @@ impl StepContext {
             services: service::Services::default(),
             http: OnceLock::new(),
         }
-    }
-
-    /// W3C trace context (`TRACEPARENT`, `TRACESTATE`) of the running step's
-    /// span, for its child processes; empty when traces are off.
-    pub fn trace_env(&self) -> Vec<(String, String)> {
-        crate::telemetry::traces::step_env()
     }
 
     /// The HTTP client, built on first use (most plans never need one).

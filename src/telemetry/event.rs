@@ -46,10 +46,6 @@ impl StepState {
             StepState::NotRun => "not_run",
         }
     }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, StepState::Pending | StepState::Running)
-    }
 }
 
 /// The verdict of a run.

@@ -65,7 +65,6 @@ struct Shared {
 
 /// The running endpoint. Dropping it stops the server.
 pub struct TelemetryServer {
-    addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -80,7 +79,6 @@ impl TelemetryServer {
     ) -> Result<TelemetryServer, ExportError> {
         let listener =
             TcpListener::bind(addr).map_err(|source| ExportError::Bind { addr, source })?;
-        let local = listener.local_addr().unwrap_or(addr);
         listener
             .set_nonblocking(true)
             .map_err(|source| ExportError::Bind { addr, source })?;
@@ -91,15 +89,9 @@ impl TelemetryServer {
             .spawn(move || serve(listener, shared, stop_rx))
             .map_err(|source| ExportError::Thread { source })?;
         Ok(TelemetryServer {
-            addr: local,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
-    }
-
-    /// The address actually bound (useful with port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
     }
 }
 

@@ -8,8 +8,8 @@
 //! (the error-code table), `backend` (the secret backend kinds). Never an
 //! instance id, a bootstrap id or free text.
 //!
-//! To add a metric: a name constant here, an entry in [`METRICS`] (the
-//! exported-names test and the docs read it), its buckets in [`install`] if
+//! To add a metric: a name constant here, an entry in `METRICS` (a test
+//! holds it against the docs' metrics table), its buckets in [`install`] if
 //! it is a histogram, and the code that records it.
 
 use std::collections::{BTreeMap, HashSet};
@@ -37,9 +37,13 @@ pub const LAST_RUN_TIMESTAMP: &str = "bootplan_last_run_timestamp_seconds";
 pub const SECRET_FETCH_DURATION: &str = "bootplan_secret_fetch_duration_seconds";
 pub const SECRET_FETCH_ERRORS: &str = "bootplan_secret_fetch_errors_total";
 pub const SECRET_REDACTIONS: &str = "bootplan_secret_redactions_total";
+pub const DEPENDENCY_RETRIES: &str = crate::retry::RETRIES_METRIC;
+pub const LOG_LINES_DROPPED: &str = "bootplan_log_lines_dropped_total";
 
-/// Every metric family bootplan exports: (name, type, labels besides `plan`).
-pub const METRICS: &[(&str, &str, &[&str])] = &[
+/// Every metric family bootplan exports: (name, type, labels besides
+/// `plan`), held against the metrics table of `docs/plan.md` by a test.
+#[cfg(test)]
+const METRICS: &[(&str, &str, &[&str])] = &[
     (RUNS_TOTAL, "counter", &["outcome"]),
     (TIME_TO_READY, "histogram", &[]),
     (BOOT_TO_READY, "histogram", &[]),
@@ -54,6 +58,8 @@ pub const METRICS: &[(&str, &str, &[&str])] = &[
     (SECRET_FETCH_DURATION, "histogram", &["backend"]),
     (SECRET_FETCH_ERRORS, "counter", &["backend", "code"]),
     (SECRET_REDACTIONS, "counter", &[]),
+    (DEPENDENCY_RETRIES, "counter", &["dependency"]),
+    (LOG_LINES_DROPPED, "counter", &[]),
 ];
 
 /// Run outcomes that get a `bootplan_runs_total` series from the start (at
@@ -123,11 +129,11 @@ fn describe() {
     );
     describe_counter!(STEP_RETRIES, "Step attempts that failed and were retried.");
     describe_counter!(
-        "bootplan_dependency_retries_total",
+        DEPENDENCY_RETRIES,
         "Failed requests to a dependency (vault, aws, metadata, etcd, report) that were retried."
     );
     describe_counter!(
-        "bootplan_log_lines_dropped_total",
+        LOG_LINES_DROPPED,
         "Log lines dropped because the log reader did not keep up."
     );
     describe_histogram!(
@@ -331,6 +337,21 @@ impl Sink for MetricsSink {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_metric_is_in_the_docs_table_with_its_type_and_labels() {
+        let docs = include_str!("../../docs/plan.md");
+        for (name, kind, labels) in METRICS {
+            let row = docs
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("{name} is not in the metrics table of docs/plan.md"));
+            assert!(row.contains(&format!("| {kind} |")), "{row}");
+            for label in *labels {
+                assert!(row.contains(&format!("`{label}`")), "{row}: no `{label}`");
+            }
+        }
+    }
+
     use super::*;
     use crate::error::ErrorCode;
     use crate::telemetry::ErrorInfo;

@@ -199,18 +199,10 @@ impl Observability {
             .map(|_| Box::new(MetricsSink::new(process_start)) as Box<dyn super::Sink>)
     }
 
-    pub fn tracing_enabled(&self) -> bool {
-        self.tracing.is_some()
-    }
-
     /// The endpoint, if serving. A supervisor that outlives the run keeps
     /// the `Observability` (or takes the server) to keep it up.
     pub fn server(&self) -> Option<&TelemetryServer> {
         self.server.as_ref()
-    }
-
-    pub fn take_server(&mut self) -> Option<TelemetryServer> {
-        self.server.take()
     }
 
     /// End-of-run deliveries: the textfile, the Pushgateway push and the

@@ -100,7 +100,7 @@ impl Write for QueuedWriter {
             self.sent += 1;
         } else {
             DROPPED.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("bootplan_log_lines_dropped_total").increment(1);
+            metrics::counter!(super::metrics::LOG_LINES_DROPPED).increment(1);
         }
         Ok(buf.len())
     }

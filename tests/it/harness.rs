@@ -108,7 +108,7 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // A bootplan that a test killed leaves its run's cgroup behind (for
         // the next run to reclaim); the test host keeps none of them.
-        let _ = bootplan::process::cgroup::reclaim_leftovers(&self.run_dir());
+        let _ = bootplan::test_support::reclaim_leftovers(&self.run_dir());
     }
 }
 

@@ -83,7 +83,7 @@ fn cgroup_of(pid: i32) -> Option<String> {
 /// This test process's cgroup directory, when it can make cgroups below
 /// it. Without: a failure when peers are required, else a skip (said).
 fn cgroups_here(test: &str) -> Option<PathBuf> {
-    let why = match bootplan::process::cgroup::own_cgroup() {
+    let why = match bootplan::test_support::own_cgroup() {
         Ok(own) => {
             let probe = own.join(format!("bootplan-test-probe-{}", std::process::id()));
             match std::fs::create_dir(&probe) {
@@ -259,7 +259,7 @@ fn grandchildren_die_when_their_step_ends_even_outside_its_process_group() {
     let out = finish(bootplan);
     assert_eq!(code(&out), 0, "{}", dump(&out));
     // The run's group and its record are gone with the run.
-    let group = bootplan::process::cgroup::own_cgroup()
+    let group = bootplan::test_support::own_cgroup()
         .unwrap()
         .join(format!("bootplan-{pid}"));
     assert!(!group.exists(), "{} is left", group.display());

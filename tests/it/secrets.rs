@@ -1256,7 +1256,7 @@ steps:
         .any(|l| l.to_string().contains("not on a tmpfs"));
     assert_eq!(
         warned,
-        !bootplan::secrets::files::on_tmpfs(&sb.path().join("secret-files"))
+        !bootplan::test_support::on_tmpfs(&sb.path().join("secret-files"))
     );
 }
 

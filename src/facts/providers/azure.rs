@@ -14,7 +14,6 @@ use crate::facts::http::MetadataClient;
 use crate::facts::{CloudFacts, FactsError, UserData};
 
 pub const METADATA_HEADER: (&str, &str) = ("Metadata", "true");
-pub const API_VERSION: &str = "2021-02-01";
 const INSTANCE_PATH: &str = "/metadata/instance?api-version=2021-02-01";
 const USER_DATA_PATH: &str =
     "/metadata/instance/compute/userData?api-version=2021-02-01&format=text";

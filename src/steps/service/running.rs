@@ -63,7 +63,6 @@ pub struct Services {
     running: Mutex<Vec<Handle>>,
     failure: watch::Sender<Option<ServiceFailure>>,
     notify_dir: OnceLock<PathBuf>,
-    supervised: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Services {
@@ -72,7 +71,6 @@ impl Default for Services {
             running: Mutex::new(Vec::new()),
             failure: watch::channel(None).0,
             notify_dir: OnceLock::new(),
-            supervised: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -88,21 +86,6 @@ impl Services {
             .get()
             .cloned()
             .unwrap_or_else(|| std::env::temp_dir().join("bootplan-notify"))
-    }
-
-    /// Marks the run as supervised: services outlive the engine, and the
-    /// supervisor (not the engine) stops them and reports the verdict.
-    pub fn set_supervised(&self, on: bool) {
-        self.supervised
-            .store(on, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub fn supervised(&self) -> bool {
-        self.supervised.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Handle>> {

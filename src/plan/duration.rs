@@ -97,6 +97,83 @@ impl JsonSchema for HumanDuration {
     }
 }
 
+/// A backoff range `MIN..MAX` (e.g. `1s..30s`), checked when the plan is
+/// parsed: delays are drawn with full jitter under a cap that doubles from
+/// MIN up to MAX.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl<'de> Deserialize<'de> for Backoff {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_backoff(&text)
+            .map(|(min, max)| Backoff { min, max })
+            .map_err(|err| serde::de::Error::custom(format!("{err}: write MIN..MAX, e.g. 1s..30s")))
+    }
+}
+
+impl Serialize for Backoff {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!(
+            "{}..{}",
+            humantime::format_duration(self.min),
+            humantime::format_duration(self.max)
+        ))
+    }
+}
+
+impl JsonSchema for Backoff {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Backoff".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A backoff range MIN..MAX, such as 1s..30s.",
+            "pattern": "^\\s*[0-9]+\\s*[a-zA-Zµ]+\\s*\\.\\.\\s*[0-9]+\\s*[a-zA-Zµ]+\\s*$"
+        })
+    }
+}
+
+/// Octal permission bits written as a string (`"0640"`), checked when the
+/// plan is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match u32::from_str_radix(text.trim().trim_start_matches("0o"), 8) {
+            Ok(bits) if bits <= 0o7777 => Ok(Mode(bits)),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid mode `{text}`: write octal permission bits as a string, e.g. \"0640\""
+            ))),
+        }
+    }
+}
+
+impl Serialize for Mode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{:04o}", self.0))
+    }
+}
+
+impl JsonSchema for Mode {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Mode".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Octal permission bits, such as \"0640\".",
+            "pattern": "^(0o)?[0-7]{3,4}$"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,7 +51,7 @@ pub struct RawRestart {
     pub limit: Option<u32>,
     /// Delay range `MIN..MAX` before a restart, doubling each time. Default `1s..10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<String>,
+    pub backoff: Option<super::duration::Backoff>,
 }
 
 /// `supervise:` — bootplan stays the parent of the `exec` app.
@@ -447,18 +447,9 @@ pub fn resolve_step(
     if let Some(raw) = restart {
         policy.on = raw.on;
         policy.limit = raw.limit.unwrap_or(DEFAULT_RESTART_LIMIT);
-        if let Some(range) = &raw.backoff {
-            match super::duration::parse_backoff(range) {
-                Ok((min, max)) => {
-                    policy.min_backoff = min;
-                    policy.max_backoff = max;
-                }
-                Err(msg) => p.push(
-                    format!("{field}.restart.backoff"),
-                    msg,
-                    Some("write MIN..MAX, e.g. `1s..10s`"),
-                ),
-            }
+        if let Some(backoff) = raw.backoff {
+            policy.min_backoff = backoff.min;
+            policy.max_backoff = backoff.max;
         }
     }
     for d in &mut p.found {

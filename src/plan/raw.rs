@@ -243,7 +243,7 @@ pub struct RawFile {
     pub content: String,
     /// Octal permission bits, e.g. `"0644"`. Default `0644`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<super::duration::Mode>,
     /// `user` or `user:group`; needs root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -263,7 +263,7 @@ pub struct RawTemplate {
     pub dest: String,
     /// Octal permission bits, e.g. `"0640"`. Default `0644`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<super::duration::Mode>,
     /// `user` or `user:group`; needs root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -306,7 +306,7 @@ pub struct RawRetry {
     /// Backoff range `MIN..MAX`, e.g. `1s..30s`; each delay is drawn uniformly
     /// from zero to min(MAX, MIN·2^n) (full jitter). Default `500ms..30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<String>,
+    pub backoff: Option<super::duration::Backoff>,
 }
 
 /// When a step runs again on a later run of the same plan.

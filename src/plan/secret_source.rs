@@ -148,7 +148,7 @@ pub struct SecretFile {
     pub path: String,
     /// Octal permission bits. Default `"0600"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<super::duration::Mode>,
 }
 
 /// A credential bootplan reads at run time: exactly one of `file` or `env`.
@@ -380,7 +380,7 @@ pub struct NetRetry {
     pub attempts: Option<u32>,
     /// Backoff range `MIN..MAX`; full jitter. Default `200ms..5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backoff: Option<String>,
+    pub backoff: Option<super::duration::Backoff>,
     /// Give up after this long in total. Default 60s (and always before the run's deadline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_elapsed: Option<HumanDuration>,

@@ -12,7 +12,6 @@ use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use super::diagnostic::{Diagnostic, Position, Severity, did_you_mean};
-use super::duration::parse_backoff;
 use super::facts::FACT_NAMES;
 use super::raw::{Frequency, RawPlan, RawStep, RawWait};
 use super::refs::{self, ROOTS, Reference};
@@ -636,7 +635,7 @@ impl Validator {
             return Some(StepKind::Service { argv: argv.clone() });
         }
         if let Some(file) = &raw.file {
-            let mode = self.mode(pos, &format!("{field}.file.mode"), file.mode.as_deref());
+            let mode = file.mode.map_or(0o644, |m| m.0);
             if file.path.trim().is_empty() {
                 self.error(pos, format!("{field}.file.path"), "the path is empty", None);
             }
@@ -648,7 +647,7 @@ impl Validator {
             }));
         }
         if let Some(t) = &raw.template {
-            let mode = self.mode(pos, &format!("{field}.template.mode"), t.mode.as_deref());
+            let mode = t.mode.map_or(0o644, |m| m.0);
             let (source, origin) = match (&t.src, &t.inline) {
                 (Some(src), None) => {
                     let path = self.plan_dir.join(src);
@@ -761,22 +760,6 @@ impl Validator {
         })
     }
 
-    fn mode(&mut self, pos: Option<Position>, field: &str, mode: Option<&str>) -> u32 {
-        let Some(text) = mode else { return 0o644 };
-        match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
-            Ok(bits) if bits <= 0o7777 => bits,
-            _ => {
-                self.error(
-                    pos,
-                    field,
-                    format!("invalid mode `{text}`"),
-                    Some("write octal permission bits as a string, e.g. \"0640\"".into()),
-                );
-                0o644
-            }
-        }
-    }
-
     fn retry(&mut self, pos: Option<Position>, field: &str, raw: &RawStep) -> RetryPolicy {
         let Some(retry) = &raw.retry else {
             return RetryPolicy::NONE;
@@ -793,19 +776,9 @@ impl Validator {
                 Some("attempts counts the first try too".into()),
             );
         }
-        if let Some(range) = &retry.backoff {
-            match parse_backoff(range) {
-                Ok((min, max)) => {
-                    policy.min_backoff = min;
-                    policy.max_backoff = max;
-                }
-                Err(msg) => self.error(
-                    pos,
-                    format!("{field}.retry.backoff"),
-                    msg,
-                    Some("write MIN..MAX, e.g. `1s..30s`".into()),
-                ),
-            }
+        if let Some(backoff) = retry.backoff {
+            policy.min_backoff = backoff.min;
+            policy.max_backoff = backoff.max;
         }
         if raw.exec.is_some() && retry.attempts > 1 {
             self.error(

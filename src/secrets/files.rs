@@ -25,11 +25,7 @@ pub fn write(
     value: &SecretValue,
 ) -> Result<PathBuf, SecretError> {
     let path = path_for(dir, spec);
-    let mode = spec
-        .mode
-        .as_deref()
-        .and_then(|m| u32::from_str_radix(m.trim_start_matches("0o"), 8).ok())
-        .unwrap_or(DEFAULT_MODE);
+    let mode = spec.mode.map_or(DEFAULT_MODE, |m| m.0);
     if let Some(parent) = path.parent()
         && !parent.exists()
     {

@@ -15,7 +15,6 @@ use zeroize::Zeroizing;
 
 use crate::retry::Attempt;
 
-use crate::plan::duration::parse_backoff;
 use crate::plan::secret_source::NetRetry;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,9 +62,10 @@ impl Net {
         dependency: &'static str,
     ) -> Net {
         let (min_backoff, max_backoff) = retry
-            .and_then(|r| r.backoff.as_deref())
-            .and_then(|b| parse_backoff(b).ok())
-            .unwrap_or((DEFAULT_MIN_BACKOFF, DEFAULT_MAX_BACKOFF));
+            .and_then(|r| r.backoff)
+            .map_or((DEFAULT_MIN_BACKOFF, DEFAULT_MAX_BACKOFF), |b| {
+                (b.min, b.max)
+            });
         let timeout = timeout.unwrap_or(DEFAULT_TIMEOUT);
         let attempts = retry.and_then(|r| r.attempts).unwrap_or(DEFAULT_ATTEMPTS);
         let mut budget = crate::retry::Budget::new(attempts, min_backoff, max_backoff);

@@ -39,6 +39,11 @@ pub struct VaultClient {
     base_dir: PathBuf,
     token: Arc<Mutex<Option<Token>>>,
     renewer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// Each KV path (with its version) read once per run: every secret
+    /// taken from it shares the one answer.
+    paths: std::sync::Mutex<
+        std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Arc<Zeroizing<String>>>>>,
+    >,
 }
 
 /// What the client and its renewal task share.
@@ -109,6 +114,7 @@ impl VaultClient {
             base_dir: base_dir.to_path_buf(),
             token: Arc::new(Mutex::new(None)),
             renewer: std::sync::Mutex::new(None),
+            paths: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -116,6 +122,27 @@ impl VaultClient {
     #[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name, path = %spec.path))]
     pub async fn read(&self, name: &str, spec: &VaultSecret) -> Result<SecretValue, SecretError> {
         let api_path = kv_api_path(spec);
+        let cell = self
+            .paths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(format!("{api_path}#kv{}", spec.kv.unwrap_or(2)))
+            .or_default()
+            .clone();
+        // A failed read leaves the cell empty: the next secret tries again.
+        let data = cell
+            .get_or_try_init(|| async { self.read_path(name, spec, &api_path).await.map(Arc::new) })
+            .await?;
+        local::select_key(name, BACKEND, data, spec.key.as_deref())
+    }
+
+    /// One KV path's data (the JSON object of its keys).
+    async fn read_path(
+        &self,
+        name: &str,
+        spec: &VaultSecret,
+        api_path: &str,
+    ) -> Result<Zeroizing<String>, SecretError> {
         let url = format!("{}/v1/{api_path}", self.session.address);
         let token = self.token(name).await?;
         let result = self
@@ -143,13 +170,11 @@ impl VaultClient {
             }
             Err(failure) => return Err(read_failure(name, &url, failure)),
         };
-        let data =
-            kv_data(&response, spec.kv.unwrap_or(2)).map_err(|detail| SecretError::NotFound {
-                name: name.into(),
-                backend: BACKEND,
-                detail: format!("{url}: {detail}"),
-            })?;
-        local::select_key(name, BACKEND, &data, spec.key.as_deref())
+        kv_data(&response, spec.kv.unwrap_or(2)).map_err(|detail| SecretError::NotFound {
+            name: name.into(),
+            backend: BACKEND,
+            detail: format!("{url}: {detail}"),
+        })
     }
 
     /// Revokes the token when the plan asks. Best effort: one attempt.

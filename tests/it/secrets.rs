@@ -217,6 +217,75 @@ fn step_code(sb: &Sandbox, step: &str) -> String {
 
 // --------------------------------------------------------------- vault
 
+/// A proxy in front of the server that keeps everything the clients sent.
+fn recording_proxy(target: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let port = listener.local_addr().unwrap().port();
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let record = sent.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            let (mut back_from, mut back_to) =
+                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut back_from, &mut back_to);
+            });
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = client.read(&mut buf) {
+                    if n == 0 || server.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    record.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                let _ = server.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (port, sent)
+}
+
+/// Many keys of one KV path cost one read of that path (counted by a
+/// proxy in front of the real server).
+#[test]
+fn many_keys_of_one_vault_path_are_read_once() {
+    let Some(bao) = Bao::start(false) else { return };
+    let sb = Sandbox::new();
+    let (port, sent) = recording_proxy(bao.port);
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}=value-number-{i}")).collect();
+    let mut put = vec!["kv", "put", "secret/app/many"];
+    put.extend(keys.iter().map(String::as_str));
+    bao.ok(&put);
+    let mut secrets = String::new();
+    let mut inline = String::new();
+    for i in 0..40 {
+        secrets.push_str(&format!(
+            "  s{i}: {{ vault: {{ path: secret/app/many, key: k{i} }} }}\n"
+        ));
+        inline.push_str(&format!("{{{{ secrets.s{i} }}}},"));
+    }
+    sb.plan(&format!(
+        "version: 1\nname: many\nbackends:\n  vault:\n    address: http://127.0.0.1:{port}\n    auth: {{ token: {{ env: T }} }}\nsecrets:\n{secrets}steps:\n  render: {{ template: {{ inline: \"{inline}\", dest: out.txt }} }}\n",
+    ));
+    let out = sb
+        .cmd()
+        .env("T", "root")
+        .args(["run", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let expected: Vec<String> = (0..40).map(|i| format!("value-number-{i},")).collect();
+    assert_eq!(sb.read("out.txt"), expected.concat());
+    let sent = String::from_utf8_lossy(&sent.lock().unwrap()).into_owned();
+    let reads = sent.matches("GET /v1/secret/data/app/many ").count();
+    assert_eq!(reads, 1, "the path was read {reads} times");
+}
+
 #[test]
 fn vault_kv2_versions_kv1_and_json_keys_with_token_from_env() {
     let Some(bao) = Bao::start(false) else { return };

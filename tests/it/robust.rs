@@ -165,3 +165,101 @@ fn a_refused_second_run_leaves_the_first_runs_readiness_alone() {
         "the refused run rewrote the status file"
     );
 }
+
+/// Runs `bootplan run plan.yaml` in a private mount namespace after
+/// `prepare` (shell) has mounted what the test needs there: the mounts
+/// never touch the host's.
+fn run_in_mount_namespace(sb: &Sandbox, prepare: &str) -> std::process::Output {
+    let template = sb.cmd();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-ec"])
+        .arg(format!("{prepare}\nexec \"$0\" run plan.yaml"))
+        .arg(crate::harness::bin())
+        .current_dir(sb.path());
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let out = cmd.output().expect("unshare");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("unshare failed"),
+        "private mount namespaces are needed (root): {}",
+        dump(&out)
+    );
+    out
+}
+
+/// A tmpfs of `size` bytes at `dir`, then filled until it is full.
+fn full_tmpfs(dir: &std::path::Path, size: &str) -> String {
+    format!(
+        "mkdir -p {d}\nmount -t tmpfs -o size={size},mode=0700 tmpfs {d}\ndd if=/dev/zero of={d}/.filler bs=4k 2>/dev/null || true",
+        d = dir.display()
+    )
+}
+
+const MARKER_PLAN: &str = "version: 1\nname: disk\nsteps:\n  a: { shell: \"touch ran\" }\n";
+
+#[test]
+fn a_read_only_or_full_run_directory_is_state_unwritable_before_any_step() {
+    for read_only in [true, false] {
+        let sb = Sandbox::new();
+        sb.plan(MARKER_PLAN);
+        let prepare = if read_only {
+            format!(
+                "mkdir -p {d}\nmount -t tmpfs -o ro,mode=0755 tmpfs {d}",
+                d = sb.run_dir().display()
+            )
+        } else {
+            full_tmpfs(&sb.run_dir(), "16k")
+        };
+        let out = run_in_mount_namespace(&sb, &prepare);
+        assert_eq!(code(&out), 73, "{prepare}: {}", dump(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("[state.unwritable]"), "{err}");
+        assert!(
+            !sb.path().join("ran").exists(),
+            "a step ran without a status file"
+        );
+    }
+}
+
+#[test]
+fn a_full_state_directory_fails_the_run_instead_of_losing_the_journal() {
+    let sb = Sandbox::new();
+    sb.plan(MARKER_PLAN);
+    let out = run_in_mount_namespace(&sb, &full_tmpfs(&sb.state_dir(), "16k"));
+    assert_eq!(code(&out), 73, "{}", dump(&out));
+    assert!(sb.path().join("ran").exists(), "the step should have run");
+    let status = sb.status();
+    assert_eq!(status["outcome"], "failed", "{status}");
+    assert_eq!(status["error"]["code"], "state.unwritable", "{status}");
+    assert!(
+        status["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the journal could not be saved"),
+        "{status}"
+    );
+    assert!(
+        !sb.run_dir().join("ready").exists(),
+        "ready without a journal"
+    );
+
+    // A read-only state directory refuses the run before anything.
+    let sb = Sandbox::new();
+    sb.plan(MARKER_PLAN);
+    let prepare = format!(
+        "mkdir -p {d}\nmount -t tmpfs -o ro,mode=0700 tmpfs {d}",
+        d = sb.state_dir().display()
+    );
+    let out = run_in_mount_namespace(&sb, &prepare);
+    assert_eq!(code(&out), 73, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[state.unwritable]"),
+        "{}",
+        dump(&out)
+    );
+    assert!(!sb.path().join("ran").exists());
+}

@@ -41,10 +41,12 @@ pub struct VaultClient {
     renewer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
     /// Each KV path (with its version) read once per run: every secret
     /// taken from it shares the one answer.
-    paths: std::sync::Mutex<
-        std::collections::HashMap<String, Arc<tokio::sync::OnceCell<Arc<Zeroizing<String>>>>>,
+    paths: std::sync::Mutex<std::collections::HashMap<String, PathCell>>,
     >,
 }
+
+/// One KV path's data, once read.
+type PathCell = Arc<tokio::sync::OnceCell<Arc<Zeroizing<String>>>>;
 
 /// What the client and its renewal task share.
 struct Session {

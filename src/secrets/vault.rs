@@ -42,7 +42,6 @@ pub struct VaultClient {
     /// Each KV path (with its version) read once per run: every secret
     /// taken from it shares the one answer.
     paths: std::sync::Mutex<std::collections::HashMap<String, PathCell>>,
-    >,
 }
 
 /// One KV path's data, once read.

@@ -198,6 +198,17 @@ fn finish_exec_step(ctx: &StepContext, step: &str) {
     }
 }
 
+/// Removes the secret files the run wrote, once nothing can need them (the
+/// supervised app or the held services have stopped); a failure is a warning.
+pub fn remove_secret_files(ctx: &StepContext) {
+    if let Err(err) = ctx.secrets.remove_files() {
+        ctx.reporter.notice(
+            crate::telemetry::Level::Warn,
+            format!("cannot remove a secret file: {err}"),
+        );
+    }
+}
+
 /// Ends the secret store's sessions (revokes the Vault token when the plan
 /// asks); a failure is a warning. Idempotent.
 pub async fn close_secrets(ctx: &StepContext) {

@@ -318,6 +318,7 @@ pub async fn supervise(
     }
     ctx.services.stop_all(grace).await;
     super::close_secrets(&ctx).await;
+    super::remove_secret_files(&ctx);
     let orphans = reaper::orphans_reaped();
     if orphans > 0 {
         ctx.reporter.notice(
@@ -371,6 +372,7 @@ pub async fn hold_services(
     notify::stopping();
     readyfile::remove(ready_file);
     ctx.services.stop_all(grace).await;
+    super::remove_secret_files(ctx);
     code
 }
 

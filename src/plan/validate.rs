@@ -211,6 +211,19 @@ impl Validator {
                 .and_then(|s| Position::from_saphyr(s.referenced));
             self.error(position, field, message, hint);
         }
+        for (name, source) in &raw.secrets {
+            if let Some(len) = self.short_local_secret(&source.value) {
+                self.warn(
+                    Position::from_saphyr(source.referenced),
+                    format!("secrets.{name}"),
+                    format!(
+                        "the value is {len} character(s) long: values shorter than {} cannot be masked in output, so it shows wherever it is printed",
+                        crate::redact::MIN_SECRET_LEN
+                    ),
+                    Some("use a longer secret, or make sure no step prints it".into()),
+                );
+            }
+        }
         let var_names: BTreeSet<String> = raw.vars.keys().cloned().collect();
         let secret_env = super::secret_checks::secret_env_names(&raw.secrets, &raw.backends);
         let scope = RefScope {
@@ -482,6 +495,32 @@ impl Validator {
             secret_refs,
             fingerprint,
         })
+    }
+
+    /// The length of a `file` or `env` secret that can be looked at now and
+    /// is too short to be masked (other backends are only known at run time).
+    fn short_local_secret(&self, source: &super::SecretSource) -> Option<usize> {
+        let (text, key) = if let Some(file) = &source.file {
+            let bytes =
+                super::load::read_bounded(&self.plan_dir.join(&file.path), 1024 * 1024).ok()?;
+            (String::from_utf8(bytes).ok()?, file.key.as_deref())
+        } else if let Some(env) = &source.env {
+            (std::env::var(&env.name).ok()?, env.key.as_deref())
+        } else {
+            return None;
+        };
+        let text = zeroize::Zeroizing::new(text);
+        let value = match key {
+            None => text.trim_end_matches(['\n', '\r']).to_string(),
+            Some(key) => {
+                let object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&text).ok()?;
+                object.get(key)?.as_str()?.to_string()
+            }
+        };
+        let value = zeroize::Zeroizing::new(value);
+        let len = value.trim().chars().count();
+        (len < crate::redact::MIN_SECRET_LEN).then_some(len)
     }
 
     /// Checks the `facts:` block and resolves it (the environment is added at run time).

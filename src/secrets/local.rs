@@ -4,13 +4,25 @@
 use super::{SecretError, SecretValue};
 use crate::plan::secret_source::{EnvSecret, FileSecret};
 
+/// Largest secret file read: a key or a certificate chain is a few KiB; a
+/// path that leads to a device or a huge file is a mistake.
+const MAX_SECRET_FILE: u64 = 1024 * 1024;
+
+/// Reads a `file` secret: a regular file, bounded in size, its trailing
+/// newline trimmed.
 pub fn fetch_file(
     name: &str,
     spec: &FileSecret,
     base_dir: &std::path::Path,
 ) -> Result<SecretValue, SecretError> {
     let path = base_dir.join(&spec.path);
-    let text = std::fs::read_to_string(&path).map_err(|err| {
+    let bytes = crate::plan::load::read_bounded(&path, MAX_SECRET_FILE).map_err(|err| {
+        let err = match err {
+            crate::plan::load::Bounded::Io(err) => err,
+            crate::plan::load::Bounded::Problem(message, _) => {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+            }
+        };
         let detail = format!("cannot read {}: {err}", path.display());
         match err.kind() {
             std::io::ErrorKind::NotFound => SecretError::NotFound {
@@ -29,6 +41,11 @@ pub fn fetch_file(
                 detail,
             },
         }
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| SecretError::NotFound {
+        name: name.into(),
+        backend: "file",
+        detail: format!("{} is not UTF-8 text", path.display()),
     })?;
     let text = zeroize::Zeroizing::new(text);
     select_key(

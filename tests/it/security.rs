@@ -498,3 +498,79 @@ fn a_notification_from_a_foreign_process_does_not_make_a_service_ready() {
         "{logs}"
     );
 }
+
+#[test]
+fn a_secret_too_short_to_mask_is_warned_about_before_and_during_the_run() {
+    let sb = Sandbox::new();
+    sb.write("pin", "123\n");
+    sb.plan(concat!(
+        "version: 1\nname: short\nsecrets:\n  pin: { file: { path: pin } }\n",
+        "steps:\n  a: { run: [\"true\"], secrets: [pin] }\n",
+    ));
+    let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning:") && err.contains("secrets.pin") && err.contains("cannot be masked"),
+        "{err}"
+    );
+    let out = sb.run();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let warned = log_lines(&out).into_iter().any(|l| {
+        l["level"] == "warn"
+            && l["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("secret `pin` is shorter than 4"))
+    });
+    assert!(warned, "{}", dump(&out));
+}
+
+#[test]
+fn secret_files_go_when_the_supervised_app_stops_and_on_reset() {
+    let sb = Sandbox::new();
+    sb.write("db", "a-database-password\n");
+    sb.plan(concat!(
+        "version: 1\nname: files\n",
+        "secrets:\n  db: { file: { path: db }, to_file: { path: db.pass } }\n",
+        "steps:\n  app: { exec: [\"sh\", \"-c\", \"touch up; exec sleep 30\"], secrets: [db] }\n",
+    ));
+    let secret_file = sb.run_dir().join("secrets/db.pass");
+    let mut child = crate::harness::start_run(&sb, &["--supervise"]);
+    crate::harness::wait_until(
+        "the app to start",
+        std::time::Duration::from_secs(10),
+        || sb.path().join("up").exists(),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret_file).unwrap(),
+        "a-database-password"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert!(!secret_file.exists(), "the secret file outlived the app");
+
+    // A one-shot run leaves the file for whatever runs next; reset removes it.
+    sb.plan(concat!(
+        "version: 1\nname: files\n",
+        "secrets:\n  db: { file: { path: db }, to_file: { path: db.pass } }\n",
+        "steps:\n  use: { run: [\"true\"], secrets: [db] }\n",
+    ));
+    assert_eq!(code(&sb.run()), 0);
+    assert!(secret_file.exists());
+    let out = sb
+        .cmd()
+        .args(["reset", "--plan", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 1 secret file(s)"),
+        "{}",
+        dump(&out)
+    );
+    assert!(!secret_file.exists());
+}

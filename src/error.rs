@@ -17,6 +17,9 @@ pub mod exit {
     pub const CANT_CREATE: i32 = 73;
     pub const DEADLINE: i32 = 75;
     pub const DENIED: i32 = 77;
+    /// Stopped by SIGTERM (128 + 15). A run stopped by signal n exits 128+n;
+    /// this is the code of the usual one.
+    pub const INTERRUPTED: i32 = 143;
 }
 
 macro_rules! error_codes {
@@ -65,7 +68,7 @@ error_codes! {
     FileWriteFailed => ("file.write_failed", exit::STEP_FAILED, "a file could not be written, or its owner set"),
     PathUnsafe => ("path.unsafe", exit::STEP_FAILED, "a rendered path climbs out with `..` from a value or holds a NUL, or writing it would follow a symlink someone else controls"),
     DeadlineExceeded => ("deadline.exceeded", exit::DEADLINE, "the plan's global deadline passed before the run finished"),
-    RunInterrupted => ("run.interrupted", exit::STEP_FAILED, "bootplan was asked to stop (SIGINT or SIGTERM) during the run"),
+    RunInterrupted => ("run.interrupted", exit::INTERRUPTED, "bootplan was asked to stop during the run (exit 128+signal: 143 for SIGTERM, 130 for SIGINT)"),
     StateUnwritable => ("state.unwritable", exit::CANT_CREATE, "the state or run directory could not be written, or another bootplan holds its lock"),
     StateUntrusted => ("state.untrusted", exit::CANT_CREATE, "the state, run or secrets directory (or a file bootplan keeps there) could be changed by someone other than bootplan's user"),
     RunGone => ("run.gone", exit::UNAVAILABLE, "the bootplan that wrote the status file was killed (or the machine rebooted) before the run finished"),

@@ -153,10 +153,33 @@ mod tests {
         assert_eq!(std::fs::read_to_string(path).unwrap(), "hunter22");
     }
 
+    /// The file system type of the mount `path` is on, from mountinfo.
+    fn mounted_type(path: &Path) -> String {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        mountinfo
+            .lines()
+            .filter_map(|line| {
+                let (mount, fs) = line.split_once(" - ")?;
+                let point = mount.split(' ').nth(4)?;
+                let kind = fs.split(' ').next()?.to_string();
+                path.starts_with(point).then_some((point.len(), kind))
+            })
+            .max()
+            .map(|(_, kind)| kind)
+            .unwrap()
+    }
+
     #[test]
-    fn dev_shm_is_tmpfs() {
-        if Path::new("/dev/shm").exists() {
-            assert!(on_tmpfs(Path::new("/dev/shm/nonexistent/child")));
+    fn tmpfs_is_recognised_as_the_mount_table_says() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in [dir.path(), Path::new("/proc/self"), Path::new("/dev/shm")] {
+            let expected = matches!(mounted_type(path).as_str(), "tmpfs" | "ramfs");
+            assert_eq!(
+                on_tmpfs(&path.join("missing/child")),
+                expected,
+                "{}",
+                path.display()
+            );
         }
     }
 }

@@ -98,6 +98,24 @@ fn watch(
     None
 }
 
+/// The atomic writes' temp files (`.NAME.PID.RANDOM.tmp`) under `dir`.
+fn temp_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if name.starts_with('.') && name.ends_with(".tmp") {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
 fn journal_steps(sb: &Sandbox) -> Vec<String> {
     let path = sb.state_dir().join("journal.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
@@ -189,6 +207,11 @@ fn sigkill_at_random_moments_always_converges() {
             journal_steps(&sb).len(),
             9,
             "iteration {iteration}: journal incomplete"
+        );
+        let litter = temp_files(sb.path());
+        assert!(
+            litter.is_empty(),
+            "iteration {iteration}: temp files of the killed run left behind: {litter:?}"
         );
     }
     // Guard against a test that never actually interrupts a run.

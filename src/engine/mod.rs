@@ -268,7 +268,7 @@ fn step_future<'a>(
 }
 
 /// A panic's message, when it has one.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -287,7 +287,7 @@ fn run_plan(
     ran.unwrap_or_else(|panic| {
         let message = format!(
             "bootplan panicked: {} (a bug; please report it)",
-            panic_text(panic.as_ref())
+            crate::engine::panic_text(panic.as_ref())
         );
         outputs.fail(plan, ErrorCode::Internal, message)
     })
@@ -430,15 +430,6 @@ fn gather_facts(
 /// A random (v4) UUID for the run.
 pub fn new_bootstrap_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-/// A panic's message, when it has one.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("no message")
 }
 
 /// Each step's `needs`, by name, for the status file.

@@ -98,14 +98,13 @@ impl Validator {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
-        self.diagnostics.push(Diagnostic {
-            severity: Severity::Error,
-            file: self.file.clone(),
+        self.push(
+            Severity::Error,
             position,
-            field: field.into(),
-            message: message.into(),
+            field.into(),
+            message.into(),
             hint,
-        });
+        );
     }
 
     fn warn(
@@ -115,12 +114,29 @@ impl Validator {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
+        self.push(
+            Severity::Warning,
+            position,
+            field.into(),
+            message.into(),
+            hint,
+        );
+    }
+
+    fn push(
+        &mut self,
+        severity: Severity,
+        position: Option<Position>,
+        field: String,
+        message: String,
+        hint: Option<String>,
+    ) {
         self.diagnostics.push(Diagnostic {
-            severity: Severity::Warning,
+            severity,
             file: self.file.clone(),
             position,
-            field: field.into(),
-            message: message.into(),
+            field,
+            message,
             hint,
         });
     }

@@ -213,18 +213,7 @@ impl Lexer {
             '"' => self.stack.push(Ctx::Double),
             '`' => self.stack.push(Ctx::Backtick),
             '#' if starts_word(chars, i) => self.stack.push(Ctx::Comment),
-            '$' if next == Some('(') && chars.get(i + 2) == Some(&'(') => {
-                self.stack.push(Ctx::Expansion);
-                return i + 3;
-            }
-            '$' if next == Some('(') => {
-                self.stack.push(Ctx::Words { parens: 0 });
-                return i + 2;
-            }
-            '$' if next == Some('{') => {
-                self.stack.push(Ctx::Expansion);
-                return i + 2;
-            }
+            '$' if matches!(next, Some('(' | '{')) => return self.dollar(chars, i),
             '(' => self.set_parens(parens + 1),
             ')' if parens > 0 => self.set_parens(parens - 1),
             ')' if self.stack.len() > 1 => {
@@ -236,6 +225,24 @@ impl Lexer {
             _ => {}
         }
         i + 1
+    }
+
+    /// `$(` (command substitution: words again), `$((` or `${` at `i`.
+    fn dollar(&mut self, chars: &[char], i: usize) -> usize {
+        match (chars.get(i + 1), chars.get(i + 2)) {
+            (Some('('), Some('(')) => {
+                self.stack.push(Ctx::Expansion);
+                i + 3
+            }
+            (Some('('), _) => {
+                self.stack.push(Ctx::Words { parens: 0 });
+                i + 2
+            }
+            _ => {
+                self.stack.push(Ctx::Expansion);
+                i + 2
+            }
+        }
     }
 
     fn set_parens(&mut self, parens: u32) {
@@ -252,18 +259,7 @@ impl Lexer {
                 self.stack.pop();
             }
             '`' => self.stack.push(Ctx::Backtick),
-            '$' if next == Some('(') && chars.get(i + 2) == Some(&'(') => {
-                self.stack.push(Ctx::Expansion);
-                return i + 3;
-            }
-            '$' if next == Some('(') => {
-                self.stack.push(Ctx::Words { parens: 0 });
-                return i + 2;
-            }
-            '$' if next == Some('{') => {
-                self.stack.push(Ctx::Expansion);
-                return i + 2;
-            }
+            '$' if matches!(next, Some('(' | '{')) => return self.dollar(chars, i),
             _ => {}
         }
         i + 1

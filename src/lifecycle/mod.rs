@@ -16,6 +16,7 @@ pub mod notify;
 pub mod readyfile;
 pub mod register;
 pub mod report;
+pub mod signals;
 pub mod status;
 pub mod supervise;
 pub mod verdict;
@@ -132,7 +133,7 @@ pub async fn run(
     let reaper = (supervise || std::process::id() == 1).then(reaper::start);
     // Listening from the start: a SIGHUP during the boot must not kill
     // bootplan (its default action) when the app would get it later.
-    let mut signals = supervise.then(supervise::Forwarder::new);
+    let mut signals = supervise.then(signals::Forwarder::new);
     let mut summary = engine::run(plan, ctx.clone(), journal).await;
     let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
     let ready = summary.outcome.is_ready();

@@ -15,15 +15,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::register::{self, Registration};
+use super::signals::Forwarder;
 use super::verdict::Ending as Verdict;
 use super::{Options, notify, readyfile};
 use crate::engine::RunSummary;
@@ -36,69 +35,6 @@ use crate::steps::probe::{NotifyListener, Probe};
 use crate::steps::service::ServiceFailure;
 use crate::steps::{StepContext, StepError, StepInputs};
 use crate::telemetry::{ErrorInfo, EventKind, Level, Outcome, StepState};
-
-/// The signals forwarded to the app.
-pub const FORWARDED: [i32; 7] = [
-    libc::SIGTERM,
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
-];
-
-/// Listens for the forwarded signals. Created before the plan runs, so a
-/// SIGHUP during the boot does not kill bootplan (its default action).
-pub struct Forwarder {
-    streams: Vec<(i32, tokio::signal::unix::Signal)>,
-}
-
-impl Forwarder {
-    pub fn new() -> Forwarder {
-        let streams = FORWARDED
-            .iter()
-            .filter_map(|&n| signal(SignalKind::from_raw(n)).ok().map(|s| (n, s)))
-            .collect();
-        Forwarder { streams }
-    }
-
-    /// Forgets signals that arrived before the app existed, but returns a
-    /// pending SIGTERM/SIGINT: one the engine handled ended the run before
-    /// supervision, so a pending one came after the last step and still
-    /// asks bootplan to stop.
-    fn drain_stale(&mut self) -> Option<i32> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut stop = None;
-        for (n, s) in &mut self.streams {
-            while let Poll::Ready(Some(())) = s.poll_recv(&mut cx) {
-                if *n == libc::SIGTERM || *n == libc::SIGINT {
-                    stop = Some(*n);
-                }
-            }
-        }
-        stop
-    }
-
-    /// The next signal received.
-    async fn recv(&mut self) -> i32 {
-        std::future::poll_fn(|cx| {
-            for (n, s) in &mut self.streams {
-                if let Poll::Ready(Some(())) = s.poll_recv(cx) {
-                    return Poll::Ready(*n);
-                }
-            }
-            Poll::Pending
-        })
-        .await
-    }
-}
-
-impl Default for Forwarder {
-    fn default() -> Self {
-        Forwarder::new()
-    }
-}
 
 /// Where the supervised run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

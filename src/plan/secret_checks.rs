@@ -131,6 +131,11 @@ pub fn check(
                 ));
             }
         }
+        check_concurrency(
+            "backends.vault.concurrency",
+            vault.concurrency,
+            &mut problems,
+        );
         if vault.ca_only && vault.ca_file.is_none() {
             problems.push((
                 "backends.vault.ca_only".into(),
@@ -156,6 +161,7 @@ pub fn check(
             }
         }
         check_retry("backends.aws.retry", aws.retry.as_ref(), &mut problems);
+        check_concurrency("backends.aws.concurrency", aws.concurrency, &mut problems);
     }
     problems
 }
@@ -270,6 +276,16 @@ fn check_url(field: &str, url: &str, problems: &mut Vec<Problem>) {
             field.into(),
             format!("`{url}` is not an http(s) URL"),
             Some("e.g. `https://vault.internal:8200`".into()),
+        ));
+    }
+}
+
+fn check_concurrency(field: &str, concurrency: Option<u32>, problems: &mut Vec<Problem>) {
+    if concurrency == Some(0) {
+        problems.push((
+            field.into(),
+            "at least one request must be allowed in flight".into(),
+            Some("e.g. `concurrency: 8` (the default)".into()),
         ));
     }
 }

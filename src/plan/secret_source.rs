@@ -273,6 +273,9 @@ pub struct VaultConfig {
     /// Limit for one request. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
+    /// Requests in flight at once (secrets are read in parallel). Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Retries of failed requests (connection errors, timeouts, 5xx, 429 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<NetRetry>,
@@ -351,6 +354,9 @@ pub struct AwsConfig {
     /// Limit for one request. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
+    /// Requests in flight at once (secrets are read in parallel). Default 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
     /// Retries of failed requests (connection errors, timeouts, 5xx, 429 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<NetRetry>,

@@ -124,7 +124,12 @@ pub struct SecretStore {
     aws: OnceCell<Result<aws::AwsClient, String>>,
     /// Where warnings go (a value too short to mask, retries).
     reporter: Option<Arc<crate::telemetry::Reporter>>,
+    /// Requests in flight per backend.
+    limits: std::sync::Mutex<BTreeMap<&'static str, Arc<tokio::sync::Semaphore>>>,
 }
+
+/// Requests a network backend has in flight at once unless the plan says.
+const DEFAULT_CONCURRENCY: u32 = 8;
 
 impl SecretStore {
     pub fn new(
@@ -144,6 +149,7 @@ impl SecretStore {
             vault: OnceCell::new(),
             aws: OnceCell::new(),
             reporter: None,
+            limits: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -212,8 +218,9 @@ impl SecretStore {
         names: &[String],
     ) -> Result<BTreeMap<String, SecretValue>, SecretError> {
         self.prefetch_ssm(names).await?;
-        let mut out = BTreeMap::new();
-        for name in names {
+        // All of them at once (each backend bounds its own requests in
+        // flight); the first failure ends the wait for the others.
+        let values = futures_util::future::try_join_all(names.iter().map(|name| async move {
             // Concurrent steps asking for the same secret wait for one fetch;
             // a failed fetch leaves the cell empty, so a later step tries again.
             let cell = self.cell(name);
@@ -224,9 +231,35 @@ impl SecretStore {
                     Ok::<_, SecretError>(value)
                 })
                 .await?;
-            out.insert(name.clone(), value.clone());
-        }
-        Ok(out)
+            Ok::<_, SecretError>((name.clone(), value.clone()))
+        }))
+        .await?;
+        Ok(values.into_iter().collect())
+    }
+
+    /// The permit to send one more request to `backend`: at most its
+    /// `concurrency` (default 8) are in flight at once.
+    async fn in_flight(&self, backend: &'static str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let limit = match backend {
+            "vault" => self.backends.vault.as_ref().and_then(|v| v.concurrency),
+            "aws_secretsmanager" | "aws_ssm" => {
+                self.backends.aws.as_ref().and_then(|a| a.concurrency)
+            }
+            "exec" => Some(DEFAULT_CONCURRENCY),
+            // Local reads need no bound.
+            _ => return None,
+        };
+        let semaphore = self
+            .limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(backend)
+            .or_insert_with(|| {
+                let permits = limit.unwrap_or(DEFAULT_CONCURRENCY).max(1) as usize;
+                Arc::new(tokio::sync::Semaphore::new(permits))
+            })
+            .clone();
+        semaphore.acquire_owned().await.ok()
     }
 
     fn cell(&self, name: &str) -> Arc<OnceCell<SecretValue>> {
@@ -300,6 +333,7 @@ impl SecretStore {
             .get(name)
             .and_then(|s| s.backend_names().first().copied())
             .unwrap_or("plan");
+        let _permit = self.in_flight(backend).await;
         let started = Instant::now();
         let result = self.fetch_one(name).await;
         record(backend, started, result.as_ref().err());

@@ -217,24 +217,34 @@ fn step_code(sb: &Sandbox, step: &str) -> String {
 
 // --------------------------------------------------------------- vault
 
-/// A proxy in front of the server that keeps everything the clients sent.
-fn recording_proxy(target: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
+/// A proxy in front of the server that keeps everything the clients sent,
+/// and the most connections it had open at once.
+struct RecordingProxy {
+    port: u16,
+    sent: Arc<Mutex<Vec<u8>>>,
+    most_open: Arc<AtomicUsize>,
+}
+
+fn recording_proxy(target: u16) -> RecordingProxy {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
     let port = listener.local_addr().unwrap().port();
     let sent = Arc::new(Mutex::new(Vec::new()));
-    let record = sent.clone();
+    let (open, most_open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (record, most) = (sent.clone(), most_open.clone());
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
             let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
                 continue;
             };
+            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
             let (mut back_from, mut back_to) =
                 (server.try_clone().unwrap(), client.try_clone().unwrap());
             std::thread::spawn(move || {
                 let _ = std::io::copy(&mut back_from, &mut back_to);
             });
-            let record = record.clone();
+            let (record, open) = (record.clone(), open.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 8192];
                 while let Ok(n) = client.read(&mut buf) {
@@ -244,10 +254,65 @@ fn recording_proxy(target: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
                     record.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
                 let _ = server.shutdown(std::net::Shutdown::Write);
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    (port, sent)
+    RecordingProxy {
+        port,
+        sent,
+        most_open,
+    }
+}
+
+/// The secrets of one step are read in parallel: the server sees several
+/// requests in flight at once (a client reading one at a time keeps one
+/// connection), and no more than `concurrency`.
+#[test]
+fn secrets_of_a_step_are_read_in_parallel_within_the_backends_bound() {
+    let Some(bao) = Bao::start(false) else { return };
+    for i in 0..12 {
+        bao.ok(&[
+            "kv",
+            "put",
+            &format!("secret/par/p{i}"),
+            &format!("v=parallel-value-{i}"),
+        ]);
+    }
+    let proxy = recording_proxy(bao.port);
+    let sb = Sandbox::new();
+    let mut secrets = String::new();
+    let mut inline = String::new();
+    for i in 0..12 {
+        secrets.push_str(&format!(
+            "  s{i}: {{ vault: {{ path: secret/par/p{i}, key: v }} }}\n"
+        ));
+        inline.push_str(&format!("{{{{ secrets.s{i} }}}},"));
+    }
+    sb.plan(&format!(
+        "version: 1\nname: par\nbackends:\n  vault:\n    address: http://127.0.0.1:{port}\n    concurrency: 4\n    auth: {{ token: {{ env: T }} }}\nsecrets:\n{secrets}steps:\n  render: {{ template: {{ inline: \"{inline}\", dest: out.txt }} }}\n",
+        port = proxy.port
+    ));
+    let out = sb
+        .cmd()
+        .env("T", "root")
+        .args(["run", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let expected: Vec<String> = (0..12).map(|i| format!("parallel-value-{i},")).collect();
+    assert_eq!(sb.read("out.txt"), expected.concat());
+    let most = proxy.most_open.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&most), "{most} connections open at once");
+    let sent = String::from_utf8_lossy(&proxy.sent.lock().unwrap()).into_owned();
+    for i in 0..12 {
+        assert_eq!(
+            sent.matches(&format!("GET /v1/secret/data/par/p{i} "))
+                .count(),
+            1,
+            "p{i}"
+        );
+    }
 }
 
 /// Many keys of one KV path cost one read of that path (counted by a
@@ -256,7 +321,8 @@ fn recording_proxy(target: u16) -> (u16, Arc<Mutex<Vec<u8>>>) {
 fn many_keys_of_one_vault_path_are_read_once() {
     let Some(bao) = Bao::start(false) else { return };
     let sb = Sandbox::new();
-    let (port, sent) = recording_proxy(bao.port);
+    let proxy = recording_proxy(bao.port);
+    let (port, sent) = (proxy.port, proxy.sent);
     let keys: Vec<String> = (0..40).map(|i| format!("k{i}=value-number-{i}")).collect();
     let mut put = vec!["kv", "put", "secret/app/many"];
     put.extend(keys.iter().map(String::as_str));

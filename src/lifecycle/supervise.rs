@@ -140,7 +140,7 @@ pub async fn supervise(
                 .await;
         }
     };
-    let pid = app.id();
+    let pid = app.pid();
     let pgid = Pid::from_raw(pid as i32);
     ctx.reporter.notice(
         Level::Info,
@@ -155,7 +155,12 @@ pub async fn supervise(
         }
     };
     tokio::pin!(readiness);
-    let app_exit = reaper::wait_watched(pid);
+    let app_exit = async {
+        match app.wait().await {
+            Ok(status) => exit_code(status),
+            Err(_) => exit::SOFTWARE,
+        }
+    };
     tokio::pin!(app_exit);
     let mut phase = Phase::Starting;
     let mut ending: Option<Ending> = None;
@@ -243,8 +248,7 @@ pub async fn supervise(
             }
         }
     };
-    // Anything the app left in its tree goes with it.
-    app.kill_tree();
+    // Anything the app left in its tree went with it when it exited.
     probe_cancel.cancel();
     drop(listener);
     notify::stopping();
@@ -547,14 +551,24 @@ async fn register_instance(
         })
 }
 
+/// The exit code of a process: its own, or 128+n when signal n ended it.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|n| 128 + n))
+        .unwrap_or(exit::SOFTWARE)
+}
+
 /// Starts the app in its own process group (on a terminal, in the
-/// foreground), with stdin, stdout and stderr bootplan's own; the reaper
-/// collects its status. Like every child it gets SIGKILL when bootplan dies,
-/// so an app that ignores SIGTERM cannot outlive a killed supervisor.
+/// foreground), with stdin, stdout and stderr bootplan's own. Its exit is
+/// noticed from its pidfd at once. Like every child it gets SIGKILL when
+/// bootplan dies, so an app that ignores SIGTERM cannot outlive a killed
+/// supervisor.
 fn spawn_app(
     request: &ExecRequest,
     notify_socket: Option<&Path>,
-) -> std::io::Result<crate::process::Watched> {
+) -> std::io::Result<crate::process::Child> {
     let cmd = &request.cmd;
     let mut command = crate::process::Command::new(cmd.program());
     command
@@ -573,5 +587,5 @@ fn spawn_app(
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
-    command.spawn_watched()
+    command.spawn()
 }

@@ -211,18 +211,6 @@ impl Command {
         Ok(child)
     }
 
-    /// Starts the process as a child whose exit status the reaper collects
-    /// (the supervised app: PID 1 reaps every child), contained like every
-    /// other child.
-    pub fn spawn_watched(&self) -> io::Result<Watched> {
-        let (pid, tree) = self.contained(|mut cmd| reaper::watching(|| cmd.spawn()))?;
-        Ok(Watched {
-            pid,
-            tree,
-            killed: false,
-        })
-    }
-
     /// Runs `start` with the std command to spawn, in a cgroup leaf when
     /// the run has a group. A contained start that fails where the same
     /// start without the leaf works means children cannot be moved here:
@@ -455,44 +443,6 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
-/// A child started by [`Command::spawn_watched`]: the reaper collects its
-/// exit status ([`reaper::wait_watched`]). Dropped, it kills what is left
-/// of the child's tree.
-#[derive(Debug)]
-pub struct Watched {
-    pid: u32,
-    tree: Tree,
-    /// Once killed after the child's exit, its group id is not signalled
-    /// again: with no process left in it, it may name another group later.
-    killed: bool,
-}
-
-impl Watched {
-    pub fn id(&self) -> u32 {
-        self.pid
-    }
-
-    /// Who belongs to the child's tree (see [`Members`]).
-    pub fn members(&self) -> Members {
-        self.tree.members(self.pid)
-    }
-
-    /// SIGKILL to everything left of the child's tree (its cgroup leaf, else
-    /// its process group).
-    pub fn kill_tree(&mut self) {
-        if !self.killed {
-            self.killed = true;
-            self.tree.kill(self.pid);
-        }
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.kill_tree();
-    }
-}
-
 /// A started process.
 #[derive(Debug)]
 pub struct Child {
@@ -511,6 +461,11 @@ impl Child {
     #[cfg(test)]
     pub fn id(&self) -> Option<u32> {
         self.status.is_none().then_some(self.pid)
+    }
+
+    /// The child's pid (its process group's id too).
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// Who belongs to this child's tree, to check a process against later

@@ -26,7 +26,7 @@ mod command;
 mod output;
 pub mod reaper;
 
-pub use command::{Child, Command, Members, Stdio, Watched, withheld_env, withhold_env};
+pub use command::{Child, Command, Members, Stdio, withheld_env, withhold_env};
 pub use output::{Output, drain, log_in_background, run};
 
 /// A command that did not run to its end.

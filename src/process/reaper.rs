@@ -5,23 +5,22 @@
 //! children bootplan waits for ([`crate::process::Child`]), so this reaper
 //! only reaps zombies that nobody else waits for:
 //!
-//! - children started by [`crate::process::Command`] are *owned*: tokio
-//!   reaps them (through a pidfd, by pid, when their `Child` is waited for;
-//!   by its own orphan queue, on SIGCHLD, when it was dropped), so they are
-//!   left alone here. The spawn happens under the same lock the reaper
-//!   scans under ([`while_spawning`]), so a fast-exiting child cannot be
-//!   reaped before it is registered, and a pid stays owned until it is no
-//!   longer a child of bootplan (tokio has reaped it);
-//! - children spawned through [`super::Command::spawn_watched`] (the supervised app) are
-//!   reaped here and their status is kept in a pid → status map for
-//!   [`wait_watched`];
+//! - children started by [`crate::process::Command`] (steps, services, the
+//!   supervised app) are *owned*: tokio reaps them (through a pidfd, the
+//!   moment their `Child` is waited for; by its own orphan queue, on
+//!   SIGCHLD, when it was dropped), so they are left alone here. The spawn
+//!   happens under the same lock the reaper scans under
+//!   ([`while_spawning`]), so a fast-exiting child cannot be reaped before
+//!   it is registered, and a pid stays owned until it is no longer a child
+//!   of bootplan (tokio has reaped it);
 //! - every other zombie child (an orphan) is reaped and counted, once it has
 //!   been a zombie for [`ORPHAN_GRACE`]: a child that other code spawned
 //!   with tokio directly would be reaped by tokio long before, so even a
 //!   spawn that bypasses [`crate::process`] keeps its status.
 //!
-//! Zombie children are found by scanning `/proc/*/stat` for our pid as the
-//! parent; watched pids are also polled directly in case `/proc` is missing.
+//! A scan looks at bootplan's own children only (`/proc/self/task/*/children`),
+//! on SIGCHLD and at least every [`SCAN_EVERY`]; where the kernel does not
+//! list children, it reads every `/proc/PID/stat` instead.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use tokio::sync::Notify;
 
 /// How often to scan even without SIGCHLD (signals can coalesce).
 const SCAN_EVERY: Duration = Duration::from_millis(500);
@@ -46,10 +44,6 @@ static ORPHANS_REAPED: AtomicU64 = AtomicU64::new(0);
 /// Pids tokio reaps (children of [`crate::process::Command`]). Also the lock
 /// that orders spawns against scans.
 static OWNED: Mutex<BTreeSet<i32>> = Mutex::new(BTreeSet::new());
-/// Pids whose status we collect, and the statuses collected so far.
-static WATCHED: LazyLock<Mutex<HashMap<i32, Option<i32>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
-static REAPED: LazyLock<Notify> = LazyLock::new(Notify::new);
 /// Untracked zombies, and when each was first seen.
 static ZOMBIES_SEEN: LazyLock<Mutex<HashMap<i32, Instant>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -74,34 +68,6 @@ pub fn while_spawning<T>(
     Ok(spawned)
 }
 
-/// Runs `spawn`, which starts a child whose exit status the reaper
-/// collects (see [`wait_watched`]), and returns its pid. The std child is
-/// dropped: that neither waits nor kills, the reaper reaps it.
-pub(crate) fn watching(
-    spawn: impl FnOnce() -> std::io::Result<std::process::Child>,
-) -> std::io::Result<u32> {
-    let _owned = lock(&OWNED);
-    let child = spawn()?;
-    let pid = child.id();
-    lock(&WATCHED).insert(pid as i32, None);
-    Ok(pid)
-}
-
-/// Waits until the watched child `pid` has exited; returns its exit code,
-/// or 128+n when a signal ended it.
-pub async fn wait_watched(pid: u32) -> i32 {
-    let pid = pid as i32;
-    loop {
-        let notified = REAPED.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(Some(code)) = lock(&WATCHED).get(&pid) {
-            return *code;
-        }
-        notified.await;
-    }
-}
-
 /// How many orphans (children bootplan did not start) were reaped.
 pub fn orphans_reaped() -> u64 {
     ORPHANS_REAPED.load(Ordering::Relaxed)
@@ -115,9 +81,10 @@ pub fn start() -> tokio::task::JoinHandle<()> {
         let _ = nix::sys::prctl::set_child_subreaper(true);
     }
     ACTIVE.store(true, Ordering::SeqCst);
-    tokio::spawn(async {
-        let mut sigchld =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+    // Registered now, not when the task first runs: a SIGCHLD before that
+    // is not lost.
+    let mut sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+    tokio::spawn(async move {
         loop {
             match sigchld.as_mut() {
                 Some(s) => {
@@ -133,80 +100,72 @@ pub fn start() -> tokio::task::JoinHandle<()> {
 /// One pass: reap every zombie child nobody else waits for.
 pub fn reap_once() {
     let mut owned = lock(&OWNED);
-    let me = std::process::id() as i32;
-    let children = scan_children(me);
-    if let Some(children) = &children {
-        // Forget owned pids their Child has reaped already.
-        owned.retain(|pid| children.iter().any(|(c, _)| c == pid));
-    }
-    let mut watched = lock(&WATCHED);
+    let children = children();
+    // Forget owned pids their Child has reaped already.
+    owned.retain(|pid| children.iter().any(|(c, _)| c == pid));
     let mut seen = lock(&ZOMBIES_SEEN);
     let now = Instant::now();
-    let children = children.unwrap_or_default();
     seen.retain(|pid, _| children.iter().any(|(c, z)| c == pid && *z));
-    let mut any = false;
     for (pid, zombie) in children {
         if !zombie || owned.contains(&pid) {
             continue;
         }
-        // Watched children are ours at once; others only after the grace.
-        if !watched.contains_key(&pid) {
-            let first = *seen.entry(pid).or_insert(now);
-            if now.duration_since(first) < ORPHAN_GRACE {
-                continue;
-            }
+        let first = *seen.entry(pid).or_insert(now);
+        if now.duration_since(first) >= ORPHAN_GRACE && reap(pid) {
+            ORPHANS_REAPED.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(code) = reap(pid) {
-            any = true;
-            match watched.get_mut(&pid) {
-                Some(slot) => *slot = Some(code),
-                None => {
-                    ORPHANS_REAPED.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-    // Without /proc (or when a scan raced), poll the watched pids directly.
-    for (pid, slot) in watched.iter_mut().filter(|(_, s)| s.is_none()) {
-        if let Some(code) = reap(*pid) {
-            *slot = Some(code);
-            any = true;
-        }
-    }
-    drop(watched);
-    drop(owned);
-    if any {
-        REAPED.notify_waiters();
     }
 }
 
-/// Reaps `pid` if it has exited; its exit code or 128+signal.
-fn reap(pid: i32) -> Option<i32> {
-    match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-        Ok(WaitStatus::Exited(_, code)) => Some(code),
-        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
-        _ => None,
-    }
+/// Reaps `pid` if it has exited.
+fn reap(pid: i32) -> bool {
+    matches!(
+        waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+    )
 }
 
-/// Children of `parent` as (pid, is_zombie); `None` when /proc is unreadable.
-fn scan_children(parent: i32) -> Option<Vec<(i32, bool)>> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    let mut children = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        match parse_stat(&stat) {
-            Some((state, ppid)) if ppid == parent => children.push((pid, state == 'Z')),
-            _ => {}
-        }
+/// bootplan's children as (pid, is_zombie).
+fn children() -> Vec<(i32, bool)> {
+    let pids = listed_children().unwrap_or_else(|| scan_children(std::process::id() as i32));
+    pids.into_iter()
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (state, _) = parse_stat(&stat)?;
+            Some((pid, state == 'Z'))
+        })
+        .collect()
+}
+
+/// The children the kernel lists for each of bootplan's threads; `None`
+/// where it does not (no `CONFIG_PROC_CHILDREN`).
+fn listed_children() -> Option<Vec<i32>> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let list = std::fs::read_to_string(task.path().join("children")).ok()?;
+        pids.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
     }
-    Some(children)
+    Some(pids)
+}
+
+/// Children of `parent`, found by reading every `/proc/PID/stat`.
+fn scan_children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parse_stat(&stat))
+                .is_some_and(|(_, ppid)| ppid == parent)
+        })
+        .collect()
 }
 
 /// State and parent pid from a `/proc/PID/stat` line. The command name may
@@ -222,6 +181,21 @@ fn parse_stat(stat: &str) -> Option<(char, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernels_list_of_children_matches_a_full_scan() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let listed = listed_children().expect("this kernel lists children");
+        let scanned = scan_children(std::process::id() as i32);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(listed.contains(&pid), "{listed:?}");
+        assert!(scanned.contains(&pid), "{scanned:?}");
+    }
 
     #[test]
     fn stat_lines_with_odd_names_parse() {

@@ -1401,3 +1401,35 @@ register:
     );
     assert!(!dump(&out).contains("from-vault-pw"), "the password leaked");
 }
+
+/// The supervised app's exit is noticed from the exit itself, not from a
+/// periodic look: between "supervising" and "the app exited" of an app
+/// that exits at once, bootplan's own timestamps show no wait.
+#[test]
+fn the_exit_of_a_supervised_app_is_noticed_at_once() {
+    let sb = Sandbox::new();
+    sb.plan("version: 1\nname: quick\nsteps:\n  app: { exec: [\"/bin/true\"] }\n");
+    for _ in 0..10 {
+        let out = sb
+            .cmd()
+            .args(["run", "--supervise", "plan.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+        let lines = log_lines(&out);
+        let at = |prefix: &str| {
+            let line = lines
+                .iter()
+                .find(|l| l["msg"].as_str().is_some_and(|m| m.starts_with(prefix)))
+                .unwrap_or_else(|| panic!("no `{prefix}` line: {}", dump(&out)));
+            humantime::parse_rfc3339(line["ts"].as_str().unwrap()).unwrap()
+        };
+        let noticed = at("the app exited")
+            .duration_since(at("supervising"))
+            .unwrap_or_default();
+        assert!(
+            noticed < Duration::from_millis(250),
+            "the exit was noticed {noticed:?} after the start"
+        );
+    }
+}

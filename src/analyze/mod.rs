@@ -5,10 +5,11 @@
 //! JSON, or draws a self-contained SVG/HTML waterfall. To add a view: a
 //! variant of [`View`], a method on [`timeline::Timeline`], and its text form.
 
+pub mod history;
 pub mod render;
 pub mod timeline;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::exit;
 use crate::telemetry::status;
@@ -44,14 +45,21 @@ pub struct AnalyzeArgs {
     /// The status file to read [default: the run dir's status.json].
     #[arg(long, value_name = "FILE")]
     pub status: Option<PathBuf>,
-    /// A plan file whose run_dir holds the status file.
+    /// A plan file whose run_dir (and state_dir, for the history) to read.
     #[arg(long, value_name = "PLAN")]
     pub plan: Option<PathBuf>,
+    /// A run from the history instead: 1 is the newest.
+    #[arg(long, value_name = "N", conflicts_with = "status")]
+    pub run: Option<usize>,
+    /// List the runs in the history and compare the newest with the others.
+    #[arg(long, conflicts_with_all = ["status", "run"])]
+    pub list: bool,
 }
 
-/// Runs the command; returns the exit code.
-pub fn command(args: &AnalyzeArgs, status_file: &Path) -> i32 {
-    let doc = match status::read_status(status_file) {
+/// Runs the command on `doc` (the run to analyze, or why there is none);
+/// returns the exit code.
+pub fn command(args: &AnalyzeArgs, doc: Result<status::StatusDoc, String>) -> i32 {
+    let doc = match doc {
         Ok(doc) => doc,
         Err(err) => {
             crate::stdio::errln!("bootplan: no run to analyze: {err}");

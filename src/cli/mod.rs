@@ -84,6 +84,9 @@ pub enum Command {
         /// Give up waiting after this long (exit 75).
         #[arg(long, value_parser = crate::plan::duration::parse_duration, default_value = "5m")]
         timeout: Duration,
+        /// The recorded runs instead, and how the last compares with the others.
+        #[arg(long, conflicts_with_all = ["wait", "json"])]
+        history: bool,
     },
     /// Forget journal records so steps run again.
     Reset {
@@ -146,7 +149,11 @@ fn dispatch(cli: &Cli) -> i32 {
             json,
             wait,
             timeout,
-        } => status::status(cli, plan.as_deref(), *json, *wait, *timeout),
+            history,
+        } => match history {
+            true => status::history(cli, plan.as_deref()),
+            false => status::status(cli, plan.as_deref(), *json, *wait, *timeout),
+        },
         Command::Reset { steps, plan } => reset::reset(cli, steps, plan.as_deref()),
         Command::Facts {
             json,
@@ -154,17 +161,35 @@ fn dispatch(cli: &Cli) -> i32 {
             plan,
             user_data,
         } => facts::facts(*json, provider.as_deref(), plan.as_deref(), *user_data),
-        Command::Analyze(args) => {
-            let status = match &args.status {
-                Some(path) => path.clone(),
-                None => match load_optional(args.plan.as_deref()) {
-                    Ok(plan) => dirs(cli, plan.as_ref()).status_file(),
-                    Err(code) => return code,
-                },
-            };
-            crate::analyze::command(args, &status)
-        }
+        Command::Analyze(args) => analyze(cli, args),
     }
+}
+
+/// `bootplan analyze`: a status file, the run dir's, or a run of the history.
+fn analyze(cli: &Cli, args: &crate::analyze::AnalyzeArgs) -> i32 {
+    use crate::telemetry::{history, status};
+    if let Some(path) = &args.status {
+        return crate::analyze::command(args, status::read_status(path));
+    }
+    let dirs = match load_optional(args.plan.as_deref()) {
+        Ok(plan) => dirs(cli, plan.as_ref()),
+        Err(code) => return code,
+    };
+    if args.list {
+        crate::stdio::write_out_raw(
+            crate::analyze::history::report(&history::runs(&dirs.state)).as_bytes(),
+        );
+        return exit::READY;
+    }
+    let doc = match args.run {
+        Some(n) => history::runs(&dirs.state)
+            .into_iter()
+            .nth(n.saturating_sub(1))
+            .filter(|_| n > 0)
+            .ok_or_else(|| format!("no run {n} in the history of {}", dirs.state.display())),
+        None => status::read_status(&dirs.status_file()),
+    };
+    crate::analyze::command(args, doc)
 }
 
 /// The JSON Schema of the plan format, pretty-printed.

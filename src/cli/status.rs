@@ -9,6 +9,17 @@ use crate::lifecycle::status::{self as run_status, Current};
 use crate::stdio::{errln, outln};
 use crate::telemetry::status::StatusDoc;
 
+/// `bootplan status --history`.
+pub fn history(cli: &Cli, plan: Option<&Path>) -> i32 {
+    let plan = match super::load_optional(plan) {
+        Ok(plan) => plan,
+        Err(code) => return code,
+    };
+    let runs = crate::telemetry::history::runs(&super::dirs(cli, plan.as_ref()).state);
+    crate::stdio::write_out_raw(crate::analyze::history::report(&runs).as_bytes());
+    exit::READY
+}
+
 pub fn status(cli: &Cli, plan: Option<&Path>, json: bool, wait: bool, timeout: Duration) -> i32 {
     let plan = match super::load_optional(plan) {
         Ok(plan) => plan,

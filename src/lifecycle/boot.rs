@@ -94,6 +94,11 @@ fn invalid_plan(opts: &BootOptions, dirs: &RunDirs, err: &PlanError) -> i32 {
 /// the status file, the logs, metrics and the readiness and report sinks.
 struct Outputs {
     reporter: Arc<Reporter>,
+    /// The live status document, recorded in the history at the end.
+    status_doc: Arc<std::sync::Mutex<Option<status::StatusDoc>>>,
+    /// Where the history goes, and how many runs it keeps.
+    state_dir: PathBuf,
+    history: u32,
     redactor: Arc<Redactor>,
     status: Arc<BackgroundWriter>,
     obs: Observability,
@@ -120,6 +125,7 @@ impl Outputs {
         crate::process::withhold_env(plan.secret_env.iter().cloned());
         let status_sink = StatusSink::new(dirs.status_file()).with_needs(step_needs(plan));
         let status = status_sink.writer();
+        let status_doc = status_sink.document();
         // Metrics and traces start before the run so nothing recorded is lost.
         let (obs, warnings) = Observability::start(
             opts.telemetry.merge(&plan.telemetry),
@@ -137,6 +143,9 @@ impl Outputs {
         let warnings = warnings.iter().map(ToString::to_string).collect();
         let outputs = Outputs {
             reporter,
+            status_doc,
+            state_dir: dirs.state.clone(),
+            history: plan.history,
             redactor,
             status,
             obs,
@@ -171,11 +180,32 @@ impl Outputs {
         for warning in self.obs.finish_run() {
             self.reporter.notice(Level::Warn, warning.to_string());
         }
+        self.record_history();
         let dropped = crate::telemetry::queue::dropped();
         if dropped > 0 {
             errln!("bootplan: {dropped} log line(s) were dropped: the log reader did not keep up");
         }
         self.reporter.finish();
+    }
+}
+
+impl Outputs {
+    /// Keeps the run's final status in the state directory's history.
+    fn record_history(&self) {
+        let doc = self
+            .status_doc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(doc) = doc.filter(|d| d.outcome != Outcome::Running) else {
+            return;
+        };
+        if let Err(err) = crate::telemetry::history::record(&self.state_dir, &doc, self.history) {
+            self.reporter.notice(
+                Level::Warn,
+                format!("the run was not kept in the history: {err}"),
+            );
+        }
     }
 }
 

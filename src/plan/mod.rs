@@ -218,6 +218,8 @@ pub struct Plan {
     pub deadline: Duration,
     pub max_parallel: usize,
     pub rollback: bool,
+    /// Runs kept in the state directory's history.
+    pub history: u32,
     pub kill_grace: Duration,
     pub vars: IndexMap<String, serde_json::Value>,
     pub facts_provider: String,

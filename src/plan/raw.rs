@@ -68,6 +68,10 @@ pub struct RawPlan<S = RawStep> {
     /// The steps, by name. Order in the file does not matter: `needs` decides.
     #[schemars(with = "IndexMap<String, RawStep>")]
     pub steps: IndexMap<String, Spanned<S>>,
+    /// How many runs' final status `bootplan status --history` and
+    /// `bootplan analyze --list` keep in the state directory. Default 20; 0 keeps none.
+    #[serde(default)]
+    pub history: Option<u32>,
     /// Keep bootplan as the parent of the `exec` app (signals, reaping, shutdown order).
     #[serde(default)]
     pub supervise: Option<super::lifecycle::RawSupervise>,
@@ -104,6 +108,7 @@ impl<S> RawPlan<S> {
             secrets: self.secrets,
             backends: self.backends,
             steps,
+            history: self.history,
             supervise: self.supervise,
             ready_file: self.ready_file,
             register: self.register,

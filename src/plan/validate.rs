@@ -20,6 +20,8 @@ use super::{FileSpec, Plan, RetryPolicy, Step, StepKind, TemplateSpec, WaitSpec,
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
 const DEFAULT_MAX_PARALLEL: u32 = 16;
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_HISTORY: u32 = 20;
+const MAX_HISTORY: u32 = 1000;
 const DEFAULT_WAIT_INTERVAL: Duration = Duration::from_millis(500);
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const KIND_KEYS: [&str; 7] = [
@@ -185,6 +187,14 @@ impl Validator {
                 None,
             );
         }
+        if raw.history.is_some_and(|h| h > MAX_HISTORY) {
+            self.error(
+                None,
+                "history",
+                format!("at most {MAX_HISTORY} runs are kept"),
+                Some("the default, 20, is enough to compare a boot with the usual ones".into()),
+            );
+        }
         if raw.steps.is_empty() {
             self.error(
                 None,
@@ -311,6 +321,7 @@ impl Validator {
             deadline: raw.deadline.map_or(DEFAULT_DEADLINE, |d| d.get()),
             max_parallel: max_parallel.max(1) as usize,
             rollback: raw.rollback,
+            history: raw.history.unwrap_or(DEFAULT_HISTORY),
             kill_grace: raw.kill_grace.map_or(DEFAULT_KILL_GRACE, |d| d.get()),
             vars: raw.vars,
             facts_provider,

@@ -9,6 +9,7 @@
 pub mod console;
 pub mod event;
 pub mod export;
+pub mod history;
 pub mod jsonlog;
 pub mod metrics;
 pub mod observe;

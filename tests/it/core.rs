@@ -882,3 +882,47 @@ steps:
         "the last line of `live` is missing: {rest:?}"
     );
 }
+
+#[test]
+fn the_history_keeps_the_last_runs_and_compares_the_newest() {
+    let sb = Sandbox::new();
+    sb.plan("version: 1\nname: hist\nhistory: 3\nsteps:\n  a: { run: [\"true\"] }\n");
+    for _ in 0..5 {
+        assert_eq!(code(&sb.run()), 0);
+    }
+    let kept = std::fs::read_dir(sb.state_dir().join("history"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 3, "the history is not bounded");
+    let out = sb
+        .cmd()
+        .args(["status", "--history", "--plan", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines().filter(|l| l.contains(" ready ")).count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains("median of the 2 before"), "{text}");
+    // An older run is analyzed like the current one.
+    let out = sb
+        .cmd()
+        .args(["analyze", "--run", "3", "--plan", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains('a'),
+        "{}",
+        dump(&out)
+    );
+    let out = sb
+        .cmd()
+        .args(["analyze", "--run", "4", "--plan", "plan.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+}

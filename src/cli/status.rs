@@ -83,6 +83,9 @@ fn print_status(doc: &StatusDoc) {
     if let Some(e) = &doc.error {
         outln!("error:     [{}] {}", e.code, e.message);
     }
+    for problem in &doc.problems {
+        outln!("problem:   {problem}");
+    }
     let width = doc.steps.keys().map(String::len).max().unwrap_or(4).max(4);
     outln!(
         "\n{:<width$}  {:<9}  {:>8}  {:>9}  NOTE",

@@ -14,6 +14,7 @@ pub mod boot;
 pub mod dirs;
 pub mod notify;
 pub mod readyfile;
+pub mod refresh;
 pub mod register;
 pub mod report;
 pub mod signals;
@@ -146,10 +147,12 @@ pub async fn run(
         (Some(signals), None) if ready => {
             // A services-only plan under supervision: ready now, and the
             // services kept until told to stop.
-            close_secrets(&ctx).await;
+            if !ctx.secrets.refreshes() {
+                close_secrets(&ctx).await;
+            }
             let code = opts.verdict.give(verdict::Ending::from(&summary));
             let code = if code == exit::READY {
-                supervise::hold_services(&ctx, signals, grace, &opts.verdict.ready_file).await
+                supervise::hold_services(plan, &ctx, signals, grace, &opts.verdict.ready_file).await
             } else {
                 ctx.services.stop_all(grace).await;
                 code

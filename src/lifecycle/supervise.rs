@@ -171,9 +171,13 @@ pub async fn supervise(
         *kill_at = Some(tokio::time::Instant::now() + grace);
     };
 
+    let refresh_stop = CancellationToken::new();
+    let refresher = super::refresh::keep_fresh(plan, &ctx, Some(pid), &refresh_stop);
+    tokio::pin!(refresher);
     let app_code = loop {
         tokio::select! {
             code = &mut app_exit => break code,
+            () = &mut refresher, if phase == Phase::Ready && ending.is_none() => {}
             result = &mut readiness, if phase == Phase::Starting && ending.is_none() => {
                 match result.map_err(|e| ErrorInfo { code: e.code(), message: format!("the app did not get ready: {e}") }) {
                     Ok(()) => match register_instance(plan, &ctx).await {
@@ -189,8 +193,10 @@ pub async fn supervise(
                             let code = opts.verdict.give(Verdict::from(&summary));
                             if code == exit::READY {
                                 phase = Phase::Ready;
-                                // Nothing needs a secret any more.
-                                super::close_secrets(&ctx).await;
+                                // Nothing needs a secret any more, unless some are kept fresh.
+                                if !ctx.secrets.refreshes() {
+                                    super::close_secrets(&ctx).await;
+                                }
                             } else {
                                 // Ready, but bootplan could not record it.
                                 phase = Phase::Ready;
@@ -250,6 +256,7 @@ pub async fn supervise(
     };
     // Anything the app left in its tree went with it when it exited.
     probe_cancel.cancel();
+    refresh_stop.cancel();
     drop(listener);
     notify::stopping();
     readyfile::remove(&opts.verdict.ready_file);
@@ -284,6 +291,7 @@ pub async fn supervise(
 /// SIGINT (exit 0) or until a required service is gone for good (exit 69);
 /// then stops them newest first. Other signals are ignored.
 pub async fn hold_services(
+    plan: &Plan,
     ctx: &StepContext,
     signals: &mut Forwarder,
     grace: Duration,
@@ -292,8 +300,12 @@ pub async fn hold_services(
     let _ = signals.drain_stale();
     ctx.reporter
         .notice(Level::Info, "ready; supervising the services until SIGTERM");
+    let refresh_stop = CancellationToken::new();
+    let refresher = super::refresh::keep_fresh(plan, ctx, None, &refresh_stop);
+    tokio::pin!(refresher);
     let code = loop {
         tokio::select! {
+            () = &mut refresher => {}
             sig = signals.recv() => {
                 if sig == libc::SIGTERM || sig == libc::SIGINT {
                     ctx.reporter.notice(Level::Info, format!("signal {sig}: stopping the services"));
@@ -309,9 +321,11 @@ pub async fn hold_services(
             }
         }
     };
+    refresh_stop.cancel();
     notify::stopping();
     readyfile::remove(ready_file);
     ctx.services.stop_all(grace).await;
+    super::close_secrets(ctx).await;
     super::remove_secret_files(ctx);
     code
 }

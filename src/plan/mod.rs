@@ -285,6 +285,31 @@ pub struct Step {
     pub secret_refs: Vec<String>,
     /// `sha256:<hex>` over the step's definition and non-secret inputs.
     pub fingerprint: String,
+    /// For `template` steps: what a changed secret sets off.
+    pub on_change: Option<OnChange>,
+}
+
+/// A template step's `on_change`.
+#[derive(Debug, Clone)]
+pub struct OnChange {
+    pub check: Option<Vec<String>>,
+    pub reload: Option<Reload>,
+}
+
+/// Who hears of a changed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    Signal { signal: i32, target: ReloadTarget },
+    Command(Vec<String>),
+}
+
+/// A process bootplan supervises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadTarget {
+    /// The supervised `exec` app.
+    App,
+    /// A `service` step, by name.
+    Service(String),
 }
 
 /// What a step does.

@@ -235,6 +235,38 @@ pub struct RawStep {
     /// reads from their `to_file` file. Fetched (and written) before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// For `template` steps: what happens when a refreshed secret changes
+    /// what the template renders (see `refresh` on a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_change: Option<RawOnChange>,
+}
+
+/// `on_change:` of a template step.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnChange {
+    /// A command (argv) that checks the new file; when it fails, the old
+    /// content is put back and nothing is reloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Vec<String>>,
+    /// What to tell about the new file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<RawReload>,
+}
+
+/// `on_change.reload`: a signal to the app or a service, or a command.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// A signal, e.g. `HUP`, `USR1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// Who gets the signal: `app` (the supervised `exec` app) or the name of a `service` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// A command (argv) to run instead of a signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
 }
 
 /// `file:` step body.

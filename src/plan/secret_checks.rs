@@ -206,6 +206,16 @@ fn check_secret(
             ));
         }
     }
+    if source
+        .refresh
+        .is_some_and(|r| r.get() < std::time::Duration::from_secs(1))
+    {
+        problems.push((
+            format!("{field}.refresh"),
+            "a refresh interval is at least 1s".into(),
+            Some("e.g. `refresh: 5m`".into()),
+        ));
+    }
     if let Some(exec) = &source.exec
         && exec.command.first().is_none_or(|p| p.is_empty())
     {

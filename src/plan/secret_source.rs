@@ -35,6 +35,12 @@ pub struct SecretSource {
     /// written atomically) under `backends.files.dir` when the secret is fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_file: Option<SecretFile>,
+    /// While bootplan supervises, fetch the secret again this often (a
+    /// tenth of it at random either way, so a fleet does not poll in step);
+    /// a changed value is written again and the steps that render it run
+    /// their `on_change`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<HumanDuration>,
 }
 
 impl SecretSource {

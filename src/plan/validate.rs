@@ -292,6 +292,7 @@ impl Validator {
         self.check_cycles(&graph);
         if steps.len() == names.len() {
             self.check_exec(&steps, &raw);
+            self.check_reload_targets(&steps, &raw);
         }
         let (lifecycle, lifecycle_problems) = super::lifecycle::resolve_plan(
             &self.file,
@@ -499,6 +500,7 @@ impl Validator {
         if self.error_count() > errors_before {
             return None;
         }
+        let on_change = self.on_change(pos, &field, raw, &kind);
         let kind = kind?;
         let fingerprint = fingerprint(raw, &kind, vars);
         Some(Step {
@@ -521,6 +523,7 @@ impl Validator {
             when: raw.when.clone(),
             secret_refs,
             fingerprint,
+            on_change,
         })
     }
 
@@ -617,6 +620,124 @@ impl Validator {
             config.endpoints.insert(kind, url.clone());
         }
         config
+    }
+
+    /// A template step's `on_change` (targets are checked once every step is known).
+    fn on_change(
+        &mut self,
+        pos: Option<Position>,
+        field: &str,
+        raw: &RawStep,
+        kind: &Option<StepKind>,
+    ) -> Option<super::OnChange> {
+        use super::{OnChange, Reload, ReloadTarget};
+        let raw_change = raw.on_change.as_ref()?;
+        let where_ = format!("{field}.on_change");
+        if !matches!(kind, Some(StepKind::Template(_))) {
+            self.error(
+                pos,
+                &where_,
+                "`on_change` applies to `template` steps",
+                Some("it re-renders the template when a refreshed secret changes".into()),
+            );
+            return None;
+        }
+        if raw_change
+            .check
+            .as_ref()
+            .is_some_and(|c| c.first().is_none_or(String::is_empty))
+        {
+            self.error(pos, format!("{where_}.check"), "the command is empty", None);
+        }
+        let reload = match &raw_change.reload {
+            None => None,
+            Some(r) => match (&r.signal, &r.target, &r.command) {
+                (Some(signal), target, None) => {
+                    let name = signal.trim().to_ascii_uppercase();
+                    let name = if name.starts_with("SIG") {
+                        name
+                    } else {
+                        format!("SIG{name}")
+                    };
+                    match name.parse::<nix::sys::signal::Signal>() {
+                        Ok(sig) => Some(Reload::Signal {
+                            signal: sig as i32,
+                            target: match target.as_deref() {
+                                None | Some("app") => ReloadTarget::App,
+                                Some(step) => ReloadTarget::Service(step.to_string()),
+                            },
+                        }),
+                        Err(_) => {
+                            self.error(
+                                pos,
+                                format!("{where_}.reload.signal"),
+                                format!("`{signal}` is not a signal"),
+                                Some("e.g. `HUP`, `USR1`, `TERM`".into()),
+                            );
+                            None
+                        }
+                    }
+                }
+                (None, None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                    Some(Reload::Command(argv.clone()))
+                }
+                _ => {
+                    self.error(
+                        pos,
+                        format!("{where_}.reload"),
+                        "a reload is a `signal` (with an optional `target`) or a `command`",
+                        Some("e.g. `reload: { signal: HUP, target: app }`".into()),
+                    );
+                    None
+                }
+            },
+        };
+        Some(OnChange {
+            check: raw_change.check.clone(),
+            reload,
+        })
+    }
+
+    /// Reload targets name the app or a `service` step.
+    fn check_reload_targets(&mut self, steps: &[Step], raw: &RawPlan) {
+        let services: BTreeSet<&str> = steps
+            .iter()
+            .filter(|s| matches!(s.kind, StepKind::Service { .. }))
+            .map(|s| s.name.as_str())
+            .collect();
+        let has_app = steps
+            .iter()
+            .any(|s| matches!(s.kind, StepKind::Exec { .. }));
+        for step in steps {
+            let Some(super::OnChange {
+                reload: Some(super::Reload::Signal { target, .. }),
+                ..
+            }) = &step.on_change
+            else {
+                continue;
+            };
+            let problem = match target {
+                super::ReloadTarget::App if !has_app => {
+                    Some("the plan has no `exec` app".to_string())
+                }
+                super::ReloadTarget::Service(name) if !services.contains(name.as_str()) => {
+                    Some(format!("`{name}` is not a `service` step of this plan"))
+                }
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                let pos = raw
+                    .steps
+                    .get(&step.name)
+                    .and_then(|s| Position::from_saphyr(s.referenced));
+                self.error(
+                    pos,
+                    format!("steps.{}.on_change.reload.target", step.name),
+                    problem,
+                    Some("the target is `app` or the name of a service step".into()),
+                );
+            }
+        }
     }
 
     /// Checks a `when:` condition: it parses, and reads only facts, vars and env.

@@ -262,6 +262,46 @@ impl SecretStore {
         semaphore.acquire_owned().await.ok()
     }
 
+    /// Fetches `name` again, past the run's cache. `Ok(true)` when the value
+    /// changed: the new one is registered with the redactor (which keeps
+    /// masking the old), written to its file, and what later resolves give.
+    pub async fn refresh(&self, name: &str) -> Result<bool, SecretError> {
+        let fresh = self.fetch_measured(name).await?;
+        let old = self.cell(name).get().cloned();
+        if old.is_some_and(|old| old.expose() == fresh.expose()) {
+            return Ok(false);
+        }
+        self.store(name, &fresh)?;
+        let cell = Arc::new(OnceCell::new_with(Some(fresh)));
+        self.cells
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), cell);
+        Ok(true)
+    }
+
+    /// Forgets the reads shared within the run (a Vault KV path read once
+    /// for all its keys), so a refresh sees the store's current values.
+    pub fn forget_shared_reads(&self) {
+        if let Some(Ok(client)) = self.vault.get() {
+            client.forget_reads();
+        }
+    }
+
+    /// Whether the store must stay open after the app is ready: some
+    /// secret is refreshed while bootplan supervises.
+    pub fn refreshes(&self) -> bool {
+        self.sources.values().any(|s| s.refresh.is_some())
+    }
+
+    /// The secrets that are refreshed, with their intervals.
+    pub fn refresh_intervals(&self) -> Vec<(String, std::time::Duration)> {
+        self.sources
+            .iter()
+            .filter_map(|(name, s)| Some((name.clone(), s.refresh?.get())))
+            .collect()
+    }
+
     fn cell(&self, name: &str) -> Arc<OnceCell<SecretValue>> {
         let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
         cells.entry(name.to_string()).or_default().clone()

@@ -178,6 +178,11 @@ impl VaultClient {
         })
     }
 
+    /// Forgets the KV paths read so far: the next read asks the server.
+    pub fn forget_reads(&self) {
+        self.paths.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Revokes the token when the plan asks. Best effort: one attempt.
     #[tracing::instrument(skip_all, fields(backend = BACKEND))]
     pub async fn close(&self) -> Result<(), String> {

@@ -237,6 +237,10 @@ impl Sink for ConsoleSink {
                     self.print(&format!("bootplan: {}: {message}", level.as_str()));
                 }
             }
+            EventKind::Health { problems } => match problems.as_slice() {
+                [] => self.print("bootplan: healthy again"),
+                _ => self.print(&format!("bootplan: degraded: {}", problems.join("; "))),
+            },
             EventKind::AttemptStarted { .. } => {}
             EventKind::RunFinished {
                 outcome,

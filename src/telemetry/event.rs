@@ -154,6 +154,12 @@ pub enum EventKind {
         level: Level,
         message: String,
     },
+    /// After ready: what keeps the running system from being fully well
+    /// (a secret that cannot be refreshed, a new file its check refused).
+    /// Empty when everything is well again.
+    Health {
+        problems: Vec<String>,
+    },
     RunFinished {
         outcome: Outcome,
         exit_code: i32,
@@ -198,6 +204,7 @@ impl EventKind {
             EventKind::StepNotRun { .. } => "step_not_run",
             EventKind::UndoFinished { .. } => "undo_finished",
             EventKind::Notice { .. } => "notice",
+            EventKind::Health { .. } => "health",
             EventKind::RunFinished { .. } => "run_finished",
         }
     }
@@ -216,6 +223,7 @@ impl EventKind {
             EventKind::UndoFinished { error: Some(_), .. } => Level::Error,
             EventKind::RunFinished { outcome, .. } if !outcome.is_ready() => Level::Error,
             EventKind::Notice { level, .. } => *level,
+            EventKind::Health { problems } if !problems.is_empty() => Level::Warn,
             EventKind::AttemptStarted { .. } => Level::Debug,
             _ => Level::Info,
         }
@@ -234,6 +242,7 @@ impl EventKind {
             | EventKind::UndoFinished { step, .. } => Some(step),
             EventKind::RunStarted { .. }
             | EventKind::Notice { .. }
+            | EventKind::Health { .. }
             | EventKind::RunFinished { .. } => None,
         }
     }
@@ -252,6 +261,7 @@ impl EventKind {
             }
             EventKind::Waiting { target, .. } => fix(target),
             EventKind::Notice { message, .. } => fix(message),
+            EventKind::Health { problems } => problems.iter_mut().for_each(fix),
             EventKind::AttemptFailed { error, .. } => fix(&mut error.message),
             EventKind::StepFinished { error: Some(e), .. }
             | EventKind::UndoFinished { error: Some(e), .. }

@@ -170,6 +170,10 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, bootstrap_id: &str) {
             None => f.str("msg", "undo done"),
         },
         EventKind::Notice { message, .. } => f.str("msg", message),
+        EventKind::Health { problems } => match problems.as_slice() {
+            [] => f.str("msg", "healthy again"),
+            _ => f.owned("msg", format!("degraded: {}", problems.join("; "))),
+        },
         EventKind::RunFinished {
             outcome,
             exit_code,

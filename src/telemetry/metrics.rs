@@ -39,6 +39,7 @@ pub const SECRET_FETCH_ERRORS: &str = "bootplan_secret_fetch_errors_total";
 pub const SECRET_REDACTIONS: &str = "bootplan_secret_redactions_total";
 pub const DEPENDENCY_RETRIES: &str = crate::retry::RETRIES_METRIC;
 pub const LOG_LINES_DROPPED: &str = "bootplan_log_lines_dropped_total";
+pub const SECRET_ROTATIONS: &str = "bootplan_secret_rotations_total";
 
 /// Every metric family bootplan exports: (name, type, labels besides
 /// `plan`), held against the metrics table of `docs/plan.md` by a test.
@@ -60,6 +61,7 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     (SECRET_REDACTIONS, "counter", &[]),
     (DEPENDENCY_RETRIES, "counter", &["dependency"]),
     (LOG_LINES_DROPPED, "counter", &[]),
+    (SECRET_ROTATIONS, "counter", &["secret", "outcome"]),
 ];
 
 /// Run outcomes that get a `bootplan_runs_total` series from the start (at
@@ -131,6 +133,10 @@ fn describe() {
     describe_counter!(
         DEPENDENCY_RETRIES,
         "Failed requests to a dependency (vault, aws, metadata, etcd, report) that were retried."
+    );
+    describe_counter!(
+        SECRET_ROTATIONS,
+        "Refreshes of secrets while supervising, by outcome: changed, unchanged, failed, check_failed."
     );
     describe_counter!(
         LOG_LINES_DROPPED,
@@ -325,7 +331,8 @@ impl Sink for MetricsSink {
             | EventKind::Waiting { .. }
             | EventKind::StepNotRun { .. }
             | EventKind::UndoFinished { .. }
-            | EventKind::Notice { .. } => {}
+            | EventKind::Notice { .. }
+            | EventKind::Health { .. } => {}
         }
     }
 }

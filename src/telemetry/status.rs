@@ -40,6 +40,14 @@ pub struct StatusDoc {
     pub error: Option<ErrorInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_step: Option<String>,
+    /// What keeps a ready system from being fully well since (see
+    /// `EventKind::Health`); the outcome says `degraded` while there are any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// The run's own verdict, which `outcome` returns to once the problems
+    /// are gone.
+    #[serde(skip)]
+    pub verdict: Option<Outcome>,
     pub steps: IndexMap<String, StepStatus>,
 }
 
@@ -109,6 +117,15 @@ impl StatusDoc {
         let now = unix_ms(event.at);
         match &event.kind {
             EventKind::RunStarted { .. } | EventKind::Output { .. } | EventKind::Notice { .. } => {}
+            EventKind::Health { problems } => {
+                self.problems = problems.clone();
+                if self.outcome.is_ready() {
+                    self.outcome = match (problems.is_empty(), self.verdict) {
+                        (true, Some(verdict)) => verdict,
+                        _ => Outcome::Degraded,
+                    };
+                }
+            }
             EventKind::Waiting {
                 step,
                 target,
@@ -205,6 +222,7 @@ impl StatusDoc {
                 duration,
             } => {
                 self.outcome = *outcome;
+                self.verdict = Some(*outcome);
                 self.exit_code = Some(*exit_code);
                 self.error = error.clone();
                 self.failed_step = failed_step.clone();
@@ -246,6 +264,8 @@ impl StatusDoc {
             exit_code: None,
             error: None,
             failed_step: None,
+            problems: Vec::new(),
+            verdict: None,
             steps: steps
                 .iter()
                 .map(|(name, kind)| {

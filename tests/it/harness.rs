@@ -214,6 +214,19 @@ pub fn start_run(sb: &Sandbox, extra: &[&str]) -> Bootplan {
     )
 }
 
+/// [`start_run`] with extra environment variables.
+pub fn start_run_with_env(sb: &Sandbox, extra: &[&str], env: &[(&str, &str)]) -> Bootplan {
+    let mut cmd = sb.cmd();
+    cmd.args(["run", "plan.yaml"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    Bootplan::new(cmd.spawn().expect("spawn bootplan"))
+}
+
 /// A bootplan started by a test. If the test ends before waiting for it (a
 /// failed assertion), it is killed: it would otherwise run on, with its
 /// steps or its app, after the test.

@@ -443,6 +443,7 @@ steps:
         "bootplan_secret_fetch_errors_total",
         "bootplan_boot_to_ready_seconds",
         "bootplan_service_ready_seconds",
+        "bootplan_secret_rotations_total",
     ] {
         assert!(
             source.contains(&format!("\"{name}\"")),

@@ -1959,3 +1959,126 @@ fn an_imds_token_rejected_with_401_is_replaced() {
     assert_eq!(imds.token_puts.load(Ordering::SeqCst), 2);
     assert_eq!(imds.credential_gets.load(Ordering::SeqCst), 2);
 }
+
+/// While supervising, a refreshed secret that changed is rendered again in
+/// every file that uses it, checked, and the app is told once; a new file
+/// that fails its check is put back and the status says degraded until a
+/// good value comes; no value is ever printed.
+#[test]
+fn a_rotated_secret_is_rendered_again_checked_and_the_app_reloaded() {
+    let Some(bao) = Bao::start(false) else { return };
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/rot/db",
+        "password=first-rotating-value",
+    ]);
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: rotate
+backends:
+  vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }} }}
+secrets:
+  db: {{ vault: {{ path: secret/rot/db, key: password }}, refresh: 1s }}
+steps:
+  conf:
+    template: {{ inline: "password={{{{ secrets.db }}}}\n", dest: conf.txt }}
+    on_change:
+      check: ["sh", "-c", "! grep -q refused conf.txt"]
+      reload: {{ signal: HUP, target: app }}
+  conf2:
+    template: {{ inline: "db={{{{ secrets.db }}}}\n", dest: conf2.txt }}
+    on_change:
+      check: ["sh", "-c", "! grep -q refused conf2.txt"]
+      reload: {{ signal: HUP, target: app }}
+  app:
+    exec: ["sh", "-c", "trap 'echo hup >> hups' HUP; touch up; while :; do sleep 0.05; done"]
+    needs: [conf, conf2]
+"#,
+        addr = bao.addr()
+    ));
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", "root")]);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("up").exists()
+    });
+    assert_eq!(sb.read("conf.txt"), "password=first-rotating-value\n");
+
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/rot/db",
+        "password=second-rotating-value",
+    ]);
+    wait_until(
+        "the file to be rendered again",
+        Duration::from_secs(10),
+        || sb.read("conf.txt") == "password=second-rotating-value\n",
+    );
+    wait_until("the app to be told", Duration::from_secs(5), || {
+        !sb.read("hups").is_empty()
+    });
+    assert_eq!(sb.read("conf2.txt"), "db=second-rotating-value\n");
+
+    // A value whose file fails the check: the old file is put back, the
+    // status says why, and the app is not told. Reaching degraded takes
+    // later refreshes, which must not have told the app again either.
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/rot/db",
+        "password=refused-rotating-value",
+    ]);
+    wait_until(
+        "the status to say degraded",
+        Duration::from_secs(10),
+        || sb.status()["outcome"] == "degraded",
+    );
+    let status = sb.status();
+    assert!(
+        status["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("step `conf`"),
+        "{status}"
+    );
+    assert_eq!(sb.read("conf.txt"), "password=second-rotating-value\n");
+    assert_eq!(
+        sb.read("hups"),
+        "hup\n",
+        "the app was told twice for one change"
+    );
+
+    // A good value again: ready, and one more reload.
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/rot/db",
+        "password=third-rotating-value",
+    ]);
+    wait_until("the status to say ready", Duration::from_secs(10), || {
+        sb.status()["outcome"] == "ready"
+    });
+    assert_eq!(sb.read("conf.txt"), "password=third-rotating-value\n");
+    wait_until("the app to be told again", Duration::from_secs(5), || {
+        sb.read("hups") == "hup\nhup\n"
+    });
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_output(Duration::from_secs(20));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(logs.contains("the old content was put back"), "{logs}");
+    for value in [
+        "first-rotating-value",
+        "second-rotating-value",
+        "refused-rotating-value",
+        "third-rotating-value",
+    ] {
+        assert!(!logs.contains(value), "{value} leaked:\n{logs}");
+    }
+}

@@ -6,7 +6,7 @@
 //! engine and the supervisor stop on it. Services stop in reverse start order.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,9 @@ pub struct ServiceFailure {
 }
 
 struct Handle {
+    step: String,
+    /// The running process's pid (its group's id), 0 while there is none.
+    pid: Arc<AtomicU32>,
     stop: CancellationToken,
     /// The grace to stop with, in ms; set by `stop_all` before `stop` fires.
     grace_ms: Arc<AtomicU64>,
@@ -97,18 +100,34 @@ impl Services {
         let stop = CancellationToken::new();
         let failure = self.failure.clone();
         let grace_ms = Arc::new(AtomicU64::new(unit.grace.as_millis() as u64));
+        let step = unit.step.clone();
+        let pid = Arc::new(AtomicU32::new(0));
         let task = tokio::spawn(watch_service(
             unit,
             running,
             stop.clone(),
             grace_ms.clone(),
             failure,
+            pid.clone(),
         ));
         self.lock().push(Handle {
+            step,
+            pid,
             stop,
             grace_ms,
             task,
         });
+    }
+
+    /// Sends `signal` to the running process group of service `step`;
+    /// false when the service is not running.
+    pub fn signal(&self, step: &str, signal: nix::sys::signal::Signal) -> bool {
+        let pid = self
+            .lock()
+            .iter()
+            .find(|h| h.step == step)
+            .map_or(0, |h| h.pid.load(Ordering::SeqCst));
+        pid != 0 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal).is_ok()
     }
 
     /// The required service already gone for good, if any.
@@ -181,10 +200,15 @@ async fn watch_service(
     stop: CancellationToken,
     grace_ms: Arc<AtomicU64>,
     failure: watch::Sender<Option<ServiceFailure>>,
+    pid: Arc<AtomicU32>,
 ) {
     let mut current = Some(running);
     let mut restarts = 0u32;
     loop {
+        pid.store(
+            current.as_ref().map_or(0, |p| p.child.pid()),
+            Ordering::SeqCst,
+        );
         let ended = match current.take() {
             Some(mut proc) => tokio::select! {
                 status = proc.child.wait() => {

@@ -60,10 +60,22 @@ struct Token {
     obtained: Instant,
     /// `None`: the token does not expire (root tokens, periodic tokens without TTL).
     ttl: Option<Duration>,
+    /// The TTL the token had when it was issued: a renewal that gives much
+    /// less means its max TTL is near.
+    issued_ttl: Option<Duration>,
     renewable: bool,
 }
 
 impl Token {
+    /// Whether a renewal left so little of the issued TTL (the max TTL caps
+    /// it) that a fresh login is due.
+    fn near_max_ttl(&self) -> bool {
+        match (self.ttl, self.issued_ttl) {
+            (Some(ttl), Some(issued)) => ttl < issued / 3,
+            _ => false,
+        }
+    }
+
     fn wants_refresh(&self) -> bool {
         self.ttl
             .is_some_and(|ttl| self.obtained.elapsed() >= ttl.mul_f64(2.0 / 3.0))
@@ -221,14 +233,21 @@ impl VaultClient {
             if !token.wants_refresh() {
                 return Ok(token.value.clone());
             }
+            let can_log_in = self.config.auth.token.is_none();
             if token.renewable
                 && !token.expired()
-                && let Ok(renewed) = self.session.renew(&token.value).await
+                && let Ok(mut renewed) = self.session.renew(&token.value).await
             {
-                *token = renewed;
-                return Ok(token.value.clone());
+                renewed.issued_ttl = token.issued_ttl;
+                // Near its max TTL a token is replaced before it runs out,
+                // so no read ever races its end.
+                if !(can_log_in && renewed.near_max_ttl()) {
+                    *token = renewed;
+                    return Ok(token.value.clone());
+                }
+                tracing::debug!("vault token near its max TTL: logging in again");
             }
-            if self.config.auth.token.is_some() && !token.expired() {
+            if !can_log_in && !token.expired() {
                 // A handed-in token cannot be obtained again; use it while it lasts.
                 return Ok(token.value.clone());
             }
@@ -268,7 +287,16 @@ impl VaultClient {
                         let mut guard = slot.lock().await;
                         match guard.as_mut() {
                             Some(current) if current.value.expose() == value.expose() => {
-                                *current = renewed;
+                                let capped = Token {
+                                    issued_ttl: current.issued_ttl,
+                                    ..renewed
+                                };
+                                let near = capped.near_max_ttl();
+                                *current = capped;
+                                // Near the max TTL: the next read logs in again.
+                                if near {
+                                    return;
+                                }
                             }
                             // Logged in again meanwhile, or closed: this task is done.
                             _ => return,
@@ -316,10 +344,12 @@ impl VaultClient {
                 .lookup_self(&value)
                 .await
                 .map_err(|f| login_failure(name, &url, f))?;
+            let ttl = (data.ttl > 0).then(|| Duration::from_secs(data.ttl));
             return Ok(Token {
                 value,
                 obtained: Instant::now(),
-                ttl: (data.ttl > 0).then(|| Duration::from_secs(data.ttl)),
+                ttl,
+                issued_ttl: ttl,
                 renewable: data.renewable.unwrap_or(false),
             });
         }
@@ -489,10 +519,12 @@ impl Session {
     fn token_from_auth(&self, auth: AuthData) -> Token {
         let value = SecretValue::new(auth.client_token);
         self.redactor.add_secret(value.expose());
+        let ttl = (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration));
         Token {
             value,
             obtained: Instant::now(),
-            ttl: (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
+            ttl,
+            issued_ttl: ttl,
             renewable: auth.renewable,
         }
     }

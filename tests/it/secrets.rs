@@ -55,10 +55,20 @@ pub(crate) struct Bao {
 
 impl Bao {
     pub(crate) fn start(tls: bool) -> Option<Bao> {
-        Bao::start_on(free_port(), tls)
+        Bao::start_on(free_port(), tls, false)
     }
 
-    fn start_on(port: u16, tls: bool) -> Option<Bao> {
+    /// A server that logs every request to `audit_log()` (OpenBao enables
+    /// audit devices from its configuration only).
+    fn start_audited() -> Option<Bao> {
+        Bao::start_on(free_port(), false, true)
+    }
+
+    fn audit_log(&self) -> PathBuf {
+        self._dir.path().join("audit.log")
+    }
+
+    fn start_on(port: u16, tls: bool, audit: bool) -> Option<Bao> {
         let bin = peer("bao")?;
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(bin);
@@ -69,6 +79,19 @@ impl Bao {
             "-dev-root-token-id=root",
             &format!("-dev-listen-address=127.0.0.1:{port}"),
         ]);
+        if audit {
+            let config = dir.path().join("audit.hcl");
+            let log = dir.path().join("audit.log");
+            std::fs::write(
+                &config,
+                format!(
+                    "audit \"file\" \"file\" {{\n  options = {{ file_path = \"{}\" }}\n}}\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            cmd.arg(format!("-config={}", config.display()));
+        }
         if tls {
             cmd.arg("-dev-tls")
                 .arg(format!("-dev-tls-cert-dir={}", dir.path().display()));
@@ -2081,4 +2104,150 @@ steps:
     ] {
         assert!(!logs.contains(value), "{value} leaked:\n{logs}");
     }
+}
+
+/// Requests of a kind in an OpenBao file audit log (each answer once).
+fn audited(log: &Path, path: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "response" && v["request"]["path"] == path)
+        .count()
+}
+
+/// A supervising bootplan keeps its AppRole token alive past the token's
+/// max TTL: renewed while it can be, then replaced by a fresh login, with
+/// every refresh answered and the app never told about it.
+#[test]
+fn a_token_past_its_max_ttl_is_replaced_by_a_fresh_login_while_supervising() {
+    let Some(bao) = Bao::start_audited() else {
+        return;
+    };
+    let audit = bao.audit_log();
+    bao.ok(&["kv", "put", "secret/app/one", "v=lifecycle-one"]);
+    bao.ok(&["kv", "put", "secret/app/two", "v=lifecycle-two"]);
+    let role_id = approle_setup(&bao, "brief", &["token_ttl=3s", "token_max_ttl=6s"]);
+    let secret_id = bao.ok(&[
+        "write",
+        "-f",
+        "-field=secret_id",
+        "auth/approle/role/brief/secret-id",
+    ]);
+    let sb = Sandbox::new();
+    sb.write("secret-id", &secret_id);
+    let plan = approle_plan(
+        &bao,
+        &role_id,
+        false,
+        r#"  conf:
+    template: { inline: "{{ secrets.a }}", dest: out.txt, mode: "0600" }
+    on_change: { reload: { signal: HUP, target: app } }
+  app:
+    exec: ["sh", "-c", "trap 'echo hup >> hups' HUP; touch up; while :; do sleep 0.05; done"]
+    needs: [conf]"#,
+    )
+    .replace(
+        "a: { vault: { path: secret/app/one, key: v } }",
+        "a: { vault: { path: secret/app/one, key: v }, refresh: 1s }",
+    );
+    sb.plan(&plan);
+    let child = crate::harness::start_run(&sb, &["--supervise"]);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("up").exists()
+    });
+    // Two logins after the first: each token reached its max TTL and was replaced.
+    wait_until("two fresh logins", Duration::from_secs(30), || {
+        audited(&audit, "auth/approle/login") >= 3
+    });
+    assert!(
+        audited(&audit, "auth/token/renew-self") >= 1,
+        "the token was never renewed"
+    );
+    bao.ok(&["kv", "put", "secret/app/one", "v=lifecycle-three"]);
+    wait_until("the new value", Duration::from_secs(10), || {
+        sb.read("out.txt") == "lifecycle-three"
+    });
+    wait_until("the app to be told", Duration::from_secs(5), || {
+        sb.read("hups") == "hup\n"
+    });
+    assert_eq!(sb.status()["outcome"], "ready");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_output(Duration::from_secs(20));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(!logs.contains("could not be refreshed"), "{logs}");
+    assert!(!logs.contains(&secret_id), "the secret id leaked");
+}
+
+/// The store gone while bootplan supervises: the app keeps its values and
+/// runs on, the status says degraded with the reason, and once the store is
+/// back the next refresh brings it to ready with the store's current value.
+#[test]
+fn a_store_outage_while_supervising_keeps_the_values_and_recovers() {
+    let Some(bao) = Bao::start(false) else { return };
+    let port = bao.port;
+    bao.ok(&["kv", "put", "secret/out/db", "password=before-outage-value"]);
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: outage
+backends:
+  vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }}, retry: {{ attempts: 1 }} }}
+secrets:
+  db: {{ vault: {{ path: secret/out/db, key: password }}, refresh: 1s }}
+steps:
+  conf: {{ template: {{ inline: "{{{{ secrets.db }}}}", dest: conf.txt }} }}
+  app:
+    exec: ["sh", "-c", "touch up; while :; do sleep 0.05; done"]
+    needs: [conf]
+"#,
+        addr = bao.addr()
+    ));
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", "root")]);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("up").exists()
+    });
+    drop(bao);
+    wait_until(
+        "the status to say degraded",
+        Duration::from_secs(30),
+        || sb.status()["outcome"] == "degraded",
+    );
+    let status = sb.status();
+    assert!(
+        status["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("secret `db` cannot be refreshed"),
+        "{status}"
+    );
+    assert_eq!(sb.read("conf.txt"), "before-outage-value");
+    assert!(child.id() > 0 && sb.path().join("up").exists());
+
+    // The store back (a new dev server on the same port, with a new value).
+    let bao = Bao::start_on(port, false, false).expect("openbao again");
+    bao.ok(&["kv", "put", "secret/out/db", "password=after-outage-value"]);
+    wait_until("the status to say ready", Duration::from_secs(30), || {
+        sb.status()["outcome"] == "ready"
+    });
+    wait_until("the new value", Duration::from_secs(5), || {
+        sb.read("conf.txt") == "after-outage-value"
+    });
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_output(Duration::from_secs(20));
+    assert_eq!(code(&out), 143, "{}", dump(&out));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(logs.contains("could not be refreshed"), "{logs}");
+    assert!(!logs.contains("outage-value"), "a value leaked:\n{logs}");
 }

@@ -351,6 +351,10 @@ fn run_steps(
     .with_files_dir(crate::secrets::files::dir_for(plan, &dirs.run))
     .with_deadline(outputs.started + plan.deadline)
     .with_region_hint(facts.region.clone())
+    .with_scope(crate::plan::refs::TemplateScope::new(
+        facts.template_value(),
+        &plan.vars,
+    ))
     .with_reporter(reporter.clone());
     crate::secrets::files::warn_if_not_tmpfs(&secrets, &reporter);
     let root_span = traces::root_span(&bootstrap_id, &plan.name);

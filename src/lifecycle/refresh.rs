@@ -58,6 +58,8 @@ pub async fn keep_fresh(
             let outcome = match ctx.secrets.refresh(name).await {
                 Ok(true) => {
                     health.clear(&format!("secret {name}"));
+                    ctx.reporter
+                        .notice(Level::Info, format!("secret `{name}` has a new value"));
                     changed.insert(name.clone());
                     "changed"
                 }
@@ -81,6 +83,8 @@ pub async fn keep_fresh(
             };
             metrics::counter!(SECRET_ROTATIONS, "secret" => name.clone(), "outcome" => outcome)
                 .increment(1);
+            // A certificate's next renewal follows from the one just issued.
+            *every = ctx.secrets.refresh_interval(name).unwrap_or(*every);
             *at = now + splayed(*every);
         }
         if !changed.is_empty() {
@@ -107,7 +111,13 @@ async fn rerender(
     stop: &CancellationToken,
     health: &mut Health,
 ) {
+    // Secrets whose own files changed tell their targets too.
     let mut reloads: Vec<&Reload> = Vec::new();
+    for reload in changed.iter().filter_map(|n| plan.secret_reloads.get(n)) {
+        if !reloads.contains(&reload) {
+            reloads.push(reload);
+        }
+    }
     for step in plan.steps.iter().filter(|s| uses_any(s, changed)) {
         let key = format!("step {}", step.name);
         match rerender_step(step, ctx, stop).await {

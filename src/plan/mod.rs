@@ -230,6 +230,8 @@ pub struct Plan {
     /// The plan's own `run_dir`, resolved against the plan's directory.
     pub run_dir: Option<PathBuf>,
     pub secrets: IndexMap<String, SecretSource>,
+    /// Who a secret's refresh tells when it wrote the secret's files (its `on_change.reload`).
+    pub secret_reloads: std::collections::BTreeMap<String, Reload>,
     pub backends: BackendsConfig,
     pub steps: Vec<Step>,
     /// Supervision, readiness file, registration and report settings.

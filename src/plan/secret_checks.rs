@@ -225,22 +225,20 @@ fn check_secret(
             Some("e.g. `command: [\"/usr/local/bin/get-secret\", \"db\"]`".into()),
         ));
     }
+    if let Some(pki) = &source.vault_pki {
+        check_pki(&field, pki, backends, problems);
+    }
+    if let Some(change) = &source.on_change
+        && change.check.is_some()
+    {
+        problems.push((
+            format!("{field}.on_change.check"),
+            "a secret's `on_change` has a `reload` only".into(),
+            Some("checks belong to the `template` steps that render the secret".into()),
+        ));
+    }
     if let Some(file) = &source.to_file {
-        let path = std::path::Path::new(&file.path);
-        if file.path.is_empty()
-            || path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            problems.push((
-                format!("{field}.to_file.path"),
-                format!(
-                    "`{}` is not a file name inside the secrets directory",
-                    file.path
-                ),
-                Some("use a plain name such as `db-password`, or an absolute path".into()),
-            ));
-        }
+        check_file_name(&format!("{field}.to_file.path"), &file.path, problems);
         if let Some(super::duration::Mode(bits)) = file.mode
             && bits & 0o007 != 0
         {
@@ -250,6 +248,57 @@ fn check_secret(
                 Some("use 0600 or 0640".into()),
             ));
         }
+    }
+}
+
+fn check_pki(
+    field: &str,
+    pki: &super::secret_source::VaultPkiSecret,
+    backends: &BackendsConfig,
+    problems: &mut Vec<Problem>,
+) {
+    if backends.vault.is_none() {
+        problems.push((
+            format!("{field}.vault_pki"),
+            "a vault_pki secret needs `backends.vault` (address and auth)".into(),
+            Some("add `backends: { vault: { address: ..., auth: { token: { env: VAULT_TOKEN } } } }`".into()),
+        ));
+    }
+    for (key, value) in [("role", &pki.role), ("common_name", &pki.common_name)] {
+        if value.trim().is_empty() {
+            problems.push((
+                format!("{field}.vault_pki.{key}"),
+                "it is empty".into(),
+                None,
+            ));
+        }
+    }
+    let files = [
+        ("cert_file", Some(&pki.cert_file)),
+        ("key_file", Some(&pki.key_file)),
+        ("chain_file", pki.chain_file.as_ref()),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path {
+            check_file_name(&format!("{field}.vault_pki.{key}"), path, problems);
+        }
+    }
+}
+
+/// A secret's file: a plain name inside the secrets directory, or an
+/// absolute path, never with `..`.
+fn check_file_name(field: &str, name: &str, problems: &mut Vec<Problem>) {
+    let path = std::path::Path::new(name);
+    if name.is_empty()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        problems.push((
+            field.into(),
+            format!("`{name}` is not a file name inside the secrets directory"),
+            Some("use a plain name such as `db-password`, or an absolute path".into()),
+        ));
     }
 }
 

@@ -31,6 +31,11 @@ pub struct SecretSource {
     /// Run a helper command (argv, no shell) that prints the secret on stdout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecSecret>,
+    /// Issue a certificate and key from Vault's or OpenBao's PKI engine
+    /// (settings under `backends.vault`). The secret's value is the private
+    /// key; the certificate, key and chain are written to their files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_pki: Option<VaultPkiSecret>,
     /// Also write the value to a file (mode 0600 unless `mode` says otherwise,
     /// written atomically) under `backends.files.dir` when the secret is fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,9 +46,38 @@ pub struct SecretSource {
     /// their `on_change`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<HumanDuration>,
+    /// Who to tell when a refresh wrote new files for this secret (its
+    /// `to_file`, or a `vault_pki` certificate): `reload` only; the steps
+    /// that render it have their own `on_change`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_change: Option<super::raw::RawOnChange>,
 }
 
 impl SecretSource {
+    /// Every file bootplan writes for this secret: its `to_file`, and a
+    /// `vault_pki` certificate's files.
+    pub fn files(&self) -> Vec<SecretFile> {
+        let mut files: Vec<SecretFile> = self.to_file.iter().cloned().collect();
+        if let Some(pki) = &self.vault_pki {
+            let public = Some(super::duration::Mode(0o644));
+            files.push(SecretFile {
+                path: pki.cert_file.clone(),
+                mode: public,
+            });
+            files.push(SecretFile {
+                path: pki.key_file.clone(),
+                mode: None,
+            });
+            if let Some(chain) = &pki.chain_file {
+                files.push(SecretFile {
+                    path: chain.clone(),
+                    mode: public,
+                });
+            }
+        }
+        files
+    }
+
     /// The backend keys present, for the "exactly one backend" check.
     pub fn backend_names(&self) -> Vec<&'static str> {
         super::present_keys([
@@ -53,6 +87,7 @@ impl SecretSource {
             ("aws_secretsmanager", self.aws_secretsmanager.is_some()),
             ("aws_ssm", self.aws_ssm.is_some()),
             ("exec", self.exec.is_some()),
+            ("vault_pki", self.vault_pki.is_some()),
         ])
     }
 }
@@ -100,6 +135,38 @@ pub struct VaultSecret {
     /// The KV engine version: 2 (default) or 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv: Option<u8>,
+}
+
+/// `vault_pki:` secret backend: a certificate issued by a PKI engine role.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultPkiSecret {
+    /// The PKI engine's mount path. Default `pki`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The role to issue with.
+    pub role: String,
+    /// The certificate's common name; may use `{{ facts.* }}` and `{{ vars.* }}`.
+    pub common_name: String,
+    /// DNS subject alternative names (templated like `common_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alt_names: Vec<String>,
+    /// IP subject alternative names (templated like `common_name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_sans: Vec<String>,
+    /// The certificate's lifetime (the role's default when absent). It is
+    /// issued again at two thirds of its lifetime while bootplan supervises,
+    /// unless `refresh` says otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<HumanDuration>,
+    /// Where to write the certificate (PEM, mode 0644): a plain name inside
+    /// the secrets directory, or an absolute path.
+    pub cert_file: String,
+    /// Where to write the private key (PEM, mode 0600).
+    pub key_file: String,
+    /// Where to write the issuing CA chain (PEM, mode 0644), if wanted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_file: Option<String>,
 }
 
 /// `aws_secretsmanager:` secret backend.

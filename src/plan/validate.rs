@@ -290,9 +290,19 @@ impl Validator {
             }))
             .collect();
         self.check_cycles(&graph);
+        let secret_reloads: std::collections::BTreeMap<String, super::Reload> = raw
+            .secrets
+            .iter()
+            .filter_map(|(name, source)| {
+                let reload = source.value.on_change.as_ref()?.reload.as_ref()?;
+                let pos = Position::from_saphyr(source.referenced);
+                let reload = self.reload(pos, &format!("secrets.{name}.on_change"), reload)?;
+                Some((name.clone(), reload))
+            })
+            .collect();
         if steps.len() == names.len() {
             self.check_exec(&steps, &raw);
-            self.check_reload_targets(&steps, &raw);
+            self.check_reload_targets(&steps, &raw, &secret_reloads);
         }
         let (lifecycle, lifecycle_problems) = super::lifecycle::resolve_plan(
             &self.file,
@@ -330,6 +340,7 @@ impl Validator {
             state_dir: raw.state_dir.as_ref().map(|d| self.plan_dir.join(d)),
             run_dir: raw.run_dir.as_ref().map(|d| self.plan_dir.join(d)),
             secrets: raw.secrets.into_iter().map(|(k, v)| (k, v.value)).collect(),
+            secret_reloads,
             backends: raw.backends,
             steps,
             lifecycle,
@@ -630,7 +641,7 @@ impl Validator {
         raw: &RawStep,
         kind: &Option<StepKind>,
     ) -> Option<super::OnChange> {
-        use super::{OnChange, Reload, ReloadTarget};
+        use super::OnChange;
         let raw_change = raw.on_change.as_ref()?;
         let where_ = format!("{field}.on_change");
         if !matches!(kind, Some(StepKind::Template(_))) {
@@ -649,57 +660,73 @@ impl Validator {
         {
             self.error(pos, format!("{where_}.check"), "the command is empty", None);
         }
-        let reload = match &raw_change.reload {
-            None => None,
-            Some(r) => match (&r.signal, &r.target, &r.command) {
-                (Some(signal), target, None) => {
-                    let name = signal.trim().to_ascii_uppercase();
-                    let name = if name.starts_with("SIG") {
-                        name
-                    } else {
-                        format!("SIG{name}")
-                    };
-                    match name.parse::<nix::sys::signal::Signal>() {
-                        Ok(sig) => Some(Reload::Signal {
-                            signal: sig as i32,
-                            target: match target.as_deref() {
-                                None | Some("app") => ReloadTarget::App,
-                                Some(step) => ReloadTarget::Service(step.to_string()),
-                            },
-                        }),
-                        Err(_) => {
-                            self.error(
-                                pos,
-                                format!("{where_}.reload.signal"),
-                                format!("`{signal}` is not a signal"),
-                                Some("e.g. `HUP`, `USR1`, `TERM`".into()),
-                            );
-                            None
-                        }
-                    }
-                }
-                (None, None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
-                    Some(Reload::Command(argv.clone()))
-                }
-                _ => {
-                    self.error(
-                        pos,
-                        format!("{where_}.reload"),
-                        "a reload is a `signal` (with an optional `target`) or a `command`",
-                        Some("e.g. `reload: { signal: HUP, target: app }`".into()),
-                    );
-                    None
-                }
-            },
-        };
+        let reload = raw_change
+            .reload
+            .as_ref()
+            .and_then(|r| self.reload(pos, &where_, r));
         Some(OnChange {
             check: raw_change.check.clone(),
             reload,
         })
     }
 
+    /// A typed `reload`: a signal (with its target) or a command.
+    fn reload(
+        &mut self,
+        pos: Option<Position>,
+        where_: &str,
+        r: &super::raw::RawReload,
+    ) -> Option<super::Reload> {
+        use super::{Reload, ReloadTarget};
+        match (&r.signal, &r.target, &r.command) {
+            (Some(signal), target, None) => {
+                let name = signal.trim().to_ascii_uppercase();
+                let name = if name.starts_with("SIG") {
+                    name
+                } else {
+                    format!("SIG{name}")
+                };
+                match name.parse::<nix::sys::signal::Signal>() {
+                    Ok(sig) => Some(Reload::Signal {
+                        signal: sig as i32,
+                        target: match target.as_deref() {
+                            None | Some("app") => ReloadTarget::App,
+                            Some(step) => ReloadTarget::Service(step.to_string()),
+                        },
+                    }),
+                    Err(_) => {
+                        self.error(
+                            pos,
+                            format!("{where_}.reload.signal"),
+                            format!("`{signal}` is not a signal"),
+                            Some("e.g. `HUP`, `USR1`, `TERM`".into()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None, Some(argv)) if argv.first().is_some_and(|p| !p.is_empty()) => {
+                Some(Reload::Command(argv.clone()))
+            }
+            _ => {
+                self.error(
+                    pos,
+                    format!("{where_}.reload"),
+                    "a reload is a `signal` (with an optional `target`) or a `command`",
+                    Some("e.g. `reload: { signal: HUP, target: app }`".into()),
+                );
+                None
+            }
+        }
+    }
+
     /// Reload targets name the app or a `service` step.
-    fn check_reload_targets(&mut self, steps: &[Step], raw: &RawPlan) {
+    fn check_reload_targets(
+        &mut self,
+        steps: &[Step],
+        raw: &RawPlan,
+        secret_reloads: &std::collections::BTreeMap<String, super::Reload>,
+    ) {
         let services: BTreeSet<&str> = steps
             .iter()
             .filter(|s| matches!(s.kind, StepKind::Service { .. }))
@@ -708,12 +735,27 @@ impl Validator {
         let has_app = steps
             .iter()
             .any(|s| matches!(s.kind, StepKind::Exec { .. }));
-        for step in steps {
-            let Some(super::OnChange {
-                reload: Some(super::Reload::Signal { target, .. }),
-                ..
-            }) = &step.on_change
-            else {
+        let step_targets = steps.iter().filter_map(|step| {
+            let pos = raw
+                .steps
+                .get(&step.name)
+                .and_then(|s| Position::from_saphyr(s.referenced));
+            Some((
+                format!("steps.{}", step.name),
+                pos,
+                step.on_change.as_ref()?.reload.as_ref()?,
+            ))
+        });
+        let secret_targets = secret_reloads.iter().map(|(name, reload)| {
+            let pos = raw
+                .secrets
+                .get(name)
+                .and_then(|s| Position::from_saphyr(s.referenced));
+            (format!("secrets.{name}"), pos, reload)
+        });
+        let targets: Vec<_> = step_targets.chain(secret_targets).collect();
+        for (field, pos, reload) in targets {
+            let super::Reload::Signal { target, .. } = reload else {
                 continue;
             };
             let problem = match target {
@@ -726,13 +768,9 @@ impl Validator {
                 _ => None,
             };
             if let Some(problem) = problem {
-                let pos = raw
-                    .steps
-                    .get(&step.name)
-                    .and_then(|s| Position::from_saphyr(s.referenced));
                 self.error(
                     pos,
-                    format!("steps.{}.on_change.reload.target", step.name),
+                    format!("{field}.on_change.reload.target"),
                     problem,
                     Some("the target is `app` or the name of a service step".into()),
                 );

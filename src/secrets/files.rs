@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::{SecretError, SecretValue};
-use crate::plan::secret_source::SecretFile;
+use crate::plan::secret_source::{SecretFile, SecretSource};
 
 const DEFAULT_MODE: u32 = 0o600;
 
@@ -24,6 +24,16 @@ pub fn write(
     spec: &SecretFile,
     value: &SecretValue,
 ) -> Result<PathBuf, SecretError> {
+    write_bytes(name, dir, spec, value.expose().as_bytes())
+}
+
+/// Writes `bytes` (a secret, or a certificate that goes with one) like [`write`].
+pub fn write_bytes(
+    name: &str,
+    dir: &Path,
+    spec: &SecretFile,
+    bytes: &[u8],
+) -> Result<PathBuf, SecretError> {
     let path = path_for(dir, spec);
     let mode = spec.mode.map_or(DEFAULT_MODE, |m| m.0);
     if let Some(parent) = path.parent()
@@ -33,12 +43,10 @@ pub fn write(
         // Only bootplan's user may list the secrets directory.
         let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700));
     }
-    crate::fsutil::write_atomic(&path, value.expose().as_bytes(), mode).map_err(|e| {
-        SecretError::FileWrite {
-            name: name.into(),
-            path: path.clone(),
-            detail: e.to_string(),
-        }
+    crate::fsutil::write_atomic(&path, bytes, mode).map_err(|e| SecretError::FileWrite {
+        name: name.into(),
+        path: path.clone(),
+        detail: e.to_string(),
     })?;
     Ok(path)
 }
@@ -63,8 +71,8 @@ pub fn remove_written(
             let dir = dir_for(plan, run_dir);
             plan.secrets
                 .values()
-                .filter_map(|s| s.to_file.as_ref())
-                .map(|spec| path_for(&dir, spec))
+                .flat_map(SecretSource::files)
+                .map(|spec| path_for(&dir, &spec))
                 .collect()
         }
         None => match std::fs::read_dir(run_dir.join("secrets")) {

@@ -126,6 +126,17 @@ pub struct SecretStore {
     reporter: Option<Arc<crate::telemetry::Reporter>>,
     /// Requests in flight per backend.
     limits: std::sync::Mutex<BTreeMap<&'static str, Arc<tokio::sync::Semaphore>>>,
+    /// What `vault_pki` names are rendered with (facts and vars).
+    scope: Option<crate::plan::refs::TemplateScope>,
+    /// The public parts of each `vault_pki` secret's latest certificate.
+    certificates: std::sync::Mutex<BTreeMap<String, Certificate>>,
+}
+
+/// A certificate that goes with a `vault_pki` secret's private key.
+struct Certificate {
+    pem: String,
+    chain: String,
+    expires: std::time::SystemTime,
 }
 
 /// Requests a network backend has in flight at once unless the plan says.
@@ -150,7 +161,15 @@ impl SecretStore {
             aws: OnceCell::new(),
             reporter: None,
             limits: std::sync::Mutex::new(BTreeMap::new()),
+            scope: None,
+            certificates: std::sync::Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// What `vault_pki` names (`common_name: "{{ facts.hostname }}.svc"`) are rendered with.
+    pub fn with_scope(mut self, scope: crate::plan::refs::TemplateScope) -> SecretStore {
+        self.scope = Some(scope);
+        self
     }
 
     /// Where the store's warnings go.
@@ -202,12 +221,12 @@ impl SecretStore {
         Ok(removed)
     }
 
-    /// Where the declared `to_file` secrets will be written.
+    /// Where the declared secret files will be written.
     pub fn file_paths(&self) -> Vec<PathBuf> {
         self.sources
             .values()
-            .filter_map(|s| s.to_file.as_ref())
-            .map(|spec| files::path_for(&self.files_dir, spec))
+            .flat_map(SecretSource::files)
+            .map(|spec| files::path_for(&self.files_dir, &spec))
             .collect()
     }
 
@@ -291,15 +310,40 @@ impl SecretStore {
     /// Whether the store must stay open after the app is ready: some
     /// secret is refreshed while bootplan supervises.
     pub fn refreshes(&self) -> bool {
-        self.sources.values().any(|s| s.refresh.is_some())
+        self.sources
+            .values()
+            .any(|s| s.refresh.is_some() || s.vault_pki.is_some())
     }
 
-    /// The secrets that are refreshed, with their intervals.
+    /// The secrets that are refreshed, with their intervals: `refresh:`,
+    /// else for a certificate two thirds of its lifetime.
     pub fn refresh_intervals(&self) -> Vec<(String, std::time::Duration)> {
         self.sources
-            .iter()
-            .filter_map(|(name, s)| Some((name.clone(), s.refresh?.get())))
+            .keys()
+            .filter_map(|name| Some((name.clone(), self.refresh_interval(name)?)))
             .collect()
+    }
+
+    /// How long until `name` is fetched again (see [`Self::refresh_intervals`]).
+    pub fn refresh_interval(&self, name: &str) -> Option<std::time::Duration> {
+        let source = self.sources.get(name)?;
+        if let Some(every) = source.refresh {
+            return Some(every.get());
+        }
+        source.vault_pki.as_ref()?;
+        let certificates = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        let lifetime = match certificates.get(name) {
+            Some(cert) => cert
+                .expires
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+            None => source.vault_pki.as_ref()?.ttl?.get(),
+        };
+        Some(
+            lifetime
+                .mul_f64(2.0 / 3.0)
+                .max(std::time::Duration::from_secs(1)),
+        )
     }
 
     fn cell(&self, name: &str) -> Arc<OnceCell<SecretValue>> {
@@ -328,10 +372,110 @@ impl SecretStore {
                 crate::redact::MIN_SECRET_LEN
             ));
         }
-        if let Some(spec) = self.sources.get(name).and_then(|s| s.to_file.as_ref()) {
+        let Some(source) = self.sources.get(name) else {
+            return Ok(());
+        };
+        if let Some(spec) = &source.to_file {
             files::write(name, &self.files_dir, spec, value)?;
         }
+        if let Some(pki) = &source.vault_pki {
+            self.write_certificate(name, pki, value)?;
+        }
         Ok(())
+    }
+
+    /// Writes a `vault_pki` secret's key, certificate and chain: the key
+    /// first, so that a reader never finds a certificate newer than its key.
+    fn write_certificate(
+        &self,
+        name: &str,
+        pki: &crate::plan::secret_source::VaultPkiSecret,
+        key: &SecretValue,
+    ) -> Result<(), SecretError> {
+        let certificates = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(cert) = certificates.get(name) else {
+            return Ok(());
+        };
+        let file = |path: &str, mode: Option<u32>| crate::plan::secret_source::SecretFile {
+            path: path.to_string(),
+            mode: mode.map(crate::plan::duration::Mode),
+        };
+        files::write(name, &self.files_dir, &file(&pki.key_file, None), key)?;
+        let mut pem = cert.pem.clone();
+        pem.push('\n');
+        files::write_bytes(
+            name,
+            &self.files_dir,
+            &file(&pki.cert_file, Some(0o644)),
+            pem.as_bytes(),
+        )?;
+        if let Some(chain) = &pki.chain_file {
+            let mut text = cert.chain.clone();
+            text.push('\n');
+            files::write_bytes(
+                name,
+                &self.files_dir,
+                &file(chain, Some(0o644)),
+                text.as_bytes(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Issues a `vault_pki` certificate: the private key is the secret's
+    /// value; the certificate is kept for [`Self::write_certificate`].
+    async fn issue(
+        &self,
+        name: &str,
+        spec: &crate::plan::secret_source::VaultPkiSecret,
+    ) -> Result<SecretValue, SecretError> {
+        let render = |text: &str| -> Result<String, SecretError> {
+            let context = match &self.scope {
+                Some(scope) => scope.context(minijinja::Value::from(())),
+                None => minijinja::Value::from(()),
+            };
+            crate::template::render_text(text, context).map_err(|err| SecretError::NotFound {
+                name: name.into(),
+                backend: "vault_pki",
+                detail: format!("cannot render `{text}`: {err}"),
+            })
+        };
+        let names = vault::PkiNames {
+            common_name: render(&spec.common_name)?,
+            alt_names: spec
+                .alt_names
+                .iter()
+                .map(|n| render(n))
+                .collect::<Result<_, _>>()?,
+            ip_sans: spec
+                .ip_sans
+                .iter()
+                .map(|n| render(n))
+                .collect::<Result<_, _>>()?,
+        };
+        let issued = self
+            .vault_client(name)
+            .await?
+            .issue(name, spec, &names)
+            .await?;
+        let expires = issued
+            .expires
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(crate::telemetry::metrics::SECRET_EXPIRY, "secret" => name.to_string())
+            .set(expires);
+        self.certificates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name.to_string(),
+                Certificate {
+                    pem: issued.certificate,
+                    chain: issued.chain,
+                    expires: issued.expires,
+                },
+            );
+        Ok(issued.private_key)
     }
 
     /// Fetches the not-yet-fetched SSM parameters among `names` in batches.
@@ -407,6 +551,9 @@ impl SecretStore {
         }
         if let Some(spec) = &source.exec {
             return exec::fetch(name, spec, &self.base_dir).await;
+        }
+        if let Some(spec) = &source.vault_pki {
+            return self.issue(name, spec).await;
         }
         Err(SecretError::NotFound {
             name: name.to_string(),

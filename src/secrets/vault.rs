@@ -1,6 +1,7 @@
 //! The Vault / OpenBao backend: a small client of our own on reqwest.
 //!
-//! KV v2 (with versions) and KV v1 reads; login by token (file or env),
+//! KV v2 (with versions) and KV v1 reads, PKI certificates issued from a
+//! role; login by token (file or env),
 //! AppRole (optionally with a response-wrapped secret id, unwrapped through
 //! `sys/wrapping/unwrap`), JWT and Kubernetes. The token is a [`SecretValue`]
 //! registered with the redactor the moment it is read. A background task
@@ -24,7 +25,9 @@ use zeroize::Zeroizing;
 
 use super::http::{Failure, Net, Response};
 use super::{Redactor, SecretError, SecretValue, local};
-use crate::plan::secret_source::{CredentialRef, VaultConfig, VaultJwt, VaultSecret};
+use crate::plan::secret_source::{
+    CredentialRef, VaultConfig, VaultJwt, VaultPkiSecret, VaultSecret,
+};
 
 const BACKEND: &str = "vault";
 /// Tokens with less TTL left than this are not renewed in the background
@@ -187,6 +190,58 @@ impl VaultClient {
             name: name.into(),
             backend: BACKEND,
             detail: format!("{url}: {detail}"),
+        })
+    }
+
+    /// Issues a certificate and key from a PKI role. `common_name`,
+    /// `alt_names` and `ip_sans` come rendered.
+    #[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name, role = %spec.role))]
+    pub async fn issue(
+        &self,
+        name: &str,
+        spec: &VaultPkiSecret,
+        names: &PkiNames,
+    ) -> Result<Issued, SecretError> {
+        let mount = spec.mount.as_deref().unwrap_or("pki").trim_matches('/');
+        let url = format!("{}/v1/{mount}/issue/{}", self.session.address, spec.role);
+        let body = json_body(
+            name,
+            &IssueRequest {
+                common_name: &names.common_name,
+                alt_names: names.alt_names.join(","),
+                ip_sans: names.ip_sans.join(","),
+                ttl: spec.ttl.map(|t| format!("{}s", t.get().as_secs().max(1))),
+            },
+        )?;
+        let token = self.token(name).await?;
+        let response = self
+            .session
+            .net
+            .send(&url, |c| {
+                self.session
+                    .request(c.post(&url), Some(&token))
+                    .header("Content-Type", "application/json")
+                    .body(body.to_vec())
+            })
+            .await
+            .map_err(|failure| read_failure(name, &url, failure))?;
+        let answer: IssueResponse =
+            serde_json::from_slice(&response.body).map_err(|err| SecretError::NotFound {
+                name: name.into(),
+                backend: BACKEND,
+                detail: format!("{url}: unexpected answer: {err}"),
+            })?;
+        let data = answer.data;
+        let chain = if data.ca_chain.is_empty() {
+            data.issuing_ca.clone()
+        } else {
+            data.ca_chain.join("\n")
+        };
+        Ok(Issued {
+            certificate: data.certificate,
+            private_key: SecretValue::new(data.private_key),
+            chain,
+            expires: std::time::UNIX_EPOCH + Duration::from_secs(data.expiration),
         })
     }
 
@@ -528,6 +583,49 @@ impl Session {
             renewable: auth.renewable,
         }
     }
+}
+
+/// The names a certificate is issued for, rendered from the plan.
+pub struct PkiNames {
+    pub common_name: String,
+    pub alt_names: Vec<String>,
+    pub ip_sans: Vec<String>,
+}
+
+/// A certificate just issued.
+pub struct Issued {
+    pub certificate: String,
+    pub private_key: SecretValue,
+    /// The issuing CA chain, PEM.
+    pub chain: String,
+    pub expires: std::time::SystemTime,
+}
+
+#[derive(Serialize)]
+struct IssueRequest<'a> {
+    common_name: &'a str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    alt_names: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    ip_sans: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IssueResponse {
+    data: IssueData,
+}
+
+#[derive(Deserialize)]
+struct IssueData {
+    certificate: String,
+    #[serde(default)]
+    issuing_ca: String,
+    #[serde(default)]
+    ca_chain: Vec<String>,
+    private_key: String,
+    expiration: u64,
 }
 
 /// Reads a credential reference: a file (trimmed) or an environment variable.

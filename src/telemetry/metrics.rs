@@ -40,6 +40,7 @@ pub const SECRET_REDACTIONS: &str = "bootplan_secret_redactions_total";
 pub const DEPENDENCY_RETRIES: &str = crate::retry::RETRIES_METRIC;
 pub const LOG_LINES_DROPPED: &str = "bootplan_log_lines_dropped_total";
 pub const SECRET_ROTATIONS: &str = "bootplan_secret_rotations_total";
+pub const SECRET_EXPIRY: &str = "bootplan_secret_expiry_timestamp_seconds";
 
 /// Every metric family bootplan exports: (name, type, labels besides
 /// `plan`), held against the metrics table of `docs/plan.md` by a test.
@@ -62,6 +63,7 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     (DEPENDENCY_RETRIES, "counter", &["dependency"]),
     (LOG_LINES_DROPPED, "counter", &[]),
     (SECRET_ROTATIONS, "counter", &["secret", "outcome"]),
+    (SECRET_EXPIRY, "gauge", &["secret"]),
 ];
 
 /// Run outcomes that get a `bootplan_runs_total` series from the start (at
@@ -137,6 +139,11 @@ fn describe() {
     describe_counter!(
         SECRET_ROTATIONS,
         "Refreshes of secrets while supervising, by outcome: changed, unchanged, failed, check_failed."
+    );
+    describe_gauge!(
+        SECRET_EXPIRY,
+        metrics::Unit::Seconds,
+        "When the secret's current value ends (a certificate's notAfter), Unix time."
     );
     describe_counter!(
         LOG_LINES_DROPPED,

@@ -444,6 +444,7 @@ steps:
         "bootplan_boot_to_ready_seconds",
         "bootplan_service_ready_seconds",
         "bootplan_secret_rotations_total",
+        "bootplan_secret_expiry_timestamp_seconds",
     ] {
         assert!(
             source.contains(&format!("\"{name}\"")),

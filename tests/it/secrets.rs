@@ -2251,3 +2251,92 @@ steps:
     assert!(logs.contains("could not be refreshed"), "{logs}");
     assert!(!logs.contains("outage-value"), "a value leaked:\n{logs}");
 }
+
+/// A `vault_pki` certificate: issued at boot into its files (key 0600),
+/// issued again at two thirds of its lifetime while bootplan supervises,
+/// the app told each time, the key never printed.
+#[test]
+fn a_pki_certificate_is_issued_and_renewed_with_a_reload_each_time() {
+    let Some(bao) = Bao::start(false) else { return };
+    bao.ok(&["secrets", "enable", "pki"]);
+    bao.ok(&["secrets", "tune", "-max-lease-ttl=1h", "pki"]);
+    bao.ok(&[
+        "write",
+        "pki/root/generate/internal",
+        "common_name=bootplan-test-ca",
+        "ttl=1h",
+    ]);
+    bao.ok(&[
+        "write",
+        "pki/roles/web",
+        "allowed_domains=svc",
+        "allow_subdomains=true",
+        "max_ttl=1h",
+    ]);
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: pki
+vars: {{ service: web }}
+backends:
+  vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }} }}
+secrets:
+  tls:
+    vault_pki: {{ role: web, common_name: "{{{{ vars.service }}}}.svc", ttl: 6s, cert_file: tls.crt, key_file: tls.key, chain_file: ca.crt }}
+    on_change: {{ reload: {{ signal: HUP, target: app }} }}
+steps:
+  app:
+    exec: ["sh", "-c", "trap 'echo hup >> hups' HUP; touch up; while :; do sleep 0.05; done"]
+    secrets: [tls]
+"#,
+        addr = bao.addr()
+    ));
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", "root")]);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("up").exists()
+    });
+    let dir = sb.run_dir().join("secrets");
+    let mode = |name: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("tls.key"), 0o600);
+    assert_eq!(mode("tls.crt"), 0o644);
+    let key = std::fs::read_to_string(dir.join("tls.key")).unwrap();
+    assert!(key.contains("PRIVATE KEY"), "{key}");
+    assert!(
+        std::fs::read_to_string(dir.join("ca.crt"))
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    let mut certificates = std::collections::BTreeSet::new();
+    certificates.insert(std::fs::read_to_string(dir.join("tls.crt")).unwrap());
+
+    // Two renewals (each at about 4s), each followed by one reload.
+    wait_until("two renewals", Duration::from_secs(20), || {
+        certificates.insert(std::fs::read_to_string(dir.join("tls.crt")).unwrap_or_default());
+        certificates.len() >= 3 && sb.read("hups").lines().count() >= 2
+    });
+    let new_key = std::fs::read_to_string(dir.join("tls.key")).unwrap();
+    assert_ne!(new_key, key, "the key was not issued again");
+    assert_eq!(sb.status()["outcome"], "ready");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_output(Duration::from_secs(20));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    for k in [&key, &new_key] {
+        let body = k.lines().nth(1).unwrap();
+        assert!(!logs.contains(body), "a private key leaked:\n{logs}");
+    }
+    // The files went with the app.
+    assert!(!dir.join("tls.key").exists());
+}

@@ -115,6 +115,32 @@ pub fn check(
                 None => {}
             }
         }
+        let clouds = [
+            ("gcp", auth.gcp.as_ref().map(|g| (&g.role, &g.metadata_url))),
+            (
+                "azure",
+                auth.azure.as_ref().map(|a| (&a.role, &a.metadata_url)),
+            ),
+        ];
+        for (method, login) in clouds {
+            let Some((role, metadata_url)) = login else {
+                continue;
+            };
+            if role.trim().is_empty() {
+                problems.push((
+                    format!("backends.vault.auth.{method}.role"),
+                    "it is empty".into(),
+                    None,
+                ));
+            }
+            if let Some(url) = metadata_url {
+                check_url(
+                    &format!("backends.vault.auth.{method}.metadata_url"),
+                    url,
+                    &mut problems,
+                );
+            }
+        }
         if let Some(addr) = &vault.address {
             check_url("backends.vault.address", addr, &mut problems);
             if reqwest::Url::parse(addr).is_ok()

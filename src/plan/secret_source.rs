@@ -370,6 +370,49 @@ pub struct VaultAuth {
     /// Kubernetes login with the pod's service-account token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<VaultJwt>,
+    /// GCP login with the instance's identity token from the metadata server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<VaultGcp>,
+    /// Azure login with the managed identity's token from the instance metadata service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<VaultAzure>,
+}
+
+/// `auth.gcp`: the `gcp` auth method's `iam`-free login, with a signed
+/// identity token of the instance's service account (audience `vault/ROLE`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultGcp {
+    /// The Vault role to log in as.
+    pub role: String,
+    /// Auth mount path. Default `gcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The service account whose identity is used. Default `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    /// The metadata server. Default `http://metadata.google.internal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_url: Option<String>,
+}
+
+/// `auth.azure`: the `azure` auth method's login with a managed-identity
+/// access token and the VM's identity from the instance metadata service.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAzure {
+    /// The Vault role to log in as.
+    pub role: String,
+    /// Auth mount path. Default `azure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// The token's resource (audience); it must match the auth method's
+    /// configured `resource`. Default `https://management.azure.com/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// The instance metadata service. Default `http://169.254.169.254`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_url: Option<String>,
 }
 
 impl VaultAuth {
@@ -379,6 +422,8 @@ impl VaultAuth {
             ("approle", self.approle.is_some()),
             ("jwt", self.jwt.is_some()),
             ("kubernetes", self.kubernetes.is_some()),
+            ("gcp", self.gcp.is_some()),
+            ("azure", self.azure.is_some()),
         ])
     }
 }

@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 use super::http::{Failure, Net, Response};
 use super::{Redactor, SecretError, SecretValue, local};
 use crate::plan::secret_source::{
-    CredentialRef, VaultConfig, VaultJwt, VaultPkiSecret, VaultSecret,
+    CredentialRef, VaultAzure, VaultConfig, VaultGcp, VaultJwt, VaultPkiSecret, VaultSecret,
 };
 
 const BACKEND: &str = "vault";
@@ -429,6 +429,12 @@ impl VaultClient {
                 return self.jwt_login(name, method, jwt).await;
             }
         }
+        if let Some(gcp) = &auth.gcp {
+            return self.gcp_login(name, gcp).await;
+        }
+        if let Some(azure) = &auth.azure {
+            return self.azure_login(name, azure).await;
+        }
         Err(SecretError::AuthFailed {
             name: name.into(),
             backend: BACKEND,
@@ -457,6 +463,124 @@ impl VaultClient {
             },
         )?;
         self.login_with(name, mount, &body).await
+    }
+
+    /// `gcp` login: the instance's identity token for `vault/ROLE`, from
+    /// the metadata server.
+    async fn gcp_login(&self, name: &str, spec: &VaultGcp) -> Result<Token, SecretError> {
+        let base = spec
+            .metadata_url
+            .as_deref()
+            .unwrap_or(GCP_METADATA)
+            .trim_end_matches('/');
+        let account = spec.service_account.as_deref().unwrap_or("default");
+        let audience = format!("vault/{}", spec.role);
+        let url = with_query(
+            name,
+            &format!("{base}/computeMetadata/v1/instance/service-accounts/{account}/identity"),
+            &[("audience", &audience), ("format", "full")],
+        )?;
+        let body = self
+            .metadata_get(name, &url, ("Metadata-Flavor", "Google"))
+            .await?;
+        let jwt = self.identity_token(
+            name,
+            &url,
+            String::from_utf8_lossy(&body).trim().to_string(),
+        )?;
+        let login = json_body(
+            name,
+            &JwtLogin {
+                role: &spec.role,
+                jwt: jwt.expose(),
+            },
+        )?;
+        self.login_with(name, spec.mount.as_deref().unwrap_or("gcp"), &login)
+            .await
+    }
+
+    /// `azure` login: a managed-identity access token, and the VM's
+    /// subscription, resource group and name, from the instance metadata service.
+    async fn azure_login(&self, name: &str, spec: &VaultAzure) -> Result<Token, SecretError> {
+        let base = spec
+            .metadata_url
+            .as_deref()
+            .unwrap_or(AZURE_IMDS)
+            .trim_end_matches('/');
+        let resource = spec.resource.as_deref().unwrap_or(AZURE_RESOURCE);
+        let token_url = with_query(
+            name,
+            &format!("{base}/metadata/identity/oauth2/token"),
+            &[("api-version", "2018-02-01"), ("resource", resource)],
+        )?;
+        let answer = self
+            .metadata_get(name, &token_url, ("Metadata", "true"))
+            .await?;
+        let token: AzureToken = serde_json::from_slice(&answer)
+            .map_err(|err| metadata_error(name, &token_url, format!("unexpected answer: {err}")))?;
+        let jwt = self.identity_token(name, &token_url, token.access_token)?;
+        let compute_url = format!("{base}/metadata/instance/compute?api-version=2021-02-01");
+        let compute = self
+            .metadata_get(name, &compute_url, ("Metadata", "true"))
+            .await?;
+        let compute: AzureCompute = serde_json::from_slice(&compute).map_err(|err| {
+            metadata_error(name, &compute_url, format!("unexpected answer: {err}"))
+        })?;
+        let login = json_body(
+            name,
+            &AzureLogin {
+                role: &spec.role,
+                jwt: jwt.expose(),
+                subscription_id: &compute.subscription_id,
+                resource_group_name: &compute.resource_group_name,
+                vm_name: (compute.vm_scale_set_name.is_empty()).then_some(compute.name.as_str()),
+                vmss_name: (!compute.vm_scale_set_name.is_empty())
+                    .then_some(compute.vm_scale_set_name.as_str()),
+            },
+        )?;
+        self.login_with(name, spec.mount.as_deref().unwrap_or("azure"), &login)
+            .await
+    }
+
+    /// One metadata request with its required header; the body.
+    async fn metadata_get(
+        &self,
+        name: &str,
+        url: &str,
+        header: (&str, &str),
+    ) -> Result<Zeroizing<Vec<u8>>, SecretError> {
+        let response = self
+            .session
+            .net
+            .send(url, |c| c.get(url).header(header.0, header.1))
+            .await
+            .map_err(|failure| {
+                let detail = match failure {
+                    Failure::Status { status, message } => format!("HTTP {status}: {message}"),
+                    Failure::Unreachable(detail) => detail,
+                };
+                metadata_error(name, url, detail)
+            })?;
+        Ok(response.body)
+    }
+
+    /// An identity token from a metadata service: a credential, masked from now on.
+    fn identity_token(
+        &self,
+        name: &str,
+        url: &str,
+        token: String,
+    ) -> Result<SecretValue, SecretError> {
+        if token.is_empty() {
+            return Err(metadata_error(
+                name,
+                url,
+                "the identity token is empty".into(),
+            ));
+        }
+        let token = SecretValue::new(token);
+        self.session.redactor.add_secret(token.expose());
+        Ok(token)
     }
 
     async fn login_with(
@@ -583,6 +707,53 @@ impl Session {
             renewable: auth.renewable,
         }
     }
+}
+
+const GCP_METADATA: &str = "http://metadata.google.internal";
+const AZURE_IMDS: &str = "http://169.254.169.254";
+const AZURE_RESOURCE: &str = "https://management.azure.com/";
+
+/// `url` with `pairs` as its query, each value encoded.
+fn with_query(name: &str, url: &str, pairs: &[(&str, &str)]) -> Result<String, SecretError> {
+    let mut parsed = reqwest::Url::parse(url)
+        .map_err(|err| metadata_error(name, url, format!("not a URL: {err}")))?;
+    parsed.query_pairs_mut().extend_pairs(pairs);
+    Ok(parsed.into())
+}
+
+fn metadata_error(name: &str, url: &str, detail: String) -> SecretError {
+    SecretError::AuthFailed {
+        name: name.into(),
+        backend: BACKEND,
+        detail: format!("no identity from the metadata service {url}: {detail}"),
+    }
+}
+
+#[derive(Deserialize)]
+struct AzureToken {
+    access_token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AzureCompute {
+    subscription_id: String,
+    resource_group_name: String,
+    name: String,
+    #[serde(default)]
+    vm_scale_set_name: String,
+}
+
+#[derive(Serialize)]
+struct AzureLogin<'a> {
+    role: &'a str,
+    jwt: &'a str,
+    subscription_id: &'a str,
+    resource_group_name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vm_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vmss_name: Option<&'a str>,
 }
 
 /// The names a certificate is issued for, rendered from the plan.

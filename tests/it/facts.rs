@@ -21,39 +21,39 @@ use crate::harness::{Sandbox, code, dump, log_lines, under_ci};
 
 /// One request as the fake metadata server saw it.
 #[derive(Debug, Clone)]
-struct Req {
+pub(crate) struct Req {
     method: String,
     /// Path and query, e.g. `/metadata/instance?api-version=2021-02-01`.
-    target: String,
+    pub(crate) target: String,
     headers: HashMap<String, String>,
 }
 
 impl Req {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .get(&name.to_ascii_lowercase())
             .map(String::as_str)
     }
-    fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
     }
 }
 
 /// What the server answers.
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
     body: Vec<u8>,
     delay: Duration,
 }
 
-fn ok(body: impl Into<Vec<u8>>) -> Reply {
+pub(crate) fn ok(body: impl Into<Vec<u8>>) -> Reply {
     Reply {
         status: 200,
         body: body.into(),
         delay: Duration::ZERO,
     }
 }
-fn status(code: u16) -> Reply {
+pub(crate) fn status(code: u16) -> Reply {
     Reply {
         status: code,
         body: Vec::new(),
@@ -65,7 +65,7 @@ type Handler = dyn Fn(&Req, usize) -> Reply + Send + Sync;
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 (one thread per connection,
 /// `Connection: close`), recording every request. Stopped on drop.
-struct MetadataServer {
+pub(crate) struct MetadataServer {
     port: u16,
     requests: Arc<Mutex<Vec<Req>>>,
     stop: Arc<AtomicBool>,
@@ -75,7 +75,9 @@ struct MetadataServer {
 impl MetadataServer {
     /// `handler` gets the request and how many requests with the same path
     /// came before it (for "fail twice, then answer").
-    fn start(handler: impl Fn(&Req, usize) -> Reply + Send + Sync + 'static) -> MetadataServer {
+    pub(crate) fn start(
+        handler: impl Fn(&Req, usize) -> Reply + Send + Sync + 'static,
+    ) -> MetadataServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -100,7 +102,7 @@ impl MetadataServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -108,7 +110,7 @@ impl MetadataServer {
         self.requests.lock().unwrap().clone()
     }
 
-    fn count(&self, path: &str) -> usize {
+    pub(crate) fn count(&self, path: &str) -> usize {
         self.requests().iter().filter(|r| r.path() == path).count()
     }
 }

@@ -2340,3 +2340,135 @@ steps:
     // The files went with the app.
     assert!(!dir.join("tls.key").exists());
 }
+
+/// GCP and Azure logins with the machine's own identity: no token on
+/// disk, the identity token fetched from the (loopback) metadata service
+/// with its required header, then the login. OpenBao ships neither the
+/// `gcp` nor the `azure` auth method (both verify the token with Google's or
+/// Azure's APIs, which no loopback peer provides), so OpenBao's `jwt`
+/// method, mounted at `gcp` and `azure`, stands in for the verifying side:
+/// it checks the token's signature and audience as those methods do. The
+/// metadata answers are fixtures of the documented responses.
+#[test]
+fn gcp_and_azure_logins_use_the_identity_from_the_metadata_service() {
+    use crate::facts::{MetadataServer, ok, status};
+    let Some(bao) = Bao::start(false) else { return };
+    assert!(
+        Command::new("openssl").arg("version").output().is_ok(),
+        "openssl missing"
+    );
+    bao.ok(&["kv", "put", "secret/app/one", "v=cloud-identity-secret"]);
+    bao.ok_with_file(
+        &["policy", "write", "reader", "FILE"],
+        "reader.hcl",
+        "path \"secret/data/app/*\" { capabilities = [\"read\"] }\n",
+    );
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let dir = tempfile::tempdir().unwrap();
+    let claims = |aud: &str| {
+        format!(
+            r#"{{"sub":"instance-1","aud":"{aud}","iat":{now},"nbf":{now},"exp":{}}}"#,
+            now + 600
+        )
+    };
+    let (gcp_jwt, public) = signed_jwt(dir.path(), &claims("vault/web")).unwrap();
+    let (azure_jwt, azure_public) =
+        signed_jwt(dir.path(), &claims("https://management.azure.com/")).unwrap();
+    for (mount, key, audience) in [
+        ("gcp", &public, "vault/web"),
+        ("azure", &azure_public, "https://management.azure.com/"),
+    ] {
+        bao.ok(&["auth", "enable", &format!("-path={mount}"), "jwt"]);
+        bao.ok_with_file(
+            &[
+                "write",
+                &format!("auth/{mount}/config"),
+                "jwt_validation_pubkeys=@FILE",
+            ],
+            "pub.pem",
+            key,
+        );
+        bao.ok(&[
+            "write",
+            &format!("auth/{mount}/role/web"),
+            "role_type=jwt",
+            &format!("bound_audiences={audience}"),
+            "user_claim=sub",
+            "token_policies=reader",
+        ]);
+    }
+    let (gcp_token, azure_token) = (gcp_jwt.clone(), azure_jwt.clone());
+    let metadata = MetadataServer::start(move |req, _| match req.path() {
+        "/computeMetadata/v1/instance/service-accounts/default/identity"
+            if req.header("metadata-flavor") == Some("Google")
+                && req.target.contains("audience=vault%2Fweb") =>
+        {
+            ok(gcp_token.clone())
+        }
+        "/metadata/identity/oauth2/token"
+            if req.header("metadata") == Some("true")
+                && req
+                    .target
+                    .contains("resource=https%3A%2F%2Fmanagement.azure.com%2F") =>
+        {
+            ok(format!(
+                r#"{{"access_token":"{azure_token}","expires_in":"3599","token_type":"Bearer","resource":"https://management.azure.com/"}}"#
+            ))
+        }
+        "/metadata/instance/compute" if req.header("metadata") == Some("true") => ok(
+            r#"{"subscriptionId":"0000-sub","resourceGroupName":"rg-web","name":"web-1","vmScaleSetName":""}"#,
+        ),
+        _ => status(404),
+    });
+    for method in ["gcp", "azure"] {
+        let sb = Sandbox::new();
+        sb.plan(&format!(
+            r#"
+version: 1
+name: cloud-{method}
+backends:
+  vault:
+    address: {addr}
+    auth: {{ {method}: {{ role: web, metadata_url: "{meta}" }} }}
+secrets:
+  a: {{ vault: {{ path: secret/app/one, key: v }} }}
+steps:
+  render: {{ template: {{ inline: "{{{{ secrets.a }}}}", dest: out.txt, mode: "0600" }} }}
+"#,
+            addr = bao.addr(),
+            meta = metadata.url()
+        ));
+        let out = run_with(&sb, &[], &[]);
+        assert_eq!(code(&out), 0, "{method}: {}", dump(&out));
+        assert_eq!(sb.read("out.txt"), "cloud-identity-secret", "{method}");
+        let logs = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for jwt in [&gcp_jwt, &azure_jwt] {
+            assert!(!logs.contains(jwt.as_str()), "an identity token leaked");
+        }
+    }
+    assert_eq!(
+        metadata.count("/computeMetadata/v1/instance/service-accounts/default/identity"),
+        1
+    );
+    assert_eq!(metadata.count("/metadata/identity/oauth2/token"), 1);
+
+    // An identity the server did not sign: auth_failed, exit 77.
+    let (forged, _) = signed_jwt(dir.path(), &claims("vault/web")).unwrap();
+    let forged_meta = MetadataServer::start(move |_, _| ok(forged.clone()));
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        "version: 1\nname: forged\nbackends: {{ vault: {{ address: {}, auth: {{ gcp: {{ role: web, metadata_url: \"{}\" }} }} }} }}\nsecrets: {{ a: {{ vault: {{ path: secret/app/one, key: v }} }} }}\nsteps: {{ s: {{ run: [\"true\"], env: {{ A: \"{{{{ secrets.a }}}}\" }} }} }}\n",
+        bao.addr(),
+        forged_meta.url()
+    ));
+    let out = run_with(&sb, &[], &[]);
+    assert_eq!(code(&out), 77, "{}", dump(&out));
+    assert_eq!(step_code(&sb, "s"), "secret.auth_failed");
+}

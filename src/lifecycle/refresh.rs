@@ -112,21 +112,17 @@ async fn rerender(
     health: &mut Health,
 ) {
     // Secrets whose own files changed tell their targets too.
-    let mut reloads: Vec<&Reload> = Vec::new();
-    for reload in changed.iter().filter_map(|n| plan.secret_reloads.get(n)) {
-        if !reloads.contains(&reload) {
-            reloads.push(reload);
-        }
+    let mut reloads = Reloads::default();
+    for change in changed.iter().filter_map(|n| plan.secret_reloads.get(n)) {
+        reloads.add(change);
     }
     for step in plan.steps.iter().filter(|s| uses_any(s, changed)) {
         let key = format!("step {}", step.name);
         match rerender_step(step, ctx, stop).await {
             Ok(()) => {
                 health.clear(&key);
-                if let Some(reload) = step.on_change.as_ref().and_then(|c| c.reload.as_ref())
-                    && !reloads.contains(&reload)
-                {
-                    reloads.push(reload);
+                if let Some(change) = &step.on_change {
+                    reloads.add(change);
                 }
             }
             Err(message) => {
@@ -140,9 +136,16 @@ async fn rerender(
             }
         }
     }
-    for reload in reloads {
-        run_reload(reload, ctx, app, stop).await;
-    }
+    // Each after its own random wait (at most its splay), all at once.
+    let runs = reloads.0.into_iter().map(|(reload, splay)| async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(crate::retry::full_jitter(splay)) => {
+                run_reload(reload, ctx, app, stop).await;
+            }
+        }
+    });
+    futures_util::future::join_all(runs).await;
 }
 
 /// The problems found since ready, keyed by what they are about, and
@@ -171,6 +174,21 @@ impl Health {
             ctx.reporter.emit(EventKind::Health {
                 problems: self.problems.values().cloned().collect(),
             });
+        }
+    }
+}
+
+/// The reloads to make after one refresh: each target once, with the
+/// longest splay asked for it.
+#[derive(Default)]
+struct Reloads<'a>(Vec<(&'a Reload, Duration)>);
+
+impl<'a> Reloads<'a> {
+    fn add(&mut self, change: &'a crate::plan::OnChange) {
+        let Some(reload) = &change.reload else { return };
+        match self.0.iter_mut().find(|(r, _)| *r == reload) {
+            Some((_, splay)) => *splay = (*splay).max(change.splay),
+            None => self.0.push((reload, change.splay)),
         }
     }
 }
@@ -307,5 +325,33 @@ async fn bounded(
             let _ = run.await;
             Err(steps::StepError::Timeout { after: COMMAND_LIMIT })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::OnChange;
+
+    fn change(signal: i32, splay: u64) -> OnChange {
+        OnChange {
+            check: None,
+            reload: Some(Reload::Signal {
+                signal,
+                target: ReloadTarget::App,
+            }),
+            splay: Duration::from_secs(splay),
+        }
+    }
+
+    #[test]
+    fn one_target_is_reloaded_once_with_the_longest_splay() {
+        let (a, b, c) = (change(1, 5), change(1, 30), change(10, 0));
+        let mut reloads = Reloads::default();
+        for change in [&a, &b, &c] {
+            reloads.add(change);
+        }
+        let splays: Vec<u64> = reloads.0.iter().map(|(_, s)| s.as_secs()).collect();
+        assert_eq!(splays, [30, 0]);
     }
 }

@@ -231,7 +231,7 @@ pub struct Plan {
     pub run_dir: Option<PathBuf>,
     pub secrets: IndexMap<String, SecretSource>,
     /// Who a secret's refresh tells when it wrote the secret's files (its `on_change.reload`).
-    pub secret_reloads: std::collections::BTreeMap<String, Reload>,
+    pub secret_reloads: std::collections::BTreeMap<String, OnChange>,
     pub backends: BackendsConfig,
     pub steps: Vec<Step>,
     /// Supervision, readiness file, registration and report settings.
@@ -296,6 +296,8 @@ pub struct Step {
 pub struct OnChange {
     pub check: Option<Vec<String>>,
     pub reload: Option<Reload>,
+    /// The most a reload waits, at random, before it is made.
+    pub splay: std::time::Duration,
 }
 
 /// Who hears of a changed file.

@@ -252,6 +252,10 @@ pub struct RawOnChange {
     /// What to tell about the new file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<RawReload>,
+    /// Wait up to this long, at random, before the reload, so a fleet
+    /// that got the same new value does not reload all at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splay: Option<super::duration::HumanDuration>,
 }
 
 /// `on_change.reload`: a signal to the app or a service, or a command.

@@ -290,14 +290,25 @@ impl Validator {
             }))
             .collect();
         self.check_cycles(&graph);
-        let secret_reloads: std::collections::BTreeMap<String, super::Reload> = raw
+        let secret_reloads: std::collections::BTreeMap<String, super::OnChange> = raw
             .secrets
             .iter()
             .filter_map(|(name, source)| {
-                let reload = source.value.on_change.as_ref()?.reload.as_ref()?;
+                let change = source.value.on_change.as_ref()?;
                 let pos = Position::from_saphyr(source.referenced);
-                let reload = self.reload(pos, &format!("secrets.{name}.on_change"), reload)?;
-                Some((name.clone(), reload))
+                let reload = self.reload(
+                    pos,
+                    &format!("secrets.{name}.on_change"),
+                    change.reload.as_ref()?,
+                )?;
+                Some((
+                    name.clone(),
+                    super::OnChange {
+                        check: None,
+                        reload: Some(reload),
+                        splay: change.splay.map(|s| s.get()).unwrap_or_default(),
+                    },
+                ))
             })
             .collect();
         if steps.len() == names.len() {
@@ -667,6 +678,7 @@ impl Validator {
         Some(OnChange {
             check: raw_change.check.clone(),
             reload,
+            splay: raw_change.splay.map(|s| s.get()).unwrap_or_default(),
         })
     }
 
@@ -725,7 +737,7 @@ impl Validator {
         &mut self,
         steps: &[Step],
         raw: &RawPlan,
-        secret_reloads: &std::collections::BTreeMap<String, super::Reload>,
+        secret_reloads: &std::collections::BTreeMap<String, super::OnChange>,
     ) {
         let services: BTreeSet<&str> = steps
             .iter()
@@ -746,12 +758,12 @@ impl Validator {
                 step.on_change.as_ref()?.reload.as_ref()?,
             ))
         });
-        let secret_targets = secret_reloads.iter().map(|(name, reload)| {
+        let secret_targets = secret_reloads.iter().filter_map(|(name, change)| {
             let pos = raw
                 .secrets
                 .get(name)
                 .and_then(|s| Position::from_saphyr(s.referenced));
-            (format!("secrets.{name}"), pos, reload)
+            Some((format!("secrets.{name}"), pos, change.reload.as_ref()?))
         });
         let targets: Vec<_> = step_targets.chain(secret_targets).collect();
         for (field, pos, reload) in targets {

@@ -68,6 +68,15 @@ pub enum Bounded {
     Problem(String, &'static str),
 }
 
+impl std::fmt::Display for Bounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bounded::Io(err) => err.fmt(f),
+            Bounded::Problem(message, _) => f.write_str(message),
+        }
+    }
+}
+
 /// Reads a regular file of at most `limit` bytes. The file is opened
 /// without blocking (a FIFO with no writer would wait forever) and checked
 /// to be a regular file before anything is read.

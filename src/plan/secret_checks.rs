@@ -177,6 +177,7 @@ pub fn check(
             ("secretsmanager", &e.secretsmanager),
             ("ssm", &e.ssm),
             ("imds", &e.imds),
+            ("sts", &e.sts),
         ] {
             if let Some(url) = url {
                 check_url(

@@ -493,6 +493,9 @@ pub struct AwsEndpoints {
     /// Instance metadata service (IMDSv2), for credentials and region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds: Option<String>,
+    /// STS, for web identity credentials (`AssumeRoleWithWebIdentity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts: Option<String>,
 }
 
 /// `retry:` of a backend: full jitter, never past the run's deadline.

@@ -217,6 +217,11 @@ fn run_with(sb: &Sandbox, env: &[(&str, &str)], extra: &[&str]) -> Output {
         "AWS_DEFAULT_REGION",
         "AWS_ENDPOINT_URL",
         "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN",
         "VAULT_ADDR",
         "VAULT_TOKEN",
     ] {
@@ -2471,4 +2476,116 @@ steps:
     let out = run_with(&sb, &[], &[]);
     assert_eq!(code(&out), 77, "{}", dump(&out));
     assert_eq!(step_code(&sb, "s"), "secret.auth_failed");
+}
+
+/// The credential sources of EKS and ECS: a web identity token exchanged
+/// with STS (moto's `AssumeRoleWithWebIdentity`), and the container
+/// credentials endpoint (a loopback fixture of its documented answer, with
+/// its authorization token checked). Either way Secrets Manager (moto) is
+/// called signed with the credentials obtained, and no token is printed.
+#[test]
+fn web_identity_and_container_credentials_sign_the_secret_reads() {
+    use crate::facts::{MetadataServer, ok, status};
+    let Some(moto) = Moto::start() else { return };
+    moto.boto("sm.create_secret(Name='prod/identity', SecretString='identity-chain-value')\n");
+    let proxy = recording_proxy(moto.port);
+    let plan = format!(
+        r#"
+version: 1
+name: aws-identity
+backends:
+  aws:
+    region: us-east-1
+    endpoints: {{ secretsmanager: "http://127.0.0.1:{port}", sts: "http://127.0.0.1:{port}" }}
+secrets:
+  a: {{ aws_secretsmanager: {{ id: prod/identity }} }}
+steps:
+  render: {{ template: {{ inline: "{{{{ secrets.a }}}}", dest: out.txt, mode: "0600" }} }}
+"#,
+        port = proxy.port
+    );
+
+    // Web identity: the projected service-account token of an EKS pod.
+    let sb = Sandbox::new();
+    let web_token = "eyJhbGciOiJSUzI1NiJ9.web-identity-token-for-the-test.c2lnbmF0dXJl";
+    sb.write("token", web_token);
+    sb.plan(&plan);
+    let token_file = sb.path().join("token").display().to_string();
+    let env = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/web"),
+    ];
+    let out = run_with(&sb, &env, &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("out.txt"), "identity-chain-value");
+    let sent = String::from_utf8_lossy(&proxy.sent.lock().unwrap()).to_string();
+    assert!(sent.contains("Action=AssumeRoleWithWebIdentity"), "{sent}");
+    assert!(
+        sent.contains(&format!("WebIdentityToken={web_token}")),
+        "{sent}"
+    );
+    let signed = sent
+        .lines()
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("authorization: aws4-hmac-sha256")
+        })
+        .expect("a signed Secrets Manager request");
+    // Temporary credentials from STS (moto issues ASIA… keys), with their session token.
+    assert!(signed.contains("Credential=ASIA"), "{signed}");
+    assert!(
+        sent.to_ascii_lowercase().contains("x-amz-security-token:"),
+        "{sent}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(web_token),
+        "the web identity token leaked"
+    );
+    proxy.sent.lock().unwrap().clear();
+
+    // The container endpoint, with its authorization token from a file.
+    let auth = "container-authorization-token-for-the-test";
+    let creds = MetadataServer::start(move |req, _| {
+        if req.path() == "/v1/credentials" && req.header("authorization") == Some(auth) {
+            ok(
+                r#"{"AccessKeyId":"ASIACONTAINEREXAMPLE","SecretAccessKey":"container-secret-key-example","Token":"container-session-token-example","Expiration":"2099-01-01T00:00:00Z"}"#,
+            )
+        } else {
+            status(401)
+        }
+    });
+    let sb = Sandbox::new();
+    sb.write("auth-token", auth);
+    sb.plan(&plan);
+    let full_uri = format!("{}/v1/credentials", creds.url());
+    let auth_file = sb.path().join("auth-token").display().to_string();
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", full_uri.as_str()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", auth_file.as_str()),
+    ];
+    let out = run_with(&sb, &env, &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("out.txt"), "identity-chain-value");
+    assert_eq!(creds.count("/v1/credentials"), 1);
+    let sent = String::from_utf8_lossy(&proxy.sent.lock().unwrap()).to_string();
+    assert!(sent.contains("Credential=ASIACONTAINEREXAMPLE/"), "{sent}");
+    let logs = String::from_utf8_lossy(&out.stdout);
+    for token in [auth, "container-session-token-example"] {
+        assert!(!logs.contains(token), "{token} leaked");
+    }
+
+    // A full URI in the clear to another host is refused: the token stays home.
+    let sb = Sandbox::new();
+    sb.plan(&plan);
+    let env = [(
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "http://creds.example.com/v1/credentials",
+    )];
+    let out = run_with(&sb, &env, &[]);
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("must be https"),
+        "{}",
+        dump(&out)
+    );
 }

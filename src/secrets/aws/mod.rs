@@ -1,9 +1,12 @@
 //! AWS: Secrets Manager and SSM Parameter Store over their JSON APIs, signed
 //! with SigV4 (`aws-sigv4`), without the SDK.
 //!
-//! Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
-//! `AWS_SESSION_TOKEN`, else from the instance role through IMDSv2 (cached,
-//! fetched again five minutes before they expire). Every key and token is
+//! Credentials come, in the AWS SDKs' order, from `AWS_ACCESS_KEY_ID` /
+//! `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, a web identity token
+//! (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, through STS), the
+//! container credentials endpoint (ECS, EKS Pod Identity), else the
+//! instance role through IMDSv2; all but the first are cached and fetched
+//! again five minutes before they expire. Every key and token is
 //! registered with the redactor when read. Region: `backends.aws.region`,
 //! `AWS_REGION`, `AWS_DEFAULT_REGION`, the detected facts, then IMDS.
 //! Endpoints: `backends.aws.endpoints`, then the SDK's environment variables.
@@ -13,6 +16,7 @@
 
 pub mod imds;
 pub mod secretsmanager;
+mod sources;
 pub mod ssm;
 
 use std::sync::Arc;
@@ -91,6 +95,8 @@ pub struct AwsClient {
     region_hint: Option<String>,
     region: OnceCell<String>,
     imds: Imds,
+    /// For the container credentials endpoint: link-local, never proxied.
+    local_net: Net,
     creds: Mutex<Option<Cached>>,
     redactor: Arc<Redactor>,
 }
@@ -131,6 +137,7 @@ impl AwsClient {
         imds_net.budget.attempts = imds_net.budget.attempts.min(IMDS_ATTEMPTS);
         imds_net.timeout = imds_net.timeout.min(IMDS_TIMEOUT);
         imds_net.budget.attempt_time = imds_net.timeout;
+        let local_net = imds_net.clone();
         let imds_base = config
             .endpoints
             .imds
@@ -143,6 +150,7 @@ impl AwsClient {
             region_hint,
             region: OnceCell::new(),
             imds: Imds::new(imds_net, &imds_base, redactor.clone()),
+            local_net,
             creds: Mutex::new(None),
             redactor,
         })
@@ -291,24 +299,25 @@ impl AwsClient {
                 credentials,
                 refresh_at: None,
             },
-            None => self.instance_role().await.map_err(|failure| {
-                let detail = format!(
-                    "no AWS_ACCESS_KEY_ID in the environment and no instance-role credentials: {}",
-                    describe(&failure)
-                );
-                match failure {
-                    Failure::Unreachable(_) => SecretError::Unreachable {
-                        name: name.into(),
-                        backend: service.backend(),
-                        detail,
-                    },
-                    Failure::Status { .. } => SecretError::AuthFailed {
-                        name: name.into(),
-                        backend: service.backend(),
-                        detail,
-                    },
-                }
-            })?,
+            None => self
+                .obtain(name, service)
+                .await
+                .map_err(|(source, failure)| {
+                    let detail =
+                        format!("no AWS credentials from {source}: {}", describe(&failure));
+                    match failure {
+                        Failure::Unreachable(_) => SecretError::Unreachable {
+                            name: name.into(),
+                            backend: service.backend(),
+                            detail,
+                        },
+                        Failure::Status { .. } => SecretError::AuthFailed {
+                            name: name.into(),
+                            backend: service.backend(),
+                            detail,
+                        },
+                    }
+                })?,
         };
         self.redactor
             .add_secret(cached.credentials.secret_access_key());
@@ -318,6 +327,67 @@ impl AwsClient {
         let credentials = cached.credentials.clone();
         *slot = Some(cached);
         Ok(credentials)
+    }
+
+    /// Credentials from the first source the environment names, after
+    /// the environment's own keys: web identity, the container endpoint,
+    /// the instance role. The error names the source.
+    async fn obtain(
+        &self,
+        name: &str,
+        service: Service,
+    ) -> Result<Cached, (&'static str, Failure)> {
+        let obtained = if let Some(identity) = sources::WebIdentity::from_env() {
+            let endpoint = self.sts_endpoint(name, service).await.map_err(|e| {
+                (
+                    "the web identity token",
+                    Failure::Unreachable(e.to_string()),
+                )
+            })?;
+            identity
+                .obtain(&self.net, &endpoint)
+                .await
+                .map_err(|f| ("the web identity token", f))?
+        } else if let Some(container) =
+            sources::Container::from_env().map_err(|f| ("the container endpoint", f))?
+        {
+            container
+                .obtain(&self.local_net)
+                .await
+                .map_err(|f| ("the container endpoint", f))?
+        } else {
+            return self
+                .instance_role()
+                .await
+                .map_err(|f| ("the environment or the instance role", f));
+        };
+        for token in &obtained.tokens {
+            self.redactor.add_secret(token.expose());
+        }
+        let refresh_at = obtained
+            .expires
+            .map(|e| e.checked_sub(REFRESH_BEFORE).unwrap_or(e));
+        Ok(Cached {
+            credentials: obtained.credentials,
+            refresh_at: Some(refresh_at.unwrap_or_else(|| SystemTime::now() + REFRESH_BEFORE)),
+        })
+    }
+
+    /// STS, for `AssumeRoleWithWebIdentity`: `backends.aws.endpoints.sts`,
+    /// `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, else the regional endpoint.
+    async fn sts_endpoint(&self, name: &str, service: Service) -> Result<String, SecretError> {
+        let configured = self
+            .config
+            .endpoints
+            .sts
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL_STS").ok())
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(endpoint) = configured {
+            return Ok(endpoint);
+        }
+        let region = self.region(name, service).await?;
+        Ok(format!("https://sts.{region}.amazonaws.com/"))
     }
 
     #[tracing::instrument(skip_all, fields(backend = "imds"))]

@@ -121,6 +121,7 @@ pub fn check(
                 "azure",
                 auth.azure.as_ref().map(|a| (&a.role, &a.metadata_url)),
             ),
+            ("aws", auth.aws.as_ref().map(|a| (&a.role, &a.sts_url))),
         ];
         for (method, login) in clouds {
             let Some((role, metadata_url)) = login else {

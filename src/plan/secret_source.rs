@@ -376,6 +376,34 @@ pub struct VaultAuth {
     /// Azure login with the managed identity's token from the instance metadata service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<VaultAzure>,
+    /// AWS login (the `aws` method's `iam` type): a signed
+    /// `sts:GetCallerIdentity` request made with the machine's AWS
+    /// credentials (the chain of `backends.aws`, IMDSv2 included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<VaultAws>,
+}
+
+/// `auth.aws`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAws {
+    /// The Vault role to log in as.
+    pub role: String,
+    /// Auth mount path. Default `aws`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Sent, and signed, as `X-Vault-AWS-IAM-Server-ID`, when the auth
+    /// method requires one (`iam_server_id_header_value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
+    /// The STS URL the request is signed for; it must be the one the auth
+    /// method sends it to. Default `https://sts.amazonaws.com/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_url: Option<String>,
+    /// The region the request is signed for. Default `us-east-1` (the
+    /// global STS endpoint's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_region: Option<String>,
 }
 
 /// `auth.gcp`: the `gcp` auth method's `iam`-free login, with a signed
@@ -424,6 +452,7 @@ impl VaultAuth {
             ("kubernetes", self.kubernetes.is_some()),
             ("gcp", self.gcp.is_some()),
             ("azure", self.azure.is_some()),
+            ("aws", self.aws.is_some()),
         ])
     }
 }

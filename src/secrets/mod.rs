@@ -579,12 +579,24 @@ impl SecretStore {
                 if let Some(warning) = warning {
                     self.warn(warning);
                 }
+                // The `aws` login signs with the machine's AWS credentials.
+                let aws = match config.auth.aws {
+                    Some(_) => Some(aws::AwsClient::new(
+                        &self.backends.aws.clone().unwrap_or_default(),
+                        self.region_hint.clone(),
+                        self.redactor.clone(),
+                        self.deadline,
+                        self.reporter.clone(),
+                    )?),
+                    None => None,
+                };
                 vault::VaultClient::new(
                     config,
                     &self.base_dir,
                     self.redactor.clone(),
                     self.deadline,
                     self.reporter.clone(),
+                    aws,
                 )
             })
             .await;

@@ -26,7 +26,8 @@ use zeroize::Zeroizing;
 use super::http::{Failure, Net, Response};
 use super::{Redactor, SecretError, SecretValue, local};
 use crate::plan::secret_source::{
-    CredentialRef, VaultAzure, VaultConfig, VaultGcp, VaultJwt, VaultPkiSecret, VaultSecret,
+    CredentialRef, VaultAws, VaultAzure, VaultConfig, VaultGcp, VaultJwt, VaultPkiSecret,
+    VaultSecret,
 };
 
 const BACKEND: &str = "vault";
@@ -42,6 +43,8 @@ pub struct VaultClient {
     base_dir: PathBuf,
     token: Arc<Mutex<Option<Token>>>,
     renewer: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+    /// The machine's AWS credentials, for the `aws` login.
+    aws: Option<super::aws::AwsClient>,
     /// Each KV path (with its version) read once per run: every secret
     /// taken from it shares the one answer.
     paths: std::sync::Mutex<std::collections::HashMap<String, PathCell>>,
@@ -107,6 +110,7 @@ impl VaultClient {
         redactor: Arc<Redactor>,
         deadline: Option<Instant>,
         reporter: Option<Arc<crate::telemetry::Reporter>>,
+        aws: Option<super::aws::AwsClient>,
     ) -> Result<VaultClient, String> {
         let address = address(config)?;
         let ca = config.ca_file.as_ref().map(|f| base_dir.join(f));
@@ -130,6 +134,7 @@ impl VaultClient {
             base_dir: base_dir.to_path_buf(),
             token: Arc::new(Mutex::new(None)),
             renewer: std::sync::Mutex::new(None),
+            aws,
             paths: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -435,6 +440,9 @@ impl VaultClient {
         if let Some(azure) = &auth.azure {
             return self.azure_login(name, azure).await;
         }
+        if let Some(aws) = &auth.aws {
+            return self.aws_login(name, aws).await;
+        }
         Err(SecretError::AuthFailed {
             name: name.into(),
             backend: BACKEND,
@@ -539,6 +547,49 @@ impl VaultClient {
             },
         )?;
         self.login_with(name, spec.mount.as_deref().unwrap_or("azure"), &login)
+            .await
+    }
+
+    /// `aws` login, `iam` type: a `sts:GetCallerIdentity` request signed
+    /// with the machine's AWS credentials, which Vault sends to STS to
+    /// learn who is asking.
+    async fn aws_login(&self, name: &str, spec: &VaultAws) -> Result<Token, SecretError> {
+        let Some(aws) = &self.aws else {
+            return Err(metadata_error(name, "aws", "no AWS client".into()));
+        };
+        let url = spec.sts_url.as_deref().unwrap_or(GLOBAL_STS);
+        let region = spec.sts_region.as_deref().unwrap_or("us-east-1");
+        let extra: Vec<(&str, &str)> = spec
+            .header_value
+            .as_deref()
+            .map(|v| ("x-vault-aws-iam-server-id", v))
+            .into_iter()
+            .collect();
+        let headers = aws
+            .signed_caller_identity(name, url, region, &extra)
+            .await?;
+        let mut by_name: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (header, value) in &headers {
+            by_name
+                .entry(header.as_str())
+                .or_default()
+                .push(value.as_str());
+        }
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let headers_json = Zeroizing::new(serde_json::to_vec(&by_name).unwrap_or_default());
+        let headers_b64 = Zeroizing::new(b64(&headers_json));
+        let login = json_body(
+            name,
+            &AwsLogin {
+                role: &spec.role,
+                iam_http_request_method: "POST",
+                iam_request_url: b64(url.as_bytes()),
+                iam_request_body: b64(super::aws::CALLER_IDENTITY_BODY.as_bytes()),
+                iam_request_headers: &headers_b64,
+            },
+        )?;
+        self.login_with(name, spec.mount.as_deref().unwrap_or("aws"), &login)
             .await
     }
 
@@ -710,6 +761,17 @@ impl Session {
 }
 
 const GCP_METADATA: &str = "http://metadata.google.internal";
+const GLOBAL_STS: &str = "https://sts.amazonaws.com/";
+
+#[derive(Serialize)]
+struct AwsLogin<'a> {
+    role: &'a str,
+    iam_http_request_method: &'a str,
+    iam_request_url: String,
+    iam_request_body: String,
+    /// Holds the signature and the session token.
+    iam_request_headers: &'a str,
+}
 const AZURE_IMDS: &str = "http://169.254.169.254";
 const AZURE_RESOURCE: &str = "https://management.azure.com/";
 

@@ -26,6 +26,7 @@ pub(crate) struct Req {
     /// Path and query, e.g. `/metadata/instance?api-version=2021-02-01`.
     pub(crate) target: String,
     headers: HashMap<String, String>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Req {
@@ -156,6 +157,7 @@ fn serve(stream: TcpStream, reqs: &Mutex<Vec<Req>>, handler: &Handler) {
         method,
         target,
         headers,
+        body,
     };
     let seen = {
         let mut all = reqs.lock().unwrap();

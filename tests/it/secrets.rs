@@ -2589,3 +2589,136 @@ steps:
         dump(&out)
     );
 }
+
+/// One HTTP/1.0 exchange with a loopback server: the status and the body.
+fn http_exchange(port: u16, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.write_all(request).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Vault's `aws` login (IAM type) with IMDSv2 credentials and no token on
+/// disk. OpenBao 2.x ships without the `aws` auth method (it left the
+/// built-in plugins), so its verifying side is a stand-in here that does
+/// what the method does: it decodes the signed `sts:GetCallerIdentity`
+/// request from the login, checks the server-id header is signed, sends the
+/// request to STS (moto) as is, and on a caller identity answers with a
+/// token minted by the real OpenBao, to which it passes every other
+/// request: the secret is read from OpenBao with that token.
+#[test]
+fn an_aws_iam_login_proves_the_instance_identity_with_a_signed_sts_request() {
+    use crate::facts::{MetadataServer, ok, status};
+    let Some(bao) = Bao::start(false) else { return };
+    let Some(moto) = Moto::start() else { return };
+    bao.ok(&["kv", "put", "secret/app/one", "v=aws-iam-login-secret"]);
+    bao.ok_with_file(
+        &["policy", "write", "reader", "FILE"],
+        "reader.hcl",
+        "path \"secret/data/app/*\" { capabilities = [\"read\"] }\n",
+    );
+    let minted = bao.ok(&[
+        "token",
+        "create",
+        "-policy=reader",
+        "-ttl=10m",
+        "-field=token",
+    ]);
+    let imds = Imds::start(Duration::from_secs(3600));
+    let (bao_port, moto_port) = (bao.port, moto.port);
+    let callers = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (seen, token) = (callers.clone(), minted.clone());
+    let vault = MetadataServer::start(move |req, _| {
+        if req.path() != "/v1/auth/aws/login" {
+            let presented = req.header("x-vault-token").unwrap_or_default();
+            let (code, body) = http_exchange(
+                bao_port,
+                format!(
+                    "GET {} HTTP/1.0\r\nX-Vault-Token: {presented}\r\n\r\n",
+                    req.target
+                )
+                .as_bytes(),
+            );
+            return if code == 200 { ok(body) } else { status(code) };
+        }
+        let login: Value = serde_json::from_slice(&req.body).unwrap();
+        let b64 = |field: &str| {
+            base64::engine::general_purpose::STANDARD
+                .decode(login[field].as_str().unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let url = String::from_utf8(b64("iam_request_url")).unwrap();
+        let body = String::from_utf8(b64("iam_request_body")).unwrap();
+        let headers: serde_json::Map<String, Value> =
+            serde_json::from_slice(&b64("iam_request_headers")).unwrap();
+        let header = |name: &str| headers[name][0].as_str().unwrap_or_default().to_string();
+        if login["role"] != "web"
+            || url != "https://sts.amazonaws.com/"
+            || body != "Action=GetCallerIdentity&Version=2011-06-15"
+            || header("x-vault-aws-iam-server-id") != "vault.test"
+            || !header("authorization").contains("x-vault-aws-iam-server-id")
+        {
+            return status(400);
+        }
+        let mut replay = String::from("POST / HTTP/1.0\r\n");
+        for (name, values) in &headers {
+            replay.push_str(&format!("{name}: {}\r\n", values[0].as_str().unwrap()));
+        }
+        replay.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+        let (code, identity) = http_exchange(moto_port, replay.as_bytes());
+        let Some(arn) = identity
+            .split("<Arn>")
+            .nth(1)
+            .and_then(|s| s.split("</Arn>").next())
+        else {
+            return status(403);
+        };
+        seen.lock()
+            .unwrap()
+            .push(format!("{code} {arn} {}", header("authorization")));
+        ok(format!(
+            r#"{{"auth":{{"client_token":"{token}","lease_duration":600,"renewable":false,"policies":["reader"]}}}}"#
+        ))
+    });
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: aws-login
+backends:
+  vault:
+    address: {addr}
+    auth: {{ aws: {{ role: web, header_value: vault.test }} }}
+  aws: {{ region: us-east-1, endpoints: {{ imds: "http://127.0.0.1:{imds}" }} }}
+secrets:
+  a: {{ vault: {{ path: secret/app/one, key: v }} }}
+steps:
+  render: {{ template: {{ inline: "{{{{ secrets.a }}}}", dest: out.txt, mode: "0600" }} }}
+"#,
+        addr = vault.url(),
+        imds = imds.port
+    ));
+    let out = run_with(&sb, &[], &[]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("out.txt"), "aws-iam-login-secret");
+    let callers = callers.lock().unwrap().clone();
+    assert_eq!(callers.len(), 1, "{callers:?}");
+    // STS answered for the instance role's key from IMDSv2.
+    assert!(callers[0].starts_with("200 arn:aws:"), "{callers:?}");
+    assert!(callers[0].contains("Credential=ASIAIMDS0/"), "{callers:?}");
+    assert_eq!(imds.credential_gets.load(Ordering::SeqCst), 1);
+    let logs = String::from_utf8_lossy(&out.stdout);
+    for leaked in [minted.as_str(), "imds-secret-0", "imds-session-0"] {
+        assert!(!logs.contains(leaked), "{leaked} leaked");
+    }
+}

@@ -34,6 +34,9 @@ use super::{Redactor, SecretError};
 use crate::plan::secret_source::AwsConfig;
 use imds::Imds;
 
+/// The `sts:GetCallerIdentity` request an identity proof signs.
+pub const CALLER_IDENTITY_BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
+const CALLER_IDENTITY_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 const IMDS_ATTEMPTS: u32 = 3;
 const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Instance-role credentials this close to expiry are fetched again.
@@ -44,6 +47,8 @@ const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 pub enum Service {
     SecretsManager,
     Ssm,
+    /// STS, for credentials (web identity) and identity proofs (Vault's `aws` login).
+    Sts,
 }
 
 impl Service {
@@ -52,14 +57,16 @@ impl Service {
         match self {
             Service::SecretsManager => "secretsmanager",
             Service::Ssm => "ssm",
+            Service::Sts => "sts",
         }
     }
 
-    /// The `X-Amz-Target` prefix.
+    /// The `X-Amz-Target` prefix (STS speaks the query protocol: none).
     fn target_prefix(self) -> &'static str {
         match self {
             Service::SecretsManager => "secretsmanager",
             Service::Ssm => "AmazonSSM",
+            Service::Sts => "",
         }
     }
 
@@ -68,6 +75,7 @@ impl Service {
         match self {
             Service::SecretsManager => "aws_secretsmanager",
             Service::Ssm => "aws_ssm",
+            Service::Sts => "aws_sts",
         }
     }
 
@@ -75,6 +83,7 @@ impl Service {
         match self {
             Service::SecretsManager => "AWS_ENDPOINT_URL_SECRETS_MANAGER",
             Service::Ssm => "AWS_ENDPOINT_URL_SSM",
+            Service::Sts => "AWS_ENDPOINT_URL_STS",
         }
     }
 }
@@ -199,6 +208,59 @@ impl AwsClient {
         result.map_err(|failure| map_failure(name, service, &endpoint, failure))
     }
 
+    /// The headers of a SigV4-signed `sts:GetCallerIdentity` POST to `url`
+    /// (body [`CALLER_IDENTITY_BODY`]), `extra` headers signed too: a proof
+    /// of identity that a verifier (Vault's `aws` method) sends to STS itself.
+    pub async fn signed_caller_identity(
+        &self,
+        name: &str,
+        url: &str,
+        region: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<(String, String)>, SecretError> {
+        let credentials = self.credentials(name, Service::Sts).await?;
+        let unsignable = |detail: String| SecretError::AuthFailed {
+            name: name.into(),
+            backend: Service::Sts.backend(),
+            detail: format!("{url}: cannot sign GetCallerIdentity: {detail}"),
+        };
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(String::from))
+            .ok_or_else(|| unsignable("not a URL with a host".into()))?;
+        let mut headers: Vec<(String, String)> = vec![
+            ("host".into(), host),
+            ("content-type".into(), CALLER_IDENTITY_TYPE.into()),
+        ];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let identity = credentials.into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name(Service::Sts.signing_name())
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| unsignable(e.to_string()))?
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            url,
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(CALLER_IDENTITY_BODY.as_bytes()),
+        )
+        .map_err(|e| unsignable(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| unsignable(e.to_string()))?
+            .into_parts();
+        headers.extend(
+            instructions
+                .headers()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Ok(headers)
+    }
+
     /// The request for one attempt, signed now (SigV4 signatures carry the time).
     fn signed(
         &self,
@@ -242,16 +304,21 @@ impl AwsClient {
     }
 
     fn endpoint(&self, service: Service, region: &str) -> String {
+        self.configured_endpoint(service).unwrap_or_else(|| {
+            format!("https://{}.{region}.amazonaws.com/", service.signing_name())
+        })
+    }
+
+    /// The plan's endpoint for `service`, else the SDKs' environment variables.
+    fn configured_endpoint(&self, service: Service) -> Option<String> {
         let configured = match service {
             Service::SecretsManager => self.config.endpoints.secretsmanager.clone(),
             Service::Ssm => self.config.endpoints.ssm.clone(),
+            Service::Sts => self.config.endpoints.sts.clone(),
         };
         configured
             .or_else(|| std::env::var(service.endpoint_env()).ok())
             .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-            .unwrap_or_else(|| {
-                format!("https://{}.{region}.amazonaws.com/", service.signing_name())
-            })
     }
 
     async fn region(&self, name: &str, service: Service) -> Result<String, SecretError> {
@@ -376,18 +443,11 @@ impl AwsClient {
     /// STS, for `AssumeRoleWithWebIdentity`: `backends.aws.endpoints.sts`,
     /// `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, else the regional endpoint.
     async fn sts_endpoint(&self, name: &str, service: Service) -> Result<String, SecretError> {
-        let configured = self
-            .config
-            .endpoints
-            .sts
-            .clone()
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL_STS").ok())
-            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-        if let Some(endpoint) = configured {
+        if let Some(endpoint) = self.configured_endpoint(Service::Sts) {
             return Ok(endpoint);
         }
         let region = self.region(name, service).await?;
-        Ok(format!("https://sts.{region}.amazonaws.com/"))
+        Ok(self.endpoint(Service::Sts, &region))
     }
 
     #[tracing::instrument(skip_all, fields(backend = "imds"))]

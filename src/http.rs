@@ -27,6 +27,14 @@ pub fn blocking_client_builder() -> reqwest::blocking::ClientBuilder {
     reqwest::blocking::Client::builder().user_agent(USER_AGENT)
 }
 
+/// Whether a client talks to `url` only, and it is plain `http://`: it
+/// then needs no trust roots. Reading the system's (a file per CA) costs
+/// milliseconds of a short run; a client built without them still refuses
+/// every TLS peer, so an https redirect fails instead of going unverified.
+pub fn needs_no_roots(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| u.scheme() == "http")
+}
+
 /// Adds a plan's CA bundle to a client's trust roots: beside the public
 /// web roots, or, with `only`, as the only root.
 pub fn with_ca_file(

@@ -56,14 +56,16 @@ impl MetadataClient {
         settings: &super::FactsSettings,
     ) -> Result<MetadataClient, FactsError> {
         let (attempt_timeout, budget) = (settings.attempt_timeout, settings.budget);
-        let http = crate::http::client_builder()
+        let mut http = crate::http::client_builder()
             .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|err| FactsError::Unavailable {
-                provider,
-                message: format!("cannot build the HTTP client: {err}"),
-            })?;
+            .redirect(reqwest::redirect::Policy::none());
+        if crate::http::needs_no_roots(base) {
+            http = http.tls_certs_only([]);
+        }
+        let http = http.build().map_err(|err| FactsError::Unavailable {
+            provider,
+            message: format!("cannot build the HTTP client: {err}"),
+        })?;
         Ok(MetadataClient {
             provider,
             base: base.trim_end_matches('/').to_string(),

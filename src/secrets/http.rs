@@ -26,15 +26,21 @@ const DEFAULT_MAX_ELAPSED: Duration = Duration::from_secs(60);
 const MAX_ERROR_BODY: usize = 300;
 
 /// A reqwest client for one backend. `ca_file` adds a private CA to the
-/// platform roots; `no_proxy` is for link-local services (IMDS).
+/// platform roots; `no_proxy` is for link-local services (IMDS); `only_url`
+/// is the one base URL the client talks to, when there is one (a plain
+/// `http://` one needs no trust roots).
 pub fn client(
     ca_file: Option<&Path>,
     ca_only: bool,
     no_proxy: bool,
+    only_url: Option<&str>,
 ) -> Result<reqwest::Client, String> {
     let mut builder = crate::http::client_builder();
     if no_proxy {
         builder = builder.no_proxy();
+    }
+    if ca_file.is_none() && only_url.is_some_and(crate::http::needs_no_roots) {
+        builder = builder.tls_certs_only([]);
     }
     crate::http::with_ca_file(builder, ca_file, ca_only)?
         .build()

@@ -114,7 +114,7 @@ impl VaultClient {
     ) -> Result<VaultClient, String> {
         let address = address(config)?;
         let ca = config.ca_file.as_ref().map(|f| base_dir.join(f));
-        let client = super::http::client(ca.as_deref(), config.ca_only, false)?;
+        let client = super::http::client(ca.as_deref(), config.ca_only, false, Some(&address))?;
         let net = Net::new(
             client,
             config.timeout.map(|t| t.get()),

@@ -64,15 +64,15 @@ pub fn init(endpoint: &str, flush_timeout: Option<Duration>) -> Result<Tracing, 
         url: url.clone(),
         message,
     };
+    let mut client = crate::http::blocking_client_builder()
+        .timeout(EXPORT_TIMEOUT)
+        .no_proxy();
+    if crate::http::needs_no_roots(&url) {
+        client = client.tls_certs_only([]);
+    }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
-        .with_http_client(
-            crate::http::blocking_client_builder()
-                .timeout(EXPORT_TIMEOUT)
-                .no_proxy()
-                .build()
-                .map_err(|e| fail(e.to_string()))?,
-        )
+        .with_http_client(client.build().map_err(|e| fail(e.to_string()))?)
         .with_endpoint(url.clone())
         .with_timeout(EXPORT_TIMEOUT)
         .build()

@@ -126,15 +126,21 @@ impl AwsClient {
     ) -> Result<AwsClient, String> {
         let timeout = config.timeout.map(|t| t.get());
         let net = Net::new(
-            super::http::client(None, false, false)?,
+            super::http::client(None, false, false, None)?,
             timeout,
             config.retry.as_ref(),
             deadline,
             "aws",
         )
         .with_reporter(reporter.clone());
+        let imds_base = config
+            .endpoints
+            .imds
+            .clone()
+            .or_else(|| std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok())
+            .unwrap_or_else(|| imds::DEFAULT_ENDPOINT.to_string());
         let mut imds_net = Net::new(
-            super::http::client(None, false, true)?,
+            super::http::client(None, false, true, Some(&imds_base))?,
             timeout,
             config.retry.as_ref(),
             deadline,
@@ -146,13 +152,11 @@ impl AwsClient {
         imds_net.budget.attempts = imds_net.budget.attempts.min(IMDS_ATTEMPTS);
         imds_net.timeout = imds_net.timeout.min(IMDS_TIMEOUT);
         imds_net.budget.attempt_time = imds_net.timeout;
-        let local_net = imds_net.clone();
-        let imds_base = config
-            .endpoints
-            .imds
-            .clone()
-            .or_else(|| std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok())
-            .unwrap_or_else(|| imds::DEFAULT_ENDPOINT.to_string());
+        // The container endpoint may be https (a full URI): trust roots kept.
+        let local_net = Net {
+            client: super::http::client(None, false, true, None)?,
+            ..imds_net.clone()
+        };
         Ok(AwsClient {
             net,
             config: config.clone(),

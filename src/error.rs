@@ -82,6 +82,20 @@ error_codes! {
     SecretNotFound => ("secret.not_found", exit::STEP_FAILED, "a secret does not exist at the given path or key"),
     ServiceFailed => ("service.failed", exit::UNAVAILABLE, "a required service exited and was not brought back within its restart limit"),
     RegisterFailed => ("register.failed", exit::UNAVAILABLE, "the instance could not be registered in the service registry"),
+    ValueInvalid => ("value.invalid", exit::STEP_FAILED, "a value a template rendered (a user, group or host name, a package, unit or sysctl name, an SSH key) does not match its syntax"),
+    OsToolMissing => ("os.tool_missing", exit::STEP_FAILED, "a system tool the step needs (useradd, visudo, systemctl, ssh-keygen, a package manager) is not installed"),
+    UserFailed => ("user.failed", exit::STEP_FAILED, "useradd, usermod, userdel or chpasswd failed, or a group the user needs does not exist"),
+    UserSudoInvalid => ("user.sudo_invalid", exit::STEP_FAILED, "visudo rejected the user's sudo rules (or is missing); nothing was written to /etc/sudoers.d"),
+    GroupFailed => ("group.failed", exit::STEP_FAILED, "groupadd, groupmod or groupdel failed"),
+    PackagesNotFound => ("packages.not_found", exit::STEP_FAILED, "the package manager has no such package, or not that version"),
+    PackagesUnavailable => ("packages.unavailable", exit::UNAVAILABLE, "a package mirror was unreachable or out of sync after retries"),
+    PackagesFailed => ("packages.failed", exit::STEP_FAILED, "the package transaction failed (a conflict, a maintainer script, a broken package database)"),
+    HostnameFailed => ("hostname.failed", exit::STEP_FAILED, "the host name could not be set"),
+    SysctlUnknownKey => ("sysctl.unknown_key", exit::STEP_FAILED, "a sysctl key does not exist on this kernel; nothing was applied"),
+    SysctlFailed => ("sysctl.failed", exit::STEP_FAILED, "the kernel refused a sysctl value"),
+    UnitFailed => ("unit.failed", exit::STEP_FAILED, "systemctl could not reload, enable, disable, mask, start or restart a unit"),
+    UnitNoSystemd => ("unit.no_systemd", exit::STEP_FAILED, "a unit was to be started or restarted, but systemd is not running"),
+    SshHostKeysFailed => ("ssh_host_keys.failed", exit::STEP_FAILED, "SSH host keys could not be made"),
 }
 
 impl std::fmt::Display for ErrorCode {

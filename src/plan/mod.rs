@@ -12,6 +12,7 @@ pub mod duration;
 pub mod facts;
 pub mod lifecycle;
 pub mod load;
+pub mod os;
 pub mod raw;
 pub mod refs;
 pub mod secret_checks;
@@ -285,6 +286,9 @@ pub struct Step {
     pub when: Option<String>,
     /// Names of the secrets this step's templates and env use.
     pub secret_refs: Vec<String>,
+    /// What a run, shell, service or exec command runs as (`user`,
+    /// `group`, …), and a service's stop signal.
+    pub privileges: os::Privileges,
     /// `sha256:<hex>` over the step's definition and non-secret inputs.
     pub fingerprint: String,
     /// For `template` steps: what a changed secret sets off.
@@ -327,6 +331,8 @@ pub enum StepKind {
     Wait(WaitSpec),
     Exec { argv: Vec<String> },
     Service { argv: Vec<String> },
+    /// `user`, `group`, `packages`, `hostname`, `sysctl`, `unit`, `ssh_host_keys`.
+    Os(os::OsKind),
 }
 
 impl StepKind {
@@ -339,6 +345,7 @@ impl StepKind {
             StepKind::Wait(_) => "wait",
             StepKind::Exec { .. } => "exec",
             StepKind::Service { .. } => "service",
+            StepKind::Os(kind) => kind.name(),
         }
     }
 }

@@ -156,7 +156,10 @@ pub enum FactsFallback {
 }
 
 /// One step. Exactly one kind key (`run`, `shell`, `file`, `template`, `wait`,
-/// `exec`, `service`) must be present; the other fields are common to all kinds.
+/// `exec`, `service`, `user`, `group`, `packages`, `hostname`, `sysctl`,
+/// `unit`, `ssh_host_keys`) must be present; the other fields are common to
+/// all kinds. `user` and `group` are kinds when they are mappings, and the
+/// account a command runs as when they are names.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
@@ -181,6 +184,30 @@ pub struct RawStep {
     /// A long-running process started by bootplan, done once its `ready` check passes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<Vec<String>>,
+    /// A mapping: create or update a user (the `user` kind). A name: the
+    /// account a run, shell, service or exec command runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<super::os::UserField>,
+    /// A mapping: create or update a group (the `group` kind). A name: the
+    /// primary group a command runs with (with `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<super::os::GroupField>,
+    /// Install and remove packages in one transaction of the system's package manager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<super::os::RawPackages>,
+    /// Set the host name (kernel, /etc/hostname, optionally /etc/hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<super::os::RawHostname>,
+    /// Kernel settings (`net.core.somaxconn: 4096`): applied and kept in /etc/sysctl.d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<IndexMap<String, super::os::Scalar>>")]
+    pub sysctl: Option<IndexMap<String, super::os::Scalar>>,
+    /// A systemd unit or drop-in: written, enabled, started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<super::os::RawUnit>,
+    /// Make new SSH host keys on a cloned disk, and print their fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_keys: Option<super::os::RawSshHostKeys>,
 
     /// What this step does, for people.
     #[serde(default, skip_serializing)]
@@ -239,6 +266,24 @@ pub struct RawStep {
     /// what the template renders (see `refresh` on a secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_change: Option<RawOnChange>,
+    /// With `user`: the command's supplementary groups, exactly these.
+    /// Default: the user's groups in the group database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// The command's umask, octal in a string (e.g. `"0027"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<String>,
+    /// Start the command with `no_new_privs`: setuid binaries and file
+    /// capabilities grant it nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_new_privs: Option<bool>,
+    /// The command's resource limits (`nofile`, `nproc`, `core`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::os::RawLimits>,
+    /// For `service` and `exec` steps: the signal that asks the process to
+    /// stop (default `SIGTERM`), e.g. `SIGQUIT` for nginx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 /// `on_change:` of a template step.

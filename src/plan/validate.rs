@@ -24,8 +24,21 @@ const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 1000;
 const DEFAULT_WAIT_INTERVAL: Duration = Duration::from_millis(500);
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const KIND_KEYS: [&str; 7] = [
-    "run", "shell", "file", "template", "wait", "exec", "service",
+const KIND_KEYS: [&str; 14] = [
+    "run",
+    "shell",
+    "file",
+    "template",
+    "wait",
+    "exec",
+    "service",
+    "user",
+    "group",
+    "packages",
+    "hostname",
+    "sysctl",
+    "unit",
+    "ssh_host_keys",
 ];
 
 /// Validates `raw` (parsed from `text` at `path`) into a runnable plan.
@@ -141,6 +154,17 @@ impl Validator {
             message,
             hint,
         });
+    }
+
+    /// Reports what `plan::os` found, each at its field's position.
+    fn os_problems(&mut self, problems: Vec<super::os::Problem>) {
+        for p in problems {
+            if p.warning {
+                self.warn(None, p.field, p.message, p.hint);
+            } else {
+                self.error(None, p.field, p.message, p.hint);
+            }
+        }
     }
 
     /// How many errors (not warnings) were found so far.
@@ -275,12 +299,40 @@ impl Validator {
                 steps.push(step);
             }
         }
+        // A file owned by a user needs the step that creates the user, etc.
+        let implicit = super::os::implicit_needs(&raw.steps);
+        for step in &mut steps {
+            let before = step.needs.len();
+            step.needs.extend(
+                implicit
+                    .iter()
+                    .filter(|(dependent, _)| *dependent == step.id)
+                    .map(|&(_, dependency)| dependency),
+            );
+            if step.needs.len() != before {
+                step.needs.sort_unstable();
+                step.needs.dedup();
+            }
+        }
+        let step_names: Vec<&str> = raw.steps.keys().map(String::as_str).collect();
         let graph: Vec<GraphNode> = raw
             .steps
             .iter()
-            .map(|(name, s)| GraphNode {
+            .enumerate()
+            .map(|(i, (name, s))| GraphNode {
                 name,
-                needs: s.value.needs.iter().map(|n| n.value.as_str()).collect(),
+                needs: s
+                    .value
+                    .needs
+                    .iter()
+                    .map(|n| n.value.as_str())
+                    .chain(
+                        implicit
+                            .iter()
+                            .filter(|(dependent, _)| *dependent == i)
+                            .map(|&(_, dependency)| step_names[dependency]),
+                    )
+                    .collect(),
                 position: Position::from_saphyr(s.referenced),
             })
             .chain(broken.iter().map(|b| GraphNode {
@@ -418,10 +470,24 @@ impl Validator {
 
         let retry = self.retry(pos, &field, raw);
         let default_frequency = match &kind {
-            Some(StepKind::Wait(_) | StepKind::Exec { .. } | StepKind::Service { .. }) => {
-                Frequency::Always
-            }
+            // OS kinds compare the machine with the plan each run and change
+            // only what differs, so drift is repaired on the next run.
+            Some(
+                StepKind::Wait(_)
+                | StepKind::Exec { .. }
+                | StepKind::Service { .. }
+                | StepKind::Os(_),
+            ) => Frequency::Always,
             _ => Frequency::PerInstance,
+        };
+        let (privileges, problems) =
+            super::os::resolve_privileges(&field, raw, kind.as_ref().map(StepKind::name));
+        self.os_problems(problems);
+        let retry = match &kind {
+            Some(StepKind::Os(super::os::OsKind::Packages(_))) if raw.retry.is_none() => {
+                super::os::PACKAGES_RETRY
+            }
+            _ => retry,
         };
         if let (Some(StepKind::Exec { .. } | StepKind::Service { .. }), Some(f)) =
             (&kind, raw.frequency)
@@ -544,6 +610,7 @@ impl Validator {
             required: raw.required.unwrap_or(true),
             when: raw.when.clone(),
             secret_refs,
+            privileges,
             fingerprint,
             on_change,
         })
@@ -826,6 +893,19 @@ impl Validator {
             ("wait", raw.wait.is_some()),
             ("exec", raw.exec.is_some()),
             ("service", raw.service.is_some()),
+            (
+                "user",
+                matches!(raw.user, Some(super::os::UserField::Kind(_))),
+            ),
+            (
+                "group",
+                matches!(raw.group, Some(super::os::GroupField::Kind(_))),
+            ),
+            ("packages", raw.packages.is_some()),
+            ("hostname", raw.hostname.is_some()),
+            ("sysctl", raw.sysctl.is_some()),
+            ("unit", raw.unit.is_some()),
+            ("ssh_host_keys", raw.ssh_host_keys.is_some()),
         ]);
         if present.len() != 1 {
             let found = if present.is_empty() {
@@ -919,6 +999,10 @@ impl Validator {
                 mode,
                 owner: t.owner.clone(),
             }));
+        }
+        if let Some((kind, problems)) = super::os::resolve_kind(&self.plan_dir, field, raw) {
+            self.os_problems(problems);
+            return kind.map(StepKind::Os);
         }
         let wait = raw.wait.as_ref()?;
         self.wait_spec(pos, &format!("{field}.wait"), wait)
@@ -1070,8 +1154,10 @@ impl Validator {
             Some(StepKind::Wait(w)) => {
                 push_wait_texts(&mut texts, &format!("{field}.wait"), &w.target)
             }
+            Some(StepKind::Os(os)) => texts.extend(os.template_texts(field)),
             _ => {}
         }
+        let is_os = matches!(kind, Some(StepKind::Os(_)));
         if let Some(ready) = &raw.ready {
             for text in [&ready.tcp, &ready.http, &ready.file].into_iter().flatten() {
                 texts.push((format!("{field}.ready"), text));
@@ -1123,6 +1209,17 @@ impl Validator {
                         self.check_reference(pos, &where_, &reference, scope);
                         if reference.root == "secrets" {
                             used_secrets.extend(reference.name.clone());
+                        }
+                        if is_os
+                            && scope.is_secret(&reference)
+                            && !super::os::may_read_secrets(&where_)
+                        {
+                            self.error(
+                                pos,
+                                &where_,
+                                "this value ends up where every user can read it (the passwd database, a unit, repository or sysctl file, the logs): it may not read a secret",
+                                Some("only `user.password_hash` may read a secret; give a unit its secrets through a `template` with mode 0600 and `EnvironmentFile=`".into()),
+                            );
                         }
                         if scope.is_secret(&reference)
                             && !argv_warned
@@ -1473,6 +1570,14 @@ fn fingerprint(
         hasher.update(b"\0template\0");
         hasher.update(t.source.as_bytes());
         texts.push(&t.source);
+    }
+    if let Some(source) = match kind {
+        StepKind::Os(os) => os.fingerprint_text(),
+        _ => None,
+    } {
+        hasher.update(b"\0source\0");
+        hasher.update(source.as_bytes());
+        texts.push(source);
     }
     let definition = serde_json::to_string(raw).unwrap_or_default();
     texts.push(&definition);

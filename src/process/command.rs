@@ -8,10 +8,11 @@
 //!
 //! The one piece of code that runs between fork and exec is
 //! [`ChildSetup::apply`]: it sets the death signal, moves the child into its
-//! cgroup and, for the supervised app on a terminal, takes the foreground.
-//! It makes only async-signal-safe system calls (the child of a
-//! multi-threaded parent may not allocate or take locks) on values prepared
-//! before the fork.
+//! cgroup, for the supervised app on a terminal takes the foreground, and,
+//! when the command has [`Restrictions`], sets its limits and drops to its
+//! user and groups, umask and `no_new_privs`. It makes only
+//! async-signal-safe system calls (the child of a multi-threaded parent may
+//! not allocate or take locks) on values prepared before the fork.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits, not only
 //! the process. bootplan spawns from its runtime's thread, which lives as
@@ -25,10 +26,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::resource::Resource;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::unistd::Pid;
+use nix::unistd::{Gid, Pid, Uid};
 
 use super::cgroup::{self, Leaf};
 use super::reaper;
@@ -68,6 +71,82 @@ pub struct Command {
     stdout: Stdio,
     stderr: Stdio,
     foreground: bool,
+    restrictions: Option<Arc<Restrictions>>,
+    stop_signal: Signal,
+}
+
+/// Who a child runs as and what it may do: set between fork and exec (or,
+/// for the final exec, in bootplan itself just before it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restrictions {
+    /// The user and groups to drop to.
+    pub ids: Option<Ids>,
+    /// The umask (the permission bits new files do not get).
+    pub umask: Option<u32>,
+    /// `PR_SET_NO_NEW_PRIVS`: setuid programs and file capabilities grant nothing.
+    pub no_new_privs: bool,
+    /// Resource limits: (resource, soft, hard), `None` meaning unlimited.
+    pub limits: Vec<(Resource, Option<u64>, Option<u64>)>,
+}
+
+/// A user id, its primary group and its supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ids {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+}
+
+impl Ids {
+    pub fn new(uid: u32, gid: u32, groups: &[u32]) -> Ids {
+        Ids {
+            uid: Uid::from_raw(uid),
+            gid: Gid::from_raw(gid),
+            groups: groups.iter().map(|g| Gid::from_raw(*g)).collect(),
+        }
+    }
+
+    pub fn uid(&self) -> u32 {
+        self.uid.as_raw()
+    }
+
+    pub fn gid(&self) -> u32 {
+        self.gid.as_raw()
+    }
+
+    pub fn groups(&self) -> Vec<u32> {
+        self.groups.iter().map(|g| g.as_raw()).collect()
+    }
+}
+
+impl Restrictions {
+    /// Applies the limits, then the groups, group and user (in that order:
+    /// each later step gives up the right to the earlier ones), the umask
+    /// and `no_new_privs`, to the calling process. Makes only
+    /// async-signal-safe system calls on values made before, so it may run
+    /// between fork and exec.
+    pub fn apply(&self) -> io::Result<()> {
+        const INFINITY: u64 = libc::RLIM_INFINITY as u64;
+        for &(resource, soft, hard) in &self.limits {
+            nix::sys::resource::setrlimit(
+                resource,
+                soft.unwrap_or(INFINITY),
+                hard.unwrap_or(INFINITY),
+            )?;
+        }
+        if let Some(ids) = &self.ids {
+            nix::unistd::setgroups(&ids.groups)?;
+            nix::unistd::setgid(ids.gid)?;
+            nix::unistd::setuid(ids.uid)?;
+        }
+        if let Some(mask) = self.umask {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+        }
+        if self.no_new_privs {
+            nix::sys::prctl::set_no_new_privs()?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Command {
@@ -115,6 +194,8 @@ impl Command {
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
             foreground: false,
+            restrictions: None,
+            stop_signal: Signal::SIGTERM,
         }
     }
 
@@ -184,6 +265,19 @@ impl Command {
         self
     }
 
+    /// Runs the child as another user, with limits, a umask or `no_new_privs`.
+    pub fn restrict(&mut self, restrictions: Restrictions) -> &mut Self {
+        self.restrictions = Some(Arc::new(restrictions));
+        self
+    }
+
+    /// The signal [`Child::terminate`] asks the child's tree to stop with
+    /// (default SIGTERM).
+    pub fn stop_signal(&mut self, signal: Signal) -> &mut Self {
+        self.stop_signal = signal;
+        self
+    }
+
     pub fn get_program(&self) -> &OsStr {
         &self.program
     }
@@ -203,9 +297,12 @@ impl Command {
             pid,
             tree,
             status: None,
+            stop_signal: self.stop_signal,
+            stdin: None,
             stdout: None,
             stderr: None,
         };
+        child.stdin = child.inner.stdin.take();
         child.stdout = child.inner.stdout.take();
         child.stderr = child.inner.stderr.take();
         Ok(child)
@@ -270,11 +367,13 @@ impl Command {
             cgroup_procs: leaf.map(Leaf::procs_writer).transpose()?,
             terminal,
             ttou: SigSet::from(Signal::SIGTTOU),
+            restrictions: self.restrictions.clone(),
         };
         // SAFETY: the hook runs in the forked child before exec and makes
         // only async-signal-safe system calls (prctl, getppid, write,
-        // pthread_sigmask, tcsetpgrp, getpid) on values made before the
-        // fork; it allocates nothing and takes no lock.
+        // pthread_sigmask, tcsetpgrp, getpid, setrlimit, setgroups, setgid,
+        // setuid, umask) on values made before the fork; it allocates
+        // nothing and takes no lock.
         unsafe {
             cmd.pre_exec(move || setup.apply());
         }
@@ -315,6 +414,8 @@ struct ChildSetup {
     /// SIGTTOU alone: blocked while taking the foreground, which a
     /// background group otherwise gets stopped for.
     ttou: SigSet,
+    /// The user, limits and the rest to apply last.
+    restrictions: Option<Arc<Restrictions>>,
 }
 
 impl ChildSetup {
@@ -333,6 +434,19 @@ impl ChildSetup {
             nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&self.ttou), None)?;
             let _ = nix::unistd::tcsetpgrp(terminal, nix::unistd::getpid());
             nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&self.ttou), None)?;
+        }
+        // Last: moving into the cgroup and taking the terminal need
+        // bootplan's own rights.
+        if let Some(restrictions) = &self.restrictions {
+            restrictions.apply()?;
+            if restrictions.ids.is_some() {
+                // A change of user clears the death signal: set it again,
+                // and make sure bootplan did not die in between.
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                if nix::unistd::getppid() != self.parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+            }
         }
         Ok(())
     }
@@ -450,6 +564,9 @@ pub struct Child {
     pid: u32,
     tree: Tree,
     status: Option<ExitStatus>,
+    stop_signal: Signal,
+    /// The write end of its stdin, when piped.
+    pub stdin: Option<tokio::process::ChildStdin>,
     /// The read end of its stdout, when piped.
     pub stdout: Option<tokio::process::ChildStdout>,
     /// The read end of its stderr, when piped.
@@ -518,13 +635,14 @@ impl Child {
         self.wait().await
     }
 
-    /// SIGTERM to the child's whole tree; SIGKILL after `grace` if the
-    /// child is still there; waits for it.
+    /// The command's stop signal (SIGTERM unless it set another) to the
+    /// child's whole tree; SIGKILL after `grace` if the child is still
+    /// there; waits for it.
     pub async fn terminate(&mut self, grace: Duration) {
         if self.status.is_some() {
             return;
         }
-        self.tree.signal(self.pid, Signal::SIGTERM);
+        self.tree.signal(self.pid, self.stop_signal);
         if tokio::time::timeout(grace, self.wait()).await.is_err() {
             let _ = self.kill().await;
         }

@@ -26,8 +26,8 @@ mod command;
 mod output;
 pub mod reaper;
 
-pub use command::{Child, Command, Members, Stdio, withheld_env, withhold_env};
-pub use output::{Output, drain, log_in_background, run};
+pub use command::{Child, Command, Ids, Members, Restrictions, Stdio, withheld_env, withhold_env};
+pub use output::{Output, drain, log_in_background, pump, run};
 
 /// A command that did not run to its end.
 #[derive(Debug, thiserror::Error)]

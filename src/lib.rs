@@ -16,6 +16,7 @@ mod retry;
 mod secrets;
 mod stdio;
 mod steps;
+mod system;
 mod telemetry;
 mod template;
 

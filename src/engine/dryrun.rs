@@ -1,6 +1,7 @@
 //! `bootplan plan`: what a run would do, with no side effects. It reads the
 //! journal and checks `creates` paths; it never runs a command (so `unless`
-//! is reported as "would check").
+//! is reported as "would check"). OS kinds look at the machine with the
+//! same read-only queries a run starts with, and say what would change.
 
 use std::path::Path;
 
@@ -57,6 +58,9 @@ pub fn decide(plan: &Plan, state_dir: &Path, facts: &Facts) -> Vec<Decision> {
                     "check",
                     format!("runs unless `{}` succeeds", unless.join(" ")),
                 )
+            } else if let StepKind::Os(kind) = &step.kind {
+                // Looks at the machine with the run's own read-only queries.
+                crate::steps::os::preview(step, kind, facts, &scope)
             } else if matches!(step.kind, StepKind::Exec { .. }) {
                 (
                     "exec",

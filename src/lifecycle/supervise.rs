@@ -166,8 +166,14 @@ pub async fn supervise(
     let mut ending: Option<Ending> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
     let mut registration: Option<Registration> = None;
+    // `stop_signal:` of the exec step: what asks the app to stop.
+    let stop_signal = request
+        .cmd
+        .stop_signal
+        .and_then(|s| Signal::try_from(s).ok())
+        .unwrap_or(Signal::SIGTERM);
     let stop_app = |kill_at: &mut Option<tokio::time::Instant>| {
-        let _ = killpg(pgid, Signal::SIGTERM);
+        let _ = killpg(pgid, stop_signal);
         *kill_at = Some(tokio::time::Instant::now() + grace);
     };
 
@@ -229,7 +235,12 @@ pub async fn supervise(
                         reg.deregister(&ctx.reporter).await;
                     }
                 }
-                let _ = killpg(pgid, Signal::try_from(sig).unwrap_or(Signal::SIGTERM));
+                let forwarded = if sig == libc::SIGTERM {
+                    stop_signal
+                } else {
+                    Signal::try_from(sig).unwrap_or(Signal::SIGTERM)
+                };
+                let _ = killpg(pgid, forwarded);
                 if stop && ending.is_none() {
                     ctx.reporter.notice(Level::Info, format!("signal {sig}: stopping the app (grace {})", humantime::format_duration(grace)));
                     ending = Some(Ending::Signal(sig));
@@ -600,6 +611,9 @@ fn spawn_app(
     }
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
+    }
+    if let Some(restrictions) = &cmd.restrictions {
+        command.restrict(restrictions.clone());
     }
     command.spawn()
 }

@@ -324,13 +324,21 @@ pub enum ReloadTarget {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
-    Run { argv: Vec<String> },
-    Shell { script: String },
+    Run {
+        argv: Vec<String>,
+    },
+    Shell {
+        script: String,
+    },
     File(FileSpec),
     Template(TemplateSpec),
     Wait(WaitSpec),
-    Exec { argv: Vec<String> },
-    Service { argv: Vec<String> },
+    Exec {
+        argv: Vec<String>,
+    },
+    Service {
+        argv: Vec<String>,
+    },
     /// `user`, `group`, `packages`, `hostname`, `sysctl`, `unit`, `ssh_host_keys`.
     Os(os::OsKind),
 }

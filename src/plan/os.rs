@@ -745,10 +745,15 @@ pub mod syntax {
             return Err("a sudo rule is one line: no newlines or control characters".into());
         }
         if trimmed.ends_with('\\') {
-            return Err("a sudo rule may not end with `\\` (it would continue onto the next line)".into());
+            return Err(
+                "a sudo rule may not end with `\\` (it would continue onto the next line)".into(),
+            );
         }
         if trimmed.starts_with('#') || trimmed.starts_with('@') || trimmed.starts_with("Defaults") {
-            return Err("a sudo rule is `HOSTS=(RUNAS) COMMANDS`, not a comment, include or Defaults line".into());
+            return Err(
+                "a sudo rule is `HOSTS=(RUNAS) COMMANDS`, not a comment, include or Defaults line"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -765,12 +770,17 @@ pub mod syntax {
             None => (name, None),
         };
         let base_ok = base.len() <= 128
-            && base.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && base
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
             && base
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c));
         let arch_ok = arch.is_none_or(|a| {
-            !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
         let version_ok = version.is_none_or(|v| {
             !v.is_empty()
@@ -791,7 +801,10 @@ pub mod syntax {
     pub fn repo_name(name: &str) -> Result<(), String> {
         if name.is_empty()
             || name.len() > 64
-            || !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            || !name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
             || !name
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c))
@@ -838,7 +851,8 @@ pub mod syntax {
     pub fn repo_key(key: &str) -> Result<(), String> {
         let armored = key.contains("-----BEGIN PGP PUBLIC KEY BLOCK-----")
             && key.contains("-----END PGP PUBLIC KEY BLOCK-----");
-        let pem = key.contains("-----BEGIN PUBLIC KEY-----") && key.contains("-----END PUBLIC KEY-----");
+        let pem =
+            key.contains("-----BEGIN PUBLIC KEY-----") && key.contains("-----END PUBLIC KEY-----");
         if !(armored || pem) || key.len() > 1024 * 1024 || key.contains('\0') {
             return Err("the key is not an ASCII-armored public key (`-----BEGIN PGP PUBLIC KEY BLOCK-----`; `gpg --armor --export`) or a PEM public key".into());
         }
@@ -905,7 +919,10 @@ pub mod syntax {
 
     /// A sysctl value: one line.
     pub fn sysctl_value(value: &str) -> Result<(), String> {
-        if value.trim().is_empty() || value.len() > 4096 || value.chars().any(|c| c.is_control() && c != '\t') {
+        if value.trim().is_empty()
+            || value.len() > 4096
+            || value.chars().any(|c| c.is_control() && c != '\t')
+        {
             return Err(format!(
                 "`{}` is not a sysctl value (one non-empty line)",
                 value.escape_debug()
@@ -916,8 +933,17 @@ pub mod syntax {
 
     /// Unit types systemd knows.
     const UNIT_TYPES: [&str; 11] = [
-        "service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer",
-        "slice", "scope",
+        "service",
+        "socket",
+        "device",
+        "mount",
+        "automount",
+        "swap",
+        "target",
+        "path",
+        "timer",
+        "slice",
+        "scope",
     ];
 
     /// A systemd unit name such as `app.service` or `getty@tty1.service`.
@@ -976,7 +1002,11 @@ pub mod syntax {
         KEY_TYPES.contains(&word)
             || word
                 .strip_suffix("-cert-v01@openssh.com")
-                .is_some_and(|base| KEY_TYPES.iter().any(|t| t.trim_end_matches("@openssh.com") == base))
+                .is_some_and(|base| {
+                    KEY_TYPES
+                        .iter()
+                        .any(|t| t.trim_end_matches("@openssh.com") == base)
+                })
     }
 
     /// The options field of an authorized_keys line: up to the first
@@ -989,7 +1019,9 @@ pub mod syntax {
                 _ if escaped => escaped = false,
                 '\\' if quoted => escaped = true,
                 '"' => quoted = !quoted,
-                c if c.is_whitespace() && !quoted => return Some((&line[..i], line[i..].trim_start())),
+                c if c.is_whitespace() && !quoted => {
+                    return Some((&line[..i], line[i..].trim_start()));
+                }
                 _ => {}
             }
         }
@@ -1085,13 +1117,21 @@ pub fn resolve_kind(
     } else if let Some(packages) = &raw.packages {
         resolve_packages(field, packages, &mut problems).map(OsKind::Packages)
     } else if let Some(hostname) = &raw.hostname {
-        Some(OsKind::Hostname(resolve_hostname(field, hostname, &mut problems)))
+        Some(OsKind::Hostname(resolve_hostname(
+            field,
+            hostname,
+            &mut problems,
+        )))
     } else if let Some(values) = &raw.sysctl {
         Some(OsKind::Sysctl(resolve_sysctl(field, values, &mut problems)))
     } else if let Some(unit) = &raw.unit {
         resolve_unit(plan_dir, field, unit, &mut problems).map(OsKind::Unit)
     } else if let Some(keys) = &raw.ssh_host_keys {
-        Some(OsKind::SshHostKeys(resolve_host_keys(field, keys, &mut problems)))
+        Some(OsKind::SshHostKeys(resolve_host_keys(
+            field,
+            keys,
+            &mut problems,
+        )))
     } else {
         return None;
     };
@@ -1105,7 +1145,12 @@ fn resolve_user(field: &str, raw: &RawUser, problems: &mut Problems) -> UserSpec
         literal(problems, f("group"), group, syntax::account_name);
     }
     for (i, group) in raw.groups.iter().flatten().enumerate() {
-        literal(problems, f(&format!("groups[{i}]")), group, syntax::account_name);
+        literal(
+            problems,
+            f(&format!("groups[{i}]")),
+            group,
+            syntax::account_name,
+        );
     }
     for (key, value) in [("shell", &raw.shell), ("home", &raw.home)] {
         if let Some(value) = value {
@@ -1124,7 +1169,8 @@ fn resolve_user(field: &str, raw: &RawUser, problems: &mut Problems) -> UserSpec
             }
             problems.warn(
                 f("password_hash"),
-                "a password hash written in the plan is readable by everyone who can read the plan".into(),
+                "a password hash written in the plan is readable by everyone who can read the plan"
+                    .into(),
                 Some("keep it in a secret: `password_hash: \"{{ secrets.NAME }}\"`".into()),
             );
         }
@@ -1133,11 +1179,16 @@ fn resolve_user(field: &str, raw: &RawUser, problems: &mut Problems) -> UserSpec
         literal(problems, f(&format!("sudo[{i}]")), rule, syntax::sudo_rule);
     }
     for (i, key) in raw.ssh_authorized_keys.iter().enumerate() {
-        literal(problems, f(&format!("ssh_authorized_keys[{i}]")), key, |text| {
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .try_for_each(|l| syntax::authorized_key(l).map(drop))
-        });
+        literal(
+            problems,
+            f(&format!("ssh_authorized_keys[{i}]")),
+            key,
+            |text| {
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .try_for_each(|l| syntax::authorized_key(l).map(drop))
+            },
+        );
     }
     let state = raw.state.unwrap_or_default();
     let system = raw.system.unwrap_or(false);
@@ -1243,7 +1294,11 @@ fn resolve_packages(
                 let hint = super::diagnostic::did_you_mean(name, ManagerChoice::NAMES)
                     .map(|s| format!("did you mean `{s}`?"))
                     .unwrap_or_else(|| format!("one of: {}", ManagerChoice::NAMES.join(", ")));
-                problems.push((f("manager"), format!("unknown package manager `{name}`"), Some(hint)));
+                problems.push((
+                    f("manager"),
+                    format!("unknown package manager `{name}`"),
+                    Some(hint),
+                ));
                 return None;
             }
         },
@@ -1256,7 +1311,11 @@ fn resolve_packages(
             problems.push((rf("name"), message, None));
         }
         if !names.insert(repo.name.clone()) {
-            problems.push((rf("name"), format!("repository `{}` is listed twice", repo.name), None));
+            problems.push((
+                rf("name"),
+                format!("repository `{}` is listed twice", repo.name),
+                None,
+            ));
         }
         literal(problems, rf("uri"), &repo.uri, syntax::repo_uri);
         if let Some(key) = &repo.key {
@@ -1289,7 +1348,8 @@ fn resolve_packages(
         if repo.suite.is_none() && matches!(manager, ManagerChoice::Apt) {
             problems.push((
                 rf("suite"),
-                "an apt repository needs a `suite` (e.g. `bookworm`, or `./` for a flat one)".into(),
+                "an apt repository needs a `suite` (e.g. `bookworm`, or `./` for a flat one)"
+                    .into(),
                 None,
             ));
         }
@@ -1311,9 +1371,19 @@ fn resolve_packages(
 }
 
 fn resolve_hostname(field: &str, raw: &RawHostname, problems: &mut Problems) -> HostnameSpec {
-    literal(problems, format!("{field}.hostname.name"), &raw.name, syntax::host_label);
+    literal(
+        problems,
+        format!("{field}.hostname.name"),
+        &raw.name,
+        syntax::host_label,
+    );
     if let Some(fqdn) = &raw.fqdn {
-        literal(problems, format!("{field}.hostname.fqdn"), fqdn, syntax::fqdn);
+        literal(
+            problems,
+            format!("{field}.hostname.fqdn"),
+            fqdn,
+            syntax::fqdn,
+        );
     }
     HostnameSpec {
         name: raw.name.clone(),
@@ -1348,7 +1418,12 @@ fn resolve_sysctl(
             }
             Err(message) => problems.push((format!("{field}.sysctl.{key}"), message, None)),
         }
-        literal(problems, format!("{field}.sysctl.{key}"), &value.0, syntax::sysctl_value);
+        literal(
+            problems,
+            format!("{field}.sysctl.{key}"),
+            &value.0,
+            syntax::sysctl_value,
+        );
     }
     SysctlSpec {
         values: raw.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
@@ -1390,7 +1465,11 @@ fn resolve_unit(
                         origin: path.display().to_string(),
                     }),
                     Err(_) => {
-                        problems.push((f("src"), format!("{} is not UTF-8 text", path.display()), None));
+                        problems.push((
+                            f("src"),
+                            format!("{} is not UTF-8 text", path.display()),
+                            None,
+                        ));
                         return None;
                     }
                 },
@@ -1431,7 +1510,10 @@ fn resolve_unit(
     }
     if raw.mask == Some(true) {
         let conflicting: Vec<&str> = [
-            ("content/src/inline", source.is_some() && raw.dropin.is_none()),
+            (
+                "content/src/inline",
+                source.is_some() && raw.dropin.is_none(),
+            ),
             ("enable: true", raw.enable == Some(true)),
             ("start: true", raw.start == Some(true)),
         ]
@@ -1464,7 +1546,10 @@ fn resolve_host_keys(
     raw: &RawSshHostKeys,
     problems: &mut Problems,
 ) -> SshHostKeysSpec {
-    let mut types = raw.types.clone().unwrap_or_else(|| HostKeyType::ALL.to_vec());
+    let mut types = raw
+        .types
+        .clone()
+        .unwrap_or_else(|| HostKeyType::ALL.to_vec());
     if types.is_empty() {
         problems.push((
             format!("{field}.ssh_host_keys.types"),
@@ -1523,7 +1608,8 @@ pub fn resolve_privileges(
     if raw.stop_signal.is_some() && kind.is_some() && !matches!(kind, Some("service" | "exec")) {
         problems.push((
             format!("{field}.stop_signal"),
-            "`stop_signal` applies to service and exec steps (how bootplan asks them to stop)".into(),
+            "`stop_signal` applies to service and exec steps (how bootplan asks them to stop)"
+                .into(),
             None,
         ));
     }
@@ -1531,22 +1617,38 @@ pub fn resolve_privileges(
     if let Some(user) = &user
         && !numeric(user)
     {
-        literal(&mut problems, format!("{field}.user"), user, syntax::account_name);
+        literal(
+            &mut problems,
+            format!("{field}.user"),
+            user,
+            syntax::account_name,
+        );
     }
     if let Some(group) = &group
         && !numeric(group)
     {
-        literal(&mut problems, format!("{field}.group"), group, syntax::account_name);
+        literal(
+            &mut problems,
+            format!("{field}.group"),
+            group,
+            syntax::account_name,
+        );
     }
     for (i, group) in raw.groups.iter().flatten().enumerate() {
         if !numeric(group) {
-            literal(&mut problems, format!("{field}.groups[{i}]"), group, syntax::account_name);
+            literal(
+                &mut problems,
+                format!("{field}.groups[{i}]"),
+                group,
+                syntax::account_name,
+            );
         }
     }
     if user.is_none() && (group.is_some() || raw.groups.is_some()) {
         problems.push((
             format!("{field}.group"),
-            "`group` and `groups` go with `user`: the command keeps root's identity otherwise".into(),
+            "`group` and `groups` go with `user`: the command keeps root's identity otherwise"
+                .into(),
             Some("add `user: NAME`".into()),
         ));
     }
@@ -1641,7 +1743,12 @@ pub fn parse_signal(name: &str) -> Option<i32> {
     };
     nix::sys::signal::Signal::from_str(&full)
         .ok()
-        .filter(|s| !matches!(s, nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP))
+        .filter(|s| {
+            !matches!(
+                s,
+                nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+            )
+        })
         .map(|s| s as i32)
 }
 
@@ -1741,14 +1848,31 @@ mod tests {
         for ok in ["deploy", "_svc", "web-1", "a_b", "host$"] {
             assert!(account_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Deploy", "1abc", "-x", "a:b", "a b", "a\nb", "a.b", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "Deploy",
+            "1abc",
+            "-x",
+            "a:b",
+            "a b",
+            "a\nb",
+            "a.b",
+            &"x".repeat(33),
+        ] {
             assert!(account_name(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn package_specs() {
-        for ok in ["nginx", "jq=1.6*", "libc6:amd64", "g++", "python3.11", "pkg=1:2.3-4~deb12u1"] {
+        for ok in [
+            "nginx",
+            "jq=1.6*",
+            "libc6:amd64",
+            "g++",
+            "python3.11",
+            "pkg=1:2.3-4~deb12u1",
+        ] {
             assert!(package(ok).is_ok(), "{ok}");
         }
         for bad in ["", "-o", "--force", "a b", "a;b", "x=", "x=$(id)", "a/b"] {
@@ -1758,22 +1882,45 @@ mod tests {
 
     #[test]
     fn sysctl_keys_map_to_proc_paths() {
-        assert_eq!(sysctl_path("net.core.somaxconn").unwrap(), "net/core/somaxconn");
+        assert_eq!(
+            sysctl_path("net.core.somaxconn").unwrap(),
+            "net/core/somaxconn"
+        );
         assert_eq!(
             sysctl_path("net.ipv4.conf.eth0/100.forwarding").unwrap(),
             "net/ipv4/conf/eth0.100/forwarding"
         );
-        for bad in ["", "vm", "net..core", "../../etc/passwd", "net.core.*", "a./..b", "/net/core"] {
+        for bad in [
+            "",
+            "vm",
+            "net..core",
+            "../../etc/passwd",
+            "net.core.*",
+            "a./..b",
+            "/net/core",
+        ] {
             assert!(sysctl_path(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn unit_and_host_names() {
-        for ok in ["app.service", "getty@tty1.service", "foo@.service", "x.timer"] {
+        for ok in [
+            "app.service",
+            "getty@tty1.service",
+            "foo@.service",
+            "x.timer",
+        ] {
             assert!(unit_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["app", ".service", "a b.service", "../x.service", "a/b.service", "x.conf"] {
+        for bad in [
+            "app",
+            ".service",
+            "a b.service",
+            "../x.service",
+            "a/b.service",
+            "x.conf",
+        ] {
             assert!(unit_name(bad).is_err(), "{bad:?}");
         }
         assert!(host_label("web-1").is_ok());
@@ -1807,30 +1954,67 @@ mod tests {
     #[test]
     fn sudo_rules_and_hashes() {
         assert!(sudo_rule("ALL=(ALL) NOPASSWD: /usr/bin/systemctl restart app").is_ok());
-        for bad in ["", "ALL=(ALL) ALL\nroot ALL=(ALL) ALL", "#include /tmp/x", "Defaults !env_reset", "ALL=(ALL) ALL \\"] {
+        for bad in [
+            "",
+            "ALL=(ALL) ALL\nroot ALL=(ALL) ALL",
+            "#include /tmp/x",
+            "Defaults !env_reset",
+            "ALL=(ALL) ALL \\",
+        ] {
             assert!(sudo_rule(bad).is_err(), "{bad:?}");
         }
         assert!(password_hash("$y$j9T$abc$def").is_ok());
         assert!(password_hash("$6$rounds=5000$salt$hash").is_ok());
         for bad in ["hunter2", "$", "$y", "$y$a:b", "$y$a\nb"] {
             let err = password_hash(bad).unwrap_err();
-            assert!(!err.contains(bad) || bad.len() < 2, "the value is not shown: {err}");
+            assert!(
+                !err.contains(bad) || bad.len() <= 2,
+                "the value is not shown: {err}"
+            );
         }
     }
 
     #[test]
     fn limits_and_signals() {
-        assert_eq!(parse_limit("1024").unwrap(), Limit { soft: Some(1024), hard: Some(1024) });
-        assert_eq!(parse_limit("1024:4096").unwrap(), Limit { soft: Some(1024), hard: Some(4096) });
-        assert_eq!(parse_limit("unlimited").unwrap(), Limit { soft: None, hard: None });
-        assert_eq!(parse_limit("0:unlimited").unwrap(), Limit { soft: Some(0), hard: None });
+        assert_eq!(
+            parse_limit("1024").unwrap(),
+            Limit {
+                soft: Some(1024),
+                hard: Some(1024)
+            }
+        );
+        assert_eq!(
+            parse_limit("1024:4096").unwrap(),
+            Limit {
+                soft: Some(1024),
+                hard: Some(4096)
+            }
+        );
+        assert_eq!(
+            parse_limit("unlimited").unwrap(),
+            Limit {
+                soft: None,
+                hard: None
+            }
+        );
+        assert_eq!(
+            parse_limit("0:unlimited").unwrap(),
+            Limit {
+                soft: Some(0),
+                hard: None
+            }
+        );
         for bad in ["x", "10:5", "unlimited:10", "-1"] {
             assert!(parse_limit(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_signal("SIGQUIT"), Some(libc::SIGQUIT));
         assert_eq!(parse_signal("term"), Some(libc::SIGTERM));
         assert_eq!(parse_signal("10"), Some(10));
-        assert_eq!(parse_signal("SIGKILL"), None, "a stop signal must be catchable");
+        assert_eq!(
+            parse_signal("SIGKILL"),
+            None,
+            "a stop signal must be catchable"
+        );
         assert_eq!(parse_signal("NOPE"), None);
     }
 }

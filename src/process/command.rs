@@ -105,18 +105,6 @@ impl Ids {
             groups: groups.iter().map(|g| Gid::from_raw(*g)).collect(),
         }
     }
-
-    pub fn uid(&self) -> u32 {
-        self.uid.as_raw()
-    }
-
-    pub fn gid(&self) -> u32 {
-        self.gid.as_raw()
-    }
-
-    pub fn groups(&self) -> Vec<u32> {
-        self.groups.iter().map(|g| g.as_raw()).collect()
-    }
 }
 
 impl Restrictions {
@@ -126,7 +114,7 @@ impl Restrictions {
     /// async-signal-safe system calls on values made before, so it may run
     /// between fork and exec.
     pub fn apply(&self) -> io::Result<()> {
-        const INFINITY: u64 = libc::RLIM_INFINITY as u64;
+        const INFINITY: u64 = libc::RLIM_INFINITY;
         for &(resource, soft, hard) in &self.limits {
             nix::sys::resource::setrlimit(
                 resource,

@@ -52,5 +52,12 @@ pub fn exec(request: &ExecRequest) -> std::io::Error {
     if let Some(cwd) = &cmd.cwd {
         command.current_dir(cwd);
     }
+    // The process becomes the app: its user, limits, umask and
+    // no_new_privs are set here, in bootplan itself, just before the exec.
+    if let Some(restrictions) = &cmd.restrictions
+        && let Err(err) = restrictions.apply()
+    {
+        return err;
+    }
     command.exec()
 }

@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod file;
+pub mod os;
 pub mod probe;
 pub mod process;
 pub mod run;
@@ -136,7 +137,29 @@ impl StepInputs<'_> {
             None => ctx.plan_dir.clone(),
         };
         let cwd = Some(cwd);
-        Ok(process::Cmd { argv, env, cwd })
+        let restricted = process::restrictions(&self.step.privileges, |text, what| {
+            self.render(text, what, ctx)
+        })?;
+        let (restrictions, mut env) = match restricted {
+            Some((restrictions, user_env)) => {
+                // The user's HOME and the rest, unless the plan sets them.
+                let mut all: Vec<(String, String)> = user_env
+                    .into_iter()
+                    .filter(|(k, _)| !env.iter().any(|(name, _)| name == k))
+                    .collect();
+                all.extend(env);
+                (Some(restrictions), all)
+            }
+            None => (None, env),
+        };
+        env.shrink_to_fit();
+        Ok(process::Cmd {
+            argv,
+            env,
+            cwd,
+            restrictions,
+            stop_signal: self.step.privileges.stop_signal,
+        })
     }
 
     /// A path from the plan, rendered (no NUL, no `..` from a value) and
@@ -149,7 +172,10 @@ impl StepInputs<'_> {
 }
 
 /// The template context: facts, vars, env and, when given, secrets.
-fn context(ctx: &StepContext, secrets: Option<&BTreeMap<String, SecretValue>>) -> minijinja::Value {
+pub(crate) fn context(
+    ctx: &StepContext,
+    secrets: Option<&BTreeMap<String, SecretValue>>,
+) -> minijinja::Value {
     let secret_values: BTreeMap<&str, &str> = secrets
         .into_iter()
         .flatten()
@@ -161,7 +187,7 @@ fn context(ctx: &StepContext, secrets: Option<&BTreeMap<String, SecretValue>>) -
         )))
 }
 
-fn render_error(what: &str) -> impl FnOnce(tpl::TemplateError) -> StepError + '_ {
+pub(crate) fn render_error(what: &str) -> impl FnOnce(tpl::TemplateError) -> StepError + '_ {
     move |err| match err {
         tpl::TemplateError::UnsafePath { message } => StepError::UnsafePath {
             what: what.to_string(),
@@ -222,6 +248,9 @@ pub enum StepError {
     ServiceExited { program: String, status: String },
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// An OS kind's failure (a system tool, the package manager, visudo).
+    #[error(transparent)]
+    Os(crate::system::OsError),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("cancelled")]
@@ -243,6 +272,7 @@ impl StepError {
             StepError::Fs(FsError::UnsafeLink { .. }) => ErrorCode::PathUnsafe,
             StepError::Fs(_) | StepError::Owner { .. } => ErrorCode::FileWriteFailed,
             StepError::Secret(e) => e.code(),
+            StepError::Os(e) => e.code(),
             StepError::Internal(_) => ErrorCode::Internal,
             // The engine replaces this with the reason it cancelled.
             StepError::Cancelled => ErrorCode::RunInterrupted,
@@ -252,6 +282,9 @@ impl StepError {
     /// Whether another attempt could succeed. A template that does not render
     /// or a missing program will not get better by trying again.
     pub fn is_retryable(&self) -> bool {
+        if let StepError::Os(err) = self {
+            return err.is_retryable();
+        }
         !matches!(
             self,
             StepError::Render { .. }
@@ -292,5 +325,6 @@ pub async fn run_attempt(
         }
         // The engine runs the exec step itself, last, by replacing bootplan.
         StepKind::Exec { .. } => Ok(()),
+        StepKind::Os(kind) => os::OsAction { kind }.run(inputs, ctx, cancel).await,
     }
 }

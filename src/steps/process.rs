@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 
 use super::{StepContext, StepError};
-use crate::process::{Command, ProcessError, Stdio};
+use crate::plan::os::{Limit, Privileges, syntax};
+use crate::process::{Command, Ids, ProcessError, Restrictions, Stdio};
+use crate::system::{OsError, accounts};
 
 pub use crate::process::Output;
 
@@ -19,6 +21,10 @@ pub struct Cmd {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<PathBuf>,
+    /// Who it runs as and with what limits (`user:`, `umask:`, …).
+    pub restrictions: Option<Restrictions>,
+    /// The signal that asks it to stop (`stop_signal:`), default SIGTERM.
+    pub stop_signal: Option<i32>,
 }
 
 impl std::fmt::Debug for Cmd {
@@ -59,8 +65,121 @@ impl Cmd {
         if let Some(cwd) = &self.cwd {
             cmd.current_dir(cwd);
         }
+        if let Some(restrictions) = &self.restrictions {
+            cmd.restrict(restrictions.clone());
+        }
+        if let Some(signal) = self
+            .stop_signal
+            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+        {
+            cmd.stop_signal(signal);
+        }
         cmd
     }
+}
+
+/// A command's [`Restrictions`] and the environment that goes with them.
+pub type Restricted = (Restrictions, Vec<(String, String)>);
+
+/// What a command runs as: the step's `user`, `group`, `groups` (rendered,
+/// checked and looked up now), `umask`, `no_new_privs` and limits, plus the
+/// user's `HOME`, `USER` and `LOGNAME` for its environment. `None` when the
+/// step sets none of them.
+pub fn restrictions(
+    privileges: &Privileges,
+    render: impl Fn(&str, &str) -> Result<String, StepError>,
+) -> Result<Option<Restricted>, StepError> {
+    if privileges.is_empty()
+        || (privileges.user.is_none()
+            && privileges.umask.is_none()
+            && !privileges.no_new_privs
+            && privileges.limits == Default::default())
+    {
+        return Ok(None);
+    }
+    let numeric = |s: &str| s.parse::<u32>().ok();
+    let name_of = |text: &str, what: &str| -> Result<String, StepError> {
+        let value = render(text, what)?;
+        if numeric(&value).is_none() {
+            crate::system::checked(what, &value, syntax::account_name)?;
+        }
+        Ok(value)
+    };
+    let group_id = |name: &str| -> Result<u32, StepError> {
+        if let Some(gid) = numeric(name) {
+            return Ok(gid);
+        }
+        accounts::group(name)?.map(|g| g.gid).ok_or_else(|| {
+            StepError::Os(OsError::Missing {
+                code: crate::error::ErrorCode::StepSpawnFailed,
+                message: format!("no group named `{name}` to run the command with"),
+            })
+        })
+    };
+    let mut env = Vec::new();
+    let ids = match &privileges.user {
+        None => None,
+        Some(text) => {
+            let user = name_of(text, "user")?;
+            let euid = nix::unistd::geteuid().as_raw();
+            let account = match numeric(&user) {
+                Some(uid) => accounts::user_by_uid(uid)?,
+                None => Some(accounts::user(&user)?.ok_or_else(|| {
+                    StepError::Os(OsError::Missing {
+                        code: crate::error::ErrorCode::StepSpawnFailed,
+                        message: format!("no user named `{user}` to run the command as (create it with a `user` step the command `needs`)"),
+                    })
+                })?),
+            };
+            let uid = account
+                .as_ref()
+                .map_or_else(|| numeric(&user).unwrap_or(0), |a| a.uid);
+            if euid != 0 && euid != uid {
+                return Err(StepError::Os(OsError::NotRoot { user, euid }));
+            }
+            let gid = match &privileges.group {
+                Some(text) => group_id(&name_of(text, "group")?)?,
+                None => account.as_ref().map_or(uid, |a| a.gid),
+            };
+            let groups = match &privileges.groups {
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| group_id(&name_of(g, &format!("groups[{i}]"))?))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => match &account {
+                    Some(a) => accounts::supplementary_gids(&a.name, gid)?,
+                    None => Vec::new(),
+                },
+            };
+            if let Some(account) = &account {
+                env.push(("HOME".to_string(), account.home.display().to_string()));
+                env.push(("USER".to_string(), account.name.clone()));
+                env.push(("LOGNAME".to_string(), account.name.clone()));
+            }
+            Some(Ids::new(uid, gid, &groups))
+        }
+    };
+    use nix::sys::resource::Resource;
+    let limits = [
+        (Resource::RLIMIT_NOFILE, privileges.limits.nofile),
+        (Resource::RLIMIT_NPROC, privileges.limits.nproc),
+        (Resource::RLIMIT_CORE, privileges.limits.core),
+    ]
+    .into_iter()
+    .filter_map(|(resource, limit): (Resource, Option<Limit>)| {
+        limit.map(|l| (resource, l.soft, l.hard))
+    })
+    .collect();
+    Ok(Some((
+        Restrictions {
+            ids,
+            umask: privileges.umask,
+            no_new_privs: privileges.no_new_privs,
+            limits,
+        },
+        env,
+    )))
 }
 
 /// Runs `cmd` to completion as `step`'s. `Ok` means exit status 0.
@@ -124,6 +243,7 @@ mod tests {
             argv: vec!["curl".into(), "-H".into(), "Authorization: s3cr3t".into()],
             env: vec![("TOKEN".into(), "hunter2".into())],
             cwd: None,
+            ..Cmd::default()
         };
         let shown = format!("{cmd:?}");
         assert!(shown.contains("curl") && shown.contains("TOKEN"), "{shown}");

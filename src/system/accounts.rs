@@ -80,16 +80,6 @@ pub fn group(name: &str) -> Result<Option<GroupEntry>, OsError> {
         }))
 }
 
-/// The group with gid `gid`, if there is one.
-pub fn group_by_gid(gid: u32) -> Result<Option<GroupEntry>, OsError> {
-    Ok(Group::from_gid(Gid::from_raw(gid))
-        .map_err(|e| lookup_error("group", e))?
-        .map(|g| GroupEntry {
-            name: g.name,
-            gid: g.gid.as_raw(),
-        }))
-}
-
 /// The names of the groups `user` is a member of besides `primary`, sorted.
 fn supplementary(user: &str, primary: Gid) -> Result<Vec<String>, OsError> {
     let ids = supplementary_gids(user, primary.as_raw())?;
@@ -147,11 +137,6 @@ fn shadow_hash_in(path: &Path, name: &str) -> Result<Option<zeroize::Zeroizing<S
     }))
 }
 
-/// Whether a shadow password field is locked (`!…`, `*`) or empty.
-pub fn is_locked(field: &str) -> bool {
-    field.is_empty() || field.starts_with('!') || field.starts_with('*')
-}
-
 /// What `useradd` is given for a new account.
 #[derive(Debug, Clone, Default)]
 pub struct NewUser<'a> {
@@ -168,7 +153,10 @@ pub struct NewUser<'a> {
 
 /// `useradd` for `new`. The password stays locked (useradd's default).
 pub fn useradd(new: &NewUser) -> Result<Tool, OsError> {
-    let mut tool = Tool::new(tool::require("useradd", "it creates user accounts (package passwd or shadow-utils)")?);
+    let mut tool = Tool::new(tool::require(
+        "useradd",
+        "it creates user accounts (package passwd or shadow-utils)",
+    )?);
     if let Some(uid) = new.uid {
         tool = tool.args(["--uid".to_string(), uid.to_string()]);
     }
@@ -220,7 +208,10 @@ impl UserChanges {
 /// `usermod` for `changes` on `name`. A new home has the old one's
 /// contents moved into it.
 pub fn usermod(name: &str, changes: &UserChanges) -> Result<Tool, OsError> {
-    let mut tool = Tool::new(tool::require("usermod", "it changes user accounts (package passwd or shadow-utils)")?);
+    let mut tool = Tool::new(tool::require(
+        "usermod",
+        "it changes user accounts (package passwd or shadow-utils)",
+    )?);
     if let Some(uid) = changes.uid {
         tool = tool.args(["--uid".to_string(), uid.to_string()]);
     }
@@ -245,17 +236,21 @@ pub fn usermod(name: &str, changes: &UserChanges) -> Result<Tool, OsError> {
 
 /// `userdel NAME` (the home directory is kept).
 pub fn userdel(name: &str) -> Result<Tool, OsError> {
-    Ok(Tool::new(tool::require("userdel", "it removes user accounts")?)
-        .arg("--")
-        .arg(name))
+    Ok(
+        Tool::new(tool::require("userdel", "it removes user accounts")?)
+            .arg("--")
+            .arg(name),
+    )
 }
 
 /// `chpasswd -e`, with `NAME:HASH` on its stdin (never on a command line).
 pub fn chpasswd(name: &str, hash: &str) -> Result<Tool, OsError> {
     let line = format!("{name}:{hash}\n").into_bytes();
-    Ok(Tool::new(tool::require("chpasswd", "it sets password hashes")?)
-        .arg("--encrypted")
-        .stdin(line))
+    Ok(
+        Tool::new(tool::require("chpasswd", "it sets password hashes")?)
+            .arg("--encrypted")
+            .stdin(line),
+    )
 }
 
 /// `groupadd` for a new group.
@@ -272,8 +267,14 @@ pub fn groupadd(name: &str, gid: Option<u32>, system: bool) -> Result<Tool, OsEr
 
 /// `groupmod --gid GID NAME`.
 pub fn groupmod_gid(name: &str, gid: u32) -> Result<Tool, OsError> {
-    Ok(Tool::new(tool::require("groupmod", "it changes groups")?)
-        .args(["--gid".to_string(), gid.to_string(), "--".into(), name.to_string()]))
+    Ok(
+        Tool::new(tool::require("groupmod", "it changes groups")?).args([
+            "--gid".to_string(),
+            gid.to_string(),
+            "--".into(),
+            name.to_string(),
+        ]),
+    )
 }
 
 /// `groupdel NAME`.
@@ -287,7 +288,8 @@ pub fn groupdel(name: &str) -> Result<Tool, OsError> {
 pub fn visudo_check(text: &str) -> Result<Tool, OsError> {
     let visudo = tool::find("visudo").ok_or_else(|| OsError::ToolMissing {
         tool: "visudo".into(),
-        purpose: "sudo rules are checked with `visudo -c` before they are written (install sudo)".into(),
+        purpose: "sudo rules are checked with `visudo -c` before they are written (install sudo)"
+            .into(),
     })?;
     Ok(Tool::new(visudo)
         .args(["-c", "-f", "-"])
@@ -348,12 +350,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            shadow_hash_in(&path, "deploy").unwrap().as_deref().map(String::as_str),
+            shadow_hash_in(&path, "deploy")
+                .unwrap()
+                .as_deref()
+                .map(String::as_str),
             Some("$y$j9T$abc$def")
         );
-        assert!(is_locked(&shadow_hash_in(&path, "locked").unwrap().unwrap()));
+        assert!(
+            shadow_hash_in(&path, "locked")
+                .unwrap()
+                .unwrap()
+                .starts_with('!')
+        );
         assert!(shadow_hash_in(&path, "nobody").unwrap().is_none());
-        assert!(shadow_hash_in(&dir.path().join("none"), "x").unwrap().is_none());
+        assert!(
+            shadow_hash_in(&dir.path().join("none"), "x")
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -384,7 +398,10 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(tool.display(), "usermod --groups  --shell /bin/sh -- deploy");
+        assert_eq!(
+            tool.display(),
+            "usermod --groups  --shell /bin/sh -- deploy"
+        );
         let tool = chpasswd("deploy", "$y$secret").unwrap();
         assert!(!tool.display().contains("secret"), "{}", tool.display());
     }
@@ -396,13 +413,24 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         // A directory only root may enter: as nobody, nothing is written there.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
         let refused = as_user(65534, 65534, || std::fs::write(dir.path().join("x"), b"x")).unwrap();
-        assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            refused.unwrap_err().kind(),
+            std::io::ErrorKind::PermissionDenied
+        );
         // Back to root: it can.
         std::fs::write(dir.path().join("x"), b"x").unwrap();
         let open = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(open.path(), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).unwrap();
+        std::fs::set_permissions(
+            open.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
         as_user(65534, 65534, || std::fs::write(open.path().join("y"), b"y"))
             .unwrap()
             .unwrap();

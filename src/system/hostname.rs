@@ -105,13 +105,17 @@ mod tests {
 
     #[test]
     fn hosts_gets_one_entry_and_keeps_the_rest() {
-        let text = "127.0.0.1\tlocalhost\n127.0.1.1\told.example old\n::1 localhost ip6-localhost\n";
+        let text =
+            "127.0.0.1\tlocalhost\n127.0.1.1\told.example old\n::1 localhost ip6-localhost\n";
         let new = hosts_with(text, "web-1", Some("web-1.example.internal")).unwrap();
         assert_eq!(
             new,
             "127.0.0.1\tlocalhost\n127.0.1.1\tweb-1.example.internal web-1\n::1 localhost ip6-localhost\n"
         );
-        assert_eq!(hosts_with(&new, "web-1", Some("web-1.example.internal")), None);
+        assert_eq!(
+            hosts_with(&new, "web-1", Some("web-1.example.internal")),
+            None
+        );
         assert_eq!(
             hosts_with("127.0.0.1 localhost", "a", None).unwrap(),
             "127.0.0.1 localhost\n127.0.1.1\ta\n"
@@ -122,7 +126,10 @@ mod tests {
     fn only_a_container_in_the_hosts_namespace_is_left_alone() {
         assert!(decide_shared(Some("/.dockerenv exists"), Some(HOST_UTS_INODE)).is_some());
         assert!(decide_shared(Some("/.dockerenv exists"), Some(4026532000)).is_none());
-        assert!(decide_shared(None, Some(HOST_UTS_INODE)).is_none(), "the host itself");
+        assert!(
+            decide_shared(None, Some(HOST_UTS_INODE)).is_none(),
+            "the host itself"
+        );
         assert_eq!(
             container_marker(false, false, Some("podman")).as_deref(),
             Some("$container is `podman`")

@@ -93,7 +93,9 @@ pub enum OsError {
         source: std::io::Error,
     },
     /// A unit action that needs a running systemd.
-    #[error("cannot {action} {unit}: systemd is not running here (no /run/systemd/system); only enable, disable and mask work offline (`systemctl --root`)")]
+    #[error(
+        "cannot {action} {unit}: systemd is not running here (no /run/systemd/system); only enable, disable and mask work offline (`systemctl --root`)"
+    )]
     NoSystemd { unit: String, action: &'static str },
     /// Dropping to a user needs root.
     #[error("cannot run as `{user}`: changing user needs root (bootplan runs as uid {euid})")]

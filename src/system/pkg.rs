@@ -67,7 +67,8 @@ pub fn detect(choice: ManagerChoice) -> Result<Manager, OsError> {
             .find(|m| installed(*m))
             .ok_or_else(|| OsError::ToolMissing {
                 tool: "a package manager".into(),
-                purpose: "no apt-get, dnf, zypper or apk in /usr/sbin, /usr/bin, /sbin or /bin".into(),
+                purpose: "no apt-get, dnf, zypper or apk in /usr/sbin, /usr/bin, /sbin or /bin"
+                    .into(),
             }),
     }
 }
@@ -153,9 +154,16 @@ pub async fn installed(
     }
     match manager {
         Manager::Apt => {
-            let tool = Tool::new(tool::require("dpkg-query", "it reads the package database")?)
-                .args(["--show", "--showformat=${binary:Package}\\t${Package}\\t${db:Status-Abbrev}\\t${Version}\\n", "--"])
-                .args(names.iter().copied());
+            let tool = Tool::new(tool::require(
+                "dpkg-query",
+                "it reads the package database",
+            )?)
+            .args([
+                "--show",
+                "--showformat=${binary:Package}\\t${Package}\\t${db:Status-Abbrev}\\t${Version}\\n",
+                "--",
+            ])
+            .args(names.iter().copied());
             // Exit status 1 only says some names are unknown to dpkg.
             let ran = sys.query(&tool).await?;
             if !matches!(ran.status.code(), Some(0 | 1)) {
@@ -165,7 +173,12 @@ pub async fn installed(
         }
         Manager::Dnf | Manager::Zypper => {
             let tool = Tool::new(tool::require("rpm", "it reads the package database")?)
-                .args(["--query", "--queryformat", "%{NAME}\\t%{VERSION}-%{RELEASE}\\n", "--"])
+                .args([
+                    "--query",
+                    "--queryformat",
+                    "%{NAME}\\t%{VERSION}-%{RELEASE}\\n",
+                    "--",
+                ])
                 .args(names.iter().copied());
             let ran = sys.query(&tool).await?;
             Ok(parse_rpm_query(&ran.stdout))
@@ -309,10 +322,17 @@ pub fn transaction(
             let wait = lock_wait.to_string();
             let mut tools = Vec::new();
             if !installs.is_empty() {
-                tools.push(base.clone().args(["add", "--wait", wait.as_str()]).args(installs));
+                tools.push(
+                    base.clone()
+                        .args(["add", "--wait", wait.as_str()])
+                        .args(installs),
+                );
             }
             if !removes.is_empty() {
-                tools.push(base.args(["del", "--wait", wait.as_str()]).args(removes.iter().copied()));
+                tools.push(
+                    base.args(["del", "--wait", wait.as_str()])
+                        .args(removes.iter().copied()),
+                );
             }
             tools
         }
@@ -581,7 +601,9 @@ fn not_found(manager: Manager, text: &str, requested: &[&Request]) -> Option<(St
         let named = named.trim().to_string();
         let package = requested
             .iter()
-            .find(|r| r.name == named || r.spec == named || named.starts_with(&format!("{}=", r.name)))
+            .find(|r| {
+                r.name == named || r.spec == named || named.starts_with(&format!("{}=", r.name))
+            })
             .map_or(named, |r| r.spec.clone());
         if package.is_empty() {
             continue;
@@ -645,23 +667,75 @@ mod tests {
         let jq = Request::parse("jq=9.9");
         let nope = Request::parse("nosuch");
         let requested = [&jq, &nope];
-        let err = classify(Manager::Apt, &ran("E: Unable to locate package nosuch\n", 100), &requested);
-        assert!(matches!(&err, OsError::PackageNotFound { package, .. } if package == "nosuch"), "{err}");
-        assert!(!err.is_retryable());
-        let err = classify(Manager::Apt, &ran("E: Version '9.9' for 'jq' was not found\n", 100), &requested);
-        assert!(matches!(&err, OsError::PackageNotFound { package, .. } if package == "jq=9.9"), "{err}");
         let err = classify(
             Manager::Apt,
-            &ran("E: Failed to fetch http://127.0.0.1/pool/a.deb  Hash Sum mismatch\n", 100),
+            &ran("E: Unable to locate package nosuch\n", 100),
             &requested,
         );
-        assert!(matches!(err, OsError::PackagesFailed { transient: true, .. }), "{err}");
+        assert!(
+            matches!(&err, OsError::PackageNotFound { package, .. } if package == "nosuch"),
+            "{err}"
+        );
+        assert!(!err.is_retryable());
+        let err = classify(
+            Manager::Apt,
+            &ran("E: Version '9.9' for 'jq' was not found\n", 100),
+            &requested,
+        );
+        assert!(
+            matches!(&err, OsError::PackageNotFound { package, .. } if package == "jq=9.9"),
+            "{err}"
+        );
+        let err = classify(
+            Manager::Apt,
+            &ran(
+                "E: Failed to fetch http://127.0.0.1/pool/a.deb  Hash Sum mismatch\n",
+                100,
+            ),
+            &requested,
+        );
+        assert!(
+            matches!(
+                err,
+                OsError::PackagesFailed {
+                    transient: true,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(err.is_retryable());
         assert_eq!(err.code(), crate::error::ErrorCode::PackagesUnavailable);
-        let err = classify(Manager::Apt, &ran("E: Sub-process /usr/bin/dpkg returned an error code (1)\n", 100), &requested);
-        assert!(matches!(err, OsError::PackagesFailed { transient: false, .. }), "{err}");
-        let err = classify(Manager::Dnf, &ran("No match for argument: nosuch\nError: Unable to find a match: nosuch\n", 1), &requested);
-        assert!(matches!(&err, OsError::PackageNotFound { package, .. } if package == "nosuch"), "{err}");
+        let err = classify(
+            Manager::Apt,
+            &ran(
+                "E: Sub-process /usr/bin/dpkg returned an error code (1)\n",
+                100,
+            ),
+            &requested,
+        );
+        assert!(
+            matches!(
+                err,
+                OsError::PackagesFailed {
+                    transient: false,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = classify(
+            Manager::Dnf,
+            &ran(
+                "No match for argument: nosuch\nError: Unable to find a match: nosuch\n",
+                1,
+            ),
+            &requested,
+        );
+        assert!(
+            matches!(&err, OsError::PackageNotFound { package, .. } if package == "nosuch"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -671,15 +745,26 @@ mod tests {
             uri: "https://apt.example.com/debian".into(),
             suite: Some("bookworm".into()),
             components: vec!["main".into(), "extra".into()],
-            key: Some("-----BEGIN PGP PUBLIC KEY BLOCK-----\nx\n-----END PGP PUBLIC KEY BLOCK-----".into()),
+            key: Some(
+                "-----BEGIN PGP PUBLIC KEY BLOCK-----\nx\n-----END PGP PUBLIC KEY BLOCK-----"
+                    .into(),
+            ),
         };
         let files = repo_files(Manager::Apt, &repo);
         let sources = String::from_utf8(files[1].1.clone()).unwrap();
-        assert_eq!(files[1].0, PathBuf::from("/etc/apt/sources.list.d/vendor.sources"));
+        assert_eq!(
+            files[1].0,
+            PathBuf::from("/etc/apt/sources.list.d/vendor.sources")
+        );
         assert!(sources.contains("URIs: https://apt.example.com/debian\nSuites: bookworm\nComponents: main extra\nSigned-By: /etc/apt/keyrings/vendor.asc\n"), "{sources}");
         let files = repo_files(Manager::Dnf, &repo);
         let entry = String::from_utf8(files[1].1.clone()).unwrap();
-        assert!(entry.contains("[vendor]\n") && entry.contains("gpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-vendor\n"), "{entry}");
+        assert!(
+            entry.contains("[vendor]\n")
+                && entry
+                    .contains("gpgcheck=1\ngpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-vendor\n"),
+            "{entry}"
+        );
         assert_eq!(apk_repositories("a\n", "b").as_deref(), Some("a\nb\n"));
         assert_eq!(apk_repositories("a\nb\n", "b"), None);
     }
@@ -689,11 +774,18 @@ mod tests {
         if tool::find("apt-get").is_none() {
             return;
         }
-        let (a, b, c) = (Request::parse("nginx"), Request::parse("jq=1.6*"), Request::parse("telnet"));
+        let (a, b, c) = (
+            Request::parse("nginx"),
+            Request::parse("jq=1.6*"),
+            Request::parse("telnet"),
+        );
         let tools = transaction(Manager::Apt, &[&a, &b], &[&c], 30).unwrap();
         assert_eq!(tools.len(), 1);
         let line = tools[0].display();
         assert!(line.contains("DPkg::Lock::Timeout=30"), "{line}");
-        assert!(line.ends_with("--allow-downgrades install nginx jq=1.6* telnet-"), "{line}");
+        assert!(
+            line.ends_with("--allow-downgrades install nginx jq=1.6* telnet-"),
+            "{line}"
+        );
     }
 }

@@ -221,7 +221,11 @@ mod tests {
                 .output()
                 .unwrap();
             let expected = String::from_utf8(listed.stdout).unwrap();
-            assert_eq!(describe_public_key(&public).unwrap(), expected.trim(), "{kind}");
+            assert_eq!(
+                describe_public_key(&public).unwrap(),
+                expected.trim(),
+                "{kind}"
+            );
         }
     }
 
@@ -234,8 +238,14 @@ mod tests {
         // The user adds a key after the block: it stays when the block changes.
         let edited = format!("{first}ssh-ed25519 AAAAlater me@phone\n");
         let second = with_managed_keys(&edited, &["ssh-ed25519 AAAAnew ops@example".to_string()]);
-        assert!(second.contains("ssh-rsa AAAAhand me@laptop\n# my note\n"), "{second}");
-        assert!(second.ends_with("ssh-ed25519 AAAAlater me@phone\n"), "{second}");
+        assert!(
+            second.contains("ssh-rsa AAAAhand me@laptop\n# my note\n"),
+            "{second}"
+        );
+        assert!(
+            second.ends_with("ssh-ed25519 AAAAlater me@phone\n"),
+            "{second}"
+        );
         assert!(!second.contains(ED), "{second}");
         assert_eq!(managed_keys(&second), ["ssh-ed25519 AAAAnew ops@example"]);
         // Unchanged keys: unchanged text.
@@ -248,7 +258,10 @@ mod tests {
         // A lone BEGIN line (a hand edit) is dropped; the keys after it stay.
         let broken = format!("{BLOCK_BEGIN}\nssh-rsa AAAAx y\n");
         let fixed = with_managed_keys(&broken, &[ED.to_string()]);
-        assert_eq!(fixed, format!("ssh-rsa AAAAx y\n{BLOCK_BEGIN}\n{ED}\n{BLOCK_END}\n"));
+        assert_eq!(
+            fixed,
+            format!("ssh-rsa AAAAx y\n{BLOCK_BEGIN}\n{ED}\n{BLOCK_END}\n")
+        );
         assert_eq!(with_managed_keys("", &[]), "");
     }
 }

@@ -121,7 +121,10 @@ mod tests {
         assert_eq!(Enablement::parse("enabled\n"), Enablement::Enabled);
         assert_eq!(Enablement::parse("masked\n"), Enablement::Masked);
         assert_eq!(Enablement::parse(""), Enablement::NotFound);
-        assert_eq!(Enablement::parse("indirect\n"), Enablement::Other("indirect".into()));
+        assert_eq!(
+            Enablement::parse("indirect\n"),
+            Enablement::Other("indirect".into())
+        );
         assert_eq!(
             unit_path("app.service", Some("limits.conf")),
             PathBuf::from("/etc/systemd/system/app.service.d/limits.conf")

@@ -107,10 +107,10 @@ impl Tool {
     /// The command line, for messages: program name and arguments (which
     /// never hold secrets; those go through stdin).
     pub fn display(&self) -> String {
-        let name = self
-            .program
-            .file_name()
-            .map_or_else(|| self.program.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = self.program.file_name().map_or_else(
+            || self.program.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         std::iter::once(name)
             .chain(self.args.iter().map(|a| a.to_string_lossy().into_owned()))
             .collect::<Vec<_>>()
@@ -140,7 +140,7 @@ pub struct Ran {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
-    command: String,
+    pub(crate) command: String,
 }
 
 impl Ran {
@@ -404,7 +404,10 @@ mod tests {
         let cancel = CancellationToken::new();
         let sys = Sys::step(&reporter, "s", &cancel, Duration::from_secs(1));
         let tool = Tool::new(find("sh").unwrap())
-            .args(["-c", "read x; echo \"got $x\"; echo oops >&2; echo $LC_ALL; exit 3"])
+            .args([
+                "-c",
+                "read x; echo \"got $x\"; echo oops >&2; echo $LC_ALL; exit 3",
+            ])
             .stdin(b"secret-ish\n".to_vec());
         let ran = sys.run(&tool).await.unwrap();
         assert_eq!(ran.status.code(), Some(3));

@@ -1,0 +1,48 @@
+//! `group`: create, change the gid of, or remove a group (`groupadd`,
+//! `groupmod`, `groupdel`).
+
+use super::{Env, Report};
+use crate::error::ErrorCode;
+use crate::plan::os::{GroupSpec, Presence, syntax};
+use crate::steps::StepError;
+use crate::system::accounts;
+
+pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepError> {
+    let name = env
+        .render
+        .checked(&spec.name, "group.name", syntax::account_name)?;
+    let mut report = Report::default();
+    let found = accounts::group(&name)?;
+    match (spec.state, found) {
+        (Presence::Absent, None) => report.satisfied = format!("group {name} does not exist"),
+        (Presence::Absent, Some(_)) => {
+            report.change(format!("remove group {name}"));
+            if env.mode.changes() {
+                let tool = accounts::groupdel(&name)?;
+                env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+            }
+        }
+        (Presence::Present, None) => {
+            let gid = spec.gid.map_or_else(String::new, |g| format!(" (gid {g})"));
+            report.change(format!("create group {name}{gid}"));
+            if env.mode.changes() {
+                let tool = accounts::groupadd(&name, spec.gid, spec.system)?;
+                env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+            }
+        }
+        (Presence::Present, Some(group)) => match spec.gid {
+            Some(gid) if gid != group.gid => {
+                report.change(format!(
+                    "group {name} exists, gid differs ({} → {gid})",
+                    group.gid
+                ));
+                if env.mode.changes() {
+                    let tool = accounts::groupmod_gid(&name, gid)?;
+                    env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+                }
+            }
+            _ => report.satisfied = format!("group {name} exists with gid {}", group.gid),
+        },
+    }
+    Ok(report)
+}

@@ -11,6 +11,7 @@ mod facts;
 mod invalid_plans;
 mod lifecycle;
 mod observability;
+mod os;
 mod process;
 mod robust;
 mod secrets;

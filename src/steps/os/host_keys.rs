@@ -69,7 +69,10 @@ pub async fn converge(spec: &SshHostKeysSpec, env: &Env<'_>) -> Result<Report, S
         }
         for kind in &make {
             let path = ssh::host_key_path(kind.as_str());
-            let comment = format!("root@{}", env.facts.hostname);
+            // The host name now: a `hostname` step may have just set it.
+            let host =
+                crate::system::hostname::kernel().unwrap_or_else(|_| env.facts.hostname.clone());
+            let comment = format!("root@{host}");
             let tool = ssh::keygen(*kind, &path, &comment)?;
             env.sys
                 .run(&tool)

@@ -354,6 +354,45 @@ pub fn refresh(manager: Manager, lock_wait: u64) -> Result<Tool, OsError> {
     })
 }
 
+/// Whether an index refresh left indexes out: apt-get update ends with
+/// status 0 after "W: Failed to fetch …" (a mirror that answered 503 or
+/// was out of sync), and a package of that repository would then look
+/// missing. Such a refresh is a transient failure, retried.
+pub fn refresh_failure(manager: Manager, ran: &Ran) -> Option<OsError> {
+    if !ran.success() {
+        return Some(classify(manager, ran, &[]));
+    }
+    let text = format!("{}\n{}", ran.stderr, ran.stdout);
+    let partial = text.lines().map(str::trim).find(|l| {
+        l.starts_with("W: Failed to fetch")
+            || l.starts_with("W: Some index files failed to download")
+    })?;
+    Some(OsError::PackagesFailed {
+        manager: manager.name(),
+        transient: true,
+        reason: format!("the index refresh was incomplete: {partial}"),
+    })
+}
+
+/// Whether apt has an index of the repository at `uri` (a file in
+/// `/var/lib/apt/lists` named after it): a refresh that failed, or a run
+/// killed between writing the repository and refreshing, leaves none, and
+/// the next attempt refreshes. Other managers refresh by themselves.
+pub fn repo_indexed(manager: Manager, uri: &str) -> bool {
+    if manager != Manager::Apt {
+        return true;
+    }
+    let bare = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let prefix = bare.trim_end_matches('/').replace('/', "_");
+    std::fs::read_dir("/var/lib/apt/lists").is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(&prefix) && (name.ends_with("Release") || name.ends_with("Packages"))
+        })
+    })
+}
+
 /// Whether the manager has no package indexes at all (a fresh image):
 /// then they are refreshed before an install, whatever `update` says.
 pub fn has_no_indexes(manager: Manager) -> bool {

@@ -34,6 +34,25 @@ echo ready
 exec cat
 "#;
 
+/// The repository's HTTP server on 127.0.0.1:8080: answers the first N
+/// (its argument) requests for index files with 503, as a mirror in the
+/// middle of a sync does, and serves everything else from /srv/repo.
+const SERVE_PY: &str = r#"import functools, http.server, sys
+left = [int(sys.argv[1])]
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if not self.path.endswith('.deb') and left[0] > 0:
+            left[0] -= 1
+            self.send_error(503, 'mirror sync in progress')
+            return
+        super().do_GET()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(('127.0.0.1', 8080), functools.partial(Handler, directory='/srv/repo'))
+print('Serving HTTP', flush=True)
+server.serve_forever()
+"#;
+
 /// A throwaway root. Dropping it ends every process in it and with them
 /// the namespaces and the overlay.
 struct Root {
@@ -197,6 +216,13 @@ impl Root {
     /// 127.0.0.1:8080 inside the root and removes the host's own sources
     /// (unreachable here). Returns the armored public key.
     fn apt_repo(&mut self, names: &[&str]) -> String {
+        self.apt_repo_failing(names, 0)
+    }
+
+    /// [`Root::apt_repo`] whose server answers the first `failures`
+    /// requests for index files with 503, as a mirror in the middle of a
+    /// sync does.
+    fn apt_repo_failing(&mut self, names: &[&str], failures: u32) -> String {
         let mut script = String::from(
             "mkdir -p /srv/repo /srv/build\nrm -f /etc/apt/sources.list\nrm -rf /etc/apt/sources.list.d/*\n",
         );
@@ -220,18 +246,9 @@ impl Root {
              gpgconf --kill gpg-agent\n",
         );
         self.sh(&script);
+        self.write("/srv/serve.py", SERVE_PY);
         let mut server = self
-            .cmd(&[
-                "python3",
-                "-u",
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                "/srv/repo",
-            ])
+            .cmd(&["python3", "-u", "/srv/serve.py", &failures.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -607,6 +624,27 @@ fn a_missing_package_fails_at_once_with_its_name() {
         "{step}"
     );
     assert_eq!(step["attempts"], 1, "never retried: {step}");
+}
+
+#[test]
+fn a_mirror_that_fails_once_is_retried() {
+    let Some(mut root) = Root::new() else { return };
+    let key = root.apt_repo_failing(&["bp-hello"], 1);
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        &format!(
+            "version: 1\nname: mirror\nfacts: {{ provider: local }}\nsteps:\n  base:\n    packages:\n      install: [bp-hello]\n      repos:\n        - name: local\n          uri: \"http://127.0.0.1:8080/\"\n          suite: \"./\"\n          key: {}",
+            block(&key, 12)
+        ),
+    );
+    let out = root.run();
+    ok(&out);
+    let step = &root.status()["steps"]["base"];
+    assert_eq!(step["attempts"], 2, "one failure, one retry: {step}");
+    assert!(
+        root.sh("dpkg-query -W -f '${Status}' bp-hello")
+            .contains("install ok installed")
+    );
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
 
     // Repositories first: a changed one means the indexes must be refreshed.
     let mut repos_changed = false;
+    let mut unindexed = false;
     for (i, repo) in spec.repos.iter().enumerate() {
         let rendered = RepoSpec {
             uri: r.checked(
@@ -53,6 +54,7 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
                 changed |= super::sync_file(env, path, new.as_bytes(), 0o644)?;
             }
         }
+        unindexed |= !pkg::repo_indexed(manager, &rendered.uri);
         if changed {
             report.change(format!("write repository {} ({})", repo.name, rendered.uri));
             repos_changed = true;
@@ -106,11 +108,13 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
         return Ok(report);
     }
     let lock_wait = env.lock_wait();
-    if !to_install.is_empty() && (spec.update || repos_changed || pkg::has_no_indexes(manager)) {
+    if !to_install.is_empty()
+        && (spec.update || repos_changed || unindexed || pkg::has_no_indexes(manager))
+    {
         say_lock(env, manager, lock_wait);
         let ran = env.sys.run(&pkg::refresh(manager, lock_wait)?).await?;
-        if !ran.success() {
-            return Err(pkg::classify(manager, &ran, &[]).into());
+        if let Some(failure) = pkg::refresh_failure(manager, &ran) {
+            return Err(failure.into());
         }
     }
     let requested: Vec<&Request> = to_install.iter().chain(&to_remove).copied().collect();

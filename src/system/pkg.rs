@@ -512,7 +512,6 @@ pub fn lock_holder(manager: Manager) -> Option<(u32, &'static str)> {
 }
 
 fn fcntl_holder(path: &Path) -> Option<u32> {
-    use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).ok()?;
     let mut lock = libc::flock {
         l_type: libc::F_WRLCK as libc::c_short,
@@ -521,10 +520,8 @@ fn fcntl_holder(path: &Path) -> Option<u32> {
         l_len: 0,
         l_pid: 0,
     };
-    // SAFETY: F_GETLK only reads the descriptor's lock state into `lock`,
-    // a valid, initialised flock that lives across the call.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
-    (rc == 0 && lock.l_type != libc::F_UNLCK as libc::c_short && lock.l_pid > 0)
+    let asked = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETLK(&mut lock));
+    (asked.is_ok() && lock.l_type != libc::F_UNLCK as libc::c_short && lock.l_pid > 0)
         .then_some(lock.l_pid as u32)
 }
 

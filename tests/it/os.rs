@@ -796,3 +796,168 @@ fn a_file_owned_by_a_user_waits_for_the_step_that_creates_the_user() {
     ok(&root.run());
     assert_eq!(root.sh("stat -c %U /etc/app.conf").trim(), "deploy");
 }
+
+#[test]
+fn an_absent_user_is_removed_with_its_sudo_rules_and_its_home_kept() {
+    let Some(root) = Root::new() else { return };
+    let plan = |body: &str| {
+        format!(
+            "version: 1\nname: gone\nfacts: {{ provider: local }}\nsteps:\n  u:\n    user: {body}\n"
+        )
+    };
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        &plan("{ name: leaver, sudo: [\"ALL=(ALL) ALL\"] }"),
+    );
+    ok(&root.run());
+    assert!(root.path("/etc/sudoers.d/bootplan-leaver").exists());
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        &plan("{ name: leaver, state: absent }"),
+    );
+    let out = root.run();
+    ok(&out);
+    assert!(
+        said(&out, "u")
+            .iter()
+            .any(|l| l == "changed: remove user leaver (the home directory is kept)"),
+        "{:?}",
+        said(&out, "u")
+    );
+    assert!(
+        root.cmd(&["getent", "passwd", "leaver"])
+            .output()
+            .unwrap()
+            .status
+            .code()
+            == Some(2)
+    );
+    assert!(!root.path("/etc/sudoers.d/bootplan-leaver").exists());
+    assert!(root.path("/home/leaver").is_dir());
+    let again = root.run();
+    ok(&again);
+    assert_eq!(
+        said(&again, "u"),
+        ["up to date: user leaver does not exist"]
+    );
+}
+
+#[test]
+fn an_unknown_sysctl_key_applies_nothing() {
+    let Some(root) = Root::new() else { return };
+    let before = root.sh("cat /proc/sys/net/core/somaxconn");
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        "version: 1\nname: keys\nfacts: { provider: local }\nsteps:\n  tuning:\n    sysctl: { net.core.somaxconn: 777, net.core.no_such_key: 1 }\n",
+    );
+    let out = root.run();
+    assert!(!out.status.success(), "{}", dump(&out));
+    let step = &root.status()["steps"]["tuning"];
+    assert_eq!(step["error"]["code"], "sysctl.unknown_key", "{step}");
+    assert!(
+        step["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("net.core.no_such_key"),
+        "{step}"
+    );
+    assert_eq!(
+        root.sh("cat /proc/sys/net/core/somaxconn"),
+        before,
+        "the valid key was not applied either"
+    );
+    assert!(!root.path("/etc/sysctl.d/90-bootplan-tuning.conf").exists());
+}
+
+#[test]
+fn starting_a_unit_without_systemd_is_a_clear_error_after_the_offline_work() {
+    let Some(root) = Root::new() else { return };
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        "version: 1\nname: unit\nfacts: { provider: local }\nsteps:\n  app:\n    unit:\n      name: bp-app.service\n      content: \"[Service]\\nExecStart=/bin/true\\n[Install]\\nWantedBy=multi-user.target\\n\"\n      enable: true\n      start: true\n",
+    );
+    let out = root.run();
+    assert!(!out.status.success(), "{}", dump(&out));
+    let step = &root.status()["steps"]["app"];
+    assert_eq!(step["error"]["code"], "unit.no_systemd", "{step}");
+    assert!(
+        step["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("systemd is not running"),
+        "{step}"
+    );
+    // What works offline was done.
+    assert!(root.path("/etc/systemd/system/bp-app.service").exists());
+    assert!(
+        root.path("/etc/systemd/system/multi-user.target.wants/bp-app.service")
+            .symlink_metadata()
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_service_is_stopped_with_its_stop_signal_as_its_user() {
+    let Some(root) = Root::new() else { return };
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        r#"version: 1
+name: stop
+facts: { provider: local }
+steps:
+  svc-user:
+    user: { name: svc, uid: 1700 }
+  svc:
+    service: ["/bin/sh", "-c", "trap 'echo \"INT $(id -u)\" > /tmp/stopped; exit 0' INT; trap 'echo TERM > /tmp/stopped; exit 0' TERM; touch /tmp/up; while :; do sleep 1 & wait; done"]
+    user: svc
+    stop_signal: SIGINT
+    ready: { file: /tmp/up }
+  fail:
+    run: ["/bin/false"]
+    needs: [svc]
+"#,
+    );
+    let out = root.run();
+    assert!(!out.status.success(), "{}", dump(&out));
+    assert_eq!(root.read("/tmp/stopped"), "INT 1700\n", "{}", dump(&out));
+}
+
+#[test]
+fn the_dry_run_of_a_fresh_machine_says_what_would_be_made_and_makes_nothing() {
+    let Some(root) = Root::new() else { return };
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        "version: 1\nname: fresh\nfacts: { provider: local }\nsteps:\n  admins:\n    group: { name: admins, gid: 1600 }\n  u:\n    user: { name: deploy, groups: [admins], shell: /bin/bash }\n  name:\n    hostname: { name: web-9 }\n  tuning:\n    sysctl: { net.core.somaxconn: 999 }\n",
+    );
+    let plan = root
+        .bootplan(&["plan", "/etc/bootplan/plan.yaml"])
+        .output()
+        .unwrap();
+    ok(&plan);
+    let table = String::from_utf8_lossy(&plan.stdout);
+    for (step, text) in [
+        ("admins", "would create group admins (gid 1600)"),
+        ("u", "would create user deploy"),
+        ("name", "would set the kernel host name"),
+        ("tuning", "would set net.core.somaxconn"),
+    ] {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{step} ")))
+            .unwrap_or_default();
+        assert!(
+            row.contains("change") && row.contains(text),
+            "{step}: {table}"
+        );
+    }
+    assert_eq!(
+        root.cmd(&["getent", "group", "admins"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_ne!(root.sh("hostname").trim(), "web-9");
+    assert_ne!(root.sh("cat /proc/sys/net/core/somaxconn").trim(), "999");
+}

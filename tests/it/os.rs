@@ -59,6 +59,7 @@ struct Root {
     holder: Child,
     dir: tempfile::TempDir,
     pid: u32,
+    nsenter: PathBuf,
     /// Servers started inside (the apt repository's).
     servers: Vec<Child>,
 }
@@ -78,17 +79,42 @@ impl Root {
         if !nix::unistd::Uid::effective().is_root() {
             return missing("the namespaces and mounts need root".into());
         }
+        // Looked up where root's tools are, whatever the test's PATH says
+        // (the root's own commands run with a standard PATH too).
+        let find = |tool: &str| {
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .iter()
+            .map(|dir| Path::new(dir).join(tool))
+            .find(|p| p.is_file())
+        };
         for tool in [
             "unshare",
             "nsenter",
+            "chroot",
             "ip",
+            "python3",
             "apt-ftparchive",
             "dpkg-deb",
             "gpg",
+            "visudo",
+            "ssh-keygen",
+            "systemctl",
+            "useradd",
+            "chpasswd",
         ] {
-            if crate::harness::peer(tool).is_none() && !Path::new("/usr/sbin").join(tool).exists() {
+            if find(tool).is_none() {
                 return missing(format!("`{tool}` is not installed"));
             }
+        }
+        if !std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay")) {
+            return missing("the kernel has no overlayfs".into());
         }
         let dir = tempfile::tempdir().expect("temp dir");
         let script = dir.path().join("..").join(format!(
@@ -96,7 +122,7 @@ impl Root {
             dir.path().file_name().unwrap().to_string_lossy()
         ));
         std::fs::write(&script, SETUP).unwrap();
-        let mut holder = Command::new("unshare")
+        let mut holder = Command::new(find("unshare").unwrap())
             .args([
                 "--mount",
                 "--uts",
@@ -127,6 +153,7 @@ impl Root {
             holder,
             dir,
             pid,
+            nsenter: find("nsenter").unwrap(),
             servers: Vec::new(),
         })
     }
@@ -158,7 +185,7 @@ impl Root {
     /// A command run inside the root (its namespaces, chrooted), with a
     /// clean environment.
     fn cmd<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Command {
-        let mut cmd = Command::new("nsenter");
+        let mut cmd = Command::new(&self.nsenter);
         cmd.args([
             "-t",
             &self.pid.to_string(),

@@ -84,10 +84,21 @@ pub fn dry_run(cli: &Cli, path: &Path, json: bool) -> i32 {
         .max()
         .unwrap_or(4)
         .max(4);
-    outln!("{:<width$}  {:<8}  {:<6}  REASON", "STEP", "KIND", "ACTION");
+    let kinds = decisions
+        .iter()
+        .map(|d| d.kind.len())
+        .max()
+        .unwrap_or(4)
+        .max(8);
+    outln!(
+        "{:<width$}  {:<kinds$}  {:<6}  REASON",
+        "STEP",
+        "KIND",
+        "ACTION"
+    );
     for d in &decisions {
         outln!(
-            "{:<width$}  {:<8}  {:<6}  {}",
+            "{:<width$}  {:<kinds$}  {:<6}  {}",
             d.step,
             d.kind,
             d.action,

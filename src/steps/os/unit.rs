@@ -76,6 +76,13 @@ pub async fn converge(spec: &UnitSpec, env: &Env<'_>) -> Result<Report, StepErro
     }
     if spec.start {
         if !systemd::running() {
+            if !env.mode.changes() {
+                // The dry run says what the run would do: the rest, then fail.
+                report.change(format!(
+                    "start {unit}, which fails here: systemd is not running [unit.no_systemd]"
+                ));
+                return Ok(report);
+            }
             return Err(OsError::NoSystemd {
                 unit: unit.to_string(),
                 action: "start",

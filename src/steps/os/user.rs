@@ -166,8 +166,11 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
         }
     };
     match &want.password_hash {
-        None => {}
-        Some(None) => {}
+        // A dry run without the secret: a new account gets the hash.
+        None if report.changes.iter().any(|c| c.starts_with("create user")) => {
+            report.change(format!("set the password hash of {name}"));
+        }
+        None | Some(None) => {}
         Some(Some(hash)) => {
             let current = accounts::shadow_hash(name)?;
             if current.as_deref().map(String::as_str) != Some(hash.as_str()) {
@@ -183,10 +186,11 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
         report.change(if want.sudo.is_empty() {
             format!("remove {}", sudoers_path(name).display())
         } else {
+            let rules = want.sudo.len();
             format!(
-                "write {} ({} rules)",
+                "write {} ({rules} rule{})",
                 sudoers_path(name).display(),
-                want.sudo.len()
+                if rules == 1 { "" } else { "s" }
             )
         });
     }

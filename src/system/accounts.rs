@@ -12,6 +12,16 @@ use nix::unistd::{Gid, Group, Uid, User};
 use super::OsError;
 use super::tool::{self, Tool};
 
+/// Held while a tool changes the users and groups database: `useradd`
+/// and its kin lock `/etc/passwd` without waiting long, so bootplan's own
+/// account steps (which may run in parallel) take turns instead.
+static CHANGING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this process's turn to change the users and groups database.
+pub async fn changing() -> tokio::sync::MutexGuard<'static, ()> {
+    CHANGING.lock().await
+}
+
 /// A user account as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {

@@ -19,7 +19,10 @@ pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepErr
             report.change(format!("remove group {name}"));
             if env.mode.changes() {
                 let tool = accounts::groupdel(&name)?;
-                env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+                {
+                    let _turn = accounts::changing().await;
+                    env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+                }
             }
         }
         (Presence::Present, None) => {
@@ -27,7 +30,10 @@ pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepErr
             report.change(format!("create group {name}{gid}"));
             if env.mode.changes() {
                 let tool = accounts::groupadd(&name, spec.gid, spec.system)?;
-                env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+                {
+                    let _turn = accounts::changing().await;
+                    env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+                }
             }
         }
         (Presence::Present, Some(group)) => match spec.gid {
@@ -38,7 +44,10 @@ pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepErr
                 ));
                 if env.mode.changes() {
                     let tool = accounts::groupmod_gid(&name, gid)?;
-                    env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+                    {
+                        let _turn = accounts::changing().await;
+                        env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
+                    }
                 }
             }
             _ => report.satisfied = format!("group {name} exists with gid {}", group.gid),

@@ -111,7 +111,10 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
             report.change(format!("remove user {name} (the home directory is kept)"));
             if env.mode.changes() {
                 let tool = accounts::userdel(name)?;
-                env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                {
+                    let _turn = accounts::changing().await;
+                    env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                }
             }
         }
         if sudo_sync(env, name, &[]).await? {
@@ -152,7 +155,10 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
                     system: spec.system,
                     create_home: spec.create_home,
                 })?;
-                env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                {
+                    let _turn = accounts::changing().await;
+                    env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                }
             }
             accounts::user(name)?
         }
@@ -160,7 +166,10 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
             let changes = differences(&want, spec, &account, &mut report);
             if !changes.is_empty() && env.mode.changes() {
                 let tool = accounts::usermod(name, &changes)?;
-                env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                {
+                    let _turn = accounts::changing().await;
+                    env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                }
             }
             accounts::user(name)?.or(Some(account))
         }
@@ -177,7 +186,10 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
                 report.change(format!("set the password hash of {name}"));
                 if env.mode.changes() {
                     let tool = accounts::chpasswd(name, hash)?;
-                    env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                    {
+                        let _turn = accounts::changing().await;
+                        env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
+                    }
                 }
             }
         }

@@ -988,3 +988,52 @@ fn the_dry_run_of_a_fresh_machine_says_what_would_be_made_and_makes_nothing() {
     assert_ne!(root.sh("hostname").trim(), "web-9");
     assert_ne!(root.sh("cat /proc/sys/net/core/somaxconn").trim(), "999");
 }
+
+#[test]
+fn a_unit_from_a_template_and_a_drop_in_are_rewritten_only_when_they_differ() {
+    let Some(root) = Root::new() else { return };
+    root.write(
+        "/etc/bootplan/app.service.j2",
+        "[Service]\nExecStart=/usr/bin/app --port {{ vars.port }}\n[Install]\nWantedBy=multi-user.target\n",
+    );
+    let plan = |port: u32| {
+        format!(
+            "version: 1\nname: units\nfacts: {{ provider: local }}\nvars: {{ port: {port} }}\nsteps:\n  app:\n    unit: {{ name: app.service, src: app.service.j2, enable: true }}\n  limits:\n    unit: {{ name: app.service, dropin: limits.conf, content: \"[Service]\\nLimitNOFILE=65536\\n\" }}\n    needs: [app]\n"
+        )
+    };
+    root.write("/etc/bootplan/plan.yaml", &plan(8080));
+    ok(&root.run());
+    assert!(
+        root.read("/etc/systemd/system/app.service")
+            .contains("--port 8080")
+    );
+    assert_eq!(
+        root.read("/etc/systemd/system/app.service.d/limits.conf"),
+        "[Service]\nLimitNOFILE=65536\n"
+    );
+    let again = root.run();
+    ok(&again);
+    assert!(
+        said(&again, "app")
+            .iter()
+            .all(|l| l.starts_with("up to date: ")),
+        "{:?}",
+        said(&again, "app")
+    );
+    assert!(
+        said(&again, "limits")
+            .iter()
+            .all(|l| l.starts_with("up to date: "))
+    );
+    root.write("/etc/bootplan/plan.yaml", &plan(9090));
+    let changed = root.run();
+    ok(&changed);
+    assert_eq!(
+        said(&changed, "app"),
+        ["changed: write /etc/systemd/system/app.service"]
+    );
+    assert!(
+        root.read("/etc/systemd/system/app.service")
+            .contains("--port 9090")
+    );
+}

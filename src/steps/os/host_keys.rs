@@ -21,7 +21,7 @@ pub async fn converge(spec: &SshHostKeysSpec, env: &Env<'_>) -> Result<Report, S
     };
     let record_path = ssh::made_path();
     let record: Option<ssh::Made> =
-        fsutil::read_nofollow(&record_path)?.and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        super::read_existing(&record_path)?.and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let missing: Vec<_> = spec
         .types
         .iter()
@@ -92,7 +92,7 @@ pub async fn converge(spec: &SshHostKeysSpec, env: &Env<'_>) -> Result<Report, S
                 "{}.pub",
                 ssh::host_key_path(kind.as_str()).display()
             ));
-            if let Some(line) = fsutil::read_nofollow(&public)?
+            if let Some(line) = super::read_existing(&public)?
                 .and_then(|b| ssh::describe_public_key(&String::from_utf8_lossy(&b)))
             {
                 env.sys.say(format!("ssh host key {line}"));

@@ -35,7 +35,7 @@ pub async fn converge(spec: &HostnameSpec, env: &Env<'_>) -> Result<Report, Step
     }
     if spec.hosts {
         let hosts = Path::new(hostname::HOSTS_FILE);
-        let text = crate::fsutil::read_nofollow(hosts)?
+        let text = super::read_existing(hosts)?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         if let Some(new) = hostname::hosts_with(&text, &name, fqdn.as_deref()) {

@@ -218,6 +218,15 @@ impl From<OsError> for StepError {
     }
 }
 
+/// The content of `path` without following a link at it; `None` when it
+/// or its directory does not exist (yet).
+fn read_existing(path: &std::path::Path) -> Result<Option<Vec<u8>>, crate::fsutil::FsError> {
+    match crate::fsutil::read_nofollow(path) {
+        Err(err) if err.kind() == Some(std::io::ErrorKind::NotFound) => Ok(None),
+        other => other,
+    }
+}
+
 /// Writes a system file (root-owned directories) atomically when its
 /// content differs; says whether it did (or would).
 fn sync_file(
@@ -226,7 +235,7 @@ fn sync_file(
     content: &[u8],
     mode: u32,
 ) -> Result<bool, StepError> {
-    let current = crate::fsutil::read_nofollow(path)?;
+    let current = read_existing(path)?;
     let same_mode = {
         use std::os::unix::fs::PermissionsExt;
         std::fs::symlink_metadata(path).is_ok_and(|m| m.permissions().mode() & 0o7777 == mode)

@@ -47,7 +47,7 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
         }
         if manager == Manager::Apk {
             let path = std::path::Path::new("/etc/apk/repositories");
-            let text = crate::fsutil::read_nofollow(path)?
+            let text = super::read_existing(path)?
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
             if let Some(new) = pkg::apk_repositories(&text, &rendered.uri) {

@@ -297,7 +297,7 @@ fn differences(
 /// when it is refused nothing is written. Returns whether it differed.
 async fn sudo_sync(env: &Env<'_>, name: &str, rules: &[String]) -> Result<bool, StepError> {
     let path = sudoers_path(name);
-    let current = fsutil::read_nofollow(&path)?;
+    let current = super::read_existing(&path)?;
     if rules.is_empty() {
         if current.is_none() {
             return Ok(false);

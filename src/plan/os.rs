@@ -204,7 +204,8 @@ pub struct RawUser {
     /// Primary group (a name). Default: a group named after the user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// Supplementary groups: exactly these (others are left). Default: none.
+    /// Supplementary groups: exactly these (`[]` for none). Default: left as
+    /// they are (a new account gets none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<String>>,
     /// Login shell, e.g. `/bin/bash`. Default: the system's (`useradd`'s).

@@ -624,6 +624,12 @@ fn a_bad_sudo_rule_never_reaches_sudoers_d() {
         "{step}"
     );
     assert!(!root.path("/etc/sudoers.d/bootplan-deploy").exists());
+    // What the failed step did before it failed is said.
+    assert!(
+        said(&out, "u").contains(&"changed: create user deploy".to_string()),
+        "{:?}",
+        said(&out, "u")
+    );
     let listing = root.sh("ls -A /etc/sudoers.d");
     assert!(!listing.contains("bootplan"), "{listing}");
 }

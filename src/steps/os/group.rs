@@ -7,16 +7,18 @@ use crate::plan::os::{GroupSpec, Presence, syntax};
 use crate::steps::StepError;
 use crate::system::accounts;
 
-pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepError> {
+pub async fn converge(
+    spec: &GroupSpec,
+    env: &Env<'_>,
+    report: &mut Report,
+) -> Result<(), StepError> {
     let name = env
         .render
         .checked(&spec.name, "group.name", syntax::account_name)?;
-    let mut report = Report::default();
     let found = accounts::group(&name)?;
     match (spec.state, found) {
         (Presence::Absent, None) => report.satisfied = format!("group {name} does not exist"),
         (Presence::Absent, Some(_)) => {
-            report.change(format!("remove group {name}"));
             if env.mode.changes() {
                 let tool = accounts::groupdel(&name)?;
                 {
@@ -24,10 +26,10 @@ pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepErr
                     env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
                 }
             }
+            report.change(format!("remove group {name}"));
         }
         (Presence::Present, None) => {
             let gid = spec.gid.map_or_else(String::new, |g| format!(" (gid {g})"));
-            report.change(format!("create group {name}{gid}"));
             if env.mode.changes() {
                 let tool = accounts::groupadd(&name, spec.gid, spec.system)?;
                 {
@@ -35,13 +37,10 @@ pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepErr
                     env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
                 }
             }
+            report.change(format!("create group {name}{gid}"));
         }
         (Presence::Present, Some(group)) => match spec.gid {
             Some(gid) if gid != group.gid => {
-                report.change(format!(
-                    "group {name} exists, gid differs ({} → {gid})",
-                    group.gid
-                ));
                 if env.mode.changes() {
                     let tool = accounts::groupmod_gid(&name, gid)?;
                     {
@@ -49,9 +48,13 @@ pub async fn converge(spec: &GroupSpec, env: &Env<'_>) -> Result<Report, StepErr
                         env.sys.run(&tool).await?.ok_or(ErrorCode::GroupFailed)?;
                     }
                 }
+                report.change(format!(
+                    "group {name} exists, gid differs ({} → {gid})",
+                    group.gid
+                ));
             }
             _ => report.satisfied = format!("group {name} exists with gid {}", group.gid),
         },
     }
-    Ok(report)
+    Ok(())
 }

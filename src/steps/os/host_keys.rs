@@ -13,7 +13,11 @@ use crate::plan::os::{Regenerate, SshHostKeysSpec};
 use crate::steps::StepError;
 use crate::system::ssh;
 
-pub async fn converge(spec: &SshHostKeysSpec, env: &Env<'_>) -> Result<Report, StepError> {
+pub async fn converge(
+    spec: &SshHostKeysSpec,
+    env: &Env<'_>,
+    report: &mut Report,
+) -> Result<(), StepError> {
     let now = ssh::Made {
         instance_id: env.facts.instance_id.clone().unwrap_or_default(),
         machine_id: env.facts.machine_id.clone(),
@@ -47,16 +51,17 @@ pub async fn converge(spec: &SshHostKeysSpec, env: &Env<'_>) -> Result<Report, S
         }
         .filter(|_| !ssh::existing_host_key_files().is_empty())
     };
-    let mut report = Report::default();
-    let make: Vec<_> = if let Some(why) = &all_again {
-        report.change(format!("make new host keys ({})", why));
-        spec.types.clone()
+    let (make, planned): (Vec<_>, Option<String>) = if let Some(why) = &all_again {
+        (
+            spec.types.clone(),
+            Some(format!("make new host keys ({why})")),
+        )
+    } else if missing.is_empty() {
+        (missing, None)
     } else {
-        if !missing.is_empty() {
-            let names: Vec<&str> = missing.iter().map(|t| t.as_str()).collect();
-            report.change(format!("make the missing host keys ({})", names.join(", ")));
-        }
-        missing
+        let names: Vec<&str> = missing.iter().map(|t| t.as_str()).collect();
+        let text = format!("make the missing host keys ({})", names.join(", "));
+        (missing, Some(text))
     };
     let record_stale = record
         .as_ref()
@@ -79,6 +84,7 @@ pub async fn converge(spec: &SshHostKeysSpec, env: &Env<'_>) -> Result<Report, S
                 .await?
                 .ok_or(ErrorCode::SshHostKeysFailed)?;
         }
+        report.changes.extend(planned);
         if record_stale || !make.is_empty() {
             let made = ssh::Made {
                 made_at: crate::telemetry::timestamp(std::time::SystemTime::now()),
@@ -98,7 +104,9 @@ pub async fn converge(spec: &SshHostKeysSpec, env: &Env<'_>) -> Result<Report, S
                 env.sys.say(format!("ssh host key {line}"));
             }
         }
+    } else {
+        report.changes.extend(planned);
     }
     report.satisfied = "the host keys were made for this instance and machine".to_string();
-    Ok(report)
+    Ok(())
 }

@@ -8,7 +8,11 @@ use crate::plan::os::{HostnameSpec, syntax};
 use crate::steps::StepError;
 use crate::system::hostname;
 
-pub async fn converge(spec: &HostnameSpec, env: &Env<'_>) -> Result<Report, StepError> {
+pub async fn converge(
+    spec: &HostnameSpec,
+    env: &Env<'_>,
+    report: &mut Report,
+) -> Result<(), StepError> {
     let name = env
         .render
         .checked(&spec.name, "hostname.name", syntax::host_label)?;
@@ -17,17 +21,16 @@ pub async fn converge(spec: &HostnameSpec, env: &Env<'_>) -> Result<Report, Step
         .as_deref()
         .map(|f| env.render.checked(f, "hostname.fqdn", syntax::fqdn))
         .transpose()?;
-    let mut report = Report::default();
     if let Some(reason) = hostname::shared_with_host() {
         report.skipped = Some(reason);
-        return Ok(report);
+        return Ok(());
     }
     let kernel = hostname::kernel()?;
     if kernel != name {
-        report.change(format!("set the kernel host name ({kernel} → {name})"));
         if env.mode.changes() {
             hostname::set_kernel(&name)?;
         }
+        report.change(format!("set the kernel host name ({kernel} → {name})"));
     }
     let file = Path::new(hostname::HOSTNAME_FILE);
     if super::sync_file(env, file, format!("{name}\n").as_bytes(), 0o644)? {
@@ -39,14 +42,14 @@ pub async fn converge(spec: &HostnameSpec, env: &Env<'_>) -> Result<Report, Step
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default();
         if let Some(new) = hostname::hosts_with(&text, &name, fqdn.as_deref()) {
+            if env.mode.changes() {
+                crate::fsutil::write_atomic(hosts, new.as_bytes(), 0o644)?;
+            }
             report.change(format!(
                 "set the 127.0.1.1 entry of {} to {}",
                 hosts.display(),
                 fqdn.as_deref().unwrap_or(&name)
             ));
-            if env.mode.changes() {
-                crate::fsutil::write_atomic(hosts, new.as_bytes(), 0o644)?;
-            }
         }
     }
     report.satisfied = format!(
@@ -57,5 +60,5 @@ pub async fn converge(spec: &HostnameSpec, env: &Env<'_>) -> Result<Report, Step
             " (kernel and /etc/hostname)"
         }
     );
-    Ok(report)
+    Ok(())
 }

@@ -42,7 +42,8 @@ impl Mode {
 }
 
 /// What a kind found: changes made (or, in a dry run, that would be
-/// made), and why nothing had to change when the list is empty.
+/// made), each recorded once it is done, and why nothing had to change
+/// when the list is empty.
 #[derive(Debug, Default)]
 pub struct Report {
     pub changes: Vec<String>,
@@ -114,15 +115,15 @@ impl Env<'_> {
     }
 }
 
-async fn converge(kind: &OsKind, env: &Env<'_>) -> Result<Report, StepError> {
+async fn converge(kind: &OsKind, env: &Env<'_>, report: &mut Report) -> Result<(), StepError> {
     match kind {
-        OsKind::Group(spec) => group::converge(spec, env).await,
-        OsKind::User(spec) => user::converge(spec, env).await,
-        OsKind::Packages(spec) => packages::converge(spec, env).await,
-        OsKind::Hostname(spec) => hostname::converge(spec, env).await,
-        OsKind::Sysctl(spec) => sysctl::converge(spec, env).await,
-        OsKind::Unit(spec) => unit::converge(spec, env).await,
-        OsKind::SshHostKeys(spec) => host_keys::converge(spec, env).await,
+        OsKind::Group(spec) => group::converge(spec, env, report).await,
+        OsKind::User(spec) => user::converge(spec, env, report).await,
+        OsKind::Packages(spec) => packages::converge(spec, env, report).await,
+        OsKind::Hostname(spec) => hostname::converge(spec, env, report).await,
+        OsKind::Sysctl(spec) => sysctl::converge(spec, env, report).await,
+        OsKind::Unit(spec) => unit::converge(spec, env, report).await,
+        OsKind::SshHostKeys(spec) => host_keys::converge(spec, env, report).await,
     }
 }
 
@@ -150,15 +151,18 @@ impl StepAction for OsAction<'_> {
             facts: &ctx.facts,
             mode: Mode::Change,
         };
-        let report = converge(self.kind, &env).await?;
+        // Changes are recorded once made: what a failed attempt did before
+        // it failed is shown too.
+        let mut report = Report::default();
+        let result = converge(self.kind, &env, &mut report).await;
+        for change in &report.changes {
+            sys.say(format!("changed: {change}"));
+        }
+        result?;
         if let Some(reason) = &report.skipped {
             sys.say(format!("skipped: {reason}"));
         } else if report.changes.is_empty() {
             sys.say(format!("up to date: {}", report.satisfied));
-        } else {
-            for change in &report.changes {
-                sys.say(format!("changed: {change}"));
-            }
         }
         Ok(())
     }
@@ -196,8 +200,9 @@ pub fn preview(
         facts,
         mode: Mode::Look,
     };
-    match runtime.block_on(converge(kind, &env)) {
-        Ok(report) => match report.skipped {
+    let mut report = Report::default();
+    match runtime.block_on(converge(kind, &env, &mut report)) {
+        Ok(()) => match report.skipped {
             Some(reason) => ("skip", reason),
             None if report.changes.is_empty() => ("ok", report.satisfied),
             None => (

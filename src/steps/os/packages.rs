@@ -8,7 +8,11 @@ use crate::plan::os::{PackagesSpec, RepoSpec, syntax};
 use crate::steps::StepError;
 use crate::system::pkg::{self, Manager, Request};
 
-pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, StepError> {
+pub async fn converge(
+    spec: &PackagesSpec,
+    env: &Env<'_>,
+    report: &mut Report,
+) -> Result<(), StepError> {
     let r = env.render;
     let render_list = |list: &[String], key: &str| {
         list.iter()
@@ -22,7 +26,6 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
     let install = render_list(&spec.install, "install")?;
     let remove = render_list(&spec.remove, "remove")?;
     let manager = pkg::detect(spec.manager)?;
-    let mut report = Report::default();
 
     // Repositories first: a changed one means the indexes must be refreshed.
     let mut repos_changed = false;
@@ -85,7 +88,7 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
                 }
             );
         }
-        return Ok(report);
+        return Ok(());
     }
     let show = |list: &[&Request]| {
         list.iter()
@@ -93,8 +96,9 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let mut planned = Vec::new();
     if !to_install.is_empty() {
-        report.change(format!(
+        planned.push(format!(
             "install {} ({} of {} packages installed)",
             show(&to_install),
             install.len() - to_install.len(),
@@ -102,10 +106,11 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
         ));
     }
     if !to_remove.is_empty() {
-        report.change(format!("remove {}", show(&to_remove)));
+        planned.push(format!("remove {}", show(&to_remove)));
     }
     if !env.mode.changes() {
-        return Ok(report);
+        report.changes.extend(planned);
+        return Ok(());
     }
     let lock_wait = env.lock_wait();
     if !to_install.is_empty()
@@ -125,7 +130,8 @@ pub async fn converge(spec: &PackagesSpec, env: &Env<'_>) -> Result<Report, Step
             return Err(pkg::classify(manager, &ran, &requested).into());
         }
     }
-    Ok(report)
+    report.changes.extend(planned);
+    Ok(())
 }
 
 /// Says so when another process holds the package manager's lock: the

@@ -9,7 +9,11 @@ use crate::plan::os::{SysctlSpec, syntax};
 use crate::steps::StepError;
 use crate::system::{OsError, sysctl};
 
-pub async fn converge(spec: &SysctlSpec, env: &Env<'_>) -> Result<Report, StepError> {
+pub async fn converge(
+    spec: &SysctlSpec,
+    env: &Env<'_>,
+    report: &mut Report,
+) -> Result<(), StepError> {
     let root = Path::new(sysctl::PROC_SYS);
     let mut values = Vec::new();
     for (key, text) in &spec.values {
@@ -30,13 +34,12 @@ pub async fn converge(spec: &SysctlSpec, env: &Env<'_>) -> Result<Report, StepEr
         };
         values.push((key.clone(), value, path, current));
     }
-    let mut report = Report::default();
     for (key, value, path, current) in &values {
         if sysctl::normalize(value) != *current {
-            report.change(format!("set {key} ({current} → {value})"));
             if env.mode.changes() {
                 sysctl::write(key, path, value)?;
             }
+            report.change(format!("set {key} ({current} → {value})"));
         }
     }
     let persist: Vec<(String, String)> = values
@@ -53,5 +56,5 @@ pub async fn converge(spec: &SysctlSpec, env: &Env<'_>) -> Result<Report, StepEr
         values.len(),
         file.display()
     );
-    Ok(report)
+    Ok(())
 }

@@ -10,9 +10,12 @@ use crate::plan::os::{UnitSpec, syntax};
 use crate::steps::StepError;
 use crate::system::{OsError, systemd};
 
-pub async fn converge(spec: &UnitSpec, env: &Env<'_>) -> Result<Report, StepError> {
+pub async fn converge(
+    spec: &UnitSpec,
+    env: &Env<'_>,
+    report: &mut Report,
+) -> Result<(), StepError> {
     crate::system::checked("unit.name", &spec.name, syntax::unit_name)?;
-    let mut report = Report::default();
     let mut file_changed = false;
     if let Some(source) = &spec.source {
         let text = if source.template {
@@ -41,11 +44,11 @@ pub async fn converge(spec: &UnitSpec, env: &Env<'_>) -> Result<Report, StepErro
         let enabled = systemd::Enablement::parse(&state("is-enabled").await?);
         let is_masked = enabled == systemd::Enablement::Masked;
         let mut act = async |verb: &'static str, text: String| -> Result<(), StepError> {
-            report.change(text);
             if env.mode.changes() {
                 let tool = systemd::systemctl([verb, unit])?;
                 env.sys.run(&tool).await?.ok_or(ErrorCode::UnitFailed)?;
             }
+            report.change(text);
             Ok(())
         };
         match spec.mask {
@@ -81,7 +84,7 @@ pub async fn converge(spec: &UnitSpec, env: &Env<'_>) -> Result<Report, StepErro
                 report.change(format!(
                     "start {unit}, which fails here: systemd is not running [unit.no_systemd]"
                 ));
-                return Ok(report);
+                return Ok(());
             }
             return Err(OsError::NoSystemd {
                 unit: unit.to_string(),
@@ -96,11 +99,11 @@ pub async fn converge(spec: &UnitSpec, env: &Env<'_>) -> Result<Report, StepErro
             (true, false) => None,
         };
         if let Some((verb, text)) = verb {
-            report.change(text);
             if env.mode.changes() {
                 let tool = systemd::systemctl([verb, unit])?;
                 env.sys.run(&tool).await?.ok_or(ErrorCode::UnitFailed)?;
             }
+            report.change(text);
         }
     }
     report.satisfied = format!(
@@ -112,5 +115,5 @@ pub async fn converge(spec: &UnitSpec, env: &Env<'_>) -> Result<Report, StepErro
         },
         if spec.start { ", active" } else { "" }
     );
-    Ok(report)
+    Ok(())
 }

@@ -101,14 +101,16 @@ fn wanted(spec: &UserSpec, env: &Env<'_>) -> Result<Wanted, StepError> {
     })
 }
 
-pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepError> {
+pub async fn converge(
+    spec: &UserSpec,
+    env: &Env<'_>,
+    report: &mut Report,
+) -> Result<(), StepError> {
     let want = wanted(spec, env)?;
     let name = want.name.as_str();
-    let mut report = Report::default();
     let found = accounts::user(name)?;
     if spec.state == Presence::Absent {
         if found.is_some() {
-            report.change(format!("remove user {name} (the home directory is kept)"));
             if env.mode.changes() {
                 let tool = accounts::userdel(name)?;
                 {
@@ -116,6 +118,7 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
                     env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
                 }
             }
+            report.change(format!("remove user {name} (the home directory is kept)"));
         }
         if sudo_sync(env, name, &[]).await? {
             report.change(format!("remove {}", sudoers_path(name).display()));
@@ -123,7 +126,7 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
         if report.changes.is_empty() {
             report.satisfied = format!("user {name} does not exist");
         }
-        return Ok(report);
+        return Ok(());
     }
     for group in want.group.iter().chain(want.groups.iter().flatten()) {
         // In a dry run a group a step before this one creates is not
@@ -138,10 +141,6 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
     }
     let account = match found {
         None => {
-            report.change(format!(
-                "create user {name}{}",
-                spec.uid.map_or_else(String::new, |u| format!(" (uid {u})"))
-            ));
             if env.mode.changes() {
                 let no_groups = Vec::new();
                 let tool = accounts::useradd(&accounts::NewUser {
@@ -160,10 +159,15 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
                     env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
                 }
             }
+            report.change(format!(
+                "create user {name}{}",
+                spec.uid.map_or_else(String::new, |u| format!(" (uid {u})"))
+            ));
             accounts::user(name)?
         }
         Some(account) => {
-            let changes = differences(&want, spec, &account, &mut report);
+            let mut said = Report::default();
+            let changes = differences(&want, spec, &account, &mut said);
             if !changes.is_empty() && env.mode.changes() {
                 let tool = accounts::usermod(name, &changes)?;
                 {
@@ -171,6 +175,7 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
                     env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
                 }
             }
+            report.changes.extend(said.changes);
             accounts::user(name)?.or(Some(account))
         }
     };
@@ -183,7 +188,6 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
         Some(Some(hash)) => {
             let current = accounts::shadow_hash(name)?;
             if current.as_deref().map(String::as_str) != Some(hash.as_str()) {
-                report.change(format!("set the password hash of {name}"));
                 if env.mode.changes() {
                     let tool = accounts::chpasswd(name, hash)?;
                     {
@@ -191,6 +195,7 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
                         env.sys.run(&tool).await?.ok_or(ErrorCode::UserFailed)?;
                     }
                 }
+                report.change(format!("set the password hash of {name}"));
             }
         }
     }
@@ -229,7 +234,7 @@ pub async fn converge(spec: &UserSpec, env: &Env<'_>) -> Result<Report, StepErro
             },
         );
     }
-    Ok(report)
+    Ok(())
 }
 
 /// What `usermod` must change, each also said in the report.

@@ -108,6 +108,7 @@ impl Root {
             "systemctl",
             "useradd",
             "chpasswd",
+            "su",
         ] {
             if find(tool).is_none() {
                 return missing(format!("`{tool}` is not installed"));

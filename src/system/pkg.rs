@@ -382,15 +382,24 @@ pub fn repo_indexed(manager: Manager, uri: &str) -> bool {
     if manager != Manager::Apt {
         return true;
     }
-    let bare = uri.split_once("://").map_or(uri, |(_, rest)| rest);
-    let prefix = bare.trim_end_matches('/').replace('/', "_");
+    let prefix = list_prefix(uri);
     std::fs::read_dir("/var/lib/apt/lists").is_ok_and(|entries| {
         entries.flatten().any(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            name.starts_with(&prefix) && (name.ends_with("Release") || name.ends_with("Packages"))
+            // A `file:` repository's lists start with `_`.
+            name.trim_start_matches('_').starts_with(&prefix)
+                && (name.ends_with("Release") || name.ends_with("Packages"))
         })
     })
+}
+
+/// How apt names the index files of a repository: its URI without the
+/// scheme, `/` as `_` (`http://127.0.0.1:8080/` → `127.0.0.1:8080`).
+fn list_prefix(uri: &str) -> String {
+    let bare = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let bare = bare.strip_prefix("file:").unwrap_or(bare);
+    bare.trim_matches('/').replace('/', "_")
 }
 
 /// Whether the manager has no package indexes at all (a fresh image):
@@ -696,6 +705,30 @@ mod tests {
             stderr: stderr.to_string(),
             command: "apt-get install".into(),
         }
+    }
+
+    #[test]
+    fn partial_refreshes_are_transient_and_lists_are_found_by_uri() {
+        let partial = ran(
+            "W: Failed to fetch http://127.0.0.1:8080/./InRelease  503  mirror sync in progress\nW: Some index files failed to download.",
+            0,
+        );
+        let err = refresh_failure(Manager::Apt, &partial).expect("a failure");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("503"), "{err}");
+        assert!(
+            refresh_failure(
+                Manager::Apt,
+                &ran("Hit:1 http://deb.debian.org bookworm InRelease", 0)
+            )
+            .is_none()
+        );
+        assert_eq!(list_prefix("http://127.0.0.1:8080/"), "127.0.0.1:8080");
+        assert_eq!(
+            list_prefix("https://apt.example.com/debian"),
+            "apt.example.com_debian"
+        );
+        assert_eq!(list_prefix("file:/srv/repo"), "srv_repo");
     }
 
     #[test]

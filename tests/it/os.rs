@@ -581,9 +581,20 @@ fn a_symlink_planted_in_the_home_is_not_followed() {
     root.sh(
         "rm -rf /home/deploy/.ssh; su -s /bin/sh deploy -c 'ln -s /root/.ssh /home/deploy/.ssh'",
     );
-    root.write("/etc/bootplan/plan.yaml", &plan(KEY_HAND));
+    root.write(
+        "/etc/bootplan/plan.yaml",
+        &plan(KEY_HAND).replace("{ name: deploy,", "{ name: deploy, shell: /bin/bash,"),
+    );
     let out = root.run();
     assert!(!out.status.success(), "{}", dump(&out));
+    // What the failed attempt did before it failed is said.
+    assert!(
+        said(&out, "u")
+            .iter()
+            .any(|l| l.starts_with("changed: user deploy exists, shell differs")),
+        "{:?}",
+        said(&out, "u")
+    );
     let step = &root.status()["steps"]["u"];
     assert_eq!(step["error"]["code"], "path.unsafe", "{step}");
     assert!(
@@ -625,11 +636,14 @@ fn a_bad_sudo_rule_never_reaches_sudoers_d() {
         "{step}"
     );
     assert!(!root.path("/etc/sudoers.d/bootplan-deploy").exists());
-    // What the failed step did before it failed is said.
-    assert!(
-        said(&out, "u").contains(&"changed: create user deploy".to_string()),
-        "{:?}",
-        said(&out, "u")
+    // Checked before anything changed: not even the account was made.
+    assert_eq!(
+        root.cmd(&["getent", "passwd", "deploy"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
     );
     let listing = root.sh("ls -A /etc/sudoers.d");
     assert!(!listing.contains("bootplan"), "{listing}");

@@ -30,22 +30,30 @@ pub async fn converge(
     // Repositories first: a changed one means the indexes must be refreshed.
     let mut repos_changed = false;
     let mut unindexed = false;
-    for (i, repo) in spec.repos.iter().enumerate() {
-        let rendered = RepoSpec {
-            uri: r.checked(
-                &repo.uri,
-                &format!("packages.repos[{i}].uri"),
-                syntax::repo_uri,
-            )?,
-            key: repo
-                .key
-                .as_deref()
-                .map(|k| r.checked(k, &format!("packages.repos[{i}].key"), syntax::repo_key))
-                .transpose()?,
-            ..repo.clone()
-        };
+    // Every repository rendered and checked before any file is written.
+    let rendered: Vec<RepoSpec> = spec
+        .repos
+        .iter()
+        .enumerate()
+        .map(|(i, repo)| {
+            Ok::<_, StepError>(RepoSpec {
+                uri: r.checked(
+                    &repo.uri,
+                    &format!("packages.repos[{i}].uri"),
+                    syntax::repo_uri,
+                )?,
+                key: repo
+                    .key
+                    .as_deref()
+                    .map(|k| r.checked(k, &format!("packages.repos[{i}].key"), syntax::repo_key))
+                    .transpose()?,
+                ..repo.clone()
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for rendered in &rendered {
         let mut changed = false;
-        for (path, content, mode) in pkg::repo_files(manager, &rendered) {
+        for (path, content, mode) in pkg::repo_files(manager, rendered) {
             changed |= super::sync_file(env, &path, &content, mode)?;
         }
         if manager == Manager::Apk {
@@ -59,7 +67,10 @@ pub async fn converge(
         }
         unindexed |= !pkg::repo_indexed(manager, &rendered.uri);
         if changed {
-            report.change(format!("write repository {} ({})", repo.name, rendered.uri));
+            report.change(format!(
+                "write repository {} ({})",
+                rendered.name, rendered.uri
+            ));
             repos_changed = true;
         }
     }

@@ -120,7 +120,8 @@ pub async fn converge(
             }
             report.change(format!("remove user {name} (the home directory is kept)"));
         }
-        if sudo_sync(env, name, &[]).await? {
+        let sudo = sudo_plan(env, name, &[]).await?;
+        if sudo_apply(env, name, &sudo)? {
             report.change(format!("remove {}", sudoers_path(name).display()));
         }
         if report.changes.is_empty() {
@@ -128,6 +129,9 @@ pub async fn converge(
         }
         return Ok(());
     }
+    // Checked before anything changes: refused sudo rules leave the
+    // account as it was.
+    let sudo = sudo_plan(env, name, &want.sudo).await?;
     for group in want.group.iter().chain(want.groups.iter().flatten()) {
         // In a dry run a group a step before this one creates is not
         // there yet; the run creates it first.
@@ -199,7 +203,7 @@ pub async fn converge(
             }
         }
     }
-    if sudo_sync(env, name, &want.sudo).await? {
+    if sudo_apply(env, name, &sudo)? {
         report.change(if want.sudo.is_empty() {
             format!("remove {}", sudoers_path(name).display())
         } else {
@@ -297,20 +301,26 @@ fn differences(
     changes
 }
 
-/// Keeps `/etc/sudoers.d/bootplan-NAME` holding exactly `rules` (removed
-/// when there are none). New content is checked with `visudo -c` first;
-/// when it is refused nothing is written. Returns whether it differed.
-async fn sudo_sync(env: &Env<'_>, name: &str, rules: &[String]) -> Result<bool, StepError> {
-    let path = sudoers_path(name);
-    let current = super::read_existing(&path)?;
+/// What `/etc/sudoers.d/bootplan-NAME` needs to hold exactly a user's
+/// rules (removed when there are none).
+enum Sudo {
+    Same,
+    Remove,
+    /// New content, already accepted by `visudo -c`.
+    Write(String),
+}
+
+/// Decides [`Sudo`] for `rules`. New content is checked with `visudo -c`
+/// here, before the step changes anything: refused rules fail the step
+/// with nothing done.
+async fn sudo_plan(env: &Env<'_>, name: &str, rules: &[String]) -> Result<Sudo, StepError> {
+    let current = super::read_existing(&sudoers_path(name))?;
     if rules.is_empty() {
-        if current.is_none() {
-            return Ok(false);
-        }
-        if env.mode.changes() {
-            fsutil::remove_file(&path)?;
-        }
-        return Ok(true);
+        return Ok(if current.is_none() {
+            Sudo::Same
+        } else {
+            Sudo::Remove
+        });
     }
     let mut text =
         format!("# Written by bootplan for user {name}; changes here are overwritten.\n");
@@ -318,7 +328,7 @@ async fn sudo_sync(env: &Env<'_>, name: &str, rules: &[String]) -> Result<bool, 
         text.push_str(&format!("{name} {rule}\n"));
     }
     if current.as_deref() == Some(text.as_bytes()) {
-        return Ok(false);
+        return Ok(Sudo::Same);
     }
     let check = accounts::visudo_check(&text)?;
     let ran = env.sys.query(&check).await?;
@@ -329,10 +339,27 @@ async fn sudo_sync(env: &Env<'_>, name: &str, rules: &[String]) -> Result<bool, 
         }
         .into());
     }
-    if env.mode.changes() {
-        fsutil::write_atomic(&path, text.as_bytes(), 0o440)?;
+    Ok(Sudo::Write(text))
+}
+
+/// Carries out `plan`; says whether anything differed.
+fn sudo_apply(env: &Env<'_>, name: &str, plan: &Sudo) -> Result<bool, StepError> {
+    let path = sudoers_path(name);
+    match plan {
+        Sudo::Same => Ok(false),
+        Sudo::Remove => {
+            if env.mode.changes() {
+                fsutil::remove_file(&path)?;
+            }
+            Ok(true)
+        }
+        Sudo::Write(text) => {
+            if env.mode.changes() {
+                fsutil::write_atomic(&path, text.as_bytes(), 0o440)?;
+            }
+            Ok(true)
+        }
     }
-    Ok(true)
 }
 
 /// Keeps bootplan's block of `~/.ssh/authorized_keys` holding exactly

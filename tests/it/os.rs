@@ -1058,3 +1058,47 @@ fn a_unit_from_a_template_and_a_drop_in_are_rewritten_only_when_they_differ() {
             .contains("--port 9090")
     );
 }
+
+#[test]
+fn every_invalid_os_field_is_reported_with_its_position_before_anything_runs() {
+    // `bootplan check` only reads: this one runs on the test host itself.
+    let sb = crate::harness::Sandbox::new();
+    sb.plan(
+        r#"version: 1
+name: bad-os
+secrets:
+  x: { env: { name: X } }
+steps:
+  u:
+    user: { name: "Bad Name", sudo: ["ALL=(ALL) ALL\nroot ALL=(ALL) ALL"], ssh_authorized_keys: ["not a key"] }
+  p:
+    packages: { install: ["-o=evil"], manager: yum }
+  h:
+    hostname: { name: "a.b" }
+  s:
+    sysctl: { "../../etc/x": 1 }
+  r:
+    run: ["true"]
+    user: deploy
+    umask: "0999"
+  leak:
+    hostname: { name: "{{ secrets.x }}" }
+"#,
+    );
+    let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+    assert_eq!(crate::harness::code(&out), 65, "{}", dump(&out));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "plan.yaml:7:13: steps.u.user.name: `Bad Name` is not a valid account name",
+        "steps.u.user.sudo[0]: a sudo rule is one line",
+        "steps.u.user.ssh_authorized_keys[0]: `not a key…` is not an SSH public key",
+        "plan.yaml:9:17: steps.p.packages.install[0]: `-o=evil` is not a package name",
+        "steps.p.packages.manager: unknown package manager `yum`",
+        "steps.h.hostname.name: `a.b` is not a host name",
+        "`../../etc/x` is not a sysctl key",
+        "steps.r.umask: invalid umask `0999`",
+        "steps.leak.hostname.name: this value ends up where every user can read it",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}

@@ -140,6 +140,39 @@ steps:
 }
 
 #[test]
+fn the_supervised_app_is_asked_to_stop_with_its_stop_signal() {
+    let sb = Sandbox::new();
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(
+        r#"
+version: 1
+name: stop-signal
+kill_grace: 300ms
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: { file: app.up, interval: 20ms }
+    stop_signal: SIGQUIT
+"#,
+    );
+    let mut child = start_run(&sb, &["--supervise"]);
+    wait_ready(&sb, &mut child);
+    // SIGTERM to bootplan reaches the app as its stop signal.
+    signal(child.id(), libc::SIGTERM);
+    wait_until("app to record QUIT", LONG, || {
+        sb.read("signals.log").lines().any(|l| l == "QUIT")
+    });
+    assert!(
+        !sb.read("signals.log").lines().any(|l| l == "TERM"),
+        "{}",
+        sb.read("signals.log")
+    );
+    // The app traps QUIT and keeps running: after the grace it is killed.
+    let out = wait_output(child);
+    assert_ne!(code(&out), 0, "{}", dump(&out));
+}
+
+#[test]
 fn exit_codes_and_signals_of_the_app_are_passed_on() {
     for (script, want) in [
         ("exit 7", 7),

@@ -96,6 +96,7 @@ error_codes! {
     UnitFailed => ("unit.failed", exit::STEP_FAILED, "systemctl could not reload, enable, disable, mask, start or restart a unit"),
     UnitNoSystemd => ("unit.no_systemd", exit::STEP_FAILED, "a unit was to be started or restarted, but systemd is not running"),
     SshHostKeysFailed => ("ssh_host_keys.failed", exit::STEP_FAILED, "SSH host keys could not be made"),
+    ThrottleUnavailable => ("throttle.unavailable", exit::UNAVAILABLE, "a `throttle:` step could not take a slot of its fleet-wide semaphore: etcd did not answer after retries"),
 }
 
 impl std::fmt::Display for ErrorCode {

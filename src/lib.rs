@@ -6,6 +6,7 @@ pub mod cli;
 mod engine;
 pub mod error;
 mod facts;
+mod fleet;
 mod fsutil;
 mod http;
 mod lifecycle;

@@ -46,6 +46,15 @@ pub(super) async fn execute(
     if let Some(warning) = journal.instance_change(step, &ctx.facts) {
         ctx.reporter.notice(crate::telemetry::Level::Warn, warning);
     }
+    // The run's start splay, taken once, before the first step's work (its
+    // secrets, its slot, its commands): a rerun that skips every step never
+    // waits for it.
+    if !ctx.fleet.splay(&ctx.reporter, cancel).await {
+        return StepResult::Cancelled {
+            attempts: 0,
+            duration: Duration::ZERO,
+        };
+    }
     let started = Instant::now();
     let failed = |error: StepError, attempts: u32| StepResult::Failed {
         error,
@@ -81,6 +90,58 @@ pub(super) async fn execute(
             step: step.name.clone(),
         });
     }
+    // A slot of the step's semaphore, queued for within the step's timeout;
+    // the first attempt gets what the queue left of it.
+    let mut slot = None;
+    let mut first_limit = None;
+    if let Some(semaphore) = &step.throttle {
+        let queued = tokio::time::Instant::now();
+        let limit = step.timeout.map(|t| (queued + t, t));
+        match ctx
+            .fleet
+            .acquire(semaphore, &step.name, &ctx.reporter, cancel, limit)
+            .await
+        {
+            Ok(crate::fleet::Acquired::Held(held)) => slot = Some(held),
+            Ok(crate::fleet::Acquired::Unthrottled) => {}
+            Err(crate::fleet::ThrottleError::Cancelled) => {
+                return StepResult::Cancelled {
+                    attempts: 0,
+                    duration: started.elapsed(),
+                };
+            }
+            Err(err) => return failed(err.into(), 0),
+        }
+        first_limit = step.timeout.map(|t| {
+            t.saturating_sub(queued.elapsed())
+                .max(Duration::from_millis(1))
+        });
+    }
+    let result = attempts(&inputs, ctx, journal, cancel, started, first_limit).await;
+    // Given back on every way out of the attempts: done, failed, timed out,
+    // cancelled by the deadline, a signal or another step's failure.
+    if let Some(slot) = slot {
+        slot.release(&ctx.reporter).await;
+    }
+    result
+}
+
+/// The step's attempts, with retries; `first_limit` overrides the step's
+/// timeout for the first attempt.
+async fn attempts(
+    inputs: &StepInputs<'_>,
+    ctx: &StepContext,
+    journal: &Journal,
+    cancel: &CancellationToken,
+    started: Instant,
+    first_limit: Option<Duration>,
+) -> StepResult {
+    let step = inputs.step;
+    let failed = |error: StepError, attempts: u32| StepResult::Failed {
+        error,
+        attempts,
+        duration: started.elapsed(),
+    };
     let mut delays = step.retry.budget().delays();
     let mut attempt = 0;
     loop {
@@ -90,7 +151,8 @@ pub(super) async fn execute(
             attempt,
         });
         let span = traces::attempt_span(&step.name, attempt, &ctx.bootstrap_id);
-        let result = attempt_with_timeout(&inputs, ctx, cancel)
+        let limit = if attempt == 1 { first_limit } else { None };
+        let result = attempt_with_timeout(inputs, ctx, cancel, limit)
             .instrument(span.clone())
             .await;
         trace_attempt_result(&span, &result);
@@ -235,10 +297,11 @@ async fn attempt_with_timeout(
     inputs: &StepInputs<'_>,
     ctx: &StepContext,
     cancel: &CancellationToken,
+    first_limit: Option<Duration>,
 ) -> Result<(), StepError> {
     let limit = match inputs.step.kind {
         StepKind::Wait(_) | StepKind::Service { .. } => None,
-        _ => inputs.step.timeout,
+        _ => first_limit.or(inputs.step.timeout),
     };
     // One attempt future for both paths: the step's future stores it once.
     let attempt_cancel = match limit {

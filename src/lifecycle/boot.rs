@@ -358,7 +358,12 @@ fn run_steps(
     .with_reporter(reporter.clone());
     crate::secrets::files::warn_if_not_tmpfs(&secrets, &reporter);
     let root_span = traces::root_span(&bootstrap_id, &plan.name);
-    let ctx = Arc::new(StepContext::new(
+    let holder = crate::fleet::semaphore::Holder {
+        bootstrap_id: bootstrap_id.clone(),
+        plan: plan.name.clone(),
+        hostname: facts.hostname.clone(),
+    };
+    let mut ctx = StepContext::new(
         reporter.clone(),
         facts,
         plan.vars.clone(),
@@ -366,7 +371,16 @@ fn run_steps(
         plan.dir().to_path_buf(),
         bootstrap_id,
         plan.kill_grace,
-    ));
+    );
+    ctx.fleet = crate::fleet::Fleet::new(
+        plan.limits.clone(),
+        plan.start_splay,
+        holder,
+        Some(tokio::time::Instant::from_std(
+            outputs.started + plan.deadline,
+        )),
+    );
+    let ctx = Arc::new(ctx);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,27 +1,20 @@
-//! Registration in etcd through its v3 JSON gateway (`/v3/kv/put`,
-//! `/v3/lease/grant`, `/v3/lease/keepalive`, `/v3/lease/revoke`,
-//! `/v3/kv/deleterange`, `/v3/auth/authenticate`; keys and values base64).
+//! Registration in etcd through its v3 JSON gateway (the client is
+//! [`crate::fleet::etcd`], shared with the fleet-wide semaphores).
 //!
 //! The key is attached to a lease kept alive every TTL/3 while bootplan
 //! supervises. On shutdown or failure the key is deleted and the lease
 //! revoked; if bootplan dies, the lease expires within its TTL, so no stale
 //! entry outlives the instance. A lease found expired (after a long pause)
 //! is granted again and the key put again.
-//!
-//! Endpoints are tried in order on each request (failover). `https://`
-//! endpoints trust the plan's `ca_file`; user/password auth gets a token
-//! that is renewed when etcd rejects it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ErrorCode;
+use crate::fleet::etcd::{Connection, EtcdClient, EtcdError};
 use crate::plan::lifecycle::EtcdSpec;
 use crate::secrets::SecretValue;
 use crate::steps::StepContext;
@@ -35,19 +28,8 @@ const REGISTER_BACKOFF: (Duration, Duration) = (Duration::from_millis(300), Dura
 /// Why registration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
-    #[error("etcd request {path} failed on every endpoint: {last}")]
-    Unreachable { path: String, last: String },
-    #[error("etcd {endpoint}{path} answered HTTP {status}: {body}")]
-    Status {
-        endpoint: String,
-        path: String,
-        status: u16,
-        body: String,
-    },
-    #[error("etcd {path} answered unexpectedly: {message}")]
-    Protocol { path: String, message: String },
-    #[error("cannot set up the etcd client: {0}")]
-    Client(String),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
     #[error("cannot render register.etcd.{what}: {message}")]
     Render { what: String, message: String },
 }
@@ -55,168 +37,6 @@ pub enum RegisterError {
 impl RegisterError {
     pub fn code(&self) -> ErrorCode {
         ErrorCode::RegisterFailed
-    }
-}
-
-/// A small etcd v3 client over the JSON gateway.
-pub struct EtcdClient {
-    http: reqwest::Client,
-    endpoints: Vec<String>,
-    credentials: Option<(String, SecretValue)>,
-    token: Mutex<Option<SecretValue>>,
-}
-
-impl EtcdClient {
-    pub fn new(
-        spec: &EtcdSpec,
-        credentials: Option<(String, SecretValue)>,
-    ) -> Result<EtcdClient, RegisterError> {
-        let builder = crate::http::client_builder()
-            .timeout(spec.timeout)
-            .no_proxy();
-        let http = crate::http::with_ca_file(builder, spec.ca_file.as_deref(), spec.ca_only)
-            .map_err(RegisterError::Client)?
-            .build()
-            .map_err(|e| RegisterError::Client(e.to_string()))?;
-        Ok(EtcdClient {
-            http,
-            endpoints: spec.endpoints.clone(),
-            credentials,
-            token: Mutex::new(None),
-        })
-    }
-
-    /// POSTs `body` to `path` on the first endpoint that answers.
-    #[tracing::instrument(skip_all, fields(path = path))]
-    async fn call(&self, path: &str, body: &Value) -> Result<Value, RegisterError> {
-        if self.credentials.is_some() && self.token.lock().await.is_none() {
-            self.authenticate().await?;
-        }
-        match self.call_once(path, body).await {
-            // An expired or revoked auth token: get a new one, once.
-            Err(RegisterError::Status { status: 401, .. }) if self.credentials.is_some() => {
-                self.authenticate().await?;
-                self.call_once(path, body).await
-            }
-            other => other,
-        }
-    }
-
-    #[tracing::instrument(skip_all, fields(path = path, endpoint = tracing::field::Empty, status = tracing::field::Empty))]
-    async fn call_once(&self, path: &str, body: &Value) -> Result<Value, RegisterError> {
-        let token = self
-            .token
-            .lock()
-            .await
-            .as_ref()
-            .map(|t| t.expose().to_string());
-        let mut last = String::from("no endpoints");
-        for endpoint in &self.endpoints {
-            tracing::Span::current().record("endpoint", endpoint.as_str());
-            let mut request = self.http.post(format!("{endpoint}{path}")).json(body);
-            if let Some(token) = &token {
-                request = request.header(reqwest::header::AUTHORIZATION, token);
-            }
-            let resp = match request.send().await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    last = format!("{endpoint}: {}", crate::http::describe_error(&e));
-                    continue;
-                }
-            };
-            let status = resp.status();
-            tracing::Span::current().record("status", status.as_u16());
-            let text = resp.text().await.unwrap_or_default();
-            if status.is_server_error() {
-                last = format!("{endpoint}: HTTP {status}");
-                continue;
-            }
-            if !status.is_success() {
-                return Err(RegisterError::Status {
-                    endpoint: endpoint.clone(),
-                    path: path.to_string(),
-                    status: status.as_u16(),
-                    body: text.chars().take(300).collect(),
-                });
-            }
-            // keepalive streams: the first JSON object is the answer.
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
-            return serde_json::from_str(first).map_err(|e| RegisterError::Protocol {
-                path: path.to_string(),
-                message: e.to_string(),
-            });
-        }
-        Err(RegisterError::Unreachable {
-            path: path.to_string(),
-            last,
-        })
-    }
-
-    #[tracing::instrument(skip_all, fields(user = self.credentials.as_ref().map(|c| c.0.as_str())))]
-    async fn authenticate(&self) -> Result<(), RegisterError> {
-        let Some((name, password)) = &self.credentials else {
-            return Ok(());
-        };
-        *self.token.lock().await = None;
-        let body = json!({ "name": name, "password": password.expose() });
-        let answer = self.call_once("/v3/auth/authenticate", &body).await?;
-        let token = answer["token"]
-            .as_str()
-            .ok_or_else(|| RegisterError::Protocol {
-                path: "/v3/auth/authenticate".into(),
-                message: "no token in the answer".into(),
-            })?;
-        *self.token.lock().await = Some(SecretValue::new(token.to_string()));
-        Ok(())
-    }
-
-    /// Grants a lease; returns its id (a decimal string, as etcd sends it).
-    #[tracing::instrument(skip_all, fields(ttl_s = ttl.as_secs()))]
-    pub async fn grant(&self, ttl: Duration) -> Result<String, RegisterError> {
-        let answer = self
-            .call("/v3/lease/grant", &json!({ "TTL": ttl.as_secs() }))
-            .await?;
-        answer["ID"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| RegisterError::Protocol {
-                path: "/v3/lease/grant".into(),
-                message: "no lease ID in the answer".into(),
-            })
-    }
-
-    #[tracing::instrument(skip_all, fields(key = key, lease = lease))]
-    pub async fn put(&self, key: &str, value: &[u8], lease: &str) -> Result<(), RegisterError> {
-        let body = json!({ "key": B64.encode(key), "value": B64.encode(value), "lease": lease });
-        self.call("/v3/kv/put", &body).await.map(drop)
-    }
-
-    /// Refreshes the lease; returns the TTL left (0 when the lease is gone).
-    #[tracing::instrument(skip_all, fields(lease = lease))]
-    pub async fn keepalive(&self, lease: &str) -> Result<i64, RegisterError> {
-        let answer = self
-            .call("/v3/lease/keepalive", &json!({ "ID": lease }))
-            .await?;
-        let result = &answer["result"];
-        Ok(match &result["TTL"] {
-            Value::String(s) => s.parse().unwrap_or(0),
-            Value::Number(n) => n.as_i64().unwrap_or(0),
-            _ => 0,
-        })
-    }
-
-    #[tracing::instrument(skip_all, fields(lease = lease))]
-    pub async fn revoke(&self, lease: &str) -> Result<(), RegisterError> {
-        self.call("/v3/lease/revoke", &json!({ "ID": lease }))
-            .await
-            .map(drop)
-    }
-
-    #[tracing::instrument(skip_all, fields(key = key))]
-    pub async fn delete(&self, key: &str) -> Result<(), RegisterError> {
-        self.call("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))
-            .await
-            .map(drop)
     }
 }
 
@@ -274,7 +94,13 @@ pub async fn register(
         "registered_at": crate::telemetry::timestamp(std::time::SystemTime::now()),
     }))
     .unwrap_or_default();
-    let client = Arc::new(EtcdClient::new(spec, credentials)?);
+    let conn = Connection {
+        endpoints: &spec.endpoints,
+        ca_file: spec.ca_file.as_deref(),
+        ca_only: spec.ca_only,
+        timeout: spec.timeout,
+    };
+    let client = Arc::new(EtcdClient::new(&conn, credentials)?);
 
     let (min, max) = REGISTER_BACKOFF;
     let budget = crate::retry::Budget::new(REGISTER_ATTEMPTS, min, max);
@@ -303,7 +129,9 @@ pub async fn register(
         crate::retry::GaveUp::Exhausted(exhausted) => last
             .into_inner()
             .unwrap_or_else(|p| p.into_inner())
-            .unwrap_or(RegisterError::Client(exhausted.to_string())),
+            .unwrap_or(RegisterError::Etcd(EtcdError::Client(
+                exhausted.to_string(),
+            ))),
     })?;
     let lease = Arc::new(std::sync::Mutex::new(lease));
     let stop = CancellationToken::new();
@@ -341,7 +169,7 @@ async fn put_with_lease(
     let lease = client.grant(ttl).await?;
     if let Err(err) = client.put(key, value, &lease).await {
         let _ = client.revoke(&lease).await;
-        return Err(err);
+        return Err(err.into());
     }
     Ok(lease)
 }

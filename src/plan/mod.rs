@@ -11,6 +11,7 @@ pub mod diagnostic;
 pub mod duration;
 pub mod facts;
 pub mod lifecycle;
+pub mod limits;
 pub mod load;
 pub mod os;
 pub mod raw;
@@ -242,6 +243,10 @@ pub struct Plan {
     /// Environment variables that hold secrets or credentials (see
     /// [`secret_checks::secret_env_names`]).
     pub secret_env: std::collections::BTreeSet<String>,
+    /// Fleet-wide semaphores (`limits:`).
+    pub limits: Option<limits::Limits>,
+    /// `start_splay:`.
+    pub start_splay: Option<limits::StartSplay>,
     /// Problems that do not stop the plan from running.
     pub warnings: Vec<Diagnostic>,
 }
@@ -293,6 +298,8 @@ pub struct Step {
     pub fingerprint: String,
     /// For `template` steps: what a changed secret sets off.
     pub on_change: Option<OnChange>,
+    /// The semaphore (of `limits.semaphores`) the step takes a slot of.
+    pub throttle: Option<String>,
 }
 
 /// A template step's `on_change`.

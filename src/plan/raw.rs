@@ -88,6 +88,15 @@ pub struct RawPlan<S = RawStep> {
     /// Where metrics and traces go. See docs/plan.md, "Telemetry".
     #[serde(default)]
     pub telemetry: Option<super::telemetry::RawTelemetry>,
+    /// Fleet-wide concurrency limits: semaphores on etcd leases that steps
+    /// take with `throttle: NAME`.
+    #[serde(default)]
+    pub limits: Option<super::limits::RawLimits>,
+    /// A random delay `MIN..MAX` (e.g. `0s..20s`) before the first step that
+    /// does work, so a fleet started together spreads out. Never applied
+    /// when every step is skipped.
+    #[serde(default)]
+    pub start_splay: Option<super::duration::Backoff>,
 }
 
 impl<S> RawPlan<S> {
@@ -114,6 +123,8 @@ impl<S> RawPlan<S> {
             register: self.register,
             report: self.report,
             telemetry: self.telemetry,
+            limits: self.limits,
+            start_splay: self.start_splay,
         }
     }
 }
@@ -284,6 +295,10 @@ pub struct RawStep {
     /// stop (default `SIGTERM`), e.g. `SIGQUIT` for nginx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// Take a slot of this semaphore (from `limits.semaphores`) before the
+    /// step starts; it is given back when the step ends, however it ends.
+    #[serde(default, skip_serializing)]
+    pub throttle: Option<String>,
 }
 
 /// `on_change:` of a template step.

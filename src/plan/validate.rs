@@ -387,6 +387,18 @@ impl Validator {
         for (field, message, hint) in problems {
             self.error(None, field, message, hint);
         }
+        let limits = raw.limits.as_ref().map(|l| {
+            let (limits, problems) = super::limits::resolve(l, &self.plan_dir);
+            for (field, message, hint) in problems {
+                self.error(None, field, message, hint);
+            }
+            limits
+        });
+        self.check_throttles(&raw, limits.as_ref());
+        let start_splay = raw.start_splay.map(|b| super::limits::StartSplay {
+            min: b.min,
+            max: b.max,
+        });
 
         Plan {
             name: raw.name,
@@ -409,7 +421,52 @@ impl Validator {
             lifecycle,
             telemetry,
             secret_env,
+            limits,
+            start_splay,
             warnings: Vec::new(),
+        }
+    }
+
+    /// Every `throttle:` names a semaphore of `limits.semaphores`.
+    fn check_throttles(&mut self, raw: &RawPlan, limits: Option<&super::limits::Limits>) {
+        for (name, step) in &raw.steps {
+            let Some(wanted) = &step.value.throttle else {
+                continue;
+            };
+            let field = format!("steps.{name}.throttle");
+            // Found by its field once every check is done (`locate_unplaced`).
+            let pos = None;
+            let Some(limits) = limits else {
+                self.error(
+                    pos,
+                    field,
+                    format!("the step takes semaphore `{wanted}`, but the plan has no `limits:`"),
+                    Some(format!(
+                        "add `limits: {{ etcd: {{ endpoints: [...] }}, semaphores: {{ {wanted}: {{ slots: 1 }} }} }}`"
+                    )),
+                );
+                continue;
+            };
+            if !limits.semaphores.contains_key(wanted) {
+                let hint = did_you_mean(wanted, limits.semaphores.keys().map(String::as_str))
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .or_else(|| {
+                        Some(format!(
+                            "declare it under `limits.semaphores`, e.g. `{wanted}: {{ slots: 1 }}`"
+                        ))
+                    });
+                self.error(pos, field, format!("unknown semaphore `{wanted}`"), hint);
+            } else if matches!(
+                (&step.value.exec, &step.value.service),
+                (Some(_), _) | (_, Some(_))
+            ) {
+                self.error(
+                    pos,
+                    field,
+                    "`throttle` applies to steps that end (`run`, `shell`, `file`, `template`, `wait`)",
+                    Some("a service or the exec app would hold the slot for as long as it runs".into()),
+                );
+            }
         }
     }
 
@@ -613,6 +670,7 @@ impl Validator {
             privileges,
             fingerprint,
             on_change,
+            throttle: raw.throttle.clone(),
         })
     }
 

@@ -57,6 +57,8 @@ pub struct StepContext {
     pub bootstrap_id: String,
     pub kill_grace: Duration,
     pub services: service::Services,
+    /// Fleet-wide semaphores and the start splay.
+    pub fleet: crate::fleet::Fleet,
     http: OnceLock<reqwest::Client>,
 }
 
@@ -79,6 +81,7 @@ impl StepContext {
             bootstrap_id,
             kill_grace,
             services: service::Services::default(),
+            fleet: crate::fleet::Fleet::default(),
             http: OnceLock::new(),
         }
     }
@@ -251,6 +254,8 @@ pub enum StepError {
     /// An OS kind's failure (a system tool, the package manager, visudo).
     #[error(transparent)]
     Os(crate::system::OsError),
+    #[error(transparent)]
+    Throttle(#[from] crate::fleet::ThrottleError),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("cancelled")]
@@ -273,6 +278,13 @@ impl StepError {
             StepError::Fs(_) | StepError::Owner { .. } => ErrorCode::FileWriteFailed,
             StepError::Secret(e) => e.code(),
             StepError::Os(e) => e.code(),
+            StepError::Throttle(crate::fleet::ThrottleError::TimedOut { .. }) => {
+                ErrorCode::StepTimeout
+            }
+            StepError::Throttle(crate::fleet::ThrottleError::Cancelled) => {
+                ErrorCode::RunInterrupted
+            }
+            StepError::Throttle(_) => ErrorCode::ThrottleUnavailable,
             StepError::Internal(_) => ErrorCode::Internal,
             // The engine replaces this with the reason it cancelled.
             StepError::Cancelled => ErrorCode::RunInterrupted,
@@ -291,6 +303,7 @@ impl StepError {
                 | StepError::UnsafePath { .. }
                 | StepError::Cancelled
                 | StepError::Secret(_)
+                | StepError::Throttle(_)
         )
     }
 }

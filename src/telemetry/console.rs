@@ -189,6 +189,44 @@ impl Sink for ConsoleSink {
                     ));
                 }
             }
+            EventKind::StartSplay { delay } => {
+                if level_ok {
+                    self.print(&format!(
+                        "bootplan: start splay: the first step's work waits {}",
+                        format_duration(*delay)
+                    ));
+                }
+            }
+            EventKind::Queued {
+                step,
+                semaphore,
+                position,
+                slots,
+                elapsed,
+            } => {
+                self.row(step).state = StepState::Waiting;
+                if level_ok {
+                    self.print(&format!(
+                        "  … {step}: waiting for {} after {}s",
+                        super::event::queue_place(semaphore, *position, *slots),
+                        elapsed.as_secs()
+                    ));
+                }
+            }
+            EventKind::SlotAcquired {
+                step,
+                semaphore,
+                waited,
+                throttled,
+            } => {
+                self.row(step).state = StepState::Running;
+                if level_ok {
+                    self.print(&format!(
+                        "  ▶ {step}: {}",
+                        super::event::slot_message(semaphore, *waited, *throttled)
+                    ));
+                }
+            }
             EventKind::StepFinished {
                 step,
                 state,

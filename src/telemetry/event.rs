@@ -27,6 +27,8 @@ impl Stream {
 pub enum StepState {
     Pending,
     Running,
+    /// Queued for a semaphore's slot (`throttle:`).
+    Waiting,
     Done,
     Skipped,
     Failed,
@@ -39,6 +41,7 @@ impl StepState {
         match self {
             StepState::Pending => "pending",
             StepState::Running => "running",
+            StepState::Waiting => "waiting",
             StepState::Done => "done",
             StepState::Skipped => "skipped",
             StepState::Failed => "failed",
@@ -134,6 +137,26 @@ pub enum EventKind {
         target: String,
         elapsed: Duration,
     },
+    /// The run's start splay begins: the first step's work waits `delay`.
+    StartSplay {
+        delay: Duration,
+    },
+    /// A throttled step waits in a semaphore's queue: `position` 1 is next.
+    Queued {
+        step: String,
+        semaphore: String,
+        position: u32,
+        slots: u32,
+        elapsed: Duration,
+    },
+    /// A throttled step may go on after `waited` in the queue: with a slot
+    /// (`throttled`), or without one (etcd unavailable, `on_unavailable: proceed`).
+    SlotAcquired {
+        step: String,
+        semaphore: String,
+        waited: Duration,
+        throttled: bool,
+    },
     StepFinished {
         step: String,
         state: StepState,
@@ -189,6 +212,29 @@ impl Level {
     }
 }
 
+/// What a queued step waits for, as the status file and the logs say it:
+/// `semaphore migrate (position 3, 1 slot)`.
+pub fn queue_place(semaphore: &str, position: u32, slots: u32) -> String {
+    format!(
+        "semaphore {semaphore} (position {position}, {slots} slot{})",
+        if slots == 1 { "" } else { "s" }
+    )
+}
+
+/// The log line of a step that may go on after its queue.
+pub fn slot_message(semaphore: &str, waited: Duration, throttled: bool) -> String {
+    if throttled {
+        format!(
+            "took a slot of semaphore {semaphore} after {:.1}s in the queue",
+            waited.as_secs_f64()
+        )
+    } else {
+        format!(
+            "runs without a slot of semaphore {semaphore}: etcd is unavailable (on_unavailable: proceed)"
+        )
+    }
+}
+
 impl EventKind {
     /// A stable event name for logs.
     pub fn name(&self) -> &'static str {
@@ -200,6 +246,9 @@ impl EventKind {
             EventKind::AttemptFailed { .. } => "attempt_failed",
             EventKind::Output { .. } => "output",
             EventKind::Waiting { .. } => "waiting",
+            EventKind::StartSplay { .. } => "start_splay",
+            EventKind::Queued { .. } => "queued",
+            EventKind::SlotAcquired { .. } => "slot_acquired",
             EventKind::StepFinished { .. } => "step_finished",
             EventKind::StepNotRun { .. } => "step_not_run",
             EventKind::UndoFinished { .. } => "undo_finished",
@@ -225,6 +274,9 @@ impl EventKind {
             EventKind::Notice { level, .. } => *level,
             EventKind::Health { problems } if !problems.is_empty() => Level::Warn,
             EventKind::AttemptStarted { .. } => Level::Debug,
+            EventKind::SlotAcquired {
+                throttled: false, ..
+            } => Level::Warn,
             _ => Level::Info,
         }
     }
@@ -237,10 +289,13 @@ impl EventKind {
             | EventKind::AttemptFailed { step, .. }
             | EventKind::Output { step, .. }
             | EventKind::Waiting { step, .. }
+            | EventKind::Queued { step, .. }
+            | EventKind::SlotAcquired { step, .. }
             | EventKind::StepFinished { step, .. }
             | EventKind::StepNotRun { step, .. }
             | EventKind::UndoFinished { step, .. } => Some(step),
             EventKind::RunStarted { .. }
+            | EventKind::StartSplay { .. }
             | EventKind::Notice { .. }
             | EventKind::Health { .. }
             | EventKind::RunFinished { .. } => None,

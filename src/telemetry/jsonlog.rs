@@ -146,6 +146,48 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event, bootstrap_id: &str) {
                 format!("still waiting for {target} after {}s", elapsed.as_secs()),
             );
         }
+        EventKind::StartSplay { delay } => {
+            f.ms("duration_ms", *delay);
+            f.owned(
+                "msg",
+                format!(
+                    "start splay: the first step's work waits {:.1}s",
+                    delay.as_secs_f64()
+                ),
+            );
+        }
+        EventKind::Queued {
+            semaphore,
+            position,
+            slots,
+            elapsed,
+            ..
+        } => {
+            f.str("semaphore", semaphore);
+            f.put("position", Field::U64(u64::from(*position)));
+            f.ms("duration_ms", *elapsed);
+            f.owned(
+                "msg",
+                format!(
+                    "waiting for {} after {}s",
+                    super::event::queue_place(semaphore, *position, *slots),
+                    elapsed.as_secs()
+                ),
+            );
+        }
+        EventKind::SlotAcquired {
+            semaphore,
+            waited,
+            throttled,
+            ..
+        } => {
+            f.str("semaphore", semaphore);
+            f.ms("duration_ms", *waited);
+            f.owned(
+                "msg",
+                super::event::slot_message(semaphore, *waited, *throttled),
+            );
+        }
         EventKind::StepFinished {
             state,
             attempts,

@@ -41,6 +41,7 @@ pub const DEPENDENCY_RETRIES: &str = crate::retry::RETRIES_METRIC;
 pub const LOG_LINES_DROPPED: &str = "bootplan_log_lines_dropped_total";
 pub const SECRET_ROTATIONS: &str = "bootplan_secret_rotations_total";
 pub const SECRET_EXPIRY: &str = "bootplan_secret_expiry_timestamp_seconds";
+pub const THROTTLE_WAIT: &str = "bootplan_throttle_wait_seconds";
 
 /// Every metric family bootplan exports: (name, type, labels besides
 /// `plan`), held against the metrics table of `docs/plan.md` by a test.
@@ -64,6 +65,7 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     (LOG_LINES_DROPPED, "counter", &[]),
     (SECRET_ROTATIONS, "counter", &["secret", "outcome"]),
     (SECRET_EXPIRY, "gauge", &["secret"]),
+    (THROTTLE_WAIT, "histogram", &["semaphore"]),
 ];
 
 /// Run outcomes that get a `bootplan_runs_total` series from the start (at
@@ -111,7 +113,8 @@ fn builder(plan: &str) -> Result<PrometheusBuilder, metrics_exporter_prometheus:
         .set_buckets_for_metric(Matcher::Full(TIME_TO_READY.into()), READY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(BOOT_TO_READY.into()), READY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(SERVICE_READY.into()), READY_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Full(SECRET_FETCH_DURATION.into()), FETCH_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(SECRET_FETCH_DURATION.into()), FETCH_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(THROTTLE_WAIT.into()), READY_BUCKETS)
 }
 
 fn describe() {
@@ -183,6 +186,11 @@ fn describe() {
     describe_counter!(
         SECRET_FETCH_ERRORS,
         "Failed secret fetches, by backend and error code."
+    );
+    describe_histogram!(
+        THROTTLE_WAIT,
+        Unit::Seconds,
+        "Time throttled steps queued for a slot of a fleet-wide semaphore, by semaphore."
     );
     describe_counter!(
         SECRET_REDACTIONS,
@@ -331,7 +339,15 @@ impl Sink for MetricsSink {
                 let code = error.as_ref().map(|e| e.code.as_str());
                 self.run_finished(*outcome, code, event.at);
             }
+            EventKind::SlotAcquired {
+                semaphore, waited, ..
+            } => {
+                histogram!(THROTTLE_WAIT, "semaphore" => semaphore.clone())
+                    .record(waited.as_secs_f64());
+            }
             EventKind::StepSkipped { .. }
+            | EventKind::StartSplay { .. }
+            | EventKind::Queued { .. }
             | EventKind::StepStarted { .. }
             | EventKind::AttemptStarted { .. }
             | EventKind::Output { .. }

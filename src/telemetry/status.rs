@@ -48,6 +48,9 @@ pub struct StatusDoc {
     /// are gone.
     #[serde(skip)]
     pub verdict: Option<Outcome>,
+    /// The start splay this run waited before its first step's work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_splay_ms: Option<u64>,
     pub steps: IndexMap<String, StepStatus>,
 }
 
@@ -75,15 +78,32 @@ pub struct StepStatus {
     pub duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<String>,
-    /// What a running step is waiting for (a secret store, a port, a URL).
+    /// What a running step is waiting for (a secret store, a port, a URL,
+    /// its place in a semaphore's queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
+    /// The semaphore a `throttle:` step queued for, and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<ThrottleRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempt_log: Vec<AttemptRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo: Option<UndoRecord>,
+}
+
+/// A throttled step's time in its semaphore's queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThrottleRecord {
+    pub semaphore: String,
+    /// Time queued for the slot so far (final once `acquired_unix_ms` is set).
+    pub queue_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acquired_unix_ms: Option<u64>,
+    /// `false`: etcd was unavailable and the step ran without a slot
+    /// (`on_unavailable: proceed`).
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +153,48 @@ impl StatusDoc {
             } => {
                 if let Some(s) = self.steps.get_mut(step) {
                     s.waiting_for = Some(format!("{target} (for {}s)", elapsed.as_secs()));
+                }
+            }
+            EventKind::StartSplay { delay } => {
+                self.start_splay_ms = Some(delay.as_millis() as u64);
+            }
+            EventKind::Queued {
+                step,
+                semaphore,
+                position,
+                slots,
+                elapsed,
+            } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.state = StepState::Waiting;
+                    s.waiting_for = Some(format!(
+                        "{} (for {}s)",
+                        super::event::queue_place(semaphore, *position, *slots),
+                        elapsed.as_secs()
+                    ));
+                    s.throttle = Some(ThrottleRecord {
+                        semaphore: semaphore.clone(),
+                        queue_ms: elapsed.as_millis() as u64,
+                        acquired_unix_ms: None,
+                        held: false,
+                    });
+                }
+            }
+            EventKind::SlotAcquired {
+                step,
+                semaphore,
+                waited,
+                throttled,
+            } => {
+                if let Some(s) = self.steps.get_mut(step) {
+                    s.state = StepState::Running;
+                    s.waiting_for = None;
+                    s.throttle = Some(ThrottleRecord {
+                        semaphore: semaphore.clone(),
+                        queue_ms: waited.as_millis() as u64,
+                        acquired_unix_ms: Some(now),
+                        held: *throttled,
+                    });
                 }
             }
             EventKind::StepSkipped { step, reason } => {
@@ -266,6 +328,7 @@ impl StatusDoc {
             failed_step: None,
             problems: Vec::new(),
             verdict: None,
+            start_splay_ms: None,
             steps: steps
                 .iter()
                 .map(|(name, kind)| {
@@ -281,6 +344,7 @@ impl StatusDoc {
                             duration_ms: None,
                             skip_reason: None,
                             waiting_for: None,
+                            throttle: None,
                             error: None,
                             attempt_log: Vec::new(),
                             undo: None,

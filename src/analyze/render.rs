@@ -15,9 +15,13 @@ fn secs(ms: u64) -> String {
 pub fn blame_text(t: &Timeline) -> String {
     let mut out = String::new();
     for b in t.blame() {
+        let queued = match (&b.semaphore, b.queue_ms) {
+            (Some(sem), Some(ms)) => format!(", queued {} for semaphore {sem}", secs(ms)),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{:>10} {} ({}, {}, {} attempt{})",
+            "{:>10} {} ({}, {}, {} attempt{}{queued})",
             secs(b.run_ms),
             b.step,
             b.kind,
@@ -37,7 +41,7 @@ pub fn chain_text(t: &Timeline, failed: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "The time a step finished is after \"@\", its run time after \"+\", and how long it\nwaited after its needs were done after \"~\".\n"
+        "The time a step finished is after \"@\", its run time after \"+\", how long it\nwaited after its needs were done after \"~\", and its time queued for a\nsemaphore's slot after \"q\".\n"
     );
     let _ = writeln!(
         out,
@@ -50,12 +54,15 @@ pub fn chain_text(t: &Timeline, failed: Option<&str>) -> String {
     for (depth, link) in chain.iter().rev().enumerate() {
         let _ = writeln!(
             out,
-            "{}└─{} @{} +{} ~{}{}",
+            "{}└─{} @{} +{} ~{}{}{}",
             "  ".repeat(depth),
             link.step,
             secs(link.end_ms),
             secs(link.run_ms),
             secs(link.wait_ms),
+            link.queue_ms
+                .map(|q| format!(" q{}", secs(q)))
+                .unwrap_or_default(),
             if link.state == StepState::Done {
                 String::new()
             } else {
@@ -227,6 +234,24 @@ pub fn svg(t: &Timeline, failed: Option<&str>) -> String {
                 ),
             );
         }
+        if let (Some(start), Some(queue), Some(sem)) =
+            (step.start_ms, step.queue_ms, step.semaphore.as_deref())
+            && queue > 0
+        {
+            bar(
+                &mut s,
+                x(start),
+                x(start + queue).max(x(start) + 2.0),
+                bar_y,
+                bar_h,
+                "url(#hatch)",
+                &format!(
+                    "{}: queued {} for a slot of semaphore {sem}",
+                    step.step,
+                    secs(queue)
+                ),
+            );
+        }
         if step.attempts.is_empty()
             && let (Some(start), Some(end)) = (step.start_ms, step.end_ms)
         {
@@ -335,7 +360,7 @@ pub fn svg(t: &Timeline, failed: Option<&str>) -> String {
         ("failed", "attempt failed"),
         ("cancelled", "cancelled"),
         ("backoff", "retry backoff"),
-        ("wait", "waiting after needs"),
+        ("wait", "waiting: needs, queue"),
         ("skipped", "skipped / not run"),
     ];
     for (i, (what, label)) in legend.iter().enumerate() {
@@ -398,27 +423,29 @@ td,th{border:1px solid #ddd;padding:4px 10px;text-align:left}th{background:#f5f5
         esc(&t.started_at)
     );
     s.push_str(&svg(t, failed));
-    s.push_str("<h2>Critical chain</h2>\n<table><tr><th>step</th><th>state</th><th>waited</th><th>ran</th><th>finished at</th></tr>\n");
+    s.push_str("<h2>Critical chain</h2>\n<table><tr><th>step</th><th>state</th><th>waited</th><th>queued</th><th>ran</th><th>finished at</th></tr>\n");
     for l in t.critical_chain(failed) {
         let _ = writeln!(
             s,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&l.step),
             l.state.as_str(),
             secs(l.wait_ms),
+            secs(l.queue_ms.unwrap_or(0)),
             secs(l.run_ms),
             secs(l.end_ms)
         );
     }
-    s.push_str("</table>\n<h2>Blame</h2>\n<table><tr><th>step</th><th>kind</th><th>state</th><th>attempts</th><th>ran</th></tr>\n");
+    s.push_str("</table>\n<h2>Blame</h2>\n<table><tr><th>step</th><th>kind</th><th>state</th><th>attempts</th><th>queued</th><th>ran</th></tr>\n");
     for b in t.blame() {
         let _ = writeln!(
             s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&b.step),
             esc(&b.kind),
             b.state.as_str(),
             b.attempts,
+            secs(b.queue_ms.unwrap_or(0)),
             secs(b.run_ms)
         );
     }

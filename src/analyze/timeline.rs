@@ -5,7 +5,9 @@
 //! Times are milliseconds from the run's start. A step's *wait* is the time
 //! between its needs being done (or the run starting) and the step starting;
 //! it includes queueing behind `max_parallel`, secret fetches and skip
-//! checks, which happen before a step is reported started.
+//! checks, which happen before a step is reported started. A `throttle:`
+//! step's *queue* time (waiting for a slot of a fleet-wide semaphore) falls
+//! after its start and is kept apart from its run time.
 
 use serde::Serialize;
 
@@ -43,11 +45,19 @@ pub struct StepLine {
     pub attempts: Vec<Attempt>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+    /// The semaphore a `throttle:` step queued for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semaphore: Option<String>,
+    /// Time queued for the semaphore's slot (part of start..end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<u64>,
 }
 
 impl StepLine {
+    /// Time from start to end, less the time queued for a slot.
     pub fn run_ms(&self) -> Option<u64> {
-        Some(self.end_ms?.saturating_sub(self.start_ms?))
+        let span = self.end_ms?.saturating_sub(self.start_ms?);
+        Some(span.saturating_sub(self.queue_ms.unwrap_or(0)))
     }
 }
 
@@ -71,6 +81,11 @@ pub struct Blame {
     pub state: StepState,
     pub run_ms: u64,
     pub attempts: u32,
+    /// Time queued for a semaphore's slot, not counted in `run_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semaphore: Option<String>,
 }
 
 /// One link of the critical chain, first (earliest) link first.
@@ -82,6 +97,9 @@ pub struct Link {
     pub end_ms: u64,
     pub wait_ms: u64,
     pub run_ms: u64,
+    /// Time queued for a semaphore's slot, not counted in `run_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_ms: Option<u64>,
 }
 
 impl Timeline {
@@ -134,6 +152,8 @@ impl Timeline {
                     end_ms,
                     attempts,
                     error_code: s.error.as_ref().map(|e| e.code.as_str().to_string()),
+                    semaphore: s.throttle.as_ref().map(|t| t.semaphore.clone()),
+                    queue_ms: s.throttle.as_ref().map(|t| t.queue_ms),
                 }
             })
             .collect();
@@ -173,6 +193,8 @@ impl Timeline {
                     state: s.state,
                     run_ms: s.run_ms()?,
                     attempts: s.attempts.len() as u32,
+                    queue_ms: s.queue_ms,
+                    semaphore: s.semaphore.clone(),
                 })
             })
             .collect();
@@ -210,7 +232,8 @@ impl Timeline {
                 start_ms: start,
                 end_ms: end,
                 wait_ms: start.saturating_sub(s.ready_ms),
-                run_ms: end.saturating_sub(start),
+                run_ms: s.run_ms().unwrap_or(0),
+                queue_ms: s.queue_ms,
             });
             current = s
                 .needs
@@ -248,6 +271,10 @@ mod tests {
                         {"attempt": 2, "started_unix_ms": 1700, "finished_unix_ms": 1890}]},
                 "d": {"kind": "file", "state": "skipped", "attempts": 0, "needs": ["a"],
                       "finished_unix_ms": 1210, "skip_reason": "unchanged"},
+                "q": {"kind": "run", "state": "done", "attempts": 1,
+                      "started_unix_ms": 1010, "finished_unix_ms": 1400,
+                      "throttle": {"semaphore": "migrate", "queue_ms": 300,
+                                   "acquired_unix_ms": 1310, "held": true}},
                 "e": {"kind": "run", "state": "cancelled", "attempts": 1,
                       "started_unix_ms": 1010, "finished_unix_ms": 1100,
                       "error": {"code": "step.cancelled", "message": "x"},
@@ -262,7 +289,10 @@ mod tests {
     fn blame_orders_by_run_time() {
         let t = Timeline::from_status(&doc());
         let names: Vec<_> = t.blame().into_iter().map(|b| b.step).collect();
-        assert_eq!(names, ["b", "c", "a", "e", "d"]);
+        assert_eq!(names, ["b", "c", "a", "q", "e", "d"]);
+        // Queue time is not run time.
+        let q = t.blame().into_iter().find(|b| b.step == "q").unwrap();
+        assert_eq!((q.run_ms, q.queue_ms), (90, Some(300)));
     }
 
     #[test]
@@ -276,6 +306,6 @@ mod tests {
         assert_eq!(chain[1].run_ms, 370);
         assert_eq!(t.steps[2].attempts[0].outcome, "failed");
         assert_eq!(t.steps[2].attempts[1].outcome, "ok");
-        assert_eq!(t.steps[4].attempts[0].outcome, "cancelled");
+        assert_eq!(t.steps[5].attempts[0].outcome, "cancelled");
     }
 }

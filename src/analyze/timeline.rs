@@ -272,7 +272,7 @@ mod tests {
                 "d": {"kind": "file", "state": "skipped", "attempts": 0, "needs": ["a"],
                       "finished_unix_ms": 1210, "skip_reason": "unchanged"},
                 "q": {"kind": "run", "state": "done", "attempts": 1,
-                      "started_unix_ms": 1010, "finished_unix_ms": 1400,
+                      "started_unix_ms": 1010, "finished_unix_ms": 1410,
                       "throttle": {"semaphore": "migrate", "queue_ms": 300,
                                    "acquired_unix_ms": 1310, "held": true}},
                 "e": {"kind": "run", "state": "cancelled", "attempts": 1,
@@ -292,7 +292,7 @@ mod tests {
         assert_eq!(names, ["b", "c", "a", "q", "e", "d"]);
         // Queue time is not run time.
         let q = t.blame().into_iter().find(|b| b.step == "q").unwrap();
-        assert_eq!((q.run_ms, q.queue_ms), (90, Some(300)));
+        assert_eq!((q.run_ms, q.queue_ms), (100, Some(300)));
     }
 
     #[test]
@@ -306,6 +306,6 @@ mod tests {
         assert_eq!(chain[1].run_ms, 370);
         assert_eq!(t.steps[2].attempts[0].outcome, "failed");
         assert_eq!(t.steps[2].attempts[1].outcome, "ok");
-        assert_eq!(t.steps[5].attempts[0].outcome, "cancelled");
+        assert_eq!(t.steps[4].attempts[0].outcome, "cancelled");
     }
 }

@@ -8,6 +8,7 @@ mod core;
 mod crash;
 mod docs;
 mod facts;
+mod fleet;
 mod invalid_plans;
 mod lifecycle;
 mod observability;

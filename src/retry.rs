@@ -190,6 +190,58 @@ pub fn full_jitter(cap: Duration) -> Duration {
     Duration::from_millis(fastrand::u64(0..=cap_ms))
 }
 
+/// A client-side rate limit: a token bucket refilled at `rate` tokens a
+/// second, holding at most `burst` (one second's worth, at least one).
+/// Each request takes a token first; when none is left it waits its turn
+/// (a reservation: waiters are served in the order they came, no polling).
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    /// Tokens (negative: reserved by waiters) as of the instant.
+    state: std::sync::Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// The lowest rate accepted: one request every 100 s.
+    pub const MIN_RATE: f64 = 0.01;
+
+    pub fn new(rate: f64) -> TokenBucket {
+        let rate = if rate.is_finite() {
+            rate.max(Self::MIN_RATE)
+        } else {
+            Self::MIN_RATE
+        };
+        let burst = rate.max(1.0);
+        TokenBucket {
+            rate,
+            burst,
+            state: std::sync::Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes a token, waiting until one is there.
+    pub async fn take(&self) {
+        let wait = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let (tokens, at) = *state;
+            let refilled =
+                (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.burst);
+            let left = refilled - 1.0;
+            *state = (left, now);
+            if left >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-left / self.rate)
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// The counter of retried dependency requests.
 pub const RETRIES_METRIC: &str = "bootplan_dependency_retries_total";
 
@@ -308,6 +360,27 @@ mod tests {
                 "an attempt began too late"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_bucket_lets_a_burst_through_then_keeps_the_rate() {
+        let bucket = TokenBucket::new(4.0);
+        let start = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..12 {
+            bucket.take().await;
+            at.push(start.elapsed());
+        }
+        // One second's worth at once, then one every 250ms.
+        assert!(at[..4].iter().all(|d| d.is_zero()), "{at:?}");
+        assert_eq!(at[4], Duration::from_millis(250));
+        assert_eq!(at[11], Duration::from_secs(2));
+        // A slow rate still starts with one token.
+        let slow = TokenBucket::new(0.5);
+        let start = Instant::now();
+        slow.take().await;
+        slow.take().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,6 +163,11 @@ pub fn check(
             vault.concurrency,
             &mut problems,
         );
+        check_rate(
+            "backends.vault.max_requests_per_second",
+            vault.max_requests_per_second,
+            &mut problems,
+        );
         if vault.ca_only && vault.ca_file.is_none() {
             problems.push((
                 "backends.vault.ca_only".into(),
@@ -190,6 +195,11 @@ pub fn check(
         }
         check_retry("backends.aws.retry", aws.retry.as_ref(), &mut problems);
         check_concurrency("backends.aws.concurrency", aws.concurrency, &mut problems);
+        check_rate(
+            "backends.aws.max_requests_per_second",
+            aws.max_requests_per_second,
+            &mut problems,
+        );
     }
     problems
 }
@@ -373,6 +383,18 @@ fn check_concurrency(field: &str, concurrency: Option<u32>, problems: &mut Vec<P
             field.into(),
             "at least one request must be allowed in flight".into(),
             Some("e.g. `concurrency: 8` (the default)".into()),
+        ));
+    }
+}
+
+fn check_rate(field: &str, rate: Option<f64>, problems: &mut Vec<Problem>) {
+    if let Some(rate) = rate
+        && !(crate::retry::TokenBucket::MIN_RATE..=1e6).contains(&rate)
+    {
+        problems.push((
+            field.into(),
+            format!("{rate} requests per second is not a rate bootplan can keep (0.01 to 1000000)"),
+            Some("e.g. `max_requests_per_second: 20`".into()),
         ));
     }
 }

@@ -349,6 +349,11 @@ pub struct VaultConfig {
     /// Requests in flight at once (secrets are read in parallel). Default 8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Client-side limit on requests per second to this backend (a token
+    /// bucket holding one second's worth), retries included, on top of
+    /// the server's own 429/`Retry-After`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<f64>,
     /// Retries of failed requests (connection errors, timeouts, 5xx, 429 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<NetRetry>,
@@ -504,6 +509,11 @@ pub struct AwsConfig {
     /// Requests in flight at once (secrets are read in parallel). Default 8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Client-side limit on requests per second to this backend (a token
+    /// bucket holding one second's worth), retries included, on top of
+    /// the server's own 429/`Retry-After`. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<f64>,
     /// Retries of failed requests (connection errors, timeouts, 5xx, 429 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<NetRetry>,

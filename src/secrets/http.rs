@@ -57,6 +57,9 @@ pub struct Net {
     pub dependency: &'static str,
     /// Where each retried failure is logged.
     pub reporter: Option<std::sync::Arc<crate::telemetry::Reporter>>,
+    /// `max_requests_per_second`: each attempt takes a token first
+    /// (shared by every clone of this `Net`).
+    pub bucket: Option<std::sync::Arc<crate::retry::TokenBucket>>,
 }
 
 impl Net {
@@ -88,7 +91,14 @@ impl Net {
             budget,
             dependency,
             reporter: None,
+            bucket: None,
         }
+    }
+
+    /// Holds requests to `rate` a second (none when `None`).
+    pub fn with_rate_limit(mut self, rate: Option<f64>) -> Net {
+        self.bucket = rate.map(|r| std::sync::Arc::new(crate::retry::TokenBucket::new(r)));
+        self
     }
 
     /// Logs each retried failure through `reporter`.
@@ -124,14 +134,19 @@ impl Net {
                 );
             }
         };
-        crate::retry::run(&self.budget, announce, |_| self.attempt(url, &build))
-            .await
-            .map_err(|gave_up| match gave_up {
-                crate::retry::GaveUp::Fatal(failure) => failure,
-                crate::retry::GaveUp::Exhausted(exhausted) => {
-                    Failure::Unreachable(format!("{url}: {exhausted}"))
-                }
-            })
+        crate::retry::run(&self.budget, announce, |_| async {
+            if let Some(bucket) = &self.bucket {
+                bucket.take().await;
+            }
+            self.attempt(url, &build).await
+        })
+        .await
+        .map_err(|gave_up| match gave_up {
+            crate::retry::GaveUp::Fatal(failure) => failure,
+            crate::retry::GaveUp::Exhausted(exhausted) => {
+                Failure::Unreachable(format!("{url}: {exhausted}"))
+            }
+        })
     }
 
     async fn attempt(

@@ -122,7 +122,8 @@ impl VaultClient {
             deadline,
             "vault",
         )
-        .with_reporter(reporter);
+        .with_reporter(reporter)
+        .with_rate_limit(config.max_requests_per_second);
         Ok(VaultClient {
             session: Arc::new(Session {
                 net,

@@ -343,6 +343,64 @@ fn secrets_of_a_step_are_read_in_parallel_within_the_backends_bound() {
     }
 }
 
+/// `max_requests_per_second` holds a backend's requests to its rate on
+/// the client side: twelve reads at 4/s take at least two seconds past the
+/// first second's burst, where the same plan without it takes a fraction
+/// of a second; each path is still read once (no request was lost or
+/// turned into a retry).
+#[test]
+fn a_backends_request_rate_is_held_by_its_token_bucket() {
+    let Some(bao) = Bao::start(false) else { return };
+    for i in 0..12 {
+        bao.ok(&[
+            "kv",
+            "put",
+            &format!("secret/rate/p{i}"),
+            &format!("v=rate-value-{i}"),
+        ]);
+    }
+    let run = |limit: &str| {
+        let proxy = recording_proxy(bao.port);
+        let sb = Sandbox::new();
+        let mut secrets = String::new();
+        let mut inline = String::new();
+        for i in 0..12 {
+            secrets.push_str(&format!(
+                "  s{i}: {{ vault: {{ path: secret/rate/p{i}, key: v }} }}\n"
+            ));
+            inline.push_str(&format!("{{{{ secrets.s{i} }}}},"));
+        }
+        sb.plan(&format!(
+            "version: 1\nname: rate\nbackends:\n  vault:\n    address: http://127.0.0.1:{port}\n{limit}    auth: {{ token: {{ env: T }} }}\nsecrets:\n{secrets}steps:\n  render: {{ template: {{ inline: \"{inline}\", dest: out.txt }} }}\n",
+            port = proxy.port
+        ));
+        let out = sb
+            .cmd()
+            .env("T", "root")
+            .args(["run", "plan.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+        let expected: Vec<String> = (0..12).map(|i| format!("rate-value-{i},")).collect();
+        assert_eq!(sb.read("out.txt"), expected.concat());
+        let sent = String::from_utf8_lossy(&proxy.sent.lock().unwrap()).into_owned();
+        for i in 0..12 {
+            assert_eq!(
+                sent.matches(&format!("GET /v1/secret/data/rate/p{i} "))
+                    .count(),
+                1,
+                "p{i}"
+            );
+        }
+        sb.step("render")["duration_ms"].as_u64().unwrap()
+    };
+    let free = run("");
+    let held = run("    max_requests_per_second: 4\n");
+    eprintln!("12 reads: {free}ms without a limit, {held}ms at 4 requests/s");
+    assert!(held >= 2000, "12 reads at 4/s took only {held}ms");
+    assert!(free < 1500, "without a limit the reads took {free}ms");
+}
+
 /// Many keys of one KV path cost one read of that path (counted by a
 /// proxy in front of the real server).
 #[test]

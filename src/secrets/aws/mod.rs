@@ -132,7 +132,8 @@ impl AwsClient {
             deadline,
             "aws",
         )
-        .with_reporter(reporter.clone());
+        .with_reporter(reporter.clone())
+        .with_rate_limit(config.max_requests_per_second);
         let imds_base = config
             .endpoints
             .imds

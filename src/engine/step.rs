@@ -46,10 +46,10 @@ pub(super) async fn execute(
     if let Some(warning) = journal.instance_change(step, &ctx.facts) {
         ctx.reporter.notice(crate::telemetry::Level::Warn, warning);
     }
-    // The run's start splay, taken once, before the first step's work (its
-    // secrets, its slot, its commands): a rerun that skips every step never
-    // waits for it.
-    if !ctx.fleet.splay(&ctx.reporter, cancel).await {
+    // The run's start splay, taken once, before the first step's work: its
+    // secret fetches (network calls) if it has secrets, else its slot or
+    // its first attempt. A rerun that skips every step never waits for it.
+    if !step.secret_refs.is_empty() && !ctx.fleet.splay(&ctx.reporter, cancel).await {
         return StepResult::Cancelled {
             attempts: 0,
             duration: Duration::ZERO,
@@ -85,6 +85,20 @@ pub(super) async fn execute(
         }
         Err(err) => return failed(err, 0),
     }
+    let splay_began = Instant::now();
+    if !ctx.fleet.splay(&ctx.reporter, cancel).await {
+        return StepResult::Cancelled {
+            attempts: 0,
+            duration: started.elapsed(),
+        };
+    }
+    // A splay waited here is the run's, not the step's time.
+    let started = started + splay_began.elapsed();
+    let failed = |error: StepError, attempts: u32| StepResult::Failed {
+        error,
+        attempts,
+        duration: started.elapsed(),
+    };
     if !announced {
         ctx.reporter.emit(EventKind::StepStarted {
             step: step.name.clone(),
@@ -300,7 +314,9 @@ async fn attempt_with_timeout(
     first_limit: Option<Duration>,
 ) -> Result<(), StepError> {
     let limit = match inputs.step.kind {
-        StepKind::Wait(_) | StepKind::Service { .. } => None,
+        // Their own limit bounds the wait; a throttled one also has what
+        // its queue left of the timeout.
+        StepKind::Wait(_) | StepKind::Service { .. } => first_limit,
         _ => first_limit.or(inputs.step.timeout),
     };
     // One attempt future for both paths: the step's future stores it once.

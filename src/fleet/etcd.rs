@@ -200,14 +200,20 @@ impl EtcdClient {
         self.call("/v3/kv/put", &body).await.map(drop)
     }
 
-    /// Every key under `prefix`, oldest first (by creation revision).
+    /// Every key under `prefix`, oldest first (by creation revision);
+    /// with `keys_only`, values are left out (empty).
     #[tracing::instrument(skip_all, fields(prefix = prefix))]
-    pub async fn range_prefix(&self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
+    pub async fn range_prefix(
+        &self,
+        prefix: &str,
+        keys_only: bool,
+    ) -> Result<Vec<KeyValue>, EtcdError> {
         let body = json!({
             "key": B64.encode(prefix),
             "range_end": B64.encode(prefix_end(prefix.as_bytes())),
             "sort_order": "ASCEND",
             "sort_target": "CREATE",
+            "keys_only": keys_only,
         });
         let answer = self.call("/v3/kv/range", &body).await?;
         let protocol = |message: &str| EtcdError::Protocol {

@@ -305,7 +305,7 @@ async fn queue(
         let mut reported_at: Option<Instant> = None;
         loop {
             let range = bounded(
-                call.retrying("kv/range", || client.range_prefix(&dir)),
+                call.retrying("kv/range", || client.range_prefix(&dir, true)),
                 cancel,
                 limit_at,
             )

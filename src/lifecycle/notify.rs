@@ -71,6 +71,21 @@ impl Sink for NotifySink {
                     elapsed.as_secs()
                 ));
             }
+            EventKind::Queued {
+                step,
+                semaphore,
+                position,
+                slots,
+                ..
+            } => {
+                self.working(&format!(
+                    "{step}: waiting for {}",
+                    crate::telemetry::queue_place(semaphore, *position, *slots)
+                ));
+            }
+            EventKind::StartSplay { delay } => {
+                self.working(&format!("start splay: waiting {:.1}s", delay.as_secs_f64()));
+            }
             EventKind::StepFinished { step, state, .. } => {
                 self.finished += 1;
                 self.working(&format!(

@@ -20,7 +20,7 @@ pub mod traces;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-pub use event::{ErrorInfo, Event, EventKind, Level, Outcome, StepState, Stream};
+pub use event::{ErrorInfo, Event, EventKind, Level, Outcome, StepState, Stream, queue_place};
 
 use crate::redact::Redactor;
 

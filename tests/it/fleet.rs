@@ -508,7 +508,7 @@ fn etcd_down_fails_with_throttle_unavailable_or_proceeds_when_written_so() {
 fn the_start_splay_is_waited_once_and_never_when_everything_is_skipped() {
     let sb = Sandbox::new();
     sb.plan(
-        "version: 1\nname: splay\nstart_splay: 400ms..700ms\nsteps:\n  a:\n    run: [\"/bin/true\"]\n  b:\n    run: [\"/bin/true\"]\n",
+        "version: 1\nname: splay\nstart_splay: 400ms..700ms\nsteps:\n  a:\n    run: [\"/bin/touch\", \"made\"]\n  b:\n    run: [\"/bin/true\"]\n  c:\n    needs: [a]\n    frequency: always\n    creates: made\n    run: [\"/bin/true\"]\n",
     );
     let out = sb.run();
     assert_eq!(code(&out), 0, "{}", dump(&out));
@@ -536,6 +536,14 @@ fn the_start_splay_is_waited_once_and_never_when_everything_is_skipped() {
     let status = sb.status();
     assert_eq!(status["steps"]["a"]["state"], "skipped");
     assert_eq!(status["steps"]["b"]["state"], "skipped");
+    // `c` runs its checks on every run, and is skipped by them: no splay either.
+    assert_eq!(
+        status["steps"]["c"]["skip_reason"]
+            .as_str()
+            .map(|r| r.starts_with("creates:")),
+        Some(true),
+        "{status}"
+    );
     assert!(status.get("start_splay_ms").is_none(), "{status}");
     assert!(!log_lines(&out).iter().any(|l| l["event"] == "start_splay"));
     let took = status["duration_ms"].as_u64().unwrap();

@@ -100,6 +100,18 @@ fn print_status(doc: &StatusDoc) {
             .as_ref()
             .map(|e| format!("[{}] {}", e.code, e.message))
             .or_else(|| s.skip_reason.clone())
+            .or_else(|| s.waiting_for.as_ref().map(|w| format!("waiting for {w}")))
+            .or_else(|| {
+                let t = s.throttle.as_ref()?;
+                Some(if t.held {
+                    format!("queued {}ms for semaphore {}", t.queue_ms, t.semaphore)
+                } else {
+                    format!(
+                        "ran without a slot of semaphore {} (etcd unavailable)",
+                        t.semaphore
+                    )
+                })
+            })
             .unwrap_or_default();
         let duration = s
             .duration_ms

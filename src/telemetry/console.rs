@@ -219,7 +219,16 @@ impl Sink for ConsoleSink {
                 waited,
                 throttled,
             } => {
-                self.row(step).state = StepState::Running;
+                let row = self.row(step);
+                row.state = StepState::Running;
+                row.note = if *throttled {
+                    format!(
+                        "queued {} for semaphore {semaphore}",
+                        format_duration(*waited)
+                    )
+                } else {
+                    format!("ran without a slot of semaphore {semaphore}")
+                };
                 if level_ok {
                     self.print(&format!(
                         "  ▶ {step}: {}",

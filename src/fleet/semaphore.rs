@@ -252,11 +252,7 @@ async fn queue(
             after: req.limit.map_or(started.elapsed(), |(_, d)| d),
         },
     };
-    let call = Caller {
-        client: &client,
-        req,
-        reporter,
-    };
+    let call = Caller { req, reporter };
     // A lease and the key on it; again if the lease is lost while queued.
     'enter: loop {
         let lease = bounded(
@@ -366,7 +362,6 @@ fn jittered(every: Duration) -> Duration {
 
 /// Makes etcd requests with retries.
 struct Caller<'a> {
-    client: &'a EtcdClient,
     req: &'a Request<'a>,
     reporter: &'a Reporter,
 }
@@ -379,7 +374,6 @@ impl Caller<'_> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, EtcdError>>,
     {
-        let _ = self.client;
         let sem = &self.req.semaphore.name;
         let mut budget =
             crate::retry::Budget::new(self.req.limits.attempts, RETRY_BACKOFF.0, RETRY_BACKOFF.1);

@@ -72,6 +72,8 @@ impl Fleet {
     }
 
     /// Takes a slot of semaphore `name` for `step`; see [`semaphore::acquire`].
+    /// The queue is a span of its own (`throttle`), its etcd calls its children.
+    #[tracing::instrument(name = "throttle", skip_all, fields(semaphore = name))]
     pub async fn acquire(
         &self,
         name: &str,

@@ -70,6 +70,9 @@ pub struct KeyValue {
 /// An etcd v3 client over the JSON gateway.
 pub struct EtcdClient {
     http: reqwest::Client,
+    /// For watches: a connect timeout, no limit on the whole (long-lived) answer.
+    watch_http: reqwest::Client,
+    timeout: Duration,
     endpoints: Vec<String>,
     credentials: Option<(String, SecretValue)>,
     token: Mutex<Option<SecretValue>>,
@@ -87,8 +90,17 @@ impl EtcdClient {
             .map_err(EtcdError::Client)?
             .build()
             .map_err(|e| EtcdError::Client(e.to_string()))?;
+        let builder = crate::http::client_builder()
+            .connect_timeout(conn.timeout)
+            .no_proxy();
+        let watch_http = crate::http::with_ca_file(builder, conn.ca_file, conn.ca_only)
+            .map_err(EtcdError::Client)?
+            .build()
+            .map_err(|e| EtcdError::Client(e.to_string()))?;
         Ok(EtcdClient {
             http,
+            watch_http,
+            timeout: conn.timeout,
             endpoints: conn.endpoints.to_vec(),
             credentials,
             token: Mutex::new(None),
@@ -272,6 +284,125 @@ impl EtcdClient {
         self.call("/v3/kv/deleterange", &json!({ "key": B64.encode(key) }))
             .await
             .map(drop)
+    }
+}
+
+impl EtcdClient {
+    /// Opens a watch on every key under `prefix` (`/v3/watch`, a stream of
+    /// JSON lines) on the first endpoint that confirms it within the
+    /// request timeout. Events after the confirmation are all seen.
+    #[tracing::instrument(skip_all, fields(prefix = prefix))]
+    pub async fn watch_prefix(&self, prefix: &str) -> Result<Watch, EtcdError> {
+        let body = json!({ "create_request": {
+            "key": B64.encode(prefix),
+            "range_end": B64.encode(prefix_end(prefix.as_bytes())),
+        }});
+        let token = self
+            .token
+            .lock()
+            .await
+            .as_ref()
+            .map(|t| t.expose().to_string());
+        let path = "/v3/watch";
+        let mut last = String::from("no endpoints");
+        for endpoint in &self.endpoints {
+            let mut request = self
+                .watch_http
+                .post(format!("{endpoint}{path}"))
+                .json(&body);
+            if let Some(token) = &token {
+                request = request.header(reqwest::header::AUTHORIZATION, token);
+            }
+            let opened = tokio::time::timeout(self.timeout, async {
+                let resp = request
+                    .send()
+                    .await
+                    .map_err(|e| format!("{endpoint}: {}", crate::http::describe_error(&e)))?;
+                if !resp.status().is_success() {
+                    return Err(format!("{endpoint}: HTTP {}", resp.status()));
+                }
+                let mut watch = Watch {
+                    resp,
+                    buf: Vec::new(),
+                    endpoint: endpoint.clone(),
+                };
+                match watch.next_message().await {
+                    Ok(m) if m["result"]["created"] == true => Ok(watch),
+                    Ok(m) => Err(format!("{endpoint}: the watch was not created: {m}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await;
+            match opened {
+                Ok(Ok(watch)) => return Ok(watch),
+                Ok(Err(why)) => last = why,
+                Err(_) => last = format!("{endpoint}: no answer within {:?}", self.timeout),
+            }
+        }
+        Err(EtcdError::Unreachable {
+            path: path.to_string(),
+            last,
+        })
+    }
+}
+
+/// An open watch.
+pub struct Watch {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    endpoint: String,
+}
+
+impl Watch {
+    /// The next message of the stream.
+    async fn next_message(&mut self) -> Result<Value, EtcdError> {
+        let broken = |message: String| EtcdError::Protocol {
+            path: format!("{}/v3/watch", self.endpoint),
+            message,
+        };
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line).map_err(|e| broken(e.to_string()));
+            }
+            // One message is small; a peer that never ends a line is not etcd.
+            if self.buf.len() > 1 << 20 {
+                return Err(broken("a message over 1 MiB".into()));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
+                Ok(None) => return Err(broken("the watch ended".into())),
+                Err(e) => return Err(broken(crate::http::describe_error(&e))),
+            }
+        }
+    }
+
+    /// The keys deleted in the next batch of events that deletes any.
+    pub async fn deleted(&mut self) -> Result<Vec<String>, EtcdError> {
+        loop {
+            let message = self.next_message().await?;
+            let result = &message["result"];
+            if result["canceled"] == true {
+                return Err(EtcdError::Protocol {
+                    path: format!("{}/v3/watch", self.endpoint),
+                    message: format!("the watch was cancelled: {}", result["cancel_reason"]),
+                });
+            }
+            let keys: Vec<String> = result["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["type"] == "DELETE")
+                .filter_map(|e| B64.decode(e["kv"]["key"].as_str()?).ok())
+                .filter_map(|k| String::from_utf8(k).ok())
+                .collect();
+            if !keys.is_empty() {
+                return Ok(keys);
+            }
+        }
     }
 }
 

@@ -4,9 +4,12 @@
 //! plan's `ttl`), puts `PREFIX S/BOOTSTRAP_ID/STEP` attached to it, and
 //! reads the range `PREFIX S/` ordered by creation revision: the first
 //! `slots` keys hold a slot, the others queue in the order they came. A
-//! queued step reads the range again after a jittered `poll_interval`
-//! (±50%, so a fleet does not poll in step), reports its place, and keeps
-//! its lease alive the whole time, queued or holding. It gives the slot
+//! queued step watches the prefix for deletions and counts down the keys
+//! ahead of it, reading the range again only when fewer than `slots` are
+//! left (so a release does not send the whole queue to etcd); without a
+//! watch it reads the range every jittered `poll_interval` (±50%, so a
+//! fleet does not poll in step). It reports its place, and keeps its lease
+//! alive the whole time, queued or holding. It gives the slot
 //! back by revoking the lease, which deletes the key — on every path:
 //! success, failure, timeout, deadline and signal; a bootplan that dies
 //! (SIGKILL, power loss) stops the keep-alive, so its slot is free once
@@ -298,6 +301,27 @@ async fn queue(
                 return Err(interrupted(why, position));
             }
         }
+        // Deletions under the semaphore, seen as they happen: the queue
+        // moves without polling. Opened before the first read of the range,
+        // so no deletion after that read is missed. Without it (an old
+        // gateway, a proxy that buffers), polling alone.
+        let mut watch = match bounded(client.watch_prefix(&dir), cancel, limit_at).await {
+            Ok(Ok(watch)) => Some(watch),
+            Ok(Err(err)) => {
+                reporter.notice(
+                    Level::Debug,
+                    format!(
+                        "no etcd watch for semaphore `{}` ({err}); polling",
+                        sem.name
+                    ),
+                );
+                None
+            }
+            Err(why) => {
+                slot.release(reporter).await;
+                return Err(interrupted(why, position));
+            }
+        };
         let mut reported_at: Option<Instant> = None;
         loop {
             let range = bounded(
@@ -329,24 +353,70 @@ async fn queue(
                 slot.release(reporter).await;
                 continue 'enter;
             };
-            if index < sem.slots as usize {
+            let slots = sem.slots as usize;
+            if index < slots {
                 return Ok(slot);
             }
-            let now_position = (index - sem.slots as usize + 1) as u32;
-            let repeat = reported_at.is_none_or(|at| at.elapsed() >= QUEUE_REPEAT);
-            if now_position != position || repeat {
-                position = now_position;
-                reported_at = Some(Instant::now());
-                reporter.emit(EventKind::Queued {
-                    step: req.step.to_string(),
-                    semaphore: sem.name.clone(),
-                    position,
-                    slots: sem.slots,
-                    elapsed: started.elapsed(),
-                });
-            }
-            let pause = jittered(req.limits.poll_interval);
-            if let Err(why) = bounded(tokio::time::sleep(pause), cancel, limit_at).await {
+            // Keys ahead only ever leave: a newcomer is created after us.
+            let mut ahead: std::collections::HashSet<String> =
+                holders[..index].iter().map(|kv| kv.key.clone()).collect();
+            let mut report = |position: &mut u32, ahead: usize| {
+                let now_position = (ahead - slots + 1) as u32;
+                let repeat = reported_at.is_none_or(|at| at.elapsed() >= QUEUE_REPEAT);
+                if now_position != *position || repeat {
+                    *position = now_position;
+                    reported_at = Some(Instant::now());
+                    reporter.emit(EventKind::Queued {
+                        step: req.step.to_string(),
+                        semaphore: sem.name.clone(),
+                        position: now_position,
+                        slots: sem.slots,
+                        elapsed: started.elapsed(),
+                    });
+                }
+            };
+            report(&mut position, ahead.len());
+            // With a watch the range is read again only when the keys ahead
+            // are fewer than the slots (or as a rare check); without one,
+            // every jittered poll interval.
+            let every = match watch {
+                Some(_) => req.limits.poll_interval * 10,
+                None => req.limits.poll_interval,
+            };
+            let poll_at = Instant::now() + jittered(every);
+            let wait = async {
+                loop {
+                    let deleted = async {
+                        match watch.as_mut() {
+                            Some(w) => w.deleted().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep_until(poll_at) => return,
+                        () = tokio::time::sleep(QUEUE_REPEAT) => report(&mut position, ahead.len()),
+                        gone = deleted => match gone {
+                            Ok(keys) => {
+                                if keys.contains(&key) {
+                                    return;
+                                }
+                                for k in &keys {
+                                    ahead.remove(k);
+                                }
+                                if ahead.len() < slots {
+                                    return;
+                                }
+                                report(&mut position, ahead.len());
+                            }
+                            Err(_) => {
+                                watch = None;
+                                return;
+                            }
+                        },
+                    }
+                }
+            };
+            if let Err(why) = bounded(wait, cancel, limit_at).await {
                 slot.release(reporter).await;
                 return Err(interrupted(why, position));
             }

@@ -549,3 +549,51 @@ fn the_start_splay_is_waited_once_and_never_when_everything_is_skipped() {
     let took = status["duration_ms"].as_u64().unwrap();
     assert!(took < 400, "the rerun took {took}ms");
 }
+
+#[test]
+fn a_queued_step_moves_up_as_soon_as_a_slot_is_given_back() {
+    let Some(etcd) = start_etcd() else { return };
+    let shared = tempfile::tempdir().unwrap();
+    let (release, holding) = (shared.path().join("release"), shared.path().join("holding"));
+    // A poll every 30s (±50%): only the watch can move the queue sooner.
+    let slow = ", poll_interval: 30s";
+    let holder = Sandbox::new();
+    holder.plan(
+        &plan(&etcd.url, 1, slow, "", &holding_step(&release, &holding))
+            .replace(", poll_interval: 100ms", ""),
+    );
+    let a = start_run(&holder, &[]);
+    wait_until("the holder to take the slot", LONG, || holding.exists());
+    let next = Sandbox::new();
+    let started = shared.path().join("b-started");
+    next.plan(
+        &plan(
+            &etcd.url,
+            1,
+            slow,
+            "",
+            &format!(
+                "  after:\n    throttle: migrate\n    run: [\"/bin/sh\", \"-c\", \"touch {}\"]\n",
+                started.display()
+            ),
+        )
+        .replace(", poll_interval: 100ms", ""),
+    );
+    let b = start_run(&next, &[]);
+    wait_until("the second run to queue", LONG, || {
+        status_of(&next).is_some_and(|s| s["steps"]["after"]["state"] == "waiting")
+    });
+    let released = Instant::now();
+    std::fs::write(&release, "").unwrap();
+    wait_until("the second run to get the slot", LONG, || started.exists());
+    let moved_after = released.elapsed();
+    eprintln!("the queued step started {moved_after:?} after the holder's step ended");
+    assert!(
+        moved_after < Duration::from_secs(3),
+        "the queue moved only after {moved_after:?}"
+    );
+    for run in [a, b] {
+        let out = run.wait_output(LONG);
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+    }
+}

@@ -9,6 +9,7 @@ mod facts;
 mod fleet;
 mod fsutil;
 mod http;
+mod import;
 mod lifecycle;
 pub mod plan;
 mod process;

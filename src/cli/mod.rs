@@ -4,6 +4,7 @@
 
 mod check;
 mod facts;
+mod import;
 mod reset;
 mod run;
 mod status;
@@ -112,6 +113,25 @@ pub enum Command {
     },
     /// Where the time of the last run went: blame, critical chain, waterfall.
     Analyze(crate::analyze::AnalyzeArgs),
+    /// Turn another tool's configuration into a plan.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// cloud-init user data (cloud-config, MIME multipart, scripts, gzip)
+    /// to a plan, with a migration report on stderr.
+    CloudConfig {
+        /// The user data file (`-` for stdin).
+        file: PathBuf,
+        /// Write the plan here instead of to stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Print the report as JSON on stdout (with the plan, unless --output).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line and returns the process exit code. A panic is
@@ -162,6 +182,9 @@ fn dispatch(cli: &Cli) -> i32 {
             user_data,
         } => facts::facts(*json, provider.as_deref(), plan.as_deref(), *user_data),
         Command::Analyze(args) => analyze(cli, args),
+        Command::Import(ImportCommand::CloudConfig { file, output, json }) => {
+            import::cloud_config(file, output.as_deref(), *json)
+        }
     }
 }
 

@@ -219,6 +219,8 @@ impl Builder {
             }
         }
         let plan = (!self.steps.is_empty()).then(|| self.render(name));
+        // In the order of the file (parts without a line last, as they came).
+        self.entries.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         Import {
             plan,
             entries: self.entries,

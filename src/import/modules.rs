@@ -98,8 +98,13 @@ pub fn parse_configs(builder: &mut Builder, parts: &[&Part]) -> Vec<Item> {
             ));
             continue;
         }
+        // PyYAML (cloud-init's reader) keeps the last of duplicate keys.
+        let options = serde_saphyr::options! {
+            duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
+            with_snippet: false,
+        };
         let parsed: Result<Option<IndexMap<String, Spanned<Value>>>, _> =
-            serde_saphyr::from_str(&text);
+            serde_saphyr::from_str_with_options(&binary_as_base64(&text), options);
         let map = match parsed {
             Ok(Some(map)) if !map.is_empty() => map,
             Ok(_) => {
@@ -268,6 +273,9 @@ fn unsupported_hint(key: &str) -> String {
             "configure the package manager with `file` and `run` steps"
         }
         "ssh_keys" => "host private keys in user data: deliver them as secrets with `to_file`",
+        "password" => {
+            "the default user's password, in plain text: give a `user` step a password_hash, from a secret"
+        }
         "ssh_import_id" => "fetch the keys at image build time and list them under a `user` step",
         "chef" | "puppet" | "salt_minion" | "ansible" | "mcollective" | "landscape" => {
             "install and start the agent with `packages`, `file` and `service` steps"
@@ -443,11 +451,22 @@ fn write_file(file: &Value) -> Result<(String, IndexMap<String, Value>), String>
             "{path}: `source` (a URL) is not fetched; use a download step with a digest"
         ));
     }
-    let encoding = file
+    let binary = file.get("content__binary");
+    let declared = file
         .get("encoding")
         .and_then(Value::as_str)
         .unwrap_or("text/plain");
-    let raw = scalar(file.get("content").unwrap_or(&Value::Null));
+    // `!!binary` is base64 on top of what `encoding` says.
+    let encoding = match (binary, declared) {
+        (Some(_), "gz" | "gzip") => "gz+b64",
+        (Some(_), _) => "b64",
+        (None, declared) => declared,
+    };
+    let raw = scalar(
+        binary
+            .or_else(|| file.get("content"))
+            .unwrap_or(&Value::Null),
+    );
     let bytes = decode(&raw, encoding).map_err(|why| format!("{path}: {why}"))?;
     let content = String::from_utf8(bytes)
         .map_err(|_| format!("{path}: binary content cannot be a `file` step's text; use a download step with a data: URL"))?;
@@ -841,7 +860,11 @@ fn chpasswd(builder: &mut Builder, item: &Item, users: Option<&Item>) {
     };
     let mut message = problems.join("; ");
     if steps.is_empty() && message.is_empty() {
-        message = "hashes go to the users' own `user` steps".into();
+        message = if chpasswd_entries(&item.value).is_empty() {
+            "no passwords listed: nothing to do".into()
+        } else {
+            "the hashes go to the users' own `user` steps".into()
+        };
     }
     builder.entry(entry(item, outcome, message, steps));
 }
@@ -1362,7 +1385,7 @@ pub fn boothook(builder: &mut Builder, part: &Part) {
         "/var/lib/bootplan/boothooks/{}",
         super::slug(part.filename.as_deref().unwrap_or("boothook"))
     );
-    let script = part.text.splitn(2, '\n').nth(1).unwrap_or("");
+    let script = part.text.split_once('\n').map_or("", |(_, rest)| rest);
     let file = builder.step(
         "boothook-file",
         body(vec![(
@@ -1496,6 +1519,15 @@ fn translate_jinja(text: &str) -> Result<String, String> {
                 .join(", ")
         ))
     }
+}
+
+/// `content: !!binary |` (YAML's base64 binary) read as base64 text under
+/// another key, so the file entry knows to decode it.
+fn binary_as_base64(text: &str) -> String {
+    text.lines()
+        .map(|line| line.replacen("content: !!binary", "content__binary:", 1))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Commands and files keep `${NAME}` (shell); elsewhere, and as

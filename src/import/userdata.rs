@@ -295,7 +295,11 @@ fn split_archive(
             i + 1
         );
         let (content, mime) = match entry {
-            serde_json::Value::String(s) => (s.clone(), None),
+            // A bare string is a part of its own; without a header it is plain text.
+            serde_json::Value::String(s) => (
+                s.clone(),
+                (!s.starts_with('#')).then(|| "text/plain".to_string()),
+            ),
             serde_json::Value::Object(map) => (
                 map.get("content")
                     .and_then(|c| c.as_str())

@@ -55,7 +55,7 @@ server.serve_forever()
 
 /// A throwaway root. Dropping it ends every process in it and with them
 /// the namespaces and the overlay.
-struct Root {
+pub(crate) struct Root {
     holder: Child,
     dir: tempfile::TempDir,
     pid: u32,
@@ -67,7 +67,7 @@ struct Root {
 impl Root {
     /// A new root, or `None` (the test skips) where the host cannot make
     /// one; under CI or `BOOTPLAN_TEST_REQUIRE_PEERS=1` that is a failure.
-    fn new() -> Option<Root> {
+    pub(crate) fn new() -> Option<Root> {
         let missing = |why: String| {
             assert!(
                 !under_ci(),
@@ -166,26 +166,26 @@ impl Root {
 
     /// A path inside the root, reachable from the host through the
     /// holder's view of its mount namespace.
-    fn path(&self, inside: &str) -> PathBuf {
+    pub(crate) fn path(&self, inside: &str) -> PathBuf {
         let mut p = PathBuf::from(format!("/proc/{}/root", self.pid));
         p.push(self.inner().strip_prefix("/").unwrap());
         p.push(inside.trim_start_matches('/'));
         p
     }
 
-    fn write(&self, inside: &str, text: &str) {
+    pub(crate) fn write(&self, inside: &str, text: &str) {
         let path = self.path(inside);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {inside}: {e}"));
     }
 
-    fn read(&self, inside: &str) -> String {
+    pub(crate) fn read(&self, inside: &str) -> String {
         std::fs::read_to_string(self.path(inside)).unwrap_or_default()
     }
 
     /// A command run inside the root (its namespaces, chrooted), with a
     /// clean environment.
-    fn cmd<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Command {
+    pub(crate) fn cmd<S: AsRef<std::ffi::OsStr>>(&self, argv: &[S]) -> Command {
         let mut cmd = Command::new(&self.nsenter);
         cmd.args([
             "-t",
@@ -210,14 +210,14 @@ impl Root {
     }
 
     /// Runs a shell script inside the root; panics when it fails.
-    fn sh(&self, script: &str) -> String {
+    pub(crate) fn sh(&self, script: &str) -> String {
         let out = self.cmd(&["/bin/sh", "-ec", script]).output().unwrap();
         assert!(out.status.success(), "`{script}` failed: {}", dump(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `bootplan ARGS` inside the root, JSON logs on stdout.
-    fn bootplan(&self, args: &[&str]) -> Command {
+    pub(crate) fn bootplan(&self, args: &[&str]) -> Command {
         let mut cmd = self.cmd(&[BIN]);
         cmd.args(args)
             .env("BOOTPLAN_LOG_FORMAT", "json")
@@ -229,13 +229,13 @@ impl Root {
         cmd
     }
 
-    fn run(&self) -> Output {
+    pub(crate) fn run(&self) -> Output {
         self.bootplan(&["run", "/etc/bootplan/plan.yaml"])
             .output()
             .unwrap()
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         serde_json::from_str(&self.read("/run/bootplan/status.json")).unwrap_or(Value::Null)
     }
 
@@ -243,7 +243,7 @@ impl Root {
     /// nothing in them but a file), signs it with a new key, serves it on
     /// 127.0.0.1:8080 inside the root and removes the host's own sources
     /// (unreachable here). Returns the armored public key.
-    fn apt_repo(&mut self, names: &[&str]) -> String {
+    pub(crate) fn apt_repo(&mut self, names: &[&str]) -> String {
         self.apt_repo_failing(names, 0)
     }
 

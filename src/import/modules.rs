@@ -209,8 +209,20 @@ pub fn map_config(builder: &mut Builder, items: &[Item], scripts: &[&Part]) {
             "power_state" => power_state(builder, item),
             // Handled with the key they go with.
             "fqdn" | "prefer_fqdn_over_hostname" | "manage_etc_hosts" | "preserve_hostname" => {
+                let anchor = if get("hostname").is_some() {
+                    "hostname"
+                } else {
+                    "fqdn"
+                };
                 if get("hostname").is_none() && *key == "fqdn" {
                     hostname(builder, items);
+                } else if *key != anchor && get(anchor).is_some() {
+                    note(
+                        builder,
+                        item,
+                        Outcome::Mapped,
+                        "part of the `hostname` step",
+                    );
                 } else if get("hostname").is_none() && get("fqdn").is_none() {
                     note(
                         builder,
@@ -397,7 +409,13 @@ fn write_files(builder: &mut Builder, item: &Item, deferred: bool) {
     let mut steps = Vec::new();
     let mut problems = Vec::new();
     for (i, file) in list.iter().enumerate() {
-        let is_deferred = file.get("defer").and_then(Value::as_bool).unwrap_or(false);
+        // A file owned by an account is written after the accounts exist
+        // (cloud-init wrote it first and could not give it its owner).
+        let owned = file
+            .get("owner")
+            .and_then(Value::as_str)
+            .is_some_and(|o| !o.is_empty() && o != "root" && o != "root:root");
+        let is_deferred = owned || file.get("defer").and_then(Value::as_bool).unwrap_or(false);
         if is_deferred != deferred {
             continue;
         }
@@ -418,7 +436,7 @@ fn write_files(builder: &mut Builder, item: &Item, deferred: bool) {
         (
             Outcome::Mapped,
             if deferred {
-                "written after the packages are installed, as cloud-init's final stage does"
+                "written after the accounts and packages: deferred files, and files owned by an account (cloud-init wrote those before the account existed)"
                     .to_string()
             } else {
                 String::new()

@@ -9,6 +9,7 @@ mod crash;
 mod docs;
 mod facts;
 mod fleet;
+mod import;
 mod invalid_plans;
 mod lifecycle;
 mod observability;

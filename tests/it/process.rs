@@ -37,7 +37,13 @@ impl Markers {
 
     /// Shell that starts both, in the background.
     fn start(&self) -> String {
-        format!("sleep {} & setsid sleep {} & ", self.near, self.away)
+        // The step goes on only once the escapee is in its own session
+        // (field 6 of /proc/PID/stat), so it never dies as a group member
+        // merely because the step ended before setsid() ran.
+        format!(
+            "sleep {} & setsid sleep {} & away=$!; while [ $(cut -d' ' -f6 /proc/$away/stat) = $(cut -d' ' -f6 /proc/$$/stat) ]; do sleep 0.01; done; ",
+            self.near, self.away
+        )
     }
 }
 
@@ -85,7 +91,8 @@ fn cgroup_of(pid: i32) -> Option<String> {
 fn cgroups_here(test: &str) -> Option<PathBuf> {
     let why = match bootplan::test_support::own_cgroup() {
         Ok(own) => {
-            let probe = own.join(format!("bootplan-test-probe-{}", std::process::id()));
+            // One probe per test: tests run in parallel in one process.
+            let probe = own.join(format!("bootplan-test-probe-{}-{test}", std::process::id()));
             match std::fs::create_dir(&probe) {
                 Ok(()) => {
                     let killable = probe.join("cgroup.kill").exists();

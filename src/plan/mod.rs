@@ -8,8 +8,10 @@
 //! effects beyond reading the plan and the template sources it names.
 
 pub mod diagnostic;
+pub mod download;
 pub mod duration;
 pub mod facts;
+pub mod include;
 pub mod lifecycle;
 pub mod limits;
 pub mod load;
@@ -240,6 +242,8 @@ pub struct Plan {
     pub lifecycle: lifecycle::Lifecycle,
     /// Where metrics and traces go (`telemetry:`).
     pub telemetry: telemetry::TelemetryConfig,
+    /// The download cache's settings (`downloads:`).
+    pub downloads: download::DownloadSettings,
     /// Environment variables that hold secrets or credentials (see
     /// [`secret_checks::secret_env_names`]).
     pub secret_env: std::collections::BTreeSet<String>,
@@ -348,6 +352,7 @@ pub enum StepKind {
     },
     /// `user`, `group`, `packages`, `hostname`, `sysctl`, `unit`, `ssh_host_keys`.
     Os(os::OsKind),
+    Download(download::DownloadSpec),
 }
 
 impl StepKind {
@@ -361,6 +366,7 @@ impl StepKind {
             StepKind::Exec { .. } => "exec",
             StepKind::Service { .. } => "service",
             StepKind::Os(kind) => kind.name(),
+            StepKind::Download(_) => "download",
         }
     }
 }

@@ -24,7 +24,7 @@ const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 1000;
 const DEFAULT_WAIT_INTERVAL: Duration = Duration::from_millis(500);
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const KIND_KEYS: [&str; 14] = [
+const KIND_KEYS: [&str; 15] = [
     "run",
     "shell",
     "file",
@@ -39,6 +39,7 @@ const KIND_KEYS: [&str; 14] = [
     "sysctl",
     "unit",
     "ssh_host_keys",
+    "download",
 ];
 
 /// Validates `raw` (parsed from `text` at `path`) into a runnable plan.
@@ -420,6 +421,7 @@ impl Validator {
             steps,
             lifecycle,
             telemetry,
+            downloads: super::download::DownloadSettings::resolve(raw.downloads.as_ref()),
             secret_env,
             limits,
             start_splay,
@@ -964,6 +966,7 @@ impl Validator {
             ("sysctl", raw.sysctl.is_some()),
             ("unit", raw.unit.is_some()),
             ("ssh_host_keys", raw.ssh_host_keys.is_some()),
+            ("download", raw.download.is_some()),
         ]);
         if present.len() != 1 {
             let found = if present.is_empty() {
@@ -1061,6 +1064,14 @@ impl Validator {
         if let Some((kind, problems)) = super::os::resolve_kind(&self.plan_dir, field, raw) {
             self.os_problems(problems);
             return kind.map(StepKind::Os);
+        }
+        if let Some(download) = &raw.download {
+            let (spec, problems) = super::download::resolve(field, download);
+            for p in problems {
+                let severity = if p.warning { Severity::Warning } else { Severity::Error };
+                self.push(severity, pos, p.field, p.message, p.hint);
+            }
+            return spec.map(StepKind::Download);
         }
         let wait = raw.wait.as_ref()?;
         self.wait_spec(pos, &format!("{field}.wait"), wait)
@@ -1213,6 +1224,7 @@ impl Validator {
                 push_wait_texts(&mut texts, &format!("{field}.wait"), &w.target)
             }
             Some(StepKind::Os(os)) => texts.extend(os.template_texts(field)),
+            Some(StepKind::Download(d)) => texts.extend(super::download::texts(field, d)),
             _ => {}
         }
         let is_os = matches!(kind, Some(StepKind::Os(_)));

@@ -17,6 +17,7 @@ mod process;
 mod redact;
 mod retry;
 mod secrets;
+#[allow(dead_code)] // wired into `bootplan run URL` next
 mod signature;
 mod stdio;
 mod steps;

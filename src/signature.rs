@@ -154,12 +154,13 @@ fn read_key(path: &Path) -> Result<minisign_verify::PublicKey, SignatureError> {
 mod tests {
     use super::*;
 
-    // A key and signature from minisign's own documentation (over b"test").
-    const KEY: &str = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+    // A throwaway key and its signature over b"test", made with
+    // `minisign -G -W` and `minisign -S -m test`.
+    const KEY: &str = "RWSpU3bu4RdrRsfIY7PZkv/kk4kZghVvQfBJ+YRXOYBGeb2QbuXX/5av";
     const SIG: &str = "untrusted comment: signature from minisign secret key
-RWQf6LRCGA9i59SLOFxz6NxvASXDJeRtuZykwQepbDEGt87ig1BNpWaVWuNrm73YiIiJbq71Wi+dP9eKL8OC351vwIasSSbXxwA=
-trusted comment: timestamp:1555779966\tfile:test
-QtKMXWyYcwdpZAlPF7tE2ENJkRd1ujvKjlj1m9RtHTBnZPa5WKU5uWRs5GoP5M/VqE81QFuMKI5k/SfNQUaOAA==";
+RUSpU3bu4RdrRmcxXetBzDv4NMVqZ26M0jgZB7rv0I3MBnpfCe0zjfvDajfm6DBhkttJ6aaNy3Ap6NibVZU8gEJLV1ts/Uk+NgM=
+trusted comment: file:test
+xVpNVqrMJMUMYYmgCGakPqpEbuX0KT1H3sk9hb5e5gnu7MbCBQmfzLZyA+FPsN6tSLl96yODGO9Rxg0IuoPJDw==";
 
     #[test]
     fn verifies_with_a_trusted_key_and_refuses_changed_content() {

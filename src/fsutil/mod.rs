@@ -185,16 +185,6 @@ impl AtomicFile {
         &mut self.file
     }
 
-    /// The temp file's path, for messages.
-    pub fn temp_path(&self) -> &Path {
-        &self.tmp_path
-    }
-
-    /// The target's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), FsError> {
         self.file
             .write_all(bytes)

@@ -113,7 +113,8 @@ impl Staging {
         })
     }
 
-    /// The staging directory's path, for messages.
+    /// The staging directory's path.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.tmp_path
     }

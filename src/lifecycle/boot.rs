@@ -380,6 +380,13 @@ fn run_steps(
             outputs.started + plan.deadline,
         )),
     );
+    ctx.downloads = crate::steps::download::Downloads::new(
+        &dirs.state,
+        plan.downloads.max_cache_size,
+        Some(tokio::time::Instant::from_std(
+            outputs.started + plan.deadline,
+        )),
+    );
     let ctx = Arc::new(ctx);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -202,9 +202,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size `{text}`: write a number and a unit, such as 200MiB or 4GiB"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("invalid size `{text}`: write a number and a unit, such as 200MiB or 4GiB")
+    })?;
     let factor: u64 = match unit.trim() {
         "" | "B" => 1,
         "KB" | "kB" => 1000,
@@ -395,7 +395,9 @@ pub fn resolve(field: &str, raw: &RawDownload) -> (Option<DownloadSpec>, Vec<Pro
         (false, false) => error(
             "",
             "a download needs a digest: `sha256` (or `sha512`) of the content".into(),
-            Some("compute it with `sha256sum FILE`; `insecure_no_digest: true` accepts unverified content"),
+            Some(
+                "compute it with `sha256sum FILE`; `insecure_no_digest: true` accepts unverified content",
+            ),
         ),
         (true, true) => error(
             ".insecure_no_digest",
@@ -412,7 +414,11 @@ pub fn resolve(field: &str, raw: &RawDownload) -> (Option<DownloadSpec>, Vec<Pro
         );
     }
     if raw.attempt_timeout.is_some_and(|t| t.get().is_zero()) {
-        error(".attempt_timeout", "attempt_timeout must be more than zero".into(), None);
+        error(
+            ".attempt_timeout",
+            "attempt_timeout must be more than zero".into(),
+            None,
+        );
     }
     if raw.max_size.is_some_and(|s| s.0 == 0) {
         error(".max_size", "max_size must be more than zero".into(), None);
@@ -491,6 +497,34 @@ fn parse_digest(
     }
 }
 
+/// Checks that every `include` pattern names a path inside the archive.
+fn check_includes(
+    raw: &RawExtract,
+    error: &mut impl FnMut(&str, String, Option<&str>),
+) -> bool {
+    let mut ok = true;
+    for (i, pattern) in raw.include.iter().enumerate() {
+        let bad = pattern.is_empty()
+            || pattern.starts_with('/')
+            || pattern.split('/').any(|c| c == "..")
+            || pattern.contains('\0');
+        if bad {
+            error(
+                &format!(".extract.include[{i}]"),
+                format!(
+                    "`{}` is not a member path inside the archive",
+                    pattern.escape_debug()
+                ),
+                Some(
+                    "write paths relative to the archive's root (after strip_components), without `..`",
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
 fn resolve_extract(
     raw: &RawExtract,
     url: &str,
@@ -506,11 +540,12 @@ fn resolve_extract(
                     format!("the archive format cannot be told from `{url}`"),
                     Some("give `format:` tar, tar.gz, tar.zst, tar.xz, zip, gz, zst or xz"),
                 );
+                check_includes(raw, error);
                 return None;
             }
         },
     };
-    let mut ok = true;
+    let mut ok = check_includes(raw, error);
     if !format.is_archive() && (raw.strip_components > 0 || !raw.include.is_empty()) {
         error(
             ".extract",
@@ -521,20 +556,6 @@ fn resolve_extract(
             None,
         );
         ok = false;
-    }
-    for (i, pattern) in raw.include.iter().enumerate() {
-        let bad = pattern.is_empty()
-            || pattern.starts_with('/')
-            || pattern.split('/').any(|c| c == "..")
-            || pattern.contains('\0');
-        if bad {
-            error(
-                &format!(".extract.include[{i}]"),
-                format!("`{}` is not a member path inside the archive", pattern.escape_debug()),
-                Some("write paths relative to the archive's root (after strip_components), without `..`"),
-            );
-            ok = false;
-        }
     }
     ok.then(|| ExtractSpec {
         format,
@@ -596,7 +617,11 @@ mod tests {
     fn a_digest_is_required_unless_insecure_no_digest_is_written() {
         let (spec, problems) = resolve("steps.x", &raw("{ url: 'https://h/a.bin', dest: /tmp/a }"));
         assert!(spec.is_none());
-        assert!(problems[0].message.contains("needs a digest"), "{}", problems[0].message);
+        assert!(
+            problems[0].message.contains("needs a digest"),
+            "{}",
+            problems[0].message
+        );
         let (spec, problems) = resolve(
             "steps.x",
             &raw("{ url: 'https://h/a.bin', dest: /tmp/a, insecure_no_digest: true }"),
@@ -606,7 +631,10 @@ mod tests {
         assert!(problems.iter().all(|p| p.warning) && problems.len() == 1);
         let (spec, _) = resolve(
             "steps.x",
-            &raw(&format!("{{ url: 'https://h/a.bin', dest: /tmp/a, sha256: '{}' }}", SHA.to_uppercase())),
+            &raw(&format!(
+                "{{ url: 'https://h/a.bin', dest: /tmp/a, sha256: '{}' }}",
+                SHA.to_uppercase()
+            )),
         );
         assert_eq!(spec.unwrap().digest.unwrap().hex(), SHA);
     }
@@ -615,16 +643,26 @@ mod tests {
     fn the_format_comes_from_the_url_and_include_stays_inside() {
         let (spec, _) = resolve(
             "steps.x",
-            &raw(&format!("{{ url: 'https://h/n-1.2.tar.gz?x=1', dest: /opt/n/, sha256: {SHA}, extract: {{ strip_components: 1, include: [bin] }} }}")),
+            &raw(&format!(
+                "{{ url: 'https://h/n-1.2.tar.gz?x=1', dest: /opt/n/, sha256: {SHA}, extract: {{ strip_components: 1, include: [bin] }} }}"
+            )),
         );
         assert_eq!(spec.unwrap().extract.unwrap().format, ArchiveFormat::TarGz);
         let (spec, problems) = resolve(
             "steps.x",
-            &raw(&format!("{{ url: 'https://h/blob', dest: /opt/n/, sha256: {SHA}, extract: {{ include: ['../etc'] }} }}")),
+            &raw(&format!(
+                "{{ url: 'https://h/blob', dest: /opt/n/, sha256: {SHA}, extract: {{ include: ['../etc'] }} }}"
+            )),
         );
         assert!(spec.is_none());
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
-        assert!(fields.contains(&"steps.x.download.extract.format"), "{fields:?}");
-        assert!(fields.contains(&"steps.x.download.extract.include[0]"), "{fields:?}");
+        assert!(
+            fields.contains(&"steps.x.download.extract.format"),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"steps.x.download.extract.include[0]"),
+            "{fields:?}"
+        );
     }
 }

@@ -1068,7 +1068,11 @@ impl Validator {
         if let Some(download) = &raw.download {
             let (spec, problems) = super::download::resolve(field, download);
             for p in problems {
-                let severity = if p.warning { Severity::Warning } else { Severity::Error };
+                let severity = if p.warning {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                };
                 self.push(severity, pos, p.field, p.message, p.hint);
             }
             return spec.map(StepKind::Download);

@@ -498,10 +498,7 @@ fn parse_digest(
 }
 
 /// Checks that every `include` pattern names a path inside the archive.
-fn check_includes(
-    raw: &RawExtract,
-    error: &mut impl FnMut(&str, String, Option<&str>),
-) -> bool {
+fn check_includes(raw: &RawExtract, error: &mut impl FnMut(&str, String, Option<&str>)) -> bool {
     let mut ok = true;
     for (i, pattern) in raw.include.iter().enumerate() {
         let bad = pattern.is_empty()

@@ -1,0 +1,689 @@
+//! `download` steps against a real nginx from Debian on loopback (installed
+//! by `scripts/deps/nginx.sh`): digests, `Range` resume after a cut
+//! transfer (`limit_rate`), mirrors after a 500, `Retry-After` on a 429
+//! (`limit_req`), the cache (requests counted in nginx's access log),
+//! hostile archives and `max_size`. Outside CI a missing nginx skips the
+//! test with a reason; under CI it fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sha2::Digest as _;
+
+use crate::harness::{Sandbox, code, dump, free_port, peer, wait_until};
+
+/// An nginx serving `www/` of its own temp dir on a loopback port, one
+/// process (`master_process off`) so the pid kept is the server's.
+pub(crate) struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One line of the access log.
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub at: f64,
+    pub status: u16,
+    pub uri: String,
+    pub range: String,
+    pub bytes_sent: u64,
+}
+
+impl Nginx {
+    pub(crate) fn start() -> Option<Nginx> {
+        let bin = peer("nginx")?;
+        let dir = tempfile::tempdir().expect("nginx dir");
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("www")).unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        let conf = format!(
+            r#"daemon off;
+master_process off;
+worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{ worker_connections 128; }}
+http {{
+  log_format counted '$msec $status "$request_uri" "$http_range" $bytes_sent';
+  access_log {d}/access.log counted;
+  client_body_temp_path {d}/tmp/body;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  default_type application/octet-stream;
+  sendfile on;
+  # One request per 2 s from the test's address: the second in a row gets 429.
+  limit_req_zone $binary_remote_addr zone=busy:1m rate=30r/m;
+  # The first request of a transfer is slow; a resumed one (with Range) is not.
+  map $http_range $first_rate {{ "" 64k; default 0; }}
+  server {{
+    listen 127.0.0.1:{port};
+    root {d}/www;
+    location /slow/ {{ limit_rate $first_rate; }}
+    location /broken/ {{ return 500; }}
+    location /busy/ {{
+      limit_req zone=busy;
+      limit_req_status 429;
+      add_header Retry-After 2 always;
+    }}
+    location /chunked/ {{
+      gzip on;
+      gzip_types *;
+      gzip_min_length 0;
+    }}
+  }}
+}}
+"#
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nginx");
+        let mut nginx = Nginx { child, port, dir };
+        wait_until("nginx accepts connections", Duration::from_secs(10), || {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let error = std::fs::read_to_string(nginx.dir.path().join("error.log"));
+                panic!("nginx exited {status}: {error:?}");
+            }
+            TcpStream::connect(("127.0.0.1", nginx.port)).is_ok()
+        });
+        Some(nginx)
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// Puts `bytes` at `path` below the web root.
+    pub(crate) fn serve(&self, path: &str, bytes: &[u8]) {
+        let file = self.dir.path().join("www").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, bytes).unwrap();
+    }
+
+    pub(crate) fn www(&self) -> PathBuf {
+        self.dir.path().join("www")
+    }
+
+    /// Every request nginx logged so far.
+    pub(crate) fn requests(&self) -> Vec<Request> {
+        let text = std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let mut quoted = line.split('"');
+                let head = quoted.next()?;
+                let uri = quoted.next()?.to_string();
+                quoted.next()?;
+                let range = quoted.next()?.to_string();
+                let tail = quoted.next()?;
+                let mut head = head.split_whitespace();
+                Some(Request {
+                    at: head.next()?.parse().ok()?,
+                    status: head.next()?.parse().ok()?,
+                    uri,
+                    range: if range == "-" { String::new() } else { range },
+                    bytes_sent: tail.trim().parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn requests_for(&self, path: &str) -> Vec<Request> {
+        let path = format!("/{}", path.trim_start_matches('/'));
+        self.requests()
+            .into_iter()
+            .filter(|r| r.uri == path)
+            .collect()
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Bytes that are not all the same (so a resumed transfer that misplaced
+/// a piece would not hash the same).
+fn content(len: usize) -> Vec<u8> {
+    let mut state: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn run(sb: &Sandbox) -> std::process::Output {
+    sb.cmd()
+        .args(["run", "plan.yaml"])
+        .output()
+        .expect("run bootplan")
+}
+
+fn step_code(sb: &Sandbox, step: &str) -> String {
+    sb.step(step)["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The names in `dir` (empty when it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_matching_digest_places_the_file_and_a_mismatch_keeps_the_old_one() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let good = content(100_000);
+    nginx.serve("files/agent.bin", &good);
+    let dest = sb.path().join("opt/agent.bin");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::write(&dest, b"the old agent").unwrap();
+    // The server's content is not what the plan pins.
+    let wrong = sha256(b"something else");
+    sb.plan(&format!(
+        r#"version: 1
+name: dl
+steps:
+  agent:
+    download: {{ url: "{}", sha256: "{wrong}", dest: "{}", attempts: 1 }}
+"#,
+        nginx.url("files/agent.bin"),
+        dest.display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 1, "{}", dump(&out));
+    assert_eq!(step_code(&sb, "agent"), "download.checksum_mismatch");
+    let message = sb.step("agent")["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains(&sha256(&good)),
+        "the digest got is named: {message}"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), b"the old agent");
+    assert_eq!(
+        names(dest.parent().unwrap()),
+        vec!["agent.bin"],
+        "no temp file is left"
+    );
+    assert!(
+        names(&sb.state_dir().join("downloads/sha256")).is_empty(),
+        "nothing was cached"
+    );
+    assert!(
+        names(&sb.state_dir().join("downloads/partial")).is_empty(),
+        "the bad bytes are gone"
+    );
+
+    sb.plan(&format!(
+        r#"version: 1
+name: dl
+steps:
+  agent:
+    download: {{ url: "{}", sha256: "{}", dest: "{}", mode: "0750" }}
+"#,
+        nginx.url("files/agent.bin"),
+        sha256(&good),
+        dest.display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), good);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777,
+        0o750
+    );
+}
+
+#[test]
+fn a_transfer_cut_in_the_middle_resumes_with_one_range_request() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    // 64 KiB/s for a request without Range: 512 KiB take 8 s, and the
+    // attempt is cut after 1 s.
+    let body = content(512 * 1024);
+    nginx.serve("slow/model.bin", &body);
+    let dest = sb.path().join("model.bin");
+    sb.plan(&format!(
+        r#"version: 1
+name: dl
+steps:
+  model:
+    download:
+      url: "{}"
+      sha256: "{}"
+      dest: "{}"
+      attempt_timeout: 1s
+      backoff: 10ms..20ms
+"#,
+        nginx.url("slow/model.bin"),
+        sha256(&body),
+        dest.display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let requests = nginx.requests_for("slow/model.bin");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0].range, "", "{requests:?}");
+    assert!(
+        requests[0].bytes_sent < body.len() as u64,
+        "the first was cut: {requests:?}"
+    );
+    assert_eq!(requests[1].status, 206, "{requests:?}");
+    let offset: u64 = requests[1]
+        .range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a Range from an offset: {requests:?}"));
+    assert!(offset > 0 && offset < body.len() as u64, "{requests:?}");
+    assert!(
+        requests[1].bytes_sent < body.len() as u64 - offset + 1024,
+        "only the rest was sent: {requests:?}"
+    );
+}
+
+#[test]
+fn a_primary_that_answers_500_is_left_for_the_mirror() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let body = content(10_000);
+    nginx.serve("files/tool", &body);
+    let dest = sb.path().join("bin/tool");
+    sb.plan(&format!(
+        r#"version: 1
+name: dl
+steps:
+  tool:
+    download:
+      url: "{}"
+      mirrors: ["{}"]
+      sha256: "{}"
+      dest: "{}"
+      attempts: 2
+      backoff: 10ms..20ms
+"#,
+        nginx.url("broken/tool"),
+        nginx.url("files/tool"),
+        sha256(&body),
+        dest.display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let seen: Vec<(String, u16)> = nginx
+        .requests()
+        .into_iter()
+        .map(|r| (r.uri, r.status))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("/broken/tool".to_string(), 500),
+            ("/broken/tool".to_string(), 500),
+            ("/files/tool".to_string(), 200)
+        ]
+    );
+}
+
+/// A GET from the test itself (to use up the rate limit's slot).
+fn get(port: u16, path: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_429_is_retried_after_the_servers_retry_after() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let body = content(1000);
+    nginx.serve("busy/pkg", &body);
+    // The test's own request takes the slot: bootplan's first gets 429
+    // with `Retry-After: 2`.
+    assert_eq!(get(nginx.port, "/busy/pkg"), 200);
+    let dest = sb.path().join("pkg");
+    sb.plan(&format!(
+        r#"version: 1
+name: dl
+steps:
+  pkg:
+    download:
+      url: "{}"
+      sha256: "{}"
+      dest: "{}"
+      attempts: 3
+      backoff: 10ms..20ms
+"#,
+        nginx.url("busy/pkg"),
+        sha256(&body),
+        dest.display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let requests = nginx.requests_for("busy/pkg");
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200, 429, 200], "{requests:?}");
+    let waited = requests[2].at - requests[1].at;
+    assert!(
+        waited >= 1.95,
+        "the retry waited for Retry-After (2 s), not the 20 ms backoff: {waited}"
+    );
+}
+
+#[test]
+fn content_in_the_cache_costs_no_request() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let body = content(50_000);
+    nginx.serve("files/bundle", &body);
+    let plan = |step: &str, dest: &str| {
+        format!(
+            r#"version: 1
+name: dl
+steps:
+  {step}:
+    download: {{ url: "{}", sha256: "{}", dest: "{}" }}
+"#,
+            nginx.url("files/bundle"),
+            sha256(&body),
+            sb.path().join(dest).display()
+        )
+    };
+    sb.plan(&plan("first", "a/bundle"));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(nginx.requests().len(), 1);
+    // Another step (another destination) with the same digest, and the
+    // first destination deleted: both served from the cache.
+    std::fs::remove_file(sb.path().join("a/bundle")).unwrap();
+    sb.plan(&format!(
+        "{}\n  again:\n    download: {{ url: \"{}\", sha256: \"{}\", dest: \"{}\" }}\n",
+        plan("second", "b/bundle").trim_end(),
+        nginx.url("files/bundle"),
+        sha256(&body),
+        sb.path().join("a/bundle").display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(sb.path().join("b/bundle")).unwrap(), body);
+    assert_eq!(std::fs::read(sb.path().join("a/bundle")).unwrap(), body);
+    assert_eq!(
+        nginx.requests().len(),
+        1,
+        "no request after the first: {:?}",
+        nginx.requests()
+    );
+}
+
+// ------------------------------------------------------- hostile archives
+
+/// A ustar header block for `name` of type `kind` with `size` bytes, link
+/// target `link` — written by hand, since tar writers refuse these names.
+fn tar_header(name: &[u8], kind: u8, size: usize, link: &[u8]) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name);
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link);
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| *b as u32).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
+/// A tar of `(name, type, content, link)` members.
+fn tar(members: &[(&[u8], u8, &[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, kind, body, link) in members {
+        out.extend_from_slice(&tar_header(name, *kind, body.len(), link));
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}
+
+#[test]
+fn hostile_archives_are_refused_with_nothing_extracted() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let outside = sb.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let absolute = format!("{}/planted", outside.display());
+    let good: (&[u8], u8, &[u8], &[u8]) = (b"app/README", b'0', b"fine", b"");
+    let attacks: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "traversal",
+            tar(&[good, (b"app/../../outside/planted", b'0', b"pwned", b"")]),
+            "climbs out",
+        ),
+        (
+            "absolute",
+            tar(&[good, (absolute.as_bytes(), b'0', b"pwned", b"")]),
+            "absolute",
+        ),
+        (
+            "symlink",
+            tar(&[
+                good,
+                (b"app/escape", b'2', b"", b"../../outside"),
+                (b"app/escape/planted", b'0', b"pwned", b""),
+            ]),
+            "points outside",
+        ),
+        (
+            "device",
+            tar(&[good, (b"app/mem", b'3', b"", b"")]),
+            "device files",
+        ),
+    ];
+    for (name, archive, reason) in attacks {
+        let file = format!("files/{name}.tar");
+        nginx.serve(&file, &archive);
+        let dest = sb.path().join(format!("dest-{name}"));
+        sb.plan(&format!(
+            r#"version: 1
+name: dl
+steps:
+  {name}:
+    download: {{ url: "{}", sha256: "{}", dest: "{}/", extract: {{ format: tar }} }}
+"#,
+            nginx.url(&file),
+            sha256(&archive),
+            dest.display()
+        ));
+        let out = run(&sb);
+        assert_eq!(code(&out), 1, "{name}: {}", dump(&out));
+        assert_eq!(
+            step_code(&sb, name),
+            "download.archive_unsafe",
+            "{name}: {}",
+            dump(&out)
+        );
+        let message = sb.step(name)["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(message.contains(reason), "{name}: {message}");
+        assert!(!dest.exists(), "{name}: nothing was extracted");
+        assert!(names(&outside).is_empty(), "{name}: nothing landed outside");
+        let leftovers: Vec<String> = names(sb.path())
+            .into_iter()
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{name}: no staging directory is left: {leftovers:?}"
+        );
+    }
+}
+
+#[test]
+fn an_archive_is_extracted_with_strip_components_and_include() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let archive = tar(&[
+        (b"node_exporter-1.8.2/", b'5', b"", b""),
+        (
+            b"node_exporter-1.8.2/node_exporter",
+            b'0',
+            b"#!/bin/sh\necho hi\n",
+            b"",
+        ),
+        (b"node_exporter-1.8.2/LICENSE", b'0', b"license", b""),
+        (b"node_exporter-1.8.2/link", b'2', b"", b"node_exporter"),
+    ]);
+    let mut zst = Vec::new();
+    {
+        let mut child = Command::new("zstd")
+            .args(["-q", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("zstd");
+        child.stdin.take().unwrap().write_all(&archive).unwrap();
+        let out = child.wait_with_output().unwrap();
+        zst.extend_from_slice(&out.stdout);
+    }
+    nginx.serve("files/ne.tar.zst", &zst);
+    let dest = sb.path().join("usr/local/bin");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("other"), b"kept").unwrap();
+    sb.plan(&format!(
+        r#"version: 1
+name: dl
+steps:
+  ne:
+    download:
+      url: "{}"
+      sha256: "{}"
+      extract: {{ strip_components: 1, include: [node_exporter, link] }}
+      dest: "{}/"
+      mode: "0755"
+"#,
+        nginx.url("files/ne.tar.zst"),
+        sha256(&zst),
+        dest.display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(names(&dest), vec!["link", "node_exporter", "other"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dest.join("node_exporter"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        Path::new("node_exporter")
+    );
+}
+
+#[test]
+fn max_size_stops_a_body_that_does_not_end() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    // 64 GiB of zeros in a sparse file: served gzip-compressed and chunked,
+    // the body has no length, and it goes on far past max_size.
+    for dir in ["files", "chunked"] {
+        let path = nginx.www().join(dir).join("huge");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(64 << 30)
+            .unwrap();
+    }
+    for (step, dir, headers) in [
+        ("declared", "files", ""),
+        ("endless", "chunked", "headers: { Accept-Encoding: gzip }"),
+    ] {
+        sb.plan(&format!(
+            r#"version: 1
+name: dl
+steps:
+  {step}:
+    download: {{ url: "{}", sha256: "{}", dest: "{}", max_size: 1MiB, {headers} }}
+"#,
+            nginx.url(&format!("{dir}/huge")),
+            sha256(b""),
+            sb.path().join(step).display()
+        ));
+        let out = run(&sb);
+        assert_eq!(code(&out), 1, "{step}: {}", dump(&out));
+        assert_eq!(
+            step_code(&sb, step),
+            "download.too_large",
+            "{step}: {}",
+            dump(&out)
+        );
+        assert!(!sb.path().join(step).exists());
+        let partial = sb.state_dir().join("downloads/partial");
+        let kept: u64 = std::fs::read_dir(&partial)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        assert_eq!(kept, 0, "{step}: the bytes were discarded");
+    }
+    let endless = nginx.requests_for("chunked/huge");
+    assert_eq!(endless.len(), 1, "{endless:?}");
+    assert!(
+        endless[0].bytes_sent < 64 << 20,
+        "the transfer was stopped early: {endless:?}"
+    );
+}

@@ -483,8 +483,11 @@ fn tar_header(name: &[u8], kind: u8, size: usize, link: &[u8]) -> [u8; 512] {
     h
 }
 
-/// A tar of `(name, type, content, link)` members.
-fn tar(members: &[(&[u8], u8, &[u8], &[u8])]) -> Vec<u8> {
+/// One tar member: name, type flag, content, link target.
+type Member<'a> = (&'a [u8], u8, &'a [u8], &'a [u8]);
+
+/// A tar of `members`.
+fn tar(members: &[Member<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, body, link) in members {
         out.extend_from_slice(&tar_header(name, *kind, body.len(), link));
@@ -502,7 +505,7 @@ fn hostile_archives_are_refused_with_nothing_extracted() {
     let outside = sb.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     let absolute = format!("{}/planted", outside.display());
-    let good: (&[u8], u8, &[u8], &[u8]) = (b"app/README", b'0', b"fine", b"");
+    let good: Member<'_> = (b"app/README", b'0', b"fine", b"");
     let attacks: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "traversal",

@@ -17,7 +17,6 @@ mod process;
 mod redact;
 mod retry;
 mod secrets;
-#[allow(dead_code)] // wired into `bootplan run URL` next
 mod signature;
 mod stdio;
 mod steps;

@@ -95,10 +95,6 @@ impl TrustedKeys {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_KEYS_DIR))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// Checks `signature` (a `.minisig` file's text) over `content`; returns
     /// the path of the key that verified it.
     pub fn verify(&self, content: &[u8], signature: &str) -> Result<&Path, SignatureError> {

@@ -20,6 +20,7 @@ pub mod raw;
 pub mod refs;
 pub mod secret_checks;
 pub mod secret_source;
+pub mod source;
 pub mod telemetry;
 pub mod validate;
 pub mod when;
@@ -51,6 +52,10 @@ pub enum PlanError {
         render(diagnostics)
     )]
     Invalid { diagnostics: Vec<Diagnostic> },
+    #[error("cannot fetch plan {url}: {message}")]
+    Fetch { url: String, message: String },
+    #[error("refusing plan {url}: {message}")]
+    Untrusted { url: String, message: String },
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
@@ -80,6 +85,8 @@ impl PlanError {
         match self {
             PlanError::Read { .. } => ErrorCode::PlanUnreadable,
             PlanError::Invalid { .. } => ErrorCode::PlanInvalid,
+            PlanError::Fetch { .. } => ErrorCode::PlanUnreadable,
+            PlanError::Untrusted { .. } => ErrorCode::PlanSignatureInvalid,
         }
     }
 }
@@ -105,7 +112,9 @@ pub fn print_error(err: &PlanError) {
                 error_count(diagnostics)
             );
         }
-        PlanError::Read { .. } => crate::stdio::errln!("error: {err} [{}]", err.code()),
+        PlanError::Read { .. } | PlanError::Fetch { .. } | PlanError::Untrusted { .. } => {
+            crate::stdio::errln!("error: {err} [{}]", err.code())
+        }
     }
 }
 
@@ -118,12 +127,31 @@ pub fn present_keys<const N: usize>(keys: [(&'static str, bool); N]) -> Vec<&'st
         .collect()
 }
 
-/// Reads, parses and validates the plan at `path`.
+/// Reads, parses and validates the plan at `path` (a local file, or a
+/// pinned or signed URL checked as [`source::Verification::default`] says).
 pub fn load(path: &Path) -> Result<Plan, PlanError> {
-    let text = load::read_plan_text(path)?;
+    load_with(path, &source::Verification::default())
+}
+
+/// Reads, parses and validates the plan at `path` — a file or a URL,
+/// fetched and checked before it is parsed — with its includes merged.
+pub fn load_with(path: &Path, verification: &source::Verification) -> Result<Plan, PlanError> {
+    let (path, text, remote) = match path.to_str().filter(|p| source::is_url(p)) {
+        Some(url) => (
+            source::shown_path(url),
+            source::fetch_verified(url, verification)?,
+            true,
+        ),
+        None => (path.to_path_buf(), load::read_plan_text(path)?, false),
+    };
+    let path = path.as_path();
     match load::parse::<RawStep>(path, &text) {
-        Ok(raw) => validate::resolve(path, &text, raw, Vec::new())
-            .map_err(|diagnostics| PlanError::Invalid { diagnostics }),
+        Ok(mut raw) => {
+            let sources = include::merge(&mut raw, path, &text, remote, verification)
+                .map_err(|diagnostics| PlanError::Invalid { diagnostics })?;
+            validate::resolve_merged(path, &text, raw, Vec::new(), sources)
+                .map_err(|diagnostics| PlanError::Invalid { diagnostics })
+        }
         Err(first) => Err(PlanError::Invalid {
             diagnostics: every_step_problem(path, &text, *first),
         }),

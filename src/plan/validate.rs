@@ -53,12 +53,26 @@ pub fn resolve(
     raw: RawPlan,
     broken: Vec<BrokenStep>,
 ) -> Result<Plan, Vec<Diagnostic>> {
+    resolve_merged(path, text, raw, broken, super::include::Sources::default())
+}
+
+/// [`resolve`] for a plan with its includes merged: each problem names
+/// the file its step or secret came from.
+pub fn resolve_merged(
+    path: &Path,
+    text: &str,
+    raw: RawPlan,
+    broken: Vec<BrokenStep>,
+    sources: super::include::Sources,
+) -> Result<Plan, Vec<Diagnostic>> {
     let mut v = Validator {
         file: path.to_path_buf(),
         plan_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         diagnostics: Vec::new(),
+        sources,
     };
     let mut plan = v.plan(text, raw, &broken);
+    plan.digest = v.sources.digest(text);
     v.locate_unplaced(text);
     if !broken.is_empty() {
         return Err(v.diagnostics);
@@ -85,6 +99,8 @@ struct Validator {
     file: PathBuf,
     plan_dir: PathBuf,
     diagnostics: Vec<Diagnostic>,
+    /// Where included steps and secrets came from.
+    sources: super::include::Sources,
 }
 
 /// Context for checking one step's template references.
@@ -147,9 +163,13 @@ impl Validator {
         message: String,
         hint: Option<String>,
     ) {
+        let file = match self.sources.file_of(&field) {
+            Some((file, _)) => file.clone(),
+            None => self.file.clone(),
+        };
         self.diagnostics.push(Diagnostic {
             severity,
-            file: self.file.clone(),
+            file,
             position,
             field,
             message,
@@ -180,6 +200,13 @@ impl Validator {
     /// in the file (found by its dotted path), else the top of the file.
     fn locate_unplaced(&mut self, text: &str) {
         for d in self.diagnostics.iter_mut().filter(|d| d.position.is_none()) {
+            // An included file's problem is looked for in that file's text.
+            let text = self
+                .sources
+                .files
+                .iter()
+                .find(|(file, _)| *file == d.file)
+                .map_or(text, |(_, t)| t.as_str());
             d.position = Some(
                 super::load::locate(text, &d.field).unwrap_or(Position { line: 1, column: 1 }),
             );

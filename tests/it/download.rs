@@ -690,3 +690,171 @@ steps:
         "the transfer was stopped early: {endless:?}"
     );
 }
+
+// ------------------------------------------------------ plans from elsewhere
+
+/// A throwaway minisign key pair in `dir`: (public key file, secret key file).
+fn minisign_key(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let bin = peer("minisign")?;
+    let (public, secret) = (dir.join("release.pub"), dir.join("release.key"));
+    let out = Command::new(bin)
+        .args(["-G", "-W", "-p"])
+        .arg(&public)
+        .arg("-s")
+        .arg(&secret)
+        .output()
+        .expect("minisign -G");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((public, secret))
+}
+
+fn minisign_sign(secret: &Path, file: &Path) {
+    let out = Command::new(peer("minisign").expect("minisign"))
+        .arg("-S")
+        .arg("-s")
+        .arg(secret)
+        .arg("-m")
+        .arg(file)
+        .output()
+        .expect("minisign -S");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_signed_remote_plan_runs_and_a_tampered_one_is_refused_before_parsing() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let keys = sb.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let Some((public, secret)) = minisign_key(&keys) else {
+        return;
+    };
+    let marker = sb.path().join("ran");
+    let plan = format!(
+        "version: 1\nname: remote\nsteps:\n  mark:\n    file: {{ path: \"{}\", content: \"signed\" }}\n",
+        marker.display()
+    );
+    nginx.serve("plans/plan.yaml", plan.as_bytes());
+    minisign_sign(&secret, &nginx.www().join("plans/plan.yaml"));
+    let url = nginx.url("plans/plan.yaml");
+    let run_remote = |args: &[&str]| {
+        sb.cmd()
+            .env("BOOTPLAN_KEYS_DIR", sb.path().join("no-keys"))
+            .arg("run")
+            .args(args)
+            .output()
+            .expect("run bootplan")
+    };
+    let trusted = public.to_str().unwrap();
+    let out = run_remote(&["--require-signature", "--trusted-key", trusted, &url]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "signed");
+    std::fs::remove_file(&marker).unwrap();
+
+    // The attacker's plan: it would write the marker, and it is not even
+    // valid YAML — parsing it would say plan.invalid; it is refused first.
+    let tampered = format!(
+        "{plan}  evil: {{ run: [\"/bin/sh\", \"-c\", \"touch {}\"] }}\n: : :\n",
+        marker.display()
+    );
+    nginx.serve("plans/plan.yaml", tampered.as_bytes());
+    let out = run_remote(&["--require-signature", "--trusted-key", trusted, &url]);
+    assert_eq!(code(&out), 77, "{}", dump(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("plan.signature_invalid"), "{stderr}");
+    assert!(
+        !stderr.contains("plan.invalid"),
+        "it was never parsed: {stderr}"
+    );
+    assert!(!marker.exists());
+
+    // A signature by a key that is not trusted is refused too.
+    let other = sb.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let (_, other_secret) = minisign_key(&other).unwrap();
+    nginx.serve("plans/plan.yaml", plan.as_bytes());
+    minisign_sign(&other_secret, &nginx.www().join("plans/plan.yaml"));
+    let out = run_remote(&["--require-signature", "--trusted-key", trusted, &url]);
+    assert_eq!(code(&out), 77, "{}", dump(&out));
+
+    // Pinned instead of signed: the right pin runs, a wrong one is refused.
+    let out = run_remote(&[&format!("{url}#sha256={}", sha256(plan.as_bytes()))]);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let out = run_remote(&[&format!("{url}#sha256={}", sha256(b"another plan"))]);
+    assert_eq!(code(&out), 77, "{}", dump(&out));
+    // Neither pinned nor signed: refused.
+    let out = run_remote(&[&url]);
+    assert_eq!(code(&out), 77, "{}", dump(&out));
+}
+
+#[test]
+fn includes_are_merged_and_a_step_defined_twice_names_both_places() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let base = "steps:\n  setup:\n    file: { path: base-out, content: base }\n  common:\n    run: [touch, \"{{ vars.greeting }}\"]\nvars:\n  greeting: from-base\n";
+    sb.write("base.yaml", base);
+    let remote = "steps:\n  fetched:\n    file: { path: remote-out, content: remote }\n";
+    nginx.serve("base/remote.yaml", remote.as_bytes());
+    let remote_url = format!(
+        "{}#sha256={}",
+        nginx.url("base/remote.yaml"),
+        sha256(remote.as_bytes())
+    );
+    let plan = |setup_extra: &str| {
+        format!(
+            "version: 1\nname: merged\ninclude: [base.yaml, \"{remote_url}\"]\nvars:\n  greeting: from-plan\nsteps:\n  setup:\n{setup_extra}    file: {{ path: plan-out, content: plan }}\n"
+        )
+    };
+    sb.plan(&plan(""));
+    let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+    assert_eq!(code(&out), 65, "{}", dump(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Each step's body starts on the line after its name.
+    assert!(
+        stderr.contains("plan.yaml:8:5: steps.setup: step `setup` is defined twice")
+            && stderr.contains("at base.yaml:3:5"),
+        "both places are named: {stderr}"
+    );
+
+    sb.plan(&plan("    override: true\n"));
+    let out = sb.run();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(sb.read("plan-out"), "plan");
+    assert!(
+        !sb.path().join("base-out").exists(),
+        "the override replaced the included step"
+    );
+    assert!(
+        sb.path().join("from-plan").exists() && !sb.path().join("from-base").exists(),
+        "vars: the including plan wins"
+    );
+    assert_eq!(sb.read("remote-out"), "remote");
+    let digest = sb.status()["plan"]["digest"]
+        .as_str()
+        .or(sb.status()["digest"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let own = format!("sha256:{}", sha256(plan("    override: true\n").as_bytes()));
+    assert!(
+        digest.starts_with("sha256:") && digest != own,
+        "the digest covers the included files: {digest}"
+    );
+
+    // A problem inside an included file is reported with that file's line.
+    sb.write(
+        "base.yaml",
+        &base.replace("greeting }}\"]", "greeting }}\"]\n    needs: [nowhere]"),
+    );
+    let out = sb.cmd().args(["check", "plan.yaml"]).output().unwrap();
+    assert_eq!(code(&out), 65, "{}", dump(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("base.yaml:6:"), "{stderr}");
+}

@@ -247,12 +247,45 @@ async fn one_attempt(
     ctx: &StepContext,
 ) -> Attempt<(), DownloadError> {
     match scheme {
-        "http" | "https" => http_attempt(spec, rendered, url, scheme, partial, ctx).await,
+        "http" | "https" => {
+            let mut request = ctx.http().get(url).headers(rendered.headers.clone());
+            if partial.len > 0 {
+                request =
+                    request.header(reqwest::header::RANGE, format!("bytes={}-", partial.len));
+            }
+            http_attempt(spec, rendered, url, scheme, partial, request, ctx).await
+        }
+        "s3" => {
+            let Some((bucket, key)) = url
+                .strip_prefix("s3://")
+                .and_then(|rest| rest.split_once('/'))
+                .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            else {
+                return Attempt::Fail(DownloadError::Refused {
+                    url: url.to_string(),
+                    detail: "an S3 URL is s3://BUCKET/KEY".into(),
+                });
+            };
+            let range = (partial.len > 0).then_some(partial.len);
+            let request = match ctx.secrets.s3_get(url, bucket, key, range).await {
+                Ok(request) => request,
+                Err(err @ crate::secrets::SecretError::Unreachable { .. }) => {
+                    return Attempt::retry(err.to_string());
+                }
+                Err(err) => {
+                    return Attempt::Fail(DownloadError::Unavailable {
+                        url: url.to_string(),
+                        detail: err.to_string(),
+                    });
+                }
+            };
+            http_attempt(spec, rendered, url, scheme, partial, request, ctx).await
+        }
         "file" => done_or_fail(file_attempt(spec, rendered, url, partial)),
         "data" => done_or_fail(data_attempt(spec, url, partial)),
         _ => Attempt::Fail(DownloadError::Refused {
             url: url.to_string(),
-            detail: "bootplan cannot download from this kind of URL (use https://, http://, file:// or data:)".into(),
+            detail: "bootplan cannot download from this kind of URL (use https://, http://, s3://, file:// or data:)".into(),
         }),
     }
 }
@@ -279,20 +312,18 @@ fn with_url(url: &str, err: DownloadError) -> DownloadError {
     }
 }
 
+/// One request (with `Range` when bytes are kept) and its answer.
 async fn http_attempt(
     spec: &DownloadSpec,
     rendered: &Rendered,
     url: &str,
     scheme: &'static str,
     partial: &mut Partial,
+    request: reqwest::RequestBuilder,
     ctx: &StepContext,
 ) -> Attempt<(), DownloadError> {
     use reqwest::StatusCode;
-    let mut request = ctx.http().get(url).headers(rendered.headers.clone());
     let resuming = partial.len > 0;
-    if resuming {
-        request = request.header(reqwest::header::RANGE, format!("bytes={}-", partial.len));
-    }
     let response = match tokio::time::timeout(STALL_LIMIT, request.send()).await {
         Ok(Ok(response)) => response,
         Ok(Err(err)) => return Attempt::retry(crate::http::describe_error(&err)),

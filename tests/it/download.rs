@@ -683,6 +683,12 @@ steps:
             .unwrap_or(0);
         assert_eq!(kept, 0, "{step}: the bytes were discarded");
     }
+    // nginx logs the request once it sees the client gone.
+    wait_until(
+        "nginx logs the cut transfer",
+        Duration::from_secs(20),
+        || !nginx.requests_for("chunked/huge").is_empty(),
+    );
     let endless = nginx.requests_for("chunked/huge");
     assert_eq!(endless.len(), 1, "{endless:?}");
     assert!(
@@ -942,4 +948,91 @@ steps:
     assert_eq!(code(&out), 69, "{}", dump(&out));
     assert_eq!(step_code(&sb, "other"), "download.unavailable");
     assert!(!dest.exists());
+}
+
+#[test]
+fn a_download_killed_midway_continues_where_it_stopped_on_the_next_run() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    // 64 KiB/s without Range: 1 MiB would take 16 s.
+    let body = content(1024 * 1024);
+    nginx.serve("slow/image.bin", &body);
+    let dest = sb.path().join("image.bin");
+    sb.plan(&format!(
+        r#"version: 1
+name: dl
+steps:
+  image:
+    download: {{ url: "{}", sha256: "{}", dest: "{}" }}
+"#,
+        nginx.url("slow/image.bin"),
+        sha256(&body),
+        dest.display()
+    ));
+    let partial = sb
+        .state_dir()
+        .join(format!("downloads/partial/sha256-{}", sha256(&body)));
+    let first = crate::harness::Bootplan::new(
+        sb.cmd()
+            .args(["run", "plan.yaml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start bootplan"),
+    );
+    wait_until(
+        "a part of the body is on disk",
+        Duration::from_secs(20),
+        || std::fs::metadata(&partial).is_ok_and(|m| m.len() >= 64 * 1024),
+    );
+    let mut first = first.into_child();
+    first.kill().expect("SIGKILL bootplan");
+    first.wait().expect("reap bootplan");
+    assert!(!dest.exists(), "nothing placed by the killed run");
+    let kept = std::fs::metadata(&partial).unwrap().len();
+
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let requests = nginx.requests_for("slow/image.bin");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[1].status, 206, "{requests:?}");
+    let offset: u64 = requests[1]
+        .range
+        .trim_start_matches("bytes=")
+        .trim_end_matches('-')
+        .parse()
+        .unwrap();
+    assert_eq!(offset, kept, "resumed from the kept bytes: {requests:?}");
+    assert!(!partial.exists(), "the partial file became the cached blob");
+}
+
+#[test]
+fn kept_bytes_that_do_not_verify_are_fetched_again_from_the_start() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let body = content(200_000);
+    nginx.serve("files/tool.bin", &body);
+    let partial = sb
+        .state_dir()
+        .join(format!("downloads/partial/sha256-{}", sha256(&body)));
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    // Someone else's bytes where a killed run's would be.
+    std::fs::write(&partial, vec![0xAA; 50_000]).unwrap();
+    let dest = sb.path().join("tool.bin");
+    sb.plan(&format!(
+        "version: 1\nname: dl\nsteps:\n  tool:\n    download: {{ url: \"{}\", sha256: \"{}\", dest: \"{}\" }}\n",
+        nginx.url("files/tool.bin"),
+        sha256(&body),
+        dest.display()
+    ));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let requests = nginx.requests_for("files/tool.bin");
+    let seen: Vec<(u16, &str)> = requests
+        .iter()
+        .map(|r| (r.status, r.range.as_str()))
+        .collect();
+    assert_eq!(seen, vec![(206, "bytes=50000-"), (200, "")], "{requests:?}");
 }

@@ -120,9 +120,13 @@ pub(super) async fn fetch_all(
         .as_ref()
         .map_or(Algorithm::Sha256, |d| d.algorithm);
     let mut partial = Partial::open(partial_path, algorithm)?;
+    // Bytes a killed run left are not verified yet: when the whole does
+    // not match, the source is asked once more, from the first byte.
+    let mut kept_from_before = partial.len > 0;
     let mut failures = Vec::new();
-    for (index, url) in rendered.sources.iter().enumerate() {
-        if index > 0 {
+    let mut index = 0;
+    while let Some(url) = rendered.sources.get(index) {
+        if index > 0 && failures.len() == index {
             ctx.reporter.notice(
                 Level::Warn,
                 format!(
@@ -132,24 +136,32 @@ pub(super) async fn fetch_all(
                 ),
             );
         }
-        match fetch_source(spec, rendered, url, &mut partial, deadline, ctx).await {
-            Ok(()) => {}
-            Err(err) => {
-                failures.push(err);
-                continue;
-            }
+        if let Err(err) = fetch_source(spec, rendered, url, &mut partial, deadline, ctx).await {
+            failures.push(err);
+            index += 1;
+            continue;
         }
         let actual = std::mem::replace(&mut partial.hasher, algorithm.hasher()).finish();
         match &spec.digest {
             Some(expected) if *expected != actual => {
                 // Discard the bad bytes; the next source starts from zero.
-                partial.len = 0;
                 partial.reset()?;
+                if std::mem::take(&mut kept_from_before) {
+                    ctx.reporter.notice(
+                        Level::Warn,
+                        format!(
+                            "step {}: the bytes kept from an earlier run did not verify; fetching {url} again from the start",
+                            rendered.step
+                        ),
+                    );
+                    continue;
+                }
                 failures.push(DownloadError::ChecksumMismatch {
                     url: url.clone(),
                     expected: expected.to_string(),
                     actual: actual.to_string(),
                 });
+                index += 1;
                 continue;
             }
             Some(_) => {}

@@ -107,12 +107,14 @@ pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Fetches from the first source that gives content of the right digest;
-/// returns the path of the verified file (`partial_path`).
+/// returns the path of the verified file (`partial_path`), made durable
+/// when it is to enter the cache.
 pub(super) async fn fetch_all(
     spec: &DownloadSpec,
     rendered: &Rendered,
     partial_path: &Path,
     deadline: Option<tokio::time::Instant>,
+    durable: bool,
     ctx: &StepContext,
 ) -> Result<PathBuf, DownloadError> {
     let algorithm = spec
@@ -175,7 +177,9 @@ pub(super) async fn fetch_all(
                 ),
             ),
         }
-        partial.file.sync_data().map_err(|e| partial.io_err(e))?;
+        if durable {
+            partial.file.sync_data().map_err(|e| partial.io_err(e))?;
+        }
         return Ok(partial.path.clone());
     }
     drop(partial);
@@ -187,7 +191,9 @@ pub(super) async fn fetch_all(
     })
 }
 
-/// One source with its retry budget.
+/// One source with its retry budget (a span per source: its requests are
+/// the network calls of the step's attempt).
+#[tracing::instrument(name = "download", skip_all, fields(step = %rendered.step, source = scheme_label(url)))]
 async fn fetch_source(
     spec: &DownloadSpec,
     rendered: &Rendered,

@@ -305,8 +305,18 @@ async fn download(
                     .increment(1);
             }
             let partial_path = downloads.partial_dir()?.join(&key);
-            let fetched =
-                fetch::fetch_all(spec, rendered, &partial_path, downloads.deadline, ctx).await?;
+            // Only what enters the cache must be durable on its own: a
+            // placed file is made durable where it is placed.
+            let durable = spec.digest.is_some() && cache.is_some();
+            let fetched = fetch::fetch_all(
+                spec,
+                rendered,
+                &partial_path,
+                downloads.deadline,
+                durable,
+                ctx,
+            )
+            .await?;
             match (&spec.digest, cache) {
                 (Some(digest), Some(cache)) => Blob {
                     path: cache.insert(&fetched, digest)?,

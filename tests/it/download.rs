@@ -74,6 +74,9 @@ http {{
     root {d}/www;
     location /slow/ {{ limit_rate $first_rate; }}
     location /broken/ {{ return 500; }}
+    location /private/ {{
+      if ($http_authorization != "Bearer tok-7f3a9c2e51") {{ return 401; }}
+    }}
     location /busy/ {{
       limit_req zone=busy;
       limit_req_status 429;
@@ -1035,4 +1038,109 @@ fn kept_bytes_that_do_not_verify_are_fetched_again_from_the_start() {
         .map(|r| (r.status, r.range.as_str()))
         .collect();
     assert_eq!(seen, vec![(206, "bytes=50000-"), (200, "")], "{requests:?}");
+}
+
+#[test]
+fn a_header_from_a_secret_is_sent_and_never_shown() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let body = content(4096);
+    nginx.serve("private/app.bin", &body);
+    sb.write("token", "tok-7f3a9c2e51\n");
+    let dest = sb.path().join("app.bin");
+    let plan = |auth: &str| {
+        format!(
+            r#"version: 1
+name: dl
+secrets:
+  token: {{ file: {{ path: token }} }}
+steps:
+  app:
+    download:
+      url: "{}"
+      sha256: "{}"
+      dest: "{}"
+      headers: {{ Authorization: "{auth}" }}
+      attempts: 1
+"#,
+            nginx.url("private/app.bin"),
+            sha256(&body),
+            dest.display()
+        )
+    };
+    // Without the right header the server says 401: not retried, nothing placed.
+    sb.plan(&plan("Bearer nothing"));
+    let out = run(&sb);
+    assert_eq!(code(&out), 69, "{}", dump(&out));
+    assert_eq!(step_code(&sb, "app"), "download.unavailable");
+    assert!(
+        sb.step("app")["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("401")
+    );
+    assert!(!dest.exists());
+
+    sb.plan(&plan("Bearer {{ secrets.token }}"));
+    let out = sb
+        .cmd()
+        .args(["run", "plan.yaml"])
+        .env("BOOTPLAN_LOG_LEVEL", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    let everything = format!(
+        "{}{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        sb.status()
+    );
+    assert!(
+        !everything.contains("tok-7f3a9c2e51"),
+        "the token leaked: {everything}"
+    );
+}
+
+#[test]
+fn a_download_without_a_digest_is_invalid_unless_it_says_so_and_then_warns_every_run() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    nginx.serve("files/unpinned", b"whatever the server says");
+    let dest = sb.path().join("unpinned");
+    let plan = |extra: &str| {
+        format!(
+            "version: 1\nname: dl\nsteps:\n  loose:\n    download: {{ url: \"{}\", dest: \"{}\"{extra} }}\n    frequency: always\n",
+            nginx.url("files/unpinned"),
+            dest.display()
+        )
+    };
+    sb.plan(&plan(""));
+    let out = run(&sb);
+    assert_eq!(code(&out), 65, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a digest"),
+        "{}",
+        dump(&out)
+    );
+    assert!(
+        nginx.requests().is_empty(),
+        "nothing was fetched for an invalid plan"
+    );
+
+    sb.plan(&plan(", insecure_no_digest: true"));
+    for _ in 0..2 {
+        let out = run(&sb);
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("without a digest"),
+            "warned on every run: {text}"
+        );
+    }
+    assert_eq!(std::fs::read(&dest).unwrap(), b"whatever the server says");
 }

@@ -94,32 +94,43 @@ steps:
 PLAN
 
 curl_sha="sh -c 'curl -s -o $work/out/curl.bin $url/big.bin && sha256sum $work/out/curl.bin'"
-curl_tar="sh -c 'mkdir -p $work/out/tree-curl && curl -s $url/agent.tar.zst | zstd -q -d | tar -x -C $work/out/tree-curl'"
+# The same, with the file made durable as bootplan makes it (fsync).
+curl_sha_sync="sh -c 'curl -s -o $work/out/curl.bin $url/big.bin && sha256sum $work/out/curl.bin && sync $work/out/curl.bin'"
+curl_tar="sh -c 'rm -rf $work/out/tree-curl && mkdir -p $work/out/tree-curl && curl -s $url/agent.tar.zst | zstd -q -d | tar -x -C $work/out/tree-curl'"
+# The same, with the tree made durable as bootplan makes it (syncfs).
+curl_tar_sync="sh -c 'rm -rf $work/out/tree-curl && mkdir -p $work/out/tree-curl && curl -s $url/agent.tar.zst | zstd -q -d | tar -x -C $work/out/tree-curl && sync -f $work/out/tree-curl'"
 
 echo "1 GiB with sha256, $rounds interleaved rounds:"
-python3 bench/interleave.py --ratio 1/2 "$rounds" "$bin run $work/big.yaml" "$curl_sha"
+python3 bench/interleave.py --ratio 1/2 --ratio 1/3 "$rounds" "$bin run $work/big.yaml" "$curl_sha" "$curl_sha_sync"
 echo
 echo "$(du -m "$work/www/agent.tar.zst" | cut -f1) MB .tar.zst, download and extract, $rounds interleaved rounds:"
-python3 bench/interleave.py --ratio 1/2 "$rounds" "$bin run $work/tree.yaml" "$curl_tar"
+python3 bench/interleave.py --ratio 1/2 --ratio 1/3 "$rounds" "$bin run $work/tree.yaml" "$curl_tar" "$curl_tar_sync"
 
 rss=$(/usr/bin/time -f %M "$bin" run "$work/big.yaml" 2>&1 >/dev/null | tail -1)
 rss_tree=$(/usr/bin/time -f %M "$bin" run "$work/tree.yaml" 2>&1 >/dev/null | tail -1)
 echo
 echo "peak RSS: 1 GiB download $((rss / 1024)) MiB; tar.zst extract $((rss_tree / 1024)) MiB"
 
-# Cache hit: the first run fills the cache, the next ones find the 10 MB
-# file there and copy it into place (no request).
+# Cache hit: the first run fills the cache; the next ones find the 10 MB
+# file there and make no request. With the file still in place (same
+# content, mode and owner) it is compared and left alone; removed first, it
+# is copied into place and made durable.
 "$bin" run "$work/hit.yaml" >/dev/null
-echo
-echo "cache hit of a 10 MB file, step duration over 20 runs (ms):"
-for _ in $(seq 20); do
-  "$bin" run "$work/hit.yaml" | python3 -c '
+step_ms() { # runs: prints the step's duration_ms of each
+  for _ in $(seq 20); do
+    $1
+    "$bin" run "$work/hit.yaml" | python3 -c '
 import json, sys
 for line in sys.stdin:
     e = json.loads(line)
     if e.get("event") == "step_finished":
         print(e["duration_ms"])'
-done | sort -n | python3 -c '
+  done | python3 -c '
 import sys, statistics
 v = [float(x) for x in sys.stdin]
-print(f"median {statistics.median(v):.0f} ms, min {min(v):.0f} ms, max {max(v):.0f} ms")'
+print(f"median {statistics.median(v):.0f} ms, min {min(v):.0f} ms, max {max(v):.0f} ms (20 runs)")'
+}
+echo
+echo "cache hit of a 10 MB file, the step's duration_ms:"
+echo "  destination unchanged: $(step_ms true)"
+echo "  destination removed:   $(step_ms "rm -f $work/out/small.bin")"

@@ -1144,3 +1144,44 @@ fn a_download_without_a_digest_is_invalid_unless_it_says_so_and_then_warns_every
     }
     assert_eq!(std::fs::read(&dest).unwrap(), b"whatever the server says");
 }
+
+#[test]
+fn a_destination_that_already_holds_the_content_is_left_alone_and_a_changed_one_is_replaced() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let body = content(30_000);
+    nginx.serve("files/bin", &body);
+    let dest = sb.path().join("bin");
+    sb.plan(&format!(
+        "version: 1\nname: dl\nsteps:\n  bin:\n    download: {{ url: \"{}\", sha256: \"{}\", dest: \"{}\", mode: \"0755\" }}\n    frequency: always\n",
+        nginx.url("files/bin"),
+        sha256(&body),
+        dest.display()
+    ));
+    for _ in 0..2 {
+        let out = run(&sb);
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+    }
+    let first = std::fs::metadata(&dest).unwrap();
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let again = std::fs::metadata(&dest).unwrap();
+    assert_eq!(
+        (first.ino(), first.mtime_nsec()),
+        (again.ino(), again.mtime_nsec()),
+        "not rewritten"
+    );
+    // Someone changed one byte: the verified content is put back.
+    let mut changed = body.clone();
+    changed[100] ^= 1;
+    std::fs::write(&dest, &changed).unwrap();
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(
+        nginx.requests().len(),
+        1,
+        "all from the cache after the first"
+    );
+}

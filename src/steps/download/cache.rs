@@ -46,8 +46,7 @@ impl Cache {
     /// Moves the verified file at `from` into the cache as `digest`'s blob.
     pub fn insert(&self, from: &Path, digest: &Digest) -> Result<PathBuf, DownloadError> {
         let path = self.blob_path(digest);
-        let err = |e: std::io::Error| DownloadError::Refused {
-            url: String::new(),
+        let err = |e: std::io::Error| DownloadError::Store {
             detail: format!("cannot keep the download in {}: {e}", path.display()),
         };
         if let Some(dir) = path.parent() {

@@ -36,8 +36,7 @@ impl Partial {
     /// Opens (or creates) the partial file at `path`; bytes a killed run
     /// left there are hashed again and kept, to be continued.
     fn open(path: &Path, algorithm: Algorithm) -> Result<Partial, DownloadError> {
-        let err = |e: std::io::Error| DownloadError::Refused {
-            url: String::new(),
+        let err = |e: std::io::Error| DownloadError::Store {
             detail: format!("cannot open {}: {e}", path.display()),
         };
         if let Some(dir) = path.parent() {
@@ -74,8 +73,7 @@ impl Partial {
     }
 
     fn io_err(&self, e: std::io::Error) -> DownloadError {
-        DownloadError::Refused {
-            url: String::new(),
+        DownloadError::Store {
             detail: format!("cannot write {}: {e}", self.path.display()),
         }
     }
@@ -320,16 +318,6 @@ fn count_bytes(step: &str, scheme: &'static str, n: u64) {
         .increment(n);
 }
 
-fn with_url(url: &str, err: DownloadError) -> DownloadError {
-    match err {
-        DownloadError::Refused { url: u, detail } if u.is_empty() => DownloadError::Refused {
-            url: url.to_string(),
-            detail,
-        },
-        other => other,
-    }
-}
-
 /// One request (with `Range` when bytes are kept) and its answer.
 async fn http_attempt(
     spec: &DownloadSpec,
@@ -368,19 +356,19 @@ async fn http_attempt(
                 .and_then(content_range_start);
             if start != Some(partial.len) {
                 if let Err(e) = partial.reset() {
-                    return Attempt::Fail(with_url(url, e));
+                    return Attempt::Fail(e);
                 }
                 return Attempt::retry("the server resumed at another offset; starting over");
             }
         }
         StatusCode::OK => {
             if resuming && let Err(e) = partial.reset() {
-                return Attempt::Fail(with_url(url, e));
+                return Attempt::Fail(e);
             }
         }
         StatusCode::RANGE_NOT_SATISFIABLE if resuming => {
             if let Err(e) = partial.reset() {
-                return Attempt::Fail(with_url(url, e));
+                return Attempt::Fail(e);
             }
             return Attempt::retry("the kept bytes are not a prefix of the content; starting over");
         }
@@ -439,7 +427,7 @@ async fn http_attempt(
             });
         }
         if let Err(e) = partial.append(&chunk) {
-            return Attempt::Fail(with_url(url, e));
+            return Attempt::Fail(e);
         }
         count_bytes(&rendered.step, scheme, chunk.len() as u64);
         progress.update(partial.len);
@@ -517,7 +505,7 @@ fn file_attempt(
                 limit: spec.max_size,
             });
         }
-        partial.append(&buf[..n]).map_err(|e| with_url(url, e))?;
+        partial.append(&buf[..n])?;
         count_bytes(&rendered.step, "file", n as u64);
     }
     Ok(())

@@ -55,6 +55,9 @@ pub enum DownloadError {
         format: String,
         detail: String,
     },
+    /// The partial file or the cache could not be written.
+    #[error("{detail}")]
+    Store { detail: String },
     #[error("every source failed: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     AllSources(Vec<DownloadError>),
 }
@@ -68,6 +71,7 @@ impl DownloadError {
             DownloadError::Refused { .. } => ErrorCode::DownloadRefused,
             DownloadError::ArchiveUnsafe { .. } => ErrorCode::DownloadArchiveUnsafe,
             DownloadError::ArchiveInvalid { .. } => ErrorCode::DownloadArchiveInvalid,
+            DownloadError::Store { .. } => ErrorCode::FileWriteFailed,
             // The gravest of the sources' failures names the whole.
             DownloadError::AllSources(all) => all
                 .iter()
@@ -147,8 +151,7 @@ impl Downloads {
         scratch
             .as_ref()
             .map(|d| d.path().to_path_buf())
-            .ok_or_else(|| DownloadError::Refused {
-                url: String::new(),
+            .ok_or_else(|| DownloadError::Store {
                 detail: "no directory for partial downloads".into(),
             })
     }
@@ -294,6 +297,12 @@ async fn download(
     let blob: Blob = match cached {
         Some(path) => {
             metrics::counter!(m::DOWNLOAD_CACHE_HITS, "step" => step.to_string()).increment(1);
+            if let Some(digest) = &spec.digest {
+                ctx.reporter.notice(
+                    Level::Info,
+                    format!("step {step}: {digest} is in the download cache; nothing fetched"),
+                );
+            }
             Blob {
                 path,
                 remove: false,
@@ -322,14 +331,7 @@ async fn download(
                     path: cache.insert(&fetched, digest)?,
                     remove: false,
                 },
-                (Some(digest), None) => {
-                    let _ = digest;
-                    Blob {
-                        path: fetched,
-                        remove: true,
-                    }
-                }
-                (None, _) => Blob {
+                _ => Blob {
                     path: fetched,
                     remove: true,
                 },

@@ -42,6 +42,7 @@ pub(super) fn place(
         })
     };
     match &spec.extract {
+        None if already_there(blob, dest, spec.mode.unwrap_or(DEFAULT_FILE_MODE), owner) => Ok(()),
         None => write_file(spec, url, open()?, dest, owner, false),
         Some(x) if !x.format.is_archive() => {
             let reader = decompress(x.format.compression(), open()?, url, x.format)?;
@@ -49,6 +50,65 @@ pub(super) fn place(
         }
         Some(x) => extract(spec, x, url, open()?, dest, owner),
     }
+}
+
+/// Whether `dest` is already a regular file (not a link) with the blob's
+/// exact content, mode and owner: then it is left alone — no write, no new
+/// inode under a running program, no fsync.
+fn already_there(blob: &Path, dest: &Path, mode: u32, owner: Option<(u32, u32)>) -> bool {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let open = |path: &Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let (Ok(mut have), Ok(mut want)) = (open(dest), open(blob)) else {
+        return false;
+    };
+    let (Ok(meta), Ok(want_meta)) = (have.metadata(), want.metadata()) else {
+        return false;
+    };
+    if !meta.is_file()
+        || meta.len() != want_meta.len()
+        || meta.mode() & 0o7777 != mode & 0o7777
+        || owner.is_some_and(|(uid, gid)| meta.uid() != uid || meta.gid() != gid)
+        || meta.nlink() != 1
+    {
+        return false;
+    }
+    let mut a = vec![0u8; 256 * 1024];
+    let mut b = vec![0u8; 256 * 1024];
+    loop {
+        let n = match read_full(&mut have, &mut a) {
+            Ok(n) => n,
+            Err(_) => return false,
+        };
+        let m = match read_full(&mut want, &mut b) {
+            Ok(m) => m,
+            Err(_) => return false,
+        };
+        if n != m || a[..n] != b[..m] {
+            return false;
+        }
+        if n == 0 {
+            return true;
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 fn decompress(

@@ -1185,3 +1185,47 @@ fn a_destination_that_already_holds_the_content_is_left_alone_and_a_changed_one_
         "all from the cache after the first"
     );
 }
+
+#[test]
+fn the_cache_keeps_to_max_cache_size_and_the_least_recently_used_goes() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    let (a, b) = (content(60_000), content(61_000));
+    nginx.serve("files/a", &a);
+    nginx.serve("files/b", &b);
+    let plan = |name: &str, body: &[u8]| {
+        format!(
+            "version: 1\nname: dl\ndownloads: {{ max_cache_size: 100KiB }}\nsteps:\n  {name}:\n    download: {{ url: \"{}\", sha256: \"{}\", dest: \"{}\" }}\n    frequency: always\n",
+            nginx.url(&format!("files/{name}")),
+            sha256(body),
+            sb.path().join(name).display()
+        )
+    };
+    for (name, body) in [("a", &a), ("b", &b)] {
+        sb.plan(&plan(name, body));
+        let out = run(&sb);
+        assert_eq!(code(&out), 0, "{}", dump(&out));
+    }
+    // Both do not fit: `a`, used least recently, went when `b` came in.
+    let cached = names(&sb.state_dir().join("downloads/sha256"));
+    assert_eq!(cached, vec![sha256(&b)]);
+    std::fs::remove_file(sb.path().join("a")).unwrap();
+    sb.plan(&plan("a", &a));
+    let out = run(&sb);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert_eq!(nginx.requests_for("files/a").len(), 2, "a was fetched again");
+    assert_eq!(names(&sb.state_dir().join("downloads/sha256")), vec![sha256(&a)]);
+}
+
+#[test]
+fn a_plan_from_a_url_may_not_include_a_local_file() {
+    let Some(nginx) = Nginx::start() else { return };
+    let sb = Sandbox::new();
+    sb.write("local.yaml", "steps:\n  x:\n    run: [\"true\"]\n");
+    let plan = "version: 1\nname: remote\ninclude: [local.yaml]\nsteps:\n  y:\n    run: [\"true\"]\n";
+    nginx.serve("plans/p.yaml", plan.as_bytes());
+    let url = format!("{}#sha256={}", nginx.url("plans/p.yaml"), sha256(plan.as_bytes()));
+    let out = sb.cmd().args(["run", &url]).output().unwrap();
+    assert_eq!(code(&out), 65, "{}", dump(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("include pinned URLs"), "{}", dump(&out));
+}

@@ -301,19 +301,13 @@ impl Staging {
             .map_err(errno_ctx("cannot sync the file system of", &self.tmp_path))
     }
 
-    /// The names directly in the staging root, sorted.
-    pub fn top_level(&self) -> Result<Vec<OsString>, FsError> {
-        let mut names = list(&self.reopen_root()?, &self.tmp_path)?;
-        names.sort();
-        Ok(names)
-    }
-
     /// Moves the staged tree into place. When the target does not exist,
     /// the staging directory becomes it (one rename; `dir_mode` is its
-    /// mode). When it is a directory, each top-level entry is moved into
-    /// it, each with one rename that replaces (atomically exchanges, then
-    /// removes) whatever had its name; other entries of the target stay.
-    /// The target's directory is made durable.
+    /// mode). When it is a directory, the trees are merged: a staged
+    /// directory whose name is a directory in the target is merged into
+    /// it, every other entry is moved in with one rename that replaces
+    /// (atomically exchanges, then removes) whatever had its name; other
+    /// entries of the target stay. Each directory written is made durable.
     pub fn commit(mut self, dir_mode: u32) -> Result<(), FsError> {
         let target_path = self.parent_path.join(&self.target_name);
         match kind_at(&self.parent, &self.target_name)
@@ -340,26 +334,8 @@ impl Staging {
                     Mode::empty(),
                 )
                 .map_err(errno_ctx("cannot open directory", &target_path))?;
-                for name in self.top_level()? {
-                    let shown = target_path.join(&name);
-                    let exists =
-                        kind_at(&target, &name).map_err(errno_ctx("cannot inspect", &shown))?;
-                    if exists == Kind::Missing {
-                        renameat(&self.root, name.as_os_str(), &target, name.as_os_str())
-                            .map_err(errno_ctx("cannot rename into", &shown))?;
-                    } else {
-                        // The old entry lands in the staging tree, removed with it.
-                        renameat2(
-                            &self.root,
-                            name.as_os_str(),
-                            &target,
-                            name.as_os_str(),
-                            RenameFlags::RENAME_EXCHANGE,
-                        )
-                        .map_err(errno_ctx("cannot replace", &shown))?;
-                    }
-                }
-                super::sync_dir_fd(&target, &target_path)
+                let root = self.reopen_root()?;
+                merge_into(&root, &self.tmp_path, &target, &target_path, 0)
             }
             Kind::File | Kind::Link | Kind::Other => Err(FsError::Io {
                 action: "not a directory:",
@@ -374,6 +350,56 @@ impl Staging {
             .try_clone()
             .map_err(super::ctx("cannot open directory", &self.tmp_path))
     }
+}
+
+/// Moves every entry of `from` into `into` (see [`Staging::commit`]); the
+/// replaced entries land in `from`, removed with the staging tree.
+fn merge_into(
+    from: &OwnedFd,
+    from_path: &Path,
+    into: &OwnedFd,
+    into_path: &Path,
+    depth: usize,
+) -> Result<(), FsError> {
+    let mut names = list(from, from_path)?;
+    names.sort();
+    for name in names {
+        let shown = into_path.join(&name);
+        let theirs = kind_at(into, &name).map_err(errno_ctx("cannot inspect", &shown))?;
+        let ours =
+            kind_at(from, &name).map_err(errno_ctx("cannot inspect", &from_path.join(&name)))?;
+        match (ours, theirs) {
+            (Kind::Dir, Kind::Dir) if depth < MAX_DEPTH => {
+                // Opened without following a link: one swapped in meanwhile fails here.
+                let from_child = openat(from, name.as_os_str(), DIR_PATH, Mode::empty())
+                    .map_err(errno_ctx("cannot open directory", &from_path.join(&name)))?;
+                let into_child = openat(into, name.as_os_str(), DIR_PATH, Mode::empty())
+                    .map_err(errno_ctx("cannot open directory", &shown))?;
+                merge_into(
+                    &from_child,
+                    &from_path.join(&name),
+                    &into_child,
+                    &shown,
+                    depth + 1,
+                )?;
+            }
+            (_, Kind::Missing) => {
+                renameat(from, name.as_os_str(), into, name.as_os_str())
+                    .map_err(errno_ctx("cannot rename into", &shown))?;
+            }
+            _ => {
+                renameat2(
+                    from,
+                    name.as_os_str(),
+                    into,
+                    name.as_os_str(),
+                    RenameFlags::RENAME_EXCHANGE,
+                )
+                .map_err(errno_ctx("cannot replace", &shown))?;
+            }
+        }
+    }
+    super::sync_dir_fd(into, into_path)
 }
 
 impl Drop for Staging {
@@ -517,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn into_an_existing_directory_each_entry_replaces_its_name_only() {
+    fn into_an_existing_directory_trees_merge_and_each_file_replaces_its_name_only() {
         let base = tempfile::tempdir().unwrap();
         let target = base.path().join("bin");
         std::fs::create_dir_all(target.join("conf.d")).unwrap();
@@ -539,8 +565,8 @@ mod tests {
         assert_eq!(std::fs::read(target.join("other")).unwrap(), b"kept");
         assert!(target.join("conf.d/fresh").exists());
         assert!(
-            !target.join("conf.d/stale").exists(),
-            "a directory is replaced whole"
+            target.join("conf.d/stale").exists(),
+            "directories are merged, not replaced whole"
         );
         let leftovers = std::fs::read_dir(base.path()).unwrap().count();
         assert_eq!(leftovers, 1);

@@ -1213,8 +1213,15 @@ fn the_cache_keeps_to_max_cache_size_and_the_least_recently_used_goes() {
     sb.plan(&plan("a", &a));
     let out = run(&sb);
     assert_eq!(code(&out), 0, "{}", dump(&out));
-    assert_eq!(nginx.requests_for("files/a").len(), 2, "a was fetched again");
-    assert_eq!(names(&sb.state_dir().join("downloads/sha256")), vec![sha256(&a)]);
+    assert_eq!(
+        nginx.requests_for("files/a").len(),
+        2,
+        "a was fetched again"
+    );
+    assert_eq!(
+        names(&sb.state_dir().join("downloads/sha256")),
+        vec![sha256(&a)]
+    );
 }
 
 #[test]
@@ -1222,10 +1229,19 @@ fn a_plan_from_a_url_may_not_include_a_local_file() {
     let Some(nginx) = Nginx::start() else { return };
     let sb = Sandbox::new();
     sb.write("local.yaml", "steps:\n  x:\n    run: [\"true\"]\n");
-    let plan = "version: 1\nname: remote\ninclude: [local.yaml]\nsteps:\n  y:\n    run: [\"true\"]\n";
+    let plan =
+        "version: 1\nname: remote\ninclude: [local.yaml]\nsteps:\n  y:\n    run: [\"true\"]\n";
     nginx.serve("plans/p.yaml", plan.as_bytes());
-    let url = format!("{}#sha256={}", nginx.url("plans/p.yaml"), sha256(plan.as_bytes()));
+    let url = format!(
+        "{}#sha256={}",
+        nginx.url("plans/p.yaml"),
+        sha256(plan.as_bytes())
+    );
     let out = sb.cmd().args(["run", &url]).output().unwrap();
     assert_eq!(code(&out), 65, "{}", dump(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("include pinned URLs"), "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("include pinned URLs"),
+        "{}",
+        dump(&out)
+    );
 }

@@ -90,12 +90,6 @@ impl StepContext {
         }
     }
 
-    /// Sets where downloads are cached and the run's deadline.
-    pub fn with_downloads(mut self, downloads: download::Downloads) -> StepContext {
-        self.downloads = downloads;
-        self
-    }
-
     /// The HTTP client, built on first use (most plans never need one).
     pub fn http(&self) -> &reqwest::Client {
         self.http.get_or_init(|| {

@@ -3,6 +3,7 @@
 
 mod analyze;
 pub mod cli;
+mod digest;
 mod engine;
 pub mod error;
 mod facts;
@@ -16,6 +17,7 @@ mod process;
 mod redact;
 mod retry;
 mod secrets;
+mod signature;
 mod stdio;
 mod steps;
 mod system;

@@ -39,7 +39,9 @@ pub fn check(path: &Path, json: bool) -> i32 {
                     PlanError::Invalid { diagnostics } => {
                         serde_json::to_value(diagnostics).unwrap_or_default()
                     }
-                    PlanError::Read { .. } => {
+                    PlanError::Read { .. }
+                    | PlanError::Fetch { .. }
+                    | PlanError::Untrusted { .. } => {
                         serde_json::json!([{ "file": path, "field": "", "message": err.to_string() }])
                     }
                 };

@@ -55,8 +55,19 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a plan to ready.
-    Run { plan: PathBuf },
+    /// Run a plan to ready. PLAN is a file, or a URL (https://, http://,
+    /// file://) pinned as `URL#sha256=HEX` or signed (`--require-signature`).
+    Run {
+        plan: PathBuf,
+        /// Refuse a plan from a URL (and its included URLs) unless `URL.minisig`
+        /// verifies with a trusted minisign key; checked before the plan is parsed.
+        #[arg(long, env = "BOOTPLAN_REQUIRE_SIGNATURE")]
+        require_signature: bool,
+        /// A minisign public key file to trust, beside /etc/bootplan/keys/*.pub
+        /// (`BOOTPLAN_KEYS_DIR`). May be given more than once.
+        #[arg(long = "trusted-key", value_name = "FILE")]
+        trusted_keys: Vec<PathBuf>,
+    },
     /// Validate a plan and report every problem (exit 65 when invalid).
     Check {
         plan: PathBuf,
@@ -160,7 +171,19 @@ pub fn main() -> i32 {
 
 fn dispatch(cli: &Cli) -> i32 {
     match &cli.command {
-        Command::Run { plan } => run::run(cli, plan),
+        Command::Run {
+            plan,
+            require_signature,
+            trusted_keys,
+        } => run::run(
+            cli,
+            plan,
+            crate::plan::source::Verification {
+                require_signature: *require_signature,
+                trusted_keys: trusted_keys.clone(),
+                keys_dir: None,
+            },
+        ),
         Command::Check { plan, json } => check::check(plan, *json),
         Command::Plan { plan, json } => check::dry_run(cli, plan, *json),
         Command::Schema => check::schema(),

@@ -5,9 +5,10 @@ use std::path::Path;
 use super::Cli;
 use crate::lifecycle::boot::{self, BootOptions};
 
-pub fn run(cli: &Cli, plan: &Path) -> i32 {
+pub fn run(cli: &Cli, plan: &Path, verification: crate::plan::source::Verification) -> i32 {
     boot::run(&BootOptions {
         plan: plan.to_path_buf(),
+        verification,
         state_dir: cli.state_dir.clone(),
         run_dir: cli.run_dir.clone(),
         log_format: cli.log_format,

@@ -8,6 +8,7 @@
 //! A temp file a killed writer left beside its target is removed by the
 //! next write of that target.
 
+pub mod tree;
 pub mod walk;
 mod writer;
 
@@ -124,43 +125,117 @@ pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), FsErr
 /// Writes `contents` to `path` atomically: a temp file beside it with the
 /// final mode and owner, the content, then a rename over `path`.
 pub fn write_file(path: &Path, contents: &[u8], options: WriteOptions) -> Result<(), FsError> {
-    let name = file_name(path)?;
-    let dir_path = parent_dir(path);
-    let trust = Trust {
-        owner: options.owner.map(|(uid, _)| uid),
-    };
-    let dir = walk::open_dir(dir_path, Some(options.dir_mode), trust)?;
-    remove_stale_temps(&dir, dir_path, name);
-    let tmp_name = temp_name(name);
-    let tmp_path = dir_path.join(&tmp_name);
-    let result = write_temp(&dir, &tmp_name, &tmp_path, contents, options).and_then(|()| {
-        renameat(&dir, tmp_name.as_os_str(), &dir, name)
-            .map_err(errno_ctx("cannot rename into", path))?;
-        if options.durable {
-            sync_dir_fd(&dir, dir_path)?;
-        }
-        Ok(())
-    });
-    if result.is_err() {
-        let _ = nix::unistd::unlinkat(
-            &dir,
-            tmp_name.as_os_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
-    }
-    result
+    let mut file = AtomicFile::create(path, options)?;
+    file.write_all(contents)?;
+    file.commit()
 }
 
-/// Creates, fills and (when durable) syncs the temp file.
-fn write_temp(
+/// A file being written in pieces and put in place whole: a temp file
+/// beside `path` (created with the final mode and owner, in a directory
+/// opened by [`walk::open_dir`]), renamed over `path` by [`AtomicFile::commit`].
+/// Dropped without a commit, the temp file is removed and `path` is untouched.
+pub struct AtomicFile {
+    dir: OwnedFd,
+    dir_path: PathBuf,
+    name: std::ffi::OsString,
+    tmp_name: std::ffi::OsString,
+    tmp_path: PathBuf,
+    path: PathBuf,
+    file: File,
+    durable: bool,
+}
+
+impl AtomicFile {
+    /// Creates the temp file (and missing parent directories).
+    pub fn create(path: &Path, options: WriteOptions) -> Result<AtomicFile, FsError> {
+        let name = file_name(path)?.to_os_string();
+        let dir_path = parent_dir(path).to_path_buf();
+        let trust = Trust {
+            owner: options.owner.map(|(uid, _)| uid),
+        };
+        let dir = walk::open_dir(&dir_path, Some(options.dir_mode), trust)?;
+        remove_stale_temps(&dir, &dir_path, &name);
+        let tmp_name = temp_name(&name);
+        let tmp_path = dir_path.join(&tmp_name);
+        let file = match create_temp(&dir, &tmp_name, &tmp_path, options) {
+            Ok(file) => file,
+            Err(err) => {
+                let _ = nix::unistd::unlinkat(
+                    &dir,
+                    tmp_name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+                return Err(err);
+            }
+        };
+        Ok(AtomicFile {
+            dir,
+            dir_path,
+            name,
+            tmp_name,
+            tmp_path,
+            path: path.to_path_buf(),
+            file,
+            durable: options.durable,
+        })
+    }
+
+    /// The temp file, for writing (and reading back).
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), FsError> {
+        self.file
+            .write_all(bytes)
+            .map_err(ctx("cannot write", &self.tmp_path))
+    }
+
+    /// Makes the content durable (when asked for), renames the temp file
+    /// over the target and makes the rename durable.
+    pub fn commit(mut self) -> Result<(), FsError> {
+        if self.durable {
+            self.file
+                .sync_all()
+                .map_err(ctx("cannot fsync", &self.tmp_path))?;
+        }
+        renameat(
+            &self.dir,
+            self.tmp_name.as_os_str(),
+            &self.dir,
+            self.name.as_os_str(),
+        )
+        .map_err(errno_ctx("cannot rename into", &self.path))?;
+        // Renamed: nothing is left to remove.
+        self.tmp_name.clear();
+        if self.durable {
+            sync_dir_fd(&self.dir, &self.dir_path)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.tmp_name.is_empty() {
+            let _ = nix::unistd::unlinkat(
+                &self.dir,
+                self.tmp_name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
+}
+
+/// Creates the temp file with the final mode and owner, before any content.
+fn create_temp(
     dir: &OwnedFd,
     tmp_name: &OsStr,
     tmp_path: &Path,
-    contents: &[u8],
     options: WriteOptions,
-) -> Result<(), FsError> {
+) -> Result<File, FsError> {
     let flags =
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let fd = openat(
         dir,
         tmp_name,
@@ -168,7 +243,7 @@ fn write_temp(
         Mode::from_bits_truncate(options.mode & 0o777),
     )
     .map_err(errno_ctx("cannot create", tmp_path))?;
-    let mut file = File::from(fd);
+    let file = File::from(fd);
     if let Some((uid, gid)) = options.owner {
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|source| {
             FsError::Owner {
@@ -181,12 +256,7 @@ fn write_temp(
     // set-id bits: set the exact mode last, before any content.
     file.set_permissions(std::fs::Permissions::from_mode(options.mode))
         .map_err(ctx("cannot set mode of", tmp_path))?;
-    file.write_all(contents)
-        .map_err(ctx("cannot write", tmp_path))?;
-    if options.durable {
-        file.sync_all().map_err(ctx("cannot fsync", tmp_path))?;
-    }
-    Ok(())
+    Ok(file)
 }
 
 fn file_name(path: &Path) -> Result<&OsStr, FsError> {

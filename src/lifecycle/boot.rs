@@ -33,7 +33,10 @@ use crate::telemetry::{ErrorInfo, EventKind, Level, LogFormat, Outcome, Reporter
 /// What `bootplan run` was asked to do.
 #[derive(Debug, Clone)]
 pub struct BootOptions {
+    /// The plan file, or a URL.
     pub plan: PathBuf,
+    /// How a plan from a URL is checked (`--require-signature`, `--trusted-key`).
+    pub verification: crate::plan::source::Verification,
     /// `--state-dir`, overriding the plan's.
     pub state_dir: Option<PathBuf>,
     /// `--run-dir`, overriding the plan's.
@@ -50,7 +53,7 @@ pub struct BootOptions {
 /// Runs the plan; returns bootplan's exit code (unless it execs the app).
 pub fn run(opts: &BootOptions) -> i32 {
     let started = Instant::now();
-    let loaded = plan::load(&opts.plan);
+    let loaded = plan::load_with(&opts.plan, &opts.verification);
     let dirs = RunDirs::resolve(
         opts.state_dir.as_deref(),
         opts.run_dir.as_deref(),
@@ -376,6 +379,13 @@ fn run_steps(
         plan.limits.clone(),
         plan.start_splay,
         holder,
+        Some(tokio::time::Instant::from_std(
+            outputs.started + plan.deadline,
+        )),
+    );
+    ctx.downloads = crate::steps::download::Downloads::new(
+        &dirs.state,
+        plan.downloads.max_cache_size,
         Some(tokio::time::Instant::from_std(
             outputs.started + plan.deadline,
         )),

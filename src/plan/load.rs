@@ -114,6 +114,14 @@ pub fn parse<S: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<RawPlan<S>, Box<Diagnostic>> {
+    parse_doc(path, text)
+}
+
+/// Parses `text` (YAML, JSON or TOML by `path`'s extension) into `T`.
+pub fn parse_doc<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, Box<Diagnostic>> {
     let format = Format::from_path(path).ok_or_else(|| {
         Box::new(Diagnostic {
             severity: Severity::Error,
@@ -131,10 +139,10 @@ pub fn parse<S: serde::de::DeserializeOwned>(
     }
 }
 
-fn parse_yaml<S: serde::de::DeserializeOwned>(
+fn parse_yaml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
-) -> Result<RawPlan<S>, Box<Diagnostic>> {
+) -> Result<T, Box<Diagnostic>> {
     let options = serde_saphyr::options! { with_snippet: false };
     serde_saphyr::from_str_with_options(text, options).map_err(|err| {
         let position = err.location().and_then(Position::from_saphyr);
@@ -161,10 +169,10 @@ fn clean_saphyr_message(message: &str) -> String {
     }
 }
 
-fn parse_toml<S: serde::de::DeserializeOwned>(
+fn parse_toml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
-) -> Result<RawPlan<S>, Box<Diagnostic>> {
+) -> Result<T, Box<Diagnostic>> {
     toml::from_str(text).map_err(|err: toml::de::Error| {
         let position = err.span().map(|span| offset_to_position(text, span.start));
         Box::new(parse_diagnostic(

@@ -8,8 +8,10 @@
 //! effects beyond reading the plan and the template sources it names.
 
 pub mod diagnostic;
+pub mod download;
 pub mod duration;
 pub mod facts;
+pub mod include;
 pub mod lifecycle;
 pub mod limits;
 pub mod load;
@@ -18,6 +20,7 @@ pub mod raw;
 pub mod refs;
 pub mod secret_checks;
 pub mod secret_source;
+pub mod source;
 pub mod telemetry;
 pub mod validate;
 pub mod when;
@@ -49,6 +52,10 @@ pub enum PlanError {
         render(diagnostics)
     )]
     Invalid { diagnostics: Vec<Diagnostic> },
+    #[error("cannot fetch plan {url}: {message}")]
+    Fetch { url: String, message: String },
+    #[error("refusing plan {url}: {message}")]
+    Untrusted { url: String, message: String },
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
@@ -78,6 +85,8 @@ impl PlanError {
         match self {
             PlanError::Read { .. } => ErrorCode::PlanUnreadable,
             PlanError::Invalid { .. } => ErrorCode::PlanInvalid,
+            PlanError::Fetch { .. } => ErrorCode::PlanUnreadable,
+            PlanError::Untrusted { .. } => ErrorCode::PlanSignatureInvalid,
         }
     }
 }
@@ -103,7 +112,9 @@ pub fn print_error(err: &PlanError) {
                 error_count(diagnostics)
             );
         }
-        PlanError::Read { .. } => crate::stdio::errln!("error: {err} [{}]", err.code()),
+        PlanError::Read { .. } | PlanError::Fetch { .. } | PlanError::Untrusted { .. } => {
+            crate::stdio::errln!("error: {err} [{}]", err.code())
+        }
     }
 }
 
@@ -116,12 +127,31 @@ pub fn present_keys<const N: usize>(keys: [(&'static str, bool); N]) -> Vec<&'st
         .collect()
 }
 
-/// Reads, parses and validates the plan at `path`.
+/// Reads, parses and validates the plan at `path` (a local file, or a
+/// pinned or signed URL checked as [`source::Verification::default`] says).
 pub fn load(path: &Path) -> Result<Plan, PlanError> {
-    let text = load::read_plan_text(path)?;
+    load_with(path, &source::Verification::default())
+}
+
+/// Reads, parses and validates the plan at `path` — a file or a URL,
+/// fetched and checked before it is parsed — with its includes merged.
+pub fn load_with(path: &Path, verification: &source::Verification) -> Result<Plan, PlanError> {
+    let (path, text, remote) = match path.to_str().filter(|p| source::is_url(p)) {
+        Some(url) => (
+            source::shown_path(url),
+            source::fetch_verified(url, verification)?,
+            true,
+        ),
+        None => (path.to_path_buf(), load::read_plan_text(path)?, false),
+    };
+    let path = path.as_path();
     match load::parse::<RawStep>(path, &text) {
-        Ok(raw) => validate::resolve(path, &text, raw, Vec::new())
-            .map_err(|diagnostics| PlanError::Invalid { diagnostics }),
+        Ok(mut raw) => {
+            let sources = include::merge(&mut raw, path, &text, remote, verification)
+                .map_err(|diagnostics| PlanError::Invalid { diagnostics })?;
+            validate::resolve_merged(path, &text, raw, Vec::new(), sources)
+                .map_err(|diagnostics| PlanError::Invalid { diagnostics })
+        }
         Err(first) => Err(PlanError::Invalid {
             diagnostics: every_step_problem(path, &text, *first),
         }),
@@ -240,6 +270,8 @@ pub struct Plan {
     pub lifecycle: lifecycle::Lifecycle,
     /// Where metrics and traces go (`telemetry:`).
     pub telemetry: telemetry::TelemetryConfig,
+    /// The download cache's settings (`downloads:`).
+    pub downloads: download::DownloadSettings,
     /// Environment variables that hold secrets or credentials (see
     /// [`secret_checks::secret_env_names`]).
     pub secret_env: std::collections::BTreeSet<String>,
@@ -348,6 +380,7 @@ pub enum StepKind {
     },
     /// `user`, `group`, `packages`, `hostname`, `sysctl`, `unit`, `ssh_host_keys`.
     Os(os::OsKind),
+    Download(download::DownloadSpec),
 }
 
 impl StepKind {
@@ -361,6 +394,7 @@ impl StepKind {
             StepKind::Exec { .. } => "exec",
             StepKind::Service { .. } => "service",
             StepKind::Os(kind) => kind.name(),
+            StepKind::Download(_) => "download",
         }
     }
 }

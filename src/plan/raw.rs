@@ -97,6 +97,14 @@ pub struct RawPlan<S = RawStep> {
     /// when every step is skipped.
     #[serde(default)]
     pub start_splay: Option<super::duration::Backoff>,
+    /// Other plan files whose steps, secrets, vars and backends are merged
+    /// into this one: local paths, or URLs pinned (`URL#sha256=…`) or signed.
+    #[serde(default)]
+    #[schemars(with = "Vec<super::include::RawInclude>")]
+    pub include: Vec<Spanned<super::include::RawInclude>>,
+    /// Settings of the download cache.
+    #[serde(default)]
+    pub downloads: Option<super::download::RawDownloads>,
 }
 
 impl<S> RawPlan<S> {
@@ -125,6 +133,8 @@ impl<S> RawPlan<S> {
             telemetry: self.telemetry,
             limits: self.limits,
             start_splay: self.start_splay,
+            include: self.include,
+            downloads: self.downloads,
         }
     }
 }
@@ -168,7 +178,7 @@ pub enum FactsFallback {
 
 /// One step. Exactly one kind key (`run`, `shell`, `file`, `template`, `wait`,
 /// `exec`, `service`, `user`, `group`, `packages`, `hostname`, `sysctl`,
-/// `unit`, `ssh_host_keys`) must be present; the other fields are common to
+/// `unit`, `ssh_host_keys`, `download`) must be present; the other fields are common to
 /// all kinds. `user` and `group` are kinds when they are mappings, and the
 /// account a command runs as when they are names.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -219,6 +229,9 @@ pub struct RawStep {
     /// Make new SSH host keys on a cloned disk, and print their fingerprints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host_keys: Option<super::os::RawSshHostKeys>,
+    /// Fetch a file (and unpack it), verified by its digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<super::download::RawDownload>,
 
     /// What this step does, for people.
     #[serde(default, skip_serializing)]
@@ -299,6 +312,9 @@ pub struct RawStep {
     /// step starts; it is given back when the step ends, however it ends.
     #[serde(default, skip_serializing)]
     pub throttle: Option<String>,
+    /// This step replaces a step of the same name from an included file.
+    #[serde(default, rename = "override", skip_serializing)]
+    pub replaces: bool,
 }
 
 /// `on_change:` of a template step.

@@ -529,6 +529,9 @@ pub struct AwsEndpoints {
     pub secretsmanager: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssm: Option<String>,
+    /// S3, for `download` steps with `s3://` URLs (path-style requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<String>,
     /// Instance metadata service (IMDSv2), for credentials and region.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds: Option<String>,

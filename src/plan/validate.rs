@@ -24,7 +24,7 @@ const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 1000;
 const DEFAULT_WAIT_INTERVAL: Duration = Duration::from_millis(500);
 const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const KIND_KEYS: [&str; 14] = [
+const KIND_KEYS: [&str; 15] = [
     "run",
     "shell",
     "file",
@@ -39,6 +39,7 @@ const KIND_KEYS: [&str; 14] = [
     "sysctl",
     "unit",
     "ssh_host_keys",
+    "download",
 ];
 
 /// Validates `raw` (parsed from `text` at `path`) into a runnable plan.
@@ -52,12 +53,26 @@ pub fn resolve(
     raw: RawPlan,
     broken: Vec<BrokenStep>,
 ) -> Result<Plan, Vec<Diagnostic>> {
+    resolve_merged(path, text, raw, broken, super::include::Sources::default())
+}
+
+/// [`resolve`] for a plan with its includes merged: each problem names
+/// the file its step or secret came from.
+pub fn resolve_merged(
+    path: &Path,
+    text: &str,
+    raw: RawPlan,
+    broken: Vec<BrokenStep>,
+    sources: super::include::Sources,
+) -> Result<Plan, Vec<Diagnostic>> {
     let mut v = Validator {
         file: path.to_path_buf(),
         plan_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         diagnostics: Vec::new(),
+        sources,
     };
     let mut plan = v.plan(text, raw, &broken);
+    plan.digest = v.sources.digest(text);
     v.locate_unplaced(text);
     if !broken.is_empty() {
         return Err(v.diagnostics);
@@ -84,6 +99,8 @@ struct Validator {
     file: PathBuf,
     plan_dir: PathBuf,
     diagnostics: Vec<Diagnostic>,
+    /// Where included steps and secrets came from.
+    sources: super::include::Sources,
 }
 
 /// Context for checking one step's template references.
@@ -146,9 +163,13 @@ impl Validator {
         message: String,
         hint: Option<String>,
     ) {
+        let file = match self.sources.file_of(&field) {
+            Some((file, _)) => file.clone(),
+            None => self.file.clone(),
+        };
         self.diagnostics.push(Diagnostic {
             severity,
-            file: self.file.clone(),
+            file,
             position,
             field,
             message,
@@ -179,6 +200,13 @@ impl Validator {
     /// in the file (found by its dotted path), else the top of the file.
     fn locate_unplaced(&mut self, text: &str) {
         for d in self.diagnostics.iter_mut().filter(|d| d.position.is_none()) {
+            // An included file's problem is looked for in that file's text.
+            let text = self
+                .sources
+                .files
+                .iter()
+                .find(|(file, _)| *file == d.file)
+                .map_or(text, |(_, t)| t.as_str());
             d.position = Some(
                 super::load::locate(text, &d.field).unwrap_or(Position { line: 1, column: 1 }),
             );
@@ -420,6 +448,7 @@ impl Validator {
             steps,
             lifecycle,
             telemetry,
+            downloads: super::download::DownloadSettings::resolve(raw.downloads.as_ref()),
             secret_env,
             limits,
             start_splay,
@@ -964,6 +993,7 @@ impl Validator {
             ("sysctl", raw.sysctl.is_some()),
             ("unit", raw.unit.is_some()),
             ("ssh_host_keys", raw.ssh_host_keys.is_some()),
+            ("download", raw.download.is_some()),
         ]);
         if present.len() != 1 {
             let found = if present.is_empty() {
@@ -1061,6 +1091,18 @@ impl Validator {
         if let Some((kind, problems)) = super::os::resolve_kind(&self.plan_dir, field, raw) {
             self.os_problems(problems);
             return kind.map(StepKind::Os);
+        }
+        if let Some(download) = &raw.download {
+            let (spec, problems) = super::download::resolve(field, download);
+            for p in problems {
+                let severity = if p.warning {
+                    Severity::Warning
+                } else {
+                    Severity::Error
+                };
+                self.push(severity, pos, p.field, p.message, p.hint);
+            }
+            return spec.map(StepKind::Download);
         }
         let wait = raw.wait.as_ref()?;
         self.wait_spec(pos, &format!("{field}.wait"), wait)
@@ -1213,6 +1255,7 @@ impl Validator {
                 push_wait_texts(&mut texts, &format!("{field}.wait"), &w.target)
             }
             Some(StepKind::Os(os)) => texts.extend(os.template_texts(field)),
+            Some(StepKind::Download(d)) => texts.extend(super::download::texts(field, d)),
             _ => {}
         }
         let is_os = matches!(kind, Some(StepKind::Os(_)));

@@ -607,6 +607,21 @@ impl SecretStore {
         })
     }
 
+    /// A signed GET of an S3 object (`download` steps), with the AWS
+    /// backend's credentials and region.
+    pub async fn s3_get(
+        &self,
+        url: &str,
+        bucket: &str,
+        key: &str,
+        range_from: Option<u64>,
+    ) -> Result<reqwest::RequestBuilder, SecretError> {
+        self.aws_client(url, "aws_s3")
+            .await?
+            .s3_get(url, bucket, key, range_from)
+            .await
+    }
+
     async fn aws_client(
         &self,
         name: &str,

@@ -56,7 +56,7 @@ pub fn write_file(
 
 /// Looks up `user` or `user:group` as (uid, gid); the user's primary group
 /// when no group is named.
-fn resolve_owner(path: &Path, owner: &str) -> Result<(u32, u32), StepError> {
+pub(crate) fn resolve_owner(path: &Path, owner: &str) -> Result<(u32, u32), StepError> {
     let err = |message: String| StepError::Owner {
         owner: owner.to_string(),
         path: path.to_path_buf(),

@@ -6,6 +6,7 @@
 //! resolved form in `plan::StepKind`, a module here implementing
 //! [`StepAction`], and an arm in [`run_attempt`].
 
+pub mod download;
 pub mod exec;
 pub mod file;
 pub mod os;
@@ -59,6 +60,8 @@ pub struct StepContext {
     pub services: service::Services,
     /// Fleet-wide semaphores and the start splay.
     pub fleet: crate::fleet::Fleet,
+    /// The download cache and the run's deadline, for `download` steps.
+    pub downloads: download::Downloads,
     http: OnceLock<reqwest::Client>,
 }
 
@@ -82,6 +85,7 @@ impl StepContext {
             kill_grace,
             services: service::Services::default(),
             fleet: crate::fleet::Fleet::default(),
+            downloads: download::Downloads::default(),
             http: OnceLock::new(),
         }
     }
@@ -256,6 +260,8 @@ pub enum StepError {
     Os(crate::system::OsError),
     #[error(transparent)]
     Throttle(#[from] crate::fleet::ThrottleError),
+    #[error(transparent)]
+    Download(#[from] download::DownloadError),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("cancelled")]
@@ -285,6 +291,7 @@ impl StepError {
                 ErrorCode::RunInterrupted
             }
             StepError::Throttle(_) => ErrorCode::ThrottleUnavailable,
+            StepError::Download(e) => e.code(),
             StepError::Internal(_) => ErrorCode::Internal,
             // The engine replaces this with the reason it cancelled.
             StepError::Cancelled => ErrorCode::RunInterrupted,
@@ -295,6 +302,9 @@ impl StepError {
     /// or a missing program will not get better by trying again.
     pub fn is_retryable(&self) -> bool {
         if let StepError::Os(err) = self {
+            return err.is_retryable();
+        }
+        if let StepError::Download(err) = self {
             return err.is_retryable();
         }
         !matches!(
@@ -333,6 +343,11 @@ pub async fn run_attempt(
         }
         StepKind::Service { argv } => {
             service::ServiceAction { argv }
+                .run(inputs, ctx, cancel)
+                .await
+        }
+        StepKind::Download(spec) => {
+            download::DownloadAction { spec }
                 .run(inputs, ctx, cancel)
                 .await
         }

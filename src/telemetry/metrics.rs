@@ -42,6 +42,10 @@ pub const LOG_LINES_DROPPED: &str = "bootplan_log_lines_dropped_total";
 pub const SECRET_ROTATIONS: &str = "bootplan_secret_rotations_total";
 pub const SECRET_EXPIRY: &str = "bootplan_secret_expiry_timestamp_seconds";
 pub const THROTTLE_WAIT: &str = "bootplan_throttle_wait_seconds";
+pub const DOWNLOAD_BYTES: &str = "bootplan_download_bytes_total";
+pub const DOWNLOAD_DURATION: &str = "bootplan_download_duration_seconds";
+pub const DOWNLOAD_CACHE_HITS: &str = "bootplan_download_cache_hits_total";
+pub const DOWNLOAD_CACHE_MISSES: &str = "bootplan_download_cache_misses_total";
 
 /// Every metric family bootplan exports: (name, type, labels besides
 /// `plan`), held against the metrics table of `docs/plan.md` by a test.
@@ -66,6 +70,10 @@ const METRICS: &[(&str, &str, &[&str])] = &[
     (SECRET_ROTATIONS, "counter", &["secret", "outcome"]),
     (SECRET_EXPIRY, "gauge", &["secret"]),
     (THROTTLE_WAIT, "histogram", &["semaphore"]),
+    (DOWNLOAD_BYTES, "counter", &["step", "source"]),
+    (DOWNLOAD_DURATION, "histogram", &["step"]),
+    (DOWNLOAD_CACHE_HITS, "counter", &["step"]),
+    (DOWNLOAD_CACHE_MISSES, "counter", &["step"]),
 ];
 
 /// Run outcomes that get a `bootplan_runs_total` series from the start (at
@@ -147,6 +155,23 @@ fn describe() {
         SECRET_EXPIRY,
         metrics::Unit::Seconds,
         "When the secret's current value ends (a certificate's notAfter), Unix time."
+    );
+    describe_counter!(
+        DOWNLOAD_BYTES,
+        "Bytes fetched by download steps, by step and source scheme (https, http, file, data)."
+    );
+    describe_histogram!(
+        DOWNLOAD_DURATION,
+        Unit::Seconds,
+        "Time a download step's attempt spent fetching and placing its content."
+    );
+    describe_counter!(
+        DOWNLOAD_CACHE_HITS,
+        "Download steps served from the download cache, without the network."
+    );
+    describe_counter!(
+        DOWNLOAD_CACHE_MISSES,
+        "Download steps whose content was not in the download cache."
     );
     describe_counter!(
         LOG_LINES_DROPPED,

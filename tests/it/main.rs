@@ -7,6 +7,7 @@ mod harness;
 mod core;
 mod crash;
 mod docs;
+mod download;
 mod facts;
 mod fleet;
 mod import;

@@ -152,13 +152,13 @@ impl Bao {
     }
 }
 
-struct Moto {
+pub(crate) struct Moto {
     _server: Server,
     port: u16,
 }
 
 impl Moto {
-    fn start() -> Option<Moto> {
+    pub(crate) fn start() -> Option<Moto> {
         let bin = peer("moto_server")?;
         let port = free_port();
         let server = Server(
@@ -178,13 +178,13 @@ impl Moto {
         })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Runs boto3 (moto's own dependency) against the server; `script` sees
-    /// `sm` and `ssm` clients.
-    fn boto(&self, script: &str) {
+    /// `sm`, `ssm` and `s3` clients.
+    pub(crate) fn boto(&self, script: &str) {
         let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/moto/bin/python");
         let python = if python.exists() {
             python
@@ -192,7 +192,7 @@ impl Moto {
             PathBuf::from("python3")
         };
         let prelude = format!(
-            "import boto3\nkw=dict(endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nsm=boto3.client('secretsmanager', **kw)\nssm=boto3.client('ssm', **kw)\n",
+            "import boto3\nkw=dict(endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\nsm=boto3.client('secretsmanager', **kw)\nssm=boto3.client('ssm', **kw)\ns3=boto3.client('s3', **kw)\n",
             self.url()
         );
         let out = Command::new(python)

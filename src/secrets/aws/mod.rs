@@ -49,6 +49,8 @@ pub enum Service {
     Ssm,
     /// STS, for credentials (web identity) and identity proofs (Vault's `aws` login).
     Sts,
+    /// S3 objects, for `download` steps (`s3://BUCKET/KEY`).
+    S3,
 }
 
 impl Service {
@@ -58,6 +60,7 @@ impl Service {
             Service::SecretsManager => "secretsmanager",
             Service::Ssm => "ssm",
             Service::Sts => "sts",
+            Service::S3 => "s3",
         }
     }
 
@@ -67,6 +70,7 @@ impl Service {
             Service::SecretsManager => "secretsmanager",
             Service::Ssm => "AmazonSSM",
             Service::Sts => "",
+            Service::S3 => "",
         }
     }
 
@@ -76,6 +80,7 @@ impl Service {
             Service::SecretsManager => "aws_secretsmanager",
             Service::Ssm => "aws_ssm",
             Service::Sts => "aws_sts",
+            Service::S3 => "aws_s3",
         }
     }
 
@@ -84,6 +89,7 @@ impl Service {
             Service::SecretsManager => "AWS_ENDPOINT_URL_SECRETS_MANAGER",
             Service::Ssm => "AWS_ENDPOINT_URL_SSM",
             Service::Sts => "AWS_ENDPOINT_URL_STS",
+            Service::S3 => "AWS_ENDPOINT_URL_S3",
         }
     }
 }
@@ -266,6 +272,86 @@ impl AwsClient {
         Ok(headers)
     }
 
+    /// A GET of the S3 object `key` in `bucket` (path-style, under the S3
+    /// endpoint), signed now with the same credentials and region as the
+    /// secrets; `range_from` asks for the bytes from that offset on. Each
+    /// attempt needs a new one: the signature carries the time.
+    pub async fn s3_get(
+        &self,
+        name: &str,
+        bucket: &str,
+        key: &str,
+        range_from: Option<u64>,
+    ) -> Result<reqwest::RequestBuilder, SecretError> {
+        let service = Service::S3;
+        let region = self.region(name, service).await?;
+        let credentials = self.credentials(name, service).await?;
+        let endpoint = self.endpoint(service, &region);
+        let url = format!(
+            "{}/{}/{}",
+            endpoint.trim_end_matches('/'),
+            bucket,
+            key.split('/')
+                .map(|segment| {
+                    segment
+                        .bytes()
+                        .map(|b| match b {
+                            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                                (b as char).to_string()
+                            }
+                            other => format!("%{other:02X}"),
+                        })
+                        .collect::<String>()
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        let range = range_from.map(|from| format!("bytes={from}-"));
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(range) = &range {
+            headers.push(("range", range.as_str()));
+        }
+        let fail = |detail: String| SecretError::Unreachable {
+            name: name.into(),
+            backend: service.backend(),
+            detail: format!("{url}: cannot sign the request: {detail}"),
+        };
+        let identity = credentials.into();
+        let mut settings = SigningSettings::default();
+        settings.payload_checksum_kind = aws_sigv4::http_request::PayloadChecksumKind::XAmzSha256;
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&region)
+            .name(service.signing_name())
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| fail(e.to_string()))?
+            .into();
+        let signable = SignableRequest::new(
+            "GET",
+            &url,
+            headers.iter().copied(),
+            SignableBody::Bytes(&[]),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| fail(e.to_string()))?
+            .into_parts();
+        let mut builder = self.net.client.get(&url);
+        for (name, value) in headers.into_iter().chain(instructions.headers()) {
+            let mut value = reqwest::header::HeaderValue::from_str(value)
+                .map_err(|_| fail(format!("header {name} is not valid")))?;
+            if name.eq_ignore_ascii_case("x-amz-security-token")
+                || name.eq_ignore_ascii_case("authorization")
+            {
+                value.set_sensitive(true);
+            }
+            builder = builder.header(name, value);
+        }
+        Ok(builder)
+    }
+
     /// The request for one attempt, signed now (SigV4 signatures carry the time).
     fn signed(
         &self,
@@ -320,6 +406,7 @@ impl AwsClient {
             Service::SecretsManager => self.config.endpoints.secretsmanager.clone(),
             Service::Ssm => self.config.endpoints.ssm.clone(),
             Service::Sts => self.config.endpoints.sts.clone(),
+            Service::S3 => self.config.endpoints.s3.clone(),
         };
         configured
             .or_else(|| std::env::var(service.endpoint_env()).ok())

@@ -82,7 +82,7 @@ fn read_input(file: &Path) -> std::io::Result<Vec<u8>> {
         std::io::stdin().take(MAX_INPUT).read_to_end(&mut bytes)?;
         return Ok(bytes);
     }
-    crate::plan::load::read_bounded(file, MAX_INPUT)
+    crate::plan::bounded::read_bounded(file, MAX_INPUT)
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 

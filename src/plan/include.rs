@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
-use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -25,11 +24,6 @@ use super::source::{self, Verification};
 
 /// Most files one plan may include.
 const MAX_INCLUDES: usize = 64;
-
-/// One `include:` entry: a path, or a URL with its pin (`URL#sha256=HEX`).
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(transparent)]
-pub struct RawInclude(pub String);
 
 /// An included file's content.
 #[derive(Debug, Deserialize)]

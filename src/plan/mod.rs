@@ -7,6 +7,8 @@
 //! collecting every problem before reporting. Nothing in this module has side
 //! effects beyond reading the plan and the template sources it names.
 
+pub mod bounded;
+pub mod change;
 pub mod diagnostic;
 pub mod download;
 pub mod duration;

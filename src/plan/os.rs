@@ -1458,7 +1458,7 @@ fn resolve_unit(
         }),
         (None, Some(src), None) => {
             let path = plan_dir.join(src);
-            match super::load::read_bounded(&path, MAX_UNIT_BYTES) {
+            match super::bounded::read_bounded(&path, MAX_UNIT_BYTES) {
                 Ok(bytes) => match String::from_utf8(bytes) {
                     Ok(text) => Some(UnitSource {
                         text,
@@ -1476,8 +1476,8 @@ fn resolve_unit(
                 },
                 Err(err) => {
                     let message = match err {
-                        super::load::Bounded::Io(e) => e.to_string(),
-                        super::load::Bounded::Problem(message, _) => message,
+                        super::bounded::Bounded::Io(e) => e.to_string(),
+                        super::bounded::Bounded::Problem(message, _) => message,
                     };
                     problems.push((
                         f("src"),

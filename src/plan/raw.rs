@@ -100,8 +100,8 @@ pub struct RawPlan<S = RawStep> {
     /// Other plan files whose steps, secrets, vars and backends are merged
     /// into this one: local paths, or URLs pinned (`URL#sha256=…`) or signed.
     #[serde(default)]
-    #[schemars(with = "Vec<super::include::RawInclude>")]
-    pub include: Vec<Spanned<super::include::RawInclude>>,
+    #[schemars(with = "Vec<RawInclude>")]
+    pub include: Vec<Spanned<RawInclude>>,
     /// Settings of the download cache.
     #[serde(default)]
     pub downloads: Option<super::download::RawDownloads>,
@@ -289,7 +289,7 @@ pub struct RawStep {
     /// For `template` steps: what happens when a refreshed secret changes
     /// what the template renders (see `refresh` on a secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_change: Option<RawOnChange>,
+    pub on_change: Option<super::change::RawOnChange>,
     /// With `user`: the command's supplementary groups, exactly these.
     /// Default: the user's groups in the group database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,38 +315,6 @@ pub struct RawStep {
     /// This step replaces a step of the same name from an included file.
     #[serde(default, rename = "override", skip_serializing)]
     pub replaces: bool,
-}
-
-/// `on_change:` of a template step.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawOnChange {
-    /// A command (argv) that checks the new file; when it fails, the old
-    /// content is put back and nothing is reloaded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check: Option<Vec<String>>,
-    /// What to tell about the new file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reload: Option<RawReload>,
-    /// Wait up to this long, at random, before the reload, so a fleet
-    /// that got the same new value does not reload all at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub splay: Option<super::duration::HumanDuration>,
-}
-
-/// `on_change.reload`: a signal to the app or a service, or a command.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawReload {
-    /// A signal, e.g. `HUP`, `USR1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<String>,
-    /// Who gets the signal: `app` (the supervised `exec` app) or the name of a `service` step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// A command (argv) to run instead of a signal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
 }
 
 /// `file:` step body.
@@ -461,3 +429,8 @@ pub enum OnFailure {
     /// Record the failure, mark the run degraded, and go on.
     Continue,
 }
+
+/// One `include:` entry: a path, or a URL with its pin (`URL#sha256=HEX`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct RawInclude(pub String);

@@ -50,7 +50,7 @@ pub struct SecretSource {
     /// `to_file`, or a `vault_pki` certificate): `reload` only; the steps
     /// that render it have their own `on_change`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_change: Option<super::raw::RawOnChange>,
+    pub on_change: Option<super::change::RawOnChange>,
 }
 
 impl SecretSource {

@@ -97,9 +97,9 @@ fn fetch(url: &str) -> Result<Vec<u8>, PlanError> {
         let path = parsed
             .to_file_path()
             .map_err(|()| failed("a file:// URL names an absolute local path".into()))?;
-        return super::load::read_bounded(&path, MAX_REMOTE_BYTES).map_err(|e| match e {
-            super::load::Bounded::Io(e) => failed(e.to_string()),
-            super::load::Bounded::Problem(message, _) => failed(message),
+        return super::bounded::read_bounded(&path, MAX_REMOTE_BYTES).map_err(|e| match e {
+            super::bounded::Bounded::Io(e) => failed(e.to_string()),
+            super::bounded::Bounded::Problem(message, _) => failed(message),
         });
     }
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -708,7 +708,7 @@ impl Validator {
     fn short_local_secret(&self, source: &super::SecretSource) -> Option<usize> {
         let (text, key) = if let Some(file) = &source.file {
             let bytes =
-                super::load::read_bounded(&self.plan_dir.join(&file.path), 1024 * 1024).ok()?;
+                super::bounded::read_bounded(&self.plan_dir.join(&file.path), 1024 * 1024).ok()?;
             (String::from_utf8(bytes).ok()?, file.key.as_deref())
         } else if let Some(env) = &source.env {
             (std::env::var(&env.name).ok()?, env.key.as_deref())
@@ -841,7 +841,7 @@ impl Validator {
         &mut self,
         pos: Option<Position>,
         where_: &str,
-        r: &super::raw::RawReload,
+        r: &super::change::RawReload,
     ) -> Option<super::Reload> {
         use super::{Reload, ReloadTarget};
         match (&r.signal, &r.target, &r.command) {
@@ -1648,10 +1648,11 @@ const MAX_TEMPLATE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// A template source: a regular UTF-8 file, bounded in size.
 fn read_template(path: &Path) -> Result<String, String> {
-    let bytes = super::load::read_bounded(path, MAX_TEMPLATE_BYTES).map_err(|err| match err {
-        super::load::Bounded::Io(e) => e.to_string(),
-        super::load::Bounded::Problem(message, _) => message,
-    })?;
+    let bytes =
+        super::bounded::read_bounded(path, MAX_TEMPLATE_BYTES).map_err(|err| match err {
+            super::bounded::Bounded::Io(e) => e.to_string(),
+            super::bounded::Bounded::Problem(message, _) => message,
+        })?;
     String::from_utf8(bytes)
         .map_err(|e| format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
 }

@@ -16,10 +16,10 @@ pub fn fetch_file(
     base_dir: &std::path::Path,
 ) -> Result<SecretValue, SecretError> {
     let path = base_dir.join(&spec.path);
-    let bytes = crate::plan::load::read_bounded(&path, MAX_SECRET_FILE).map_err(|err| {
+    let bytes = crate::plan::bounded::read_bounded(&path, MAX_SECRET_FILE).map_err(|err| {
         let err = match err {
-            crate::plan::load::Bounded::Io(err) => err,
-            crate::plan::load::Bounded::Problem(message, _) => {
+            crate::plan::bounded::Bounded::Io(err) => err,
+            crate::plan::bounded::Bounded::Problem(message, _) => {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, message)
             }
         };

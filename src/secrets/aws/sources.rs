@@ -172,7 +172,7 @@ fn allowed_full_uri(full: &str) -> Result<(), Failure> {
 }
 
 fn read_token(path: &std::path::Path) -> Result<SecretValue, Failure> {
-    let bytes = crate::plan::load::read_bounded(path, MAX_TOKEN_FILE).map_err(|err| {
+    let bytes = crate::plan::bounded::read_bounded(path, MAX_TOKEN_FILE).map_err(|err| {
         Failure::Unreachable(format!(
             "cannot read the token file {}: {err}",
             path.display()

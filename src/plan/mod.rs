@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod load;
 pub mod os;
+pub mod os_step;
 pub mod raw;
 pub mod refs;
 pub mod secret_checks;

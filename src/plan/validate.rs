@@ -328,7 +328,7 @@ impl Validator {
             }
         }
         // A file owned by a user needs the step that creates the user, etc.
-        let implicit = super::os::implicit_needs(&raw.steps);
+        let implicit = super::os_step::implicit_needs(&raw.steps);
         for step in &mut steps {
             let before = step.needs.len();
             step.needs.extend(
@@ -567,7 +567,7 @@ impl Validator {
             _ => Frequency::PerInstance,
         };
         let (privileges, problems) =
-            super::os::resolve_privileges(&field, raw, kind.as_ref().map(StepKind::name));
+            super::os_step::resolve_privileges(&field, raw, kind.as_ref().map(StepKind::name));
         self.os_problems(problems);
         let retry = match &kind {
             Some(StepKind::Os(super::os::OsKind::Packages(_))) if raw.retry.is_none() => {
@@ -1088,7 +1088,7 @@ impl Validator {
                 owner: t.owner.clone(),
             }));
         }
-        if let Some((kind, problems)) = super::os::resolve_kind(&self.plan_dir, field, raw) {
+        if let Some((kind, problems)) = super::os_step::resolve_kind(&self.plan_dir, field, raw) {
             self.os_problems(problems);
             return kind.map(StepKind::Os);
         }

@@ -6,7 +6,6 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::error::{ErrorCode, exit};
-use crate::plan::{self, PlanError};
 use crate::stdio::{errln, outln};
 
 /// User data larger than this is not user data (the clouds cap it at 64 KiB).
@@ -36,7 +35,14 @@ pub fn cloud_config(file: &Path, output: Option<&Path>, json: bool) -> i32 {
             return ErrorCode::PlanInvalid.exit_code();
         }
     };
-    let problems = imported.plan.as_deref().map(|text| validate(text, output));
+    // The import checked the plan already; only writing it can still fail.
+    let problems = imported
+        .plan
+        .as_deref()
+        .map(|text| match &imported.problems[..] {
+            [] => write_plan(text, output),
+            found => Err(found.to_vec()),
+        });
     let valid = matches!(problems, Some(Ok(())));
     if json {
         let report = serde_json::json!({
@@ -86,27 +92,9 @@ fn read_input(file: &Path) -> std::io::Result<Vec<u8>> {
         .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-/// Checks the plan as `bootplan check` would: written to `output`, or to
-/// a scratch file. The problems, one line each, when it is invalid.
-fn validate(text: &str, output: Option<&Path>) -> Result<(), Vec<String>> {
-    let scratch;
-    let path = match output {
-        Some(path) => path.to_path_buf(),
-        None => {
-            scratch = tempfile::tempdir().map_err(|e| vec![e.to_string()])?;
-            scratch.path().join("plan.yaml")
-        }
-    };
-    if let Err(err) = crate::fsutil::write_atomic(&path, text.as_bytes(), 0o644) {
-        return Err(vec![format!("cannot write {}: {err}", path.display())]);
-    }
-    match plan::load(&path) {
-        Ok(_) => Ok(()),
-        Err(PlanError::Invalid { diagnostics }) => Err(diagnostics
-            .iter()
-            .filter(|d| d.severity == plan::Severity::Error)
-            .map(|d| format!("{}: {}", d.field, d.message))
-            .collect()),
-        Err(other) => Err(vec![other.to_string()]),
-    }
+/// Writes the plan to `output`, when given.
+fn write_plan(text: &str, output: Option<&Path>) -> Result<(), Vec<String>> {
+    let Some(path) = output else { return Ok(()) };
+    crate::fsutil::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|err| vec![format!("cannot write {}: {err}", path.display())])
 }

@@ -65,6 +65,9 @@ pub struct Import {
     #[serde(skip)]
     pub plan: Option<String>,
     pub entries: Vec<Entry>,
+    /// What `bootplan check` still says of the plan (nothing: it is valid).
+    #[serde(skip)]
+    pub problems: Vec<String>,
 }
 
 impl Import {
@@ -201,29 +204,39 @@ impl Builder {
     /// The plan, with what `bootplan check` refuses taken out (and
     /// reported) until it passes.
     fn finish(mut self, name: &str) -> Import {
+        let mut plan = None;
+        let mut left = Vec::new();
         for _ in 0..MAX_CHECK_ROUNDS {
             if self.steps.is_empty() {
-                return Import {
-                    plan: None,
-                    entries: self.entries,
-                };
+                plan = None;
+                break;
             }
             let text = self.render(name);
-            match check(&text) {
-                Ok(()) => break,
-                Err(problems) => {
-                    if !self.drop_refused(&problems) {
-                        break;
-                    }
-                }
+            let refused = match check(&text) {
+                Ok(()) => Vec::new(),
+                Err(problems) => problems,
+            };
+            let dropped = !refused.is_empty() && self.drop_refused(&refused);
+            if !dropped {
+                left = refused
+                    .iter()
+                    .filter(|d| d.severity == crate::plan::Severity::Error)
+                    .map(|d| format!("{}: {}", d.field, d.message))
+                    .collect();
+                plan = Some(text);
+                break;
             }
         }
-        let plan = (!self.steps.is_empty()).then(|| self.render(name));
+        if plan.is_none() && !self.steps.is_empty() {
+            left = vec![format!("more than {MAX_CHECK_ROUNDS} steps were refused")];
+            plan = Some(self.render(name));
+        }
         // In the order of the file (parts without a line last, as they came).
         self.entries.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         Import {
             plan,
             entries: self.entries,
+            problems: left,
         }
     }
 }

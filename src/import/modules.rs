@@ -297,6 +297,19 @@ fn unsupported_hint(key: &str) -> String {
     format!("`{key}` is not mapped; {hint}")
 }
 
+/// `item` became the one step `name`; the report says how.
+fn mapped_to(
+    builder: &mut Builder,
+    item: &Item,
+    name: &str,
+    step: IndexMap<String, Value>,
+    outcome: Outcome,
+    message: &str,
+) {
+    let step = builder.step(name, step);
+    builder.entry(entry(item, outcome, message.to_string(), vec![step]));
+}
+
 fn note(builder: &mut Builder, item: &Item, outcome: Outcome, message: &str) {
     builder.entry(entry(item, outcome, message.to_string(), Vec::new()));
 }
@@ -964,16 +977,14 @@ fn host_keys(builder: &mut Builder, items: &[Item], key: &str) {
             .collect();
         spec.insert("types".into(), Value::from(wanted));
     }
-    let step = builder.step(
+    mapped_to(
+        builder,
+        item,
         "ssh-host-keys",
         body(vec![("ssh_host_keys", Value::Object(spec))]),
-    );
-    builder.entry(entry(
-        item,
         Outcome::Changed,
-        "host keys are made again when the instance changes (a cloned disk), not on every first boot of the image".into(),
-        vec![step],
-    ));
+        "host keys are made again when the instance changes (a cloned disk), not on every first boot of the image",
+    );
 }
 
 fn locale(builder: &mut Builder, item: &Item) {
@@ -986,16 +997,17 @@ fn locale(builder: &mut Builder, item: &Item) {
         );
         return;
     };
-    let step = builder.step(
-        "locale",
-        body(vec![("file", json!({ "path": "/etc/default/locale", "content": format!("LANG={locale}\n"), "mode": "0644" }))]),
-    );
-    builder.entry(entry(
+    mapped_to(
+        builder,
         item,
+        "locale",
+        body(vec![(
+            "file",
+            json!({ "path": "/etc/default/locale", "content": format!("LANG={locale}\n"), "mode": "0644" }),
+        )]),
         Outcome::Changed,
-        "LANG is set in /etc/default/locale; the locale is not generated (add a `run` step with locale-gen if the image lacks it)".into(),
-        vec![step],
-    ));
+        "LANG is set in /etc/default/locale; the locale is not generated (add a `run` step with locale-gen if the image lacks it)",
+    );
 }
 
 fn timezone(builder: &mut Builder, item: &Item) {
@@ -1012,16 +1024,14 @@ fn timezone(builder: &mut Builder, item: &Item) {
         "test -e /usr/share/zoneinfo/{zone} && ln -sf /usr/share/zoneinfo/{zone} /etc/localtime && echo {zone} > /etc/timezone",
         zone = shell_quote(zone)
     );
-    let step = builder.step(
+    mapped_to(
+        builder,
+        item,
         "timezone",
         body(vec![("shell", Value::from(literal(&script)))]),
-    );
-    builder.entry(entry(
-        item,
         Outcome::Changed,
-        "/etc/localtime and /etc/timezone are set directly; running services keep their time zone until restarted".into(),
-        vec![step],
-    ));
+        "/etc/localtime and /etc/timezone are set directly; running services keep their time zone until restarted",
+    );
 }
 
 fn ntp(builder: &mut Builder, item: &Item) {
@@ -1049,19 +1059,17 @@ fn ntp(builder: &mut Builder, item: &Item) {
         );
         return;
     }
-    let step = builder.step(
+    mapped_to(
+        builder,
+        item,
         "ntp",
         body(vec![(
             "file",
             json!({ "path": "/etc/systemd/timesyncd.conf.d/50-bootplan.conf", "content": format!("[Time]\nNTP={}\n", servers.join(" ")), "mode": "0644" }),
         )]),
-    );
-    builder.entry(entry(
-        item,
         Outcome::Changed,
-        "servers are written for systemd-timesyncd only; cloud-init chose between chrony, ntp and timesyncd and restarted it".into(),
-        vec![step],
-    ));
+        "servers are written for systemd-timesyncd only; cloud-init chose between chrony, ntp and timesyncd and restarted it",
+    );
 }
 
 fn package_upgrade(builder: &mut Builder, item: &Item) {
@@ -1070,19 +1078,17 @@ fn package_upgrade(builder: &mut Builder, item: &Item) {
         return;
     }
     let script = "if command -v apt-get >/dev/null; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get -y upgrade; elif command -v dnf >/dev/null; then dnf -y upgrade; elif command -v zypper >/dev/null; then zypper --non-interactive update; elif command -v apk >/dev/null; then apk upgrade; fi";
-    let step = builder.step(
+    mapped_to(
+        builder,
+        item,
         "package-upgrade",
         body(vec![
             ("shell", Value::from(script)),
             ("frequency", Value::from("per-instance")),
         ]),
-    );
-    builder.entry(entry(
-        item,
         Outcome::Changed,
-        "a `shell` step runs the package manager's own upgrade".into(),
-        vec![step],
-    ));
+        "a `shell` step runs the package manager's own upgrade",
+    );
 }
 
 /// `packages` with `package_update`, `apt` sources and `yum_repos`: one step.
@@ -1276,7 +1282,9 @@ fn reboot_if_required(builder: &mut Builder, item: &Item) {
         note(builder, item, Outcome::Mapped, "false: nothing to do");
         return;
     }
-    let step = builder.step(
+    mapped_to(
+        builder,
+        item,
         "reboot-if-required",
         body(vec![
             (
@@ -1285,13 +1293,9 @@ fn reboot_if_required(builder: &mut Builder, item: &Item) {
             ),
             ("frequency", Value::from("per-instance")),
         ]),
-    );
-    builder.entry(entry(
-        item,
         Outcome::Changed,
-        "a `shell` step reboots when /var/run/reboot-required exists (Debian and Ubuntu), right after the packages".into(),
-        vec![step],
-    ));
+        "a `shell` step reboots when /var/run/reboot-required exists (Debian and Ubuntu), right after the packages",
+    );
 }
 
 fn phone_home(builder: &mut Builder, item: &Item) {

@@ -4,7 +4,7 @@
 //! start splay.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -12,22 +12,9 @@ use serde_json::Value;
 use crate::harness::{
     Bootplan, Sandbox, code, dump, free_port, log_lines, pid_alive, start_run, under_ci, wait_until,
 };
+use crate::lifecycle::{Etcd, launch_etcd};
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// A single-node etcd on loopback with its data dir on /dev/shm.
-struct Etcd {
-    child: Child,
-    url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Starts etcd and waits until it answers; `None` (a skip) only outside CI
 /// and `BOOTPLAN_TEST_REQUIRE_PEERS=1`.
@@ -42,41 +29,7 @@ fn start_etcd() -> Option<Etcd> {
         eprintln!("skipped: etcd is not installed (scripts/deps/etcd.sh)");
         return None;
     }
-    let shm = Path::new("/dev/shm");
-    let data = if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
-    }
-    .unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "t", "--data-dir"])
-        .arg(data.path())
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("t={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn etcd");
-    let etcd = Etcd {
-        child,
-        url,
-        _data: data,
-    };
+    let etcd = launch_etcd("http", &[]);
     wait_until("etcd to answer", LONG, || keys(&etcd, "/probe").is_some());
     Some(etcd)
 }

@@ -528,9 +528,9 @@ steps:
 }
 
 /// A single-node etcd on loopback with its data dir on /dev/shm.
-struct Etcd {
+pub(crate) struct Etcd {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     /// Auth is on: etcdctl runs as root.
     auth: bool,
     _data: tempfile::TempDir,
@@ -559,7 +559,7 @@ fn start_etcd() -> Option<Etcd> {
 /// Starts a single-node etcd on free loopback ports with its data dir on
 /// /dev/shm, its client side on `scheme` (`http` or `https`), with `extra`
 /// arguments (certificates).
-fn launch_etcd(scheme: &str, extra: &[std::ffi::OsString]) -> Etcd {
+pub(crate) fn launch_etcd(scheme: &str, extra: &[std::ffi::OsString]) -> Etcd {
     let shm = Path::new("/dev/shm");
     let data = if shm.is_dir() {
         tempfile::tempdir_in(shm)

@@ -41,7 +41,8 @@ pub fn check(path: &Path, json: bool) -> i32 {
                     }
                     PlanError::Read { .. }
                     | PlanError::Fetch { .. }
-                    | PlanError::Untrusted { .. } => {
+                    | PlanError::Untrusted { .. }
+                    | PlanError::UserData { .. } => {
                         serde_json::json!([{ "file": path, "field": "", "message": err.to_string() }])
                     }
                 };

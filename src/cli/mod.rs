@@ -3,6 +3,7 @@
 //! has logic of its own.
 
 mod check;
+mod compat;
 mod facts;
 mod import;
 mod reset;
@@ -58,7 +59,21 @@ pub enum Command {
     /// Run a plan to ready. PLAN is a file, or a URL (https://, http://,
     /// file://) pinned as `URL#sha256=HEX` or signed (`--require-signature`).
     Run {
-        plan: PathBuf,
+        /// The plan file or URL (not with --user-data).
+        #[arg(required_unless_present = "user_data")]
+        plan: Option<PathBuf>,
+        /// Take the plan from the machine's user data: a `#bootplan` plan or a
+        /// `text/x-bootplan` part runs as it is, cloud-config is imported on the
+        /// fly (the migration report goes to the log); anything else is refused.
+        #[arg(long, conflicts_with = "plan")]
+        user_data: bool,
+        /// With --user-data: the provider to ask (default: detected).
+        #[arg(long, requires = "user_data")]
+        provider: Option<String>,
+        /// Also write another tool's status files: `cloud-init` writes
+        /// /run/cloud-init/status.json, result.json and boot-finished.
+        #[arg(long, value_enum, env = "BOOTPLAN_COMPAT")]
+        compat: Option<CompatArg>,
         /// Refuse a plan from a URL (and its included URLs) unless `URL.minisig`
         /// verifies with a trusted minisign key; checked before the plan is parsed.
         #[arg(long, env = "BOOTPLAN_REQUIRE_SIGNATURE")]
@@ -127,6 +142,29 @@ pub enum Command {
     /// Turn another tool's configuration into a plan.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Answer other tools' commands from bootplan's status.
+    #[command(subcommand)]
+    Compat(CompatCommand),
+}
+
+/// Other tools' status files bootplan can write.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CompatArg {
+    CloudInit,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CompatCommand {
+    /// cloud-init's commands (also when bootplan is invoked as `cloud-init`).
+    #[command(name = "cloud-init", subcommand)]
+    CloudInit(CloudInitCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudInitCommand {
+    /// `cloud-init status`: done (exit 0), error (1), degraded (2), from
+    /// the files a run with `compat: cloud-init` writes.
+    Status(compat::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +186,9 @@ pub enum ImportCommand {
 /// Runs the command line and returns the process exit code. A panic is
 /// `internal.error`, exit 70.
 pub fn main() -> i32 {
+    if compat::invoked_as_cloud_init() {
+        return compat::cloud_init_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -173,11 +214,20 @@ fn dispatch(cli: &Cli) -> i32 {
     match &cli.command {
         Command::Run {
             plan,
+            user_data,
+            provider,
+            compat,
             require_signature,
             trusted_keys,
         } => run::run(
             cli,
-            plan,
+            run::Source {
+                plan: plan.clone(),
+                user_data: user_data.then(|| provider.clone()),
+                compat: crate::plan::lifecycle::Compat {
+                    cloud_init: matches!(compat, Some(CompatArg::CloudInit)),
+                },
+            },
             crate::plan::source::Verification {
                 require_signature: *require_signature,
                 trusted_keys: trusted_keys.clone(),
@@ -207,6 +257,9 @@ fn dispatch(cli: &Cli) -> i32 {
         Command::Analyze(args) => analyze(cli, args),
         Command::Import(ImportCommand::CloudConfig { file, output, json }) => {
             import::cloud_config(file, output.as_deref(), *json)
+        }
+        Command::Compat(CompatCommand::CloudInit(CloudInitCommand::Status(args))) => {
+            compat::status(args)
         }
     }
 }

@@ -1,13 +1,31 @@
-//! `bootplan run PLAN`.
+//! `bootplan run PLAN` and `bootplan run --user-data`.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use super::Cli;
 use crate::lifecycle::boot::{self, BootOptions};
+use crate::plan::lifecycle::Compat;
 
-pub fn run(cli: &Cli, plan: &Path, verification: crate::plan::source::Verification) -> i32 {
+/// Where the plan comes from, and what the command line adds to it.
+pub struct Source {
+    pub plan: Option<PathBuf>,
+    /// `--user-data [--provider P]`.
+    pub user_data: Option<Option<String>>,
+    pub compat: Compat,
+}
+
+pub fn run(cli: &Cli, source: Source, verification: crate::plan::source::Verification) -> i32 {
+    let plan = source.plan.unwrap_or_else(|| {
+        crate::lifecycle::userdata::shown_path(
+            source
+                .user_data
+                .as_ref()
+                .and_then(|p| p.as_deref())
+                .unwrap_or("detected"),
+        )
+    });
     boot::run(&BootOptions {
-        plan: plan.to_path_buf(),
+        plan,
         verification,
         state_dir: cli.state_dir.clone(),
         run_dir: cli.run_dir.clone(),
@@ -16,5 +34,7 @@ pub fn run(cli: &Cli, plan: &Path, verification: crate::plan::source::Verificati
         telemetry: cli.telemetry.clone(),
         supervise: cli.supervise,
         report_url: cli.report_url.clone(),
+        user_data: source.user_data,
+        compat: source.compat,
     })
 }

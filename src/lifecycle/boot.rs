@@ -48,12 +48,17 @@ pub struct BootOptions {
     pub supervise: bool,
     /// `--report-url`, overriding the plan's webhook.
     pub report_url: Option<String>,
+    /// `--user-data`: the plan is the user data of this provider (`None`:
+    /// the detected one), and `plan` is unused.
+    pub user_data: Option<Option<String>>,
+    /// `--compat cloud-init`, beside the plan's `compat:`.
+    pub compat: crate::plan::lifecycle::Compat,
 }
 
 /// Runs the plan; returns bootplan's exit code (unless it execs the app).
 pub fn run(opts: &BootOptions) -> i32 {
     let started = Instant::now();
-    let loaded = plan::load_with(&opts.plan, &opts.verification);
+    let (loaded, notices) = load_plan(opts);
     let dirs = RunDirs::resolve(
         opts.state_dir.as_deref(),
         opts.run_dir.as_deref(),
@@ -75,8 +80,20 @@ pub fn run(opts: &BootOptions) -> i32 {
         }
     };
     match loaded {
-        Ok(plan) => run_plan(opts, &plan, &dirs, lock, started),
+        Ok(plan) => run_plan(opts, &plan, &dirs, lock, started, notices),
         Err(err) => invalid_plan(opts, &dirs, &err),
+    }
+}
+
+/// The plan from its file or URL, or from the user data (with what the
+/// log should say about how it was made).
+fn load_plan(opts: &BootOptions) -> (Result<Plan, PlanError>, Vec<(Level, String)>) {
+    match &opts.user_data {
+        None => (plan::load_with(&opts.plan, &opts.verification), Vec::new()),
+        Some(provider) => match super::userdata::load(provider.as_deref(), &opts.verification) {
+            Ok(made) => (Ok(made.plan), made.notices),
+            Err(err) => (Err(err), Vec::new()),
+        },
     }
 }
 
@@ -89,6 +106,13 @@ fn invalid_plan(opts: &BootOptions, dirs: &RunDirs, err: &PlanError) -> i32 {
         errln!("bootplan: warning: {warning}");
     }
     super::readyfile::remove(&dirs.run.join("ready"));
+    if opts.compat.cloud_init {
+        super::cloud_init::record_invalid(
+            super::cloud_init::CloudInitPaths::default(),
+            &opts.plan,
+            format!("bootplan: {err} [{}]", err.code()),
+        );
+    }
     report_invalid_plan(opts, &doc);
     err.code().exit_code()
 }
@@ -142,7 +166,7 @@ impl Outputs {
             reporter.add_sink(sink);
         }
         let ready_file = super::ready_file(plan, &dirs.run);
-        super::add_sinks(&reporter, plan, opts.report_url.as_deref());
+        super::add_sinks(&reporter, plan, opts.report_url.as_deref(), opts.compat);
         let warnings = warnings.iter().map(ToString::to_string).collect();
         let outputs = Outputs {
             reporter,
@@ -240,6 +264,7 @@ fn run_plan(
     dirs: &RunDirs,
     lock: Flock<std::fs::File>,
     started: Instant,
+    notices: Vec<(Level, String)>,
 ) -> i32 {
     let (mut outputs, warnings) = Outputs::start(opts, plan, dirs, started);
     let bootstrap_id = new_bootstrap_id();
@@ -286,6 +311,9 @@ fn run_plan(
     }
     for warning in &plan.warnings {
         outputs.reporter.notice(Level::Warn, warning.to_string());
+    }
+    for (level, notice) in notices {
+        outputs.reporter.notice(level, notice);
     }
     if let Some(aside) = &journal.recovered_from {
         outputs.reporter.notice(

@@ -11,6 +11,7 @@
 //! it in `add_sinks`.
 
 pub mod boot;
+pub mod cloud_init;
 pub mod dirs;
 pub mod notify;
 pub mod readyfile;
@@ -20,6 +21,7 @@ pub mod report;
 pub mod signals;
 pub mod status;
 pub mod supervise;
+pub mod userdata;
 pub mod verdict;
 
 use std::path::PathBuf;
@@ -83,7 +85,12 @@ pub fn ready_file(plan: &Plan, run_dir: &std::path::Path) -> PathBuf {
 /// Registers the sd_notify and report sinks. `report_url` (from
 /// `--report-url`/`BOOTPLAN_REPORT_URL`) overrides the plan's webhook.
 /// (The readiness file is the verdict's to write: see [`verdict`].)
-pub fn add_sinks(reporter: &Reporter, plan: &Plan, report_url: Option<&str>) {
+pub fn add_sinks(
+    reporter: &Reporter,
+    plan: &Plan,
+    report_url: Option<&str>,
+    compat: crate::plan::lifecycle::Compat,
+) {
     // Outside a `Type=notify` unit every notification would be a no-op.
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let deadline = Instant::now() + plan.deadline;
@@ -91,6 +98,11 @@ pub fn add_sinks(reporter: &Reporter, plan: &Plan, report_url: Option<&str>) {
     }
     if let Some(spec) = report_spec(plan, report_url) {
         reporter.add_sink(Box::new(report::ReportSink::new(spec)));
+    }
+    if plan.lifecycle.compat.union(compat).cloud_init {
+        reporter.add_sink(Box::new(cloud_init::CloudInitSink::new(
+            cloud_init::CloudInitPaths::default(),
+        )));
     }
 }
 

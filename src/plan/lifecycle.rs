@@ -179,6 +179,39 @@ pub struct Lifecycle {
     pub ready_file: Option<PathBuf>,
     pub register: Option<Registry>,
     pub report: Option<ReportSpec>,
+    /// `compat:`.
+    pub compat: Compat,
+}
+
+/// Status files other tools read, written beside bootplan's own (`compat:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompatName {
+    /// cloud-init's `/run/cloud-init/status.json` and `result.json` and
+    /// `/var/lib/cloud/instance/boot-finished`, so tools that wait on
+    /// `cloud-init status --wait` see bootplan's verdict.
+    CloudInit,
+}
+
+/// Which compatibility outputs a run writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Compat {
+    pub cloud_init: bool,
+}
+
+impl Compat {
+    /// Both sets: what the plan asks for, and what the command line adds.
+    pub fn union(self, other: Compat) -> Compat {
+        Compat {
+            cloud_init: self.cloud_init || other.cloud_init,
+        }
+    }
+
+    pub fn from_name(name: Option<CompatName>) -> Compat {
+        Compat {
+            cloud_init: name == Some(CompatName::CloudInit),
+        }
+    }
 }
 
 /// Where to register.
@@ -259,6 +292,7 @@ pub fn resolve_plan(
         ready_file: ready_file.map(|f| plan_dir.join(f)),
         register: register.map(|r| Registry::Etcd(etcd(&r.etcd, plan_dir, names, &mut p))),
         report: report.map(|r| report_spec(r, &mut p)),
+        compat: Compat::default(),
     };
     (lifecycle, p.found)
 }

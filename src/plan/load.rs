@@ -17,6 +17,13 @@ pub enum Format {
 
 impl Format {
     pub fn from_path(path: &Path) -> Option<Format> {
+        // A plan from user data (`user-data:PROVIDER`) is YAML, like cloud-config.
+        if path
+            .to_str()
+            .is_some_and(|p| p.starts_with(USER_DATA_SCHEME))
+        {
+            return Some(Format::Yaml);
+        }
         match path.extension()?.to_str()? {
             "yaml" | "yml" => Some(Format::Yaml),
             "json" => Some(Format::Json),
@@ -25,6 +32,9 @@ impl Format {
         }
     }
 }
+
+/// How a plan from the machine's user data is shown: `user-data:PROVIDER`.
+pub const USER_DATA_SCHEME: &str = "user-data:";
 
 /// Largest plan file accepted; a plan is a few KiB, anything near this is a mistake.
 const MAX_PLAN_BYTES: u64 = 4 * 1024 * 1024;

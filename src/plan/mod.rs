@@ -59,6 +59,9 @@ pub enum PlanError {
     Fetch { url: String, message: String },
     #[error("refusing plan {url}: {message}")]
     Untrusted { url: String, message: String },
+    /// User data that is neither a bootplan plan nor cloud-init's.
+    #[error("refusing {from} as a plan: {message}")]
+    UserData { from: String, message: String },
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
@@ -90,6 +93,7 @@ impl PlanError {
             PlanError::Invalid { .. } => ErrorCode::PlanInvalid,
             PlanError::Fetch { .. } => ErrorCode::PlanUnreadable,
             PlanError::Untrusted { .. } => ErrorCode::PlanSignatureInvalid,
+            PlanError::UserData { .. } => ErrorCode::PlanInvalid,
         }
     }
 }
@@ -115,7 +119,10 @@ pub fn print_error(err: &PlanError) {
                 error_count(diagnostics)
             );
         }
-        PlanError::Read { .. } | PlanError::Fetch { .. } | PlanError::Untrusted { .. } => {
+        PlanError::Read { .. }
+        | PlanError::Fetch { .. }
+        | PlanError::Untrusted { .. }
+        | PlanError::UserData { .. } => {
             crate::stdio::errln!("error: {err} [{}]", err.code())
         }
     }
@@ -147,16 +154,27 @@ pub fn load_with(path: &Path, verification: &source::Verification) -> Result<Pla
         ),
         None => (path.to_path_buf(), load::read_plan_text(path)?, false),
     };
-    let path = path.as_path();
-    match load::parse::<RawStep>(path, &text) {
+    load_text(&path, &text, remote, verification)
+}
+
+/// Parses and validates plan `text` shown as `path` (a plan that came from
+/// somewhere other than a file, such as user data, is `remote`: it may
+/// include only pinned or signed URLs).
+pub fn load_text(
+    path: &Path,
+    text: &str,
+    remote: bool,
+    verification: &source::Verification,
+) -> Result<Plan, PlanError> {
+    match load::parse::<RawStep>(path, text) {
         Ok(mut raw) => {
-            let sources = include::merge(&mut raw, path, &text, remote, verification)
+            let sources = include::merge(&mut raw, path, text, remote, verification)
                 .map_err(|diagnostics| PlanError::Invalid { diagnostics })?;
-            validate::resolve_merged(path, &text, raw, Vec::new(), sources)
+            validate::resolve_merged(path, text, raw, Vec::new(), sources)
                 .map_err(|diagnostics| PlanError::Invalid { diagnostics })
         }
         Err(first) => Err(PlanError::Invalid {
-            diagnostics: every_step_problem(path, &text, *first),
+            diagnostics: every_step_problem(path, text, *first),
         }),
     }
 }

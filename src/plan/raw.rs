@@ -105,6 +105,12 @@ pub struct RawPlan<S = RawStep> {
     /// Settings of the download cache.
     #[serde(default)]
     pub downloads: Option<super::download::RawDownloads>,
+    /// Also write another tool's status files: `cloud-init` writes
+    /// cloud-init's (`/run/cloud-init/status.json`, `result.json`,
+    /// `/var/lib/cloud/instance/boot-finished`) for tools that wait on
+    /// `cloud-init status --wait`.
+    #[serde(default)]
+    pub compat: Option<super::lifecycle::CompatName>,
 }
 
 impl<S> RawPlan<S> {
@@ -135,6 +141,7 @@ impl<S> RawPlan<S> {
             start_splay: self.start_splay,
             include: self.include,
             downloads: self.downloads,
+            compat: self.compat,
         }
     }
 }

@@ -395,7 +395,7 @@ impl Validator {
             self.check_exec(&steps, &raw);
             self.check_reload_targets(&steps, &raw, &secret_reloads);
         }
-        let (lifecycle, lifecycle_problems) = super::lifecycle::resolve_plan(
+        let (mut lifecycle, lifecycle_problems) = super::lifecycle::resolve_plan(
             &self.file,
             &self.plan_dir,
             raw.supervise.as_ref(),
@@ -409,6 +409,7 @@ impl Validator {
             },
         );
         self.diagnostics.extend(lifecycle_problems);
+        lifecycle.compat = super::lifecycle::Compat::from_name(raw.compat);
 
         let (telemetry, problems) =
             super::telemetry::resolve(raw.telemetry.as_ref(), &self.plan_dir);

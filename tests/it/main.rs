@@ -19,3 +19,4 @@ mod process;
 mod robust;
 mod secrets;
 mod security;
+mod userdata;

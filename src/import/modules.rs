@@ -779,6 +779,9 @@ fn user_step(
         Some(Value::Bool(false)) | Some(Value::Null) | None => {}
         Some(rules) => {
             spec.insert("sudo".into(), Value::from(string_list_keep_commas(rules)));
+            changes.push(format!(
+                "{name}: the sudo rules go to /etc/sudoers.d/bootplan-{name} (checked by visudo before they land), not to cloud-init's /etc/sudoers.d/90-cloud-init-users"
+            ));
         }
     }
     if let Some(keys) = user.get("ssh_authorized_keys") {
@@ -786,6 +789,10 @@ fn user_step(
             "ssh_authorized_keys".into(),
             Value::from(string_list_keep_commas(keys)),
         );
+        let home = text("homedir").unwrap_or_else(|| format!("/home/{name}"));
+        changes.push(format!(
+            "{name}: the keys in {home}/.ssh/authorized_keys sit between bootplan's BEGIN/END marker lines (rewritten on every run; keys added by hand outside them are kept), where cloud-init wrote the keys alone"
+        ));
     }
     for unsupported in [
         "ssh_import_id",

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod cloudinit;
 mod core;
 mod crash;
 mod docs;

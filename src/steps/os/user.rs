@@ -355,7 +355,12 @@ fn sudo_apply(env: &Env<'_>, name: &str, plan: &Sudo) -> Result<bool, StepError>
         }
         Sudo::Write(text) => {
             if env.mode.changes() {
-                fsutil::write_atomic(&path, text.as_bytes(), 0o440)?;
+                // A missing /etc/sudoers.d is made as sudo's package makes it.
+                let options = fsutil::WriteOptions {
+                    dir_mode: 0o750,
+                    ..fsutil::WriteOptions::new(0o440)
+                };
+                fsutil::write_file(&path, text.as_bytes(), options)?;
             }
             Ok(true)
         }

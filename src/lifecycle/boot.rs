@@ -131,6 +131,8 @@ struct Outputs {
     obs: Observability,
     ready_file: PathBuf,
     started: Instant,
+    /// The report's deliveries, waited for before the metrics go out.
+    deliveries: super::report::Deliveries,
 }
 
 impl Outputs {
@@ -166,7 +168,8 @@ impl Outputs {
             reporter.add_sink(sink);
         }
         let ready_file = super::ready_file(plan, &dirs.run);
-        super::add_sinks(&reporter, plan, opts.report_url.as_deref(), opts.compat);
+        let deliveries =
+            super::add_sinks(&reporter, plan, opts.report_url.as_deref(), opts.compat);
         let warnings = warnings.iter().map(ToString::to_string).collect();
         let outputs = Outputs {
             reporter,
@@ -178,6 +181,7 @@ impl Outputs {
             obs,
             ready_file,
             started,
+            deliveries,
         };
         (outputs, warnings)
     }
@@ -204,6 +208,8 @@ impl Outputs {
 
     /// Delivers the metrics and traces and flushes every sink.
     fn finish(&mut self) {
+        // The platform signals count themselves: before the metrics go out.
+        self.deliveries.wait();
         for warning in self.obs.finish_run() {
             self.reporter.notice(Level::Warn, warning.to_string());
         }
@@ -367,7 +373,10 @@ fn run_steps(
 ) -> i32 {
     let reporter = outputs.reporter.clone();
     let facts = match gather_facts(plan, &reporter, &outputs.redactor) {
-        Ok(facts) => facts,
+        Ok(facts) => {
+            (outputs.deliveries).set_facts(facts.instance_id.clone(), facts.region.clone());
+            facts
+        }
         Err(err) => {
             let code = err.code();
             return outputs.fail(plan, code, format!("cannot gather facts: {err}"));

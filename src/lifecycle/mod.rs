@@ -1,7 +1,7 @@
 //! The lifecycle around the plan: services (`services`, `probe`), PID 1
 //! supervision (`supervise`, with `process::reaper`), readiness signals
 //! (`notify`, `readyfile`), registration (`register`) and reports off the
-//! machine (`report`).
+//! machine (`report`, with the platforms' signals in `platform`).
 //!
 //! `run` is the entry point the CLI calls instead of `engine::run`: it
 //! decides whether to supervise, starts the reaper and the signal forwarder
@@ -14,6 +14,7 @@ pub mod boot;
 pub mod cloud_init;
 pub mod dirs;
 pub mod notify;
+pub mod platform;
 pub mod readyfile;
 pub mod refresh;
 pub mod register;
@@ -84,42 +85,47 @@ pub fn ready_file(plan: &Plan, run_dir: &std::path::Path) -> PathBuf {
 
 /// Registers the sd_notify and report sinks. `report_url` (from
 /// `--report-url`/`BOOTPLAN_REPORT_URL`) overrides the plan's webhook.
+/// Returns the reports in flight, for the caller to wait for.
 /// (The readiness file is the verdict's to write: see [`verdict`].)
 pub fn add_sinks(
     reporter: &Reporter,
     plan: &Plan,
     report_url: Option<&str>,
     compat: crate::plan::lifecycle::Compat,
-) {
+) -> report::Deliveries {
     // Outside a `Type=notify` unit every notification would be a no-op.
     if std::env::var_os("NOTIFY_SOCKET").is_some() {
         let deadline = Instant::now() + plan.deadline;
         reporter.add_sink(Box::new(notify::NotifySink::new(deadline)));
     }
+    let deliveries = report::Deliveries::default();
     if let Some(spec) = report_spec(plan, report_url) {
-        reporter.add_sink(Box::new(report::ReportSink::new(spec)));
+        reporter.add_sink(Box::new(report::ReportSink::new(
+            spec,
+            deliveries.clone(),
+            plan.backends.aws.clone(),
+            reporter.redactor().clone(),
+        )));
     }
     if plan.lifecycle.compat.union(compat).cloud_init {
         reporter.add_sink(Box::new(cloud_init::CloudInitSink::new(
             cloud_init::CloudInitPaths::default(),
         )));
     }
+    deliveries
 }
 
-/// The report webhook: `report_url` (from `--report-url`/`BOOTPLAN_REPORT_URL`)
-/// overrides the plan's `report.webhook` and keeps its other settings.
+/// The report: `report_url` (from `--report-url`/`BOOTPLAN_REPORT_URL`)
+/// overrides the plan's `report.webhook` and keeps its other settings and
+/// platform signals.
 pub fn report_spec(plan: &Plan, report_url: Option<&str>) -> Option<ReportSpec> {
     let plan_report = plan.lifecycle.report.clone();
     match (report_url, plan_report) {
         (Some(url), Some(spec)) => Some(ReportSpec {
-            webhook: url.to_string(),
+            webhook: Some(url.to_string()),
             ..spec
         }),
-        (Some(url), None) => Some(ReportSpec {
-            webhook: url.to_string(),
-            timeout: Duration::from_secs(5),
-            attempts: 3,
-        }),
+        (Some(url), None) => Some(ReportSpec::webhook(url)),
         (None, spec) => spec,
     }
 }

@@ -1,20 +1,27 @@
 //! Reports off the machine: POST the final (redacted) status document to a
-//! webhook, on success and on every failure path, with a few retries inside
-//! a short bound, so a fleet learns of a failed boot without SSH.
+//! webhook and send the platforms' own signals (`platform/`), on success
+//! and on every failure path, each with a few retries inside a short
+//! bound, so a fleet learns of a failed boot without SSH.
 //!
 //! [`ReportSink`] keeps its own copy of the status document from the
-//! (already redacted) events and posts it on `RunFinished` from a
-//! background thread; `finish` waits for that thread, so the report is sent
-//! before bootplan exits or execs. For a plan that is invalid, the CLI calls
-//! [`post_blocking`] with the document it wrote, using the URL from
+//! (already redacted) events and, on `RunFinished`, posts it and sends the
+//! signals from a background thread; `finish` (and [`Deliveries::wait`])
+//! waits for that thread, so the report is sent before bootplan exits or
+//! execs. For a plan that is invalid, the CLI calls [`post_blocking`] with
+//! the document it wrote, using the URL from
 //! `--report-url`/`BOOTPLAN_REPORT_URL`, or else the `report.webhook` of a
-//! plan that parsed but failed validation.
+//! plan that parsed but failed validation (no platform signals: their
+//! settings did not validate).
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::platform::{self, Identity, Verdict};
 use crate::plan::lifecycle::ReportSpec;
+use crate::plan::secret_source::AwsConfig;
+use crate::redact::Redactor;
 use crate::telemetry::status::StatusDoc;
 use crate::telemetry::{Event, EventKind, Sink};
 
@@ -23,7 +30,8 @@ use crate::telemetry::{Event, EventKind, Sink};
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
-/// However the report is configured, bootplan's verdict never waits longer.
+/// However the report is configured, bootplan's verdict never waits longer
+/// (for the webhook and for each platform signal).
 const MAX_REPORT_TIME: Duration = Duration::from_secs(30);
 
 /// Why a report was not delivered.
@@ -39,20 +47,79 @@ pub enum ReportError {
     Client(String),
 }
 
-/// Posts the status document when the run finishes.
+/// The reports in flight, shared by the sink and the run's outputs (which
+/// wait for them before the metrics are exported, so a push or textfile
+/// counts the platform signals), and the facts the signals need, known
+/// only after the sink was registered.
+#[derive(Clone, Default)]
+pub struct Deliveries {
+    sending: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    identity: Arc<Mutex<Identity>>,
+}
+
+impl Deliveries {
+    /// The instance id and region the facts found.
+    pub fn set_facts(&self, instance_id: Option<String>, region: Option<String>) {
+        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        identity.instance_id = instance_id;
+        identity.region = region;
+    }
+
+    /// Waits for every report sent so far (each is bounded).
+    pub fn wait(&self) {
+        let handles: Vec<_> = self
+            .sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+
+    fn identity(&self, bootstrap_id: &str) -> Identity {
+        let mut identity = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        identity.bootstrap_id = bootstrap_id.to_string();
+        identity
+    }
+
+    fn push(&self, handle: JoinHandle<()>) {
+        self.sending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+}
+
+/// Posts the status document and sends the platform signals when the run
+/// finishes.
 pub struct ReportSink {
     spec: ReportSpec,
     doc: Option<StatusDoc>,
-    /// Reports in flight (a failed exec gives a second verdict).
-    sending: Vec<JoinHandle<()>>,
+    deliveries: Deliveries,
+    /// `backends.aws`, for the AWS signals' credential chain.
+    aws: Option<AwsConfig>,
+    redactor: Arc<Redactor>,
 }
 
 impl ReportSink {
-    pub fn new(spec: ReportSpec) -> ReportSink {
+    pub fn new(
+        spec: ReportSpec,
+        deliveries: Deliveries,
+        aws: Option<AwsConfig>,
+        redactor: Arc<Redactor>,
+    ) -> ReportSink {
         ReportSink {
             spec,
             doc: None,
-            sending: Vec::new(),
+            deliveries,
+            aws,
+            redactor,
         }
     }
 }
@@ -75,18 +142,22 @@ impl Sink for ReportSink {
         let Some(doc) = &self.doc else { return };
         let body = serde_json::to_vec(doc).unwrap_or_default();
         let spec = self.spec.clone();
+        let verdict = Verdict::of(doc);
+        let ctx = platform::Context {
+            identity: self.deliveries.identity(&doc.bootstrap_id),
+            aws: self.aws.clone(),
+            redactor: self.redactor.clone(),
+        };
         // Sinks must not block the engine: send from a thread, joined in finish().
-        self.sending.push(std::thread::spawn(move || {
-            if let Err(err) = post(&spec, body) {
+        self.deliveries.push(std::thread::spawn(move || {
+            if let Err(err) = deliver(&spec, body, &verdict, &ctx) {
                 crate::stdio::errln!("bootplan: {err}");
             }
         }));
     }
 
     fn finish(&mut self) {
-        for handle in self.sending.drain(..) {
-            let _ = handle.join();
-        }
+        self.deliveries.wait();
     }
 }
 
@@ -102,19 +173,17 @@ pub fn post_blocking(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError
 /// The report URL for a plan that failed to load: the CLI's, else the
 /// `report.webhook` of a plan that parsed but did not validate.
 pub fn spec_for_invalid_plan(cli_url: Option<&str>, plan_path: &Path) -> Option<ReportSpec> {
-    let from_cli = cli_url.map(|url| ReportSpec {
-        webhook: url.to_string(),
-        timeout: Duration::from_secs(5),
-        attempts: 3,
-    });
+    let from_cli = cli_url.map(ReportSpec::webhook);
     from_cli.or_else(|| {
         let text = crate::plan::load::read_plan_text(plan_path).ok()?;
         let raw = crate::plan::load::parse::<serde_json::Value>(plan_path, &text).ok()?;
         let report = raw.report?;
+        // Only the webhook: the platform signals of a plan that did not
+        // validate are not trusted.
         Some(ReportSpec {
-            webhook: report.webhook,
             timeout: report.timeout.map_or(Duration::from_secs(5), |t| t.get()),
             attempts: report.attempts.unwrap_or(3).clamp(1, 10),
+            ..ReportSpec::webhook(&report.webhook?)
         })
     })
 }
@@ -153,19 +222,62 @@ pub fn report_early_failure(
             duration: Duration::ZERO,
         },
     });
-    post_blocking(spec, serde_json::to_vec(&doc).unwrap_or_default())
+    let body = serde_json::to_vec(&doc).unwrap_or_default();
+    let (spec, verdict) = (spec.clone(), Verdict::of(&doc));
+    let ctx = platform::Context {
+        identity: Identity {
+            bootstrap_id: bootstrap_id.to_string(),
+            ..Identity::default()
+        },
+        aws: plan.backends.aws.clone(),
+        redactor: Arc::new(Redactor::new()),
+    };
+    std::thread::spawn(move || deliver(&spec, body, &verdict, &ctx))
+        .join()
+        .unwrap_or_else(|_| Err(ReportError::Client("the report thread panicked".into())))
 }
 
-fn post(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
+/// Posts the webhook and sends the platform signals, all at once, each
+/// bounded; only the webhook's failure is returned (each signal logs its own).
+fn deliver(
+    spec: &ReportSpec,
+    body: Vec<u8>,
+    verdict: &Verdict,
+    ctx: &platform::Context,
+) -> Result<(), ReportError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| ReportError::Client(e.to_string()))?;
-    runtime
-        .block_on(async { tokio::time::timeout(MAX_REPORT_TIME, post_async(spec, body)).await })
+    runtime.block_on(async {
+        let webhook = async {
+            match &spec.webhook {
+                Some(url) => bounded_post(spec, url, body).await,
+                None => Ok(()),
+            }
+        };
+        let signals = platform::send_all(spec, verdict, ctx, MAX_REPORT_TIME);
+        futures_util::future::join(webhook, signals).await.0
+    })
+}
+
+fn post(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
+    let Some(url) = &spec.webhook else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReportError::Client(e.to_string()))?;
+    runtime.block_on(bounded_post(spec, url, body))
+}
+
+async fn bounded_post(spec: &ReportSpec, url: &str, body: Vec<u8>) -> Result<(), ReportError> {
+    tokio::time::timeout(MAX_REPORT_TIME, post_async(spec, url, body))
+        .await
         .unwrap_or_else(|_| {
             Err(ReportError::Undelivered {
-                url: spec.webhook.clone(),
+                url: url.to_string(),
                 attempts: spec.attempts,
                 last: format!(
                     "gave up after {}",
@@ -175,8 +287,8 @@ fn post(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
         })
 }
 
-#[tracing::instrument(skip_all, fields(url = %spec.webhook))]
-async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError> {
+#[tracing::instrument(skip_all, fields(url = %url))]
+async fn post_async(spec: &ReportSpec, url: &str, body: Vec<u8>) -> Result<(), ReportError> {
     let client = crate::http::client_builder()
         .timeout(spec.timeout)
         .no_proxy()
@@ -187,12 +299,12 @@ async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError>
     // verdict, on a thread it waits for.
     let announce = |retrying: &crate::retry::Retrying<'_>| {
         crate::retry::count("report");
-        crate::stdio::errln!("bootplan: report to {} failed: {retrying}", spec.webhook);
+        crate::stdio::errln!("bootplan: report to {url} failed: {retrying}");
     };
     let (client, body) = (&client, &body);
     let sent = crate::retry::run(&budget, announce, |attempt| async move {
         let sent = client
-            .post(&spec.webhook)
+            .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.clone())
             .send()
@@ -217,7 +329,7 @@ async fn post_async(spec: &ReportSpec, body: Vec<u8>) -> Result<(), ReportError>
             crate::retry::GaveUp::Exhausted(e) => (e.attempts, e.last),
         };
         ReportError::Undelivered {
-            url: spec.webhook.clone(),
+            url: url.to_string(),
             attempts,
             last,
         }

@@ -17,14 +17,13 @@ use serde::{Deserialize, Serialize};
 use super::diagnostic::{Diagnostic, Position, Severity};
 use super::duration::HumanDuration;
 use super::refs;
+pub use super::report::{RawReport, ReportSpec};
 
 const DEFAULT_RESTART_LIMIT: u32 = 3;
 const DEFAULT_RESTART_BACKOFF: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(10));
 const DEFAULT_ETCD_TTL: Duration = Duration::from_secs(15);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-const DEFAULT_REPORT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_REPORT_ATTEMPTS: u32 = 3;
 
 /// When a service that exited is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
@@ -112,20 +111,6 @@ pub struct RawEtcd {
     /// Limit for each request. Default 2s.
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
-}
-
-/// `report:` — send the final status off the machine.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RawReport {
-    /// URL that receives the final status JSON as a POST.
-    pub webhook: String,
-    /// Limit for each POST. Default 5s.
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    /// Total tries, including the first. Default 3.
-    #[serde(default)]
-    pub attempts: Option<u32>,
 }
 
 /// A service's resolved restart policy.
@@ -238,14 +223,6 @@ pub struct EtcdSpec {
     pub secret_refs: Vec<String>,
 }
 
-/// The report webhook.
-#[derive(Debug, Clone)]
-pub struct ReportSpec {
-    pub webhook: String,
-    pub timeout: Duration,
-    pub attempts: u32,
-}
-
 /// Collects problems for one plan file.
 struct Problems<'a> {
     file: &'a Path,
@@ -291,7 +268,11 @@ pub fn resolve_plan(
         stop_grace: supervise.and_then(|s| s.stop_grace).map(HumanDuration::get),
         ready_file: ready_file.map(|f| plan_dir.join(f)),
         register: register.map(|r| Registry::Etcd(etcd(&r.etcd, plan_dir, names, &mut p))),
-        report: report.map(|r| report_spec(r, &mut p)),
+        report: report.map(|r| {
+            let (spec, found) = super::report::resolve(file, r);
+            p.found.extend(found);
+            spec
+        }),
         compat: Compat::default(),
     };
     (lifecycle, p.found)
@@ -432,31 +413,6 @@ fn check_refs(
     }
 }
 
-fn report_spec(raw: &RawReport, p: &mut Problems) -> ReportSpec {
-    if !(raw.webhook.starts_with("http://") || raw.webhook.starts_with("https://")) {
-        p.push(
-            "report.webhook",
-            format!("`{}` is not an http(s) URL", raw.webhook),
-            None,
-        );
-    }
-    let attempts = raw.attempts.unwrap_or(DEFAULT_REPORT_ATTEMPTS);
-    if attempts == 0 || attempts > 10 {
-        p.push(
-            "report.attempts",
-            "attempts must be between 1 and 10",
-            Some("the report must not hold up the verdict for long"),
-        );
-    }
-    ReportSpec {
-        webhook: raw.webhook.clone(),
-        timeout: raw
-            .timeout
-            .map_or(DEFAULT_REPORT_TIMEOUT, HumanDuration::get),
-        attempts: attempts.clamp(1, 10),
-    }
-}
-
 /// Checks a step's `restart` and `required` and returns its restart policy.
 pub fn resolve_step(
     file: &Path,
@@ -582,11 +538,8 @@ mod tests {
         raw.ttl = Some(HumanDuration(Duration::from_secs(1)));
         raw.username = Some("web".into());
         raw.key = "/s/{{ secrets.nope }}".into();
-        let report = RawReport {
-            webhook: "ftp://x".into(),
-            timeout: None,
-            attempts: Some(0),
-        };
+        let report: RawReport =
+            serde_saphyr::from_str("{ webhook: \"ftp://x\", attempts: 0 }").expect("parses");
         let (_, problems) = check(Some(RawRegister { etcd: raw }), Some(report));
         let text = problems.join("\n");
         for expected in [

@@ -21,6 +21,7 @@ pub mod os;
 pub mod os_step;
 pub mod raw;
 pub mod refs;
+pub mod report;
 pub mod secret_checks;
 pub mod secret_source;
 pub mod source;

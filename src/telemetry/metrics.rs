@@ -42,6 +42,7 @@ pub const LOG_LINES_DROPPED: &str = "bootplan_log_lines_dropped_total";
 pub const SECRET_ROTATIONS: &str = "bootplan_secret_rotations_total";
 pub const SECRET_EXPIRY: &str = "bootplan_secret_expiry_timestamp_seconds";
 pub const THROTTLE_WAIT: &str = "bootplan_throttle_wait_seconds";
+pub const PLATFORM_SIGNALS: &str = "bootplan_platform_signals_total";
 pub const DOWNLOAD_BYTES: &str = "bootplan_download_bytes_total";
 pub const DOWNLOAD_DURATION: &str = "bootplan_download_duration_seconds";
 pub const DOWNLOAD_CACHE_HITS: &str = "bootplan_download_cache_hits_total";
@@ -218,6 +219,10 @@ fn describe() {
         "Time throttled steps queued for a slot of a fleet-wide semaphore, by semaphore."
     );
     describe_counter!(
+        PLATFORM_SIGNALS,
+        "Platform signals of the verdict (cloudformation, autoscaling, azure, gce_guest_attributes), by result: sent, failed."
+    );
+    describe_counter!(
         SECRET_REDACTIONS,
         "Secret values removed from an output channel (leaks that were stopped)."
     );
@@ -230,6 +235,12 @@ fn preregister() {
     counter!(PLAN_VALIDATION_FAILURES).increment(0);
     counter!(SECRET_REDACTIONS).increment(0);
     gauge!(READY).set(0.0);
+}
+
+/// Counts one platform signal of the verdict, delivered or not.
+pub fn record_platform_signal(platform: &'static str, sent: bool) {
+    let result = if sent { "sent" } else { "failed" };
+    counter!(PLATFORM_SIGNALS, "platform" => platform, "result" => result).increment(1);
 }
 
 /// Renders the exposition text (Prometheus text format 0.0.4), after upkeep.

@@ -352,6 +352,63 @@ impl AwsClient {
         Ok(builder)
     }
 
+    /// The region the chain resolves (configured, environment, facts, IMDS),
+    /// for callers outside the secret backends (the platform signals).
+    pub async fn resolved_region(&self, name: &str) -> Result<String, SecretError> {
+        self.region(name, Service::Sts).await
+    }
+
+    /// The headers of a SigV4-signed form POST of `body` (AWS's query
+    /// protocol) to `url`, for the service signed as `signing_name`, with
+    /// this client's credentials: for callers outside the secret backends
+    /// (the platform signals). Each attempt needs new ones: the signature
+    /// carries the time.
+    pub async fn signed_form_post(
+        &self,
+        name: &str,
+        signing_name: &str,
+        url: &str,
+        region: &str,
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, SecretError> {
+        let credentials = self.credentials(name, Service::Sts).await?;
+        let unsignable = |detail: String| SecretError::Unreachable {
+            name: name.into(),
+            backend: Service::Sts.backend(),
+            detail: format!("{url}: cannot sign the request: {detail}"),
+        };
+        let mut headers: Vec<(String, String)> = vec![(
+            "content-type".into(),
+            "application/x-www-form-urlencoded; charset=utf-8".into(),
+        )];
+        let identity = credentials.into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name(signing_name)
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| unsignable(e.to_string()))?
+            .into();
+        let signable = SignableRequest::new(
+            "POST",
+            url,
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| unsignable(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| unsignable(e.to_string()))?
+            .into_parts();
+        headers.extend(
+            instructions
+                .headers()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        Ok(headers)
+    }
+
     /// The request for one attempt, signed now (SigV4 signatures carry the time).
     fn signed(
         &self,

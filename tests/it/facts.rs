@@ -22,7 +22,7 @@ use crate::harness::{Sandbox, code, dump, log_lines, under_ci};
 /// One request as the fake metadata server saw it.
 #[derive(Debug, Clone)]
 pub(crate) struct Req {
-    method: String,
+    pub(crate) method: String,
     /// Path and query, e.g. `/metadata/instance?api-version=2021-02-01`.
     pub(crate) target: String,
     headers: HashMap<String, String>,
@@ -50,6 +50,14 @@ pub(crate) struct Reply {
 pub(crate) fn ok(body: impl Into<Vec<u8>>) -> Reply {
     Reply {
         status: 200,
+        body: body.into(),
+        delay: Duration::ZERO,
+    }
+}
+/// An answer with `code` and `body`.
+pub(crate) fn reply(code: u16, body: impl Into<Vec<u8>>) -> Reply {
+    Reply {
+        status: code,
         body: body.into(),
         delay: Duration::ZERO,
     }
@@ -107,7 +115,7 @@ impl MetadataServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn requests(&self) -> Vec<Req> {
+    pub(crate) fn requests(&self) -> Vec<Req> {
         self.requests.lock().unwrap().clone()
     }
 
@@ -191,11 +199,11 @@ fn fixture_bytes(rel: &str) -> Vec<u8> {
     std::fs::read(fixture(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
 }
 
-const AWS_TOKEN: &str = "AQAEAFixtureTokenForLoopbackTests==";
+pub(crate) const AWS_TOKEN: &str = "AQAEAFixtureTokenForLoopbackTests==";
 
 /// AWS IMDS in IMDSv2-required mode: GETs without the session token get 401,
 /// a token PUT without the TTL header gets 400 (as the real service does).
-fn aws_handler(req: &Req, _seen: usize) -> Reply {
+pub(crate) fn aws_handler(req: &Req, _seen: usize) -> Reply {
     if req.path() == "/latest/api/token" {
         if req.method != "PUT" {
             return status(405);

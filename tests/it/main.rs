@@ -16,6 +16,7 @@ mod invalid_plans;
 mod lifecycle;
 mod observability;
 mod os;
+mod platform;
 mod process;
 mod robust;
 mod secrets;

@@ -137,7 +137,8 @@ mod tests {
             ready: false,
             outcome: "failed",
             code: Some("step.exit_nonzero"),
-            message: Some("step `migrate` exited 3 <stderr>".into()),
+            message: Some("command `sh` exited 3 <stderr>".into()),
+            failed_step: Some("migrate".into()),
         };
         let doc = health(&goal, &failed);
         assert_eq!(xml_text(&doc, "State").as_deref(), Some("NotReady"));
@@ -147,7 +148,7 @@ mod tests {
         );
         assert_eq!(
             xml_text(&doc, "Description").as_deref(),
-            Some("step.exit_nonzero: step `migrate` exited 3 <stderr>")
+            Some("step.exit_nonzero (step migrate): command `sh` exited 3 <stderr>")
         );
         assert_eq!(
             xml_text(&doc, "ContainerId").as_deref(),
@@ -158,6 +159,7 @@ mod tests {
             outcome: "ready",
             code: None,
             message: None,
+            failed_step: None,
         };
         let doc = health(&goal, &ready);
         assert_eq!(xml_text(&doc, "State").as_deref(), Some("Ready"));

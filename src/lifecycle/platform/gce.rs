@@ -57,6 +57,7 @@ mod tests {
             outcome: "ready",
             code: None,
             message: None,
+            failed_step: None,
         };
         assert_eq!(value(&verdict), "ready");
         verdict.ready = false;

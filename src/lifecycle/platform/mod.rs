@@ -39,6 +39,8 @@ pub struct Verdict {
     pub code: Option<&'static str>,
     /// Its (redacted) message.
     pub message: Option<String>,
+    /// The step that failed, if one did.
+    pub failed_step: Option<String>,
 }
 
 impl Verdict {
@@ -49,15 +51,21 @@ impl Verdict {
             outcome: doc.outcome.as_str(),
             code: doc.error.as_ref().map(|e| e.code.as_str()),
             message: doc.error.as_ref().map(|e| e.message.clone()),
+            failed_step: doc.failed_step.clone(),
         }
     }
 
-    /// `code: message` of a run that is not ready (the outcome when there
-    /// is no error).
+    /// `code (step NAME): message` of a run that is not ready (the outcome
+    /// when there is no error).
     fn reason(&self) -> String {
+        let step = self
+            .failed_step
+            .as_ref()
+            .map(|s| format!(" (step {s})"))
+            .unwrap_or_default();
         match (&self.code, &self.message) {
-            (Some(code), Some(message)) => format!("{code}: {message}"),
-            (Some(code), None) => (*code).to_string(),
+            (Some(code), Some(message)) => format!("{code}{step}: {message}"),
+            (Some(code), None) => format!("{code}{step}"),
             _ => self.outcome.to_string(),
         }
     }

@@ -184,8 +184,14 @@ pub fn backoff(min: Duration, max: Duration, retry: u32) -> Duration {
     full_jitter(min.saturating_mul(factor).min(max))
 }
 
-/// A uniformly random delay in `0..=cap`.
+/// A uniformly random delay in `0..=cap` — or `cap` itself when
+/// `BOOTPLAN_RETRY_JITTER=off` (the naive baseline of `bench/fleet`: every
+/// client that failed together waits the same and retries together).
 pub fn full_jitter(cap: Duration) -> Duration {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var_os("BOOTPLAN_RETRY_JITTER").is_some_and(|v| v == "off")) {
+        return cap;
+    }
     let cap_ms = cap.as_millis().min(u64::MAX as u128) as u64;
     Duration::from_millis(fastrand::u64(0..=cap_ms))
 }

@@ -7,7 +7,7 @@
 # Usage: bench/fleet/run.sh [-n AGENTS] [-r RATE] [-s SPLAY_S] [--no-baseline]
 #   -n  agents per storm (default 500)
 #   -r  the store's quota, requests per second (default 50)
-#   -s  start splay upper bound in seconds (default: the ideal time,
+#   -s  start splay upper bound in seconds (default 1.1x the ideal time,
 #       3 requests x N / RATE)
 # Needs: bao (scripts/deps/openbao.sh), etcd (etcd.sh), prometheus
 # (prometheus.sh), python3. Takes about 4 minutes at N = 500 on 2 cores

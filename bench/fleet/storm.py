@@ -22,7 +22,8 @@ start/end times to a shared file.
 Phases:
 1. rollout: N/5 agents (at least 20) of plan `rollout`, one 2s step, 10% of
    them failing: the burn-rate alert must fire for `rollout`.
-2. storm: N agents, `start_splay: 0s..SPLAY`, default retry jitter.
+2. storm: N agents, `start_splay: 0s..SPLAY` (default 1.1x the ideal
+   time 3N/RATE: an offered load of 0.9 of the quota), default retries.
 3. naive: the same N agents with no splay and BOOTPLAN_RETRY_JITTER=off.
 4. slot recovery: 5 agents hold `migrate`, a 6th queues, one holder is
    SIGKILLed: the time until the 6th starts (lease TTL 5s).
@@ -402,6 +403,10 @@ def slot_recovery(args):
         m[0] == "start" and m[1] not in holder_ids for m in marks_of(marks)), 60)
     start = next(m[3] for m in marks_of(marks) if m[0] == "start" and m[1] not in holder_ids)
     back = start / 1e9 - killed_at
+    # The killed holder's command died with it (parent-death signal): its
+    # interval ends at the kill, though it wrote no end mark.
+    killed_id = status(holders[0][0]).get("bootstrap_id")
+    recovery = marks_of(marks) + [("end", killed_id, 0, int(killed_at * 1e9))]
     held[0].wait()
     for p in held[1:]:
         p.send_signal(signal.SIGTERM)
@@ -415,7 +420,7 @@ def slot_recovery(args):
             except (ProcessLookupError, PermissionError):
                 pass
     return {"slot_back_after_sigkill_s": round(back, 2), "lease_ttl_s": TTL,
-            "most_at_once": most_at_once(marks_of(marks))}
+            "most_at_once": most_at_once(recovery)}
 
 
 def alerts(prom, deadline):
@@ -439,8 +444,11 @@ def main():
     ap.add_argument("-s", "--splay", type=float)
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--alert-wait", type=float, default=240,
+                    help="how long after the rollout to wait for the alert (s)")
     args = ap.parse_args()
-    args.splay = args.splay if args.splay is not None else 3 * args.n / args.rate
+    # Offered load 0.9 of the quota: the splay is 1.1x the ideal time.
+    args.splay = args.splay if args.splay is not None else 1.1 * 3 * args.n / args.rate
     args.work = tempfile.mkdtemp(prefix="bootplan-fleet-")
     peers = Peers(args.work)
     etcd_data = None
@@ -473,7 +481,7 @@ def main():
             print(f"naive: {results['naive']}", file=sys.stderr)
         results["slot_recovery"] = slot_recovery(args)
         print(f"slot recovery: {results['slot_recovery']}", file=sys.stderr)
-        results["alerts"] = alerts(prom, rollout_done + 240)
+        results["alerts"] = alerts(prom, rollout_done + args.alert_wait)
         results["alerts_wait_s"] = round(time.time() - rollout_done, 1)
     finally:
         peers.stop()

@@ -20,7 +20,7 @@ instance id); its plan logs in with AppRole, renders two secrets (one login
 start/end times to a shared file.
 
 Phases:
-1. rollout: N/5 agents (at least 20) of plan `rollout`, one 2s step, 10% of
+1. rollout: N/5 agents (at least 20) of plan `rollout`, one 5s step, 10% of
    them failing: the burn-rate alert must fire for `rollout`.
 2. storm: N agents, `start_splay: 0s..SPLAY` (default 1.1x the ideal
    time 3N/RATE: an offered load of 0.9 of the quota), default retries.
@@ -221,7 +221,7 @@ def plan_text(name, agent, args, phase):
         lines.append(f"start_splay: 0s..{phase['splay']:.1f}s")
     if phase.get("rollout"):
         fail = 1 if phase["fail"] else 0
-        lines += ["steps:", f"  deploy: {{ run: [\"/bin/sh\", \"-c\", \"sleep 2; exit {fail}\"] }}"]
+        lines += ["steps:", f"  deploy: {{ run: [\"/bin/sh\", \"-c\", \"sleep 5; exit {fail}\"] }}"]
         return "\n".join(lines) + "\n"
     hold = phase.get("hold", "0.1")
     marks = phase["marks"]
@@ -230,6 +230,9 @@ def plan_text(name, agent, args, phase):
         "  vault:",
         f"    address: {args.bao}",
         f"    auth: {{ approle: {{ role_id: {{ file: {args.work}/role-id }}, secret_id: {{ file: {args.work}/secret-id }} }} }}",
+        # A retry inside the same exhausted 1s window of the quota is a
+        # wasted request: the first backoff cap is the window.
+        "    retry: { attempts: 8, backoff: 1s..8s }",
         "limits:",
         f"  etcd: {{ endpoints: [\"{args.etcd}\"], ttl: {TTL}s }}",
         f"  semaphores: {{ migrate: {{ slots: {SLOTS} }} }}",
@@ -276,15 +279,58 @@ def prepare(args, phase, name, count, **extra):
     return agents
 
 
+class Agent:
+    """A started agent: posix_spawn, so 500 start within a second."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.code = None
+
+    def wait(self):
+        if self.code is None:
+            _, st = os.waitpid(self.pid, 0)
+            self.code = os.waitstatus_to_exitcode(st)
+        return self.code
+
+    def send_signal(self, sig):
+        os.kill(self.pid, sig)
+
+
 def launch(args, agents):
-    """Starts every agent as fast as possible; returns (t0, spread, procs)."""
-    t0 = time.time()
+    """Starts every agent at once: each waits in a shell on a FIFO, all are
+    released together by closing its writer, then exec bootplan. Returns
+    (t0, spread of the releases, agents)."""
+    fifo = os.path.join(args.work, f"go-{time.monotonic_ns()}")
+    os.mkfifo(fifo)
     procs = []
     for agent, env in agents:
-        out = open(os.path.join(agent, "log"), "w")
-        procs.append(subprocess.Popen([args.bin, "run", f"{agent}/plan.yaml"], env=env,
-                                      stdout=out, stderr=subprocess.STDOUT, cwd=agent))
-        out.close()
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 1, os.path.join(agent, "log"),
+             os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        argv = ["/bin/sh", "-c", 'read _ < "$0"; exec "$@"', fifo,
+                args.bin, "run", f"{agent}/plan.yaml"]
+        procs.append(Agent(os.posix_spawn("/bin/sh", argv, env, file_actions=actions)))
+
+    def waiting():
+        # Every shell blocked opening the FIFO (or already past it).
+        return sum(1 for p in procs if os.path.exists(f"/proc/{p.pid}")
+                   and open(f"/proc/{p.pid}/wchan").read() in ("wait_for_partner", "fifo_open", "pipe_read", "pipe_wait"))
+
+    try:
+        wait_for("the agents to wait for the start", lambda: waiting() == len(procs), 60)
+    except SystemExit:
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        raise
+    t0 = time.time()
+    left = len(procs)
+    while left:
+        os.close(os.open(fifo, os.O_WRONLY))  # EOF for every reader that opened
+        time.sleep(0.05)
+        left = waiting()
     return t0, time.time() - t0, procs
 
 
@@ -461,6 +507,10 @@ def main():
                                  str(exporter_port), os.path.join(args.work, "agents")])
         prom = start_prometheus(peers, args.work, exporter_port)
         wait_for("the exporter", lambda: http(f"http://127.0.0.1:{exporter_port}/metrics") is not None)
+        # Every agent's series must be scraped at their starting values
+        # (runs_total 0) for rate() to see the verdicts: scraping first.
+        wait_for("Prometheus to scrape the exporter", lambda: json.loads(http(
+            f"{prom}/api/v1/query?query=up%7Bjob%3D%22bootplan-fleet%22%7D"))["data"]["result"][0]["value"][1] == "1", 60)
 
         print(f"work dir {args.work}; {args.n} agents, quota {args.rate}/s, splay 0s..{args.splay:.1f}s",
               file=sys.stderr)

@@ -168,8 +168,7 @@ impl Outputs {
             reporter.add_sink(sink);
         }
         let ready_file = super::ready_file(plan, &dirs.run);
-        let deliveries =
-            super::add_sinks(&reporter, plan, opts.report_url.as_deref(), opts.compat);
+        let deliveries = super::add_sinks(&reporter, plan, opts.report_url.as_deref(), opts.compat);
         let warnings = warnings.iter().map(ToString::to_string).collect();
         let outputs = Outputs {
             reporter,

@@ -39,7 +39,10 @@ pub async fn keep_fresh(
         .secrets
         .refresh_intervals()
         .into_iter()
-        .map(|(name, every)| (name, every, Instant::now() + splayed(every)))
+        .map(|(name, every)| {
+            let at = next_time(ctx, &name, every, Instant::now());
+            (name, every, at)
+        })
         .collect();
     let Some(first) = due.iter().map(|d| d.2).min() else {
         return stop.cancelled().await;
@@ -85,7 +88,7 @@ pub async fn keep_fresh(
                 .increment(1);
             // A certificate's next renewal follows from the one just issued.
             *every = ctx.secrets.refresh_interval(name).unwrap_or(*every);
-            *at = now + splayed(*every);
+            *at = next_time(ctx, name, *every, now);
         }
         if !changed.is_empty() {
             rerender(plan, ctx, &changed, app, stop, &mut health).await;
@@ -93,6 +96,14 @@ pub async fn keep_fresh(
         health.report(ctx);
         next = due.iter().map(|d| d.2).min().unwrap_or(next);
     }
+}
+
+/// When `name` is next refreshed: when its lease is due (`refresh:
+/// lease`), else `every` from `now`, splayed.
+fn next_time(ctx: &StepContext, name: &str, every: Duration, now: Instant) -> Instant {
+    ctx.secrets
+        .refresh_at(name)
+        .unwrap_or_else(|| now + splayed(every))
 }
 
 /// `every`, a tenth of it at random either way.

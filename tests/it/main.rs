@@ -18,6 +18,7 @@ mod observability;
 mod os;
 mod process;
 mod robust;
+mod rotation;
 mod secrets;
 mod security;
 mod userdata;

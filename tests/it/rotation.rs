@@ -1,0 +1,440 @@
+//! Secrets kept fresh past boot, against real peers on loopback: dynamic
+//! secrets from OpenBao's `database` engine over a real PostgreSQL
+//! (`refresh: lease`: renewal, a fresh read at the max TTL and after a
+//! refused renewal, revocation on shutdown), and KV v2 refreshes that read
+//! only the version metadata while the secret is unchanged.
+//!
+//! Peers: `scripts/deps/openbao.sh` and `scripts/deps/postgres.sh`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::harness::{Sandbox, dump, free_port, peer, wait_until};
+use crate::secrets::{Bao, audited};
+
+/// A PostgreSQL server on loopback in a temp directory: the database behind
+/// OpenBao's `database` engine, which makes a role per read with a
+/// renewable lease and drops it when the lease is revoked. PostgreSQL
+/// refuses to run as root; as root it runs as the package's `postgres`
+/// user, which then owns the directory.
+pub(crate) struct Postgres {
+    child: Child,
+    port: u16,
+    psql: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub(crate) fn start() -> Option<Postgres> {
+        use std::os::unix::process::CommandExt;
+        let initdb = peer("pg-initdb")?;
+        let postgres = peer("pg-postgres")?;
+        let psql = peer("pg-psql")?;
+        let dir = tempfile::tempdir().unwrap();
+        let owner = nix::unistd::geteuid().is_root().then(|| {
+            nix::unistd::User::from_name("postgres")
+                .unwrap()
+                .expect("the `postgres` user (scripts/deps/postgres.sh)")
+        });
+        if let Some(user) = &owner {
+            nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        }
+        let as_owner = |cmd: &mut Command| {
+            cmd.current_dir(dir.path()).env("LC_ALL", "C");
+            if let Some(user) = &owner {
+                cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+            }
+        };
+        let data = dir.path().join("data");
+        let mut init = Command::new(initdb);
+        init.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
+        as_owner(&mut init);
+        let out = init.output().expect("run initdb");
+        assert!(out.status.success(), "initdb: {}", dump(&out));
+        let port = free_port();
+        let mut server = Command::new(postgres);
+        server
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_owner(&mut server);
+        let child = server.spawn().expect("start postgres");
+        let pg = Postgres {
+            child,
+            port,
+            psql,
+            _dir: dir,
+        };
+        wait_until("postgres to answer", Duration::from_secs(30), || {
+            pg.login("postgres", "")
+        });
+        Some(pg)
+    }
+
+    /// Whether `user` can log in with `password` (over TCP, so the password
+    /// is checked for the roles the engine makes). Nothing is printed.
+    pub(crate) fn login(&self, user: &str, password: &str) -> bool {
+        Command::new(&self.psql)
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
+            .args(["-d", "postgres", "-w", "-tAc", "select 1"])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "3")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // A fast shutdown takes the server's backends with it.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+    }
+}
+
+/// OpenBao's `database` engine on `pg`, with role `app` whose leases last
+/// `ttl` and at most `max_ttl`; the `postgres` superuser logs in by trust.
+/// Returns a token (not root) that may read the role's credentials and
+/// renew and revoke leases.
+fn database_engine(bao: &Bao, pg: &Postgres, ttl: &str, max_ttl: &str) -> String {
+    bao.ok(&["secrets", "enable", "database"]);
+    bao.ok(&[
+        "write",
+        "database/config/pg",
+        "plugin_name=postgresql-database-plugin",
+        "allowed_roles=app",
+        &format!(
+            "connection_url=postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres?sslmode=disable",
+            pg.port
+        ),
+        "username=postgres",
+        "password=trust-makes-this-unused",
+    ]);
+    bao.ok(&[
+        "write",
+        "database/roles/app",
+        "db_name=pg",
+        &format!("default_ttl={ttl}"),
+        &format!("max_ttl={max_ttl}"),
+        "creation_statements=CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+    ]);
+    bao.ok_with_file(
+        &["policy", "write", "leases", "FILE"],
+        "leases.hcl",
+        "path \"database/creds/app\" { capabilities = [\"read\"] }\n\
+         path \"sys/leases/renew\" { capabilities = [\"update\"] }\n\
+         path \"sys/leases/revoke\" { capabilities = [\"update\"] }\n",
+    );
+    bao.ok(&[
+        "token",
+        "create",
+        "-policy=leases",
+        "-ttl=1h",
+        "-field=token",
+    ])
+}
+
+/// The two lines of the rendered credentials file.
+fn credentials(sb: &Sandbox) -> (String, String) {
+    let text = sb.read("conn.txt");
+    let mut lines = text.lines().map(str::to_string);
+    (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    )
+}
+
+/// Reads of `path` in an OpenBao file audit log (`kv put` writes the
+/// same path).
+fn reads(log: &std::path::Path, path: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["type"] == "response"
+                && v["request"]["path"] == path
+                && v["request"]["operation"] == "read"
+        })
+        .count()
+}
+
+fn sigterm(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// `refresh: lease` on dynamic database credentials: the lease is renewed
+/// while it can be; at its max TTL, and when a renewal is refused (the
+/// lease revoked behind bootplan's back), the credentials are read again —
+/// one read for both secrets of the path, so user and password match — the
+/// file rendered again and the app told exactly once; on shutdown the held
+/// leases are revoked, so the last role can no longer log in. No value is
+/// ever printed.
+#[test]
+fn dynamic_database_credentials_are_renewed_replaced_and_revoked() {
+    let Some(pg) = Postgres::start() else { return };
+    let Some(bao) = Bao::start_audited() else {
+        return;
+    };
+    let audit = bao.audit_log();
+    let token = database_engine(&bao, &pg, "4s", "12s");
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: leases
+backends:
+  vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }}, revoke_on_exit: true }}
+secrets:
+  db_user: {{ vault: {{ path: database/creds/app, kv: 1, key: username }}, refresh: lease }}
+  db_pass: {{ vault: {{ path: database/creds/app, kv: 1, key: password }}, refresh: lease }}
+steps:
+  conf:
+    template: {{ inline: "{{{{ secrets.db_user }}}}\n{{{{ secrets.db_pass }}}}\n", dest: conn.txt }}
+    on_change: {{ reload: {{ signal: HUP, target: app }} }}
+  app:
+    exec: ["sh", "-c", "trap 'echo hup >> hups' HUP; touch up; while :; do sleep 0.05; done"]
+    needs: [conf]
+"#,
+        addr = bao.addr()
+    ));
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", &token)]);
+    wait_until("the app to start", Duration::from_secs(20), || {
+        sb.path().join("up").exists()
+    });
+    let first = credentials(&sb);
+    assert!(pg.login(&first.0, &first.1), "the first credentials work");
+    assert_eq!(audited(&audit, "database/creds/app"), 1);
+
+    // Renewed while the lease allows, then read again near its max TTL.
+    wait_until("two lease renewals", Duration::from_secs(15), || {
+        audited(&audit, "sys/leases/renew") >= 2
+    });
+    assert_eq!(credentials(&sb), first, "a renewal changed nothing");
+    wait_until(
+        "a fresh read at the max TTL",
+        Duration::from_secs(20),
+        || credentials(&sb) != first,
+    );
+    wait_until("the app to be told", Duration::from_secs(5), || {
+        !sb.read("hups").is_empty()
+    });
+    let second = credentials(&sb);
+    assert_eq!(sb.read("hups"), "hup\n", "one reload for one new lease");
+    assert_eq!(
+        audited(&audit, "database/creds/app"),
+        2,
+        "both secrets of the path share one read"
+    );
+    assert!(
+        pg.login(&second.0, &second.1),
+        "the new pair belongs together"
+    );
+
+    // Revoked behind bootplan's back: the next renewal is refused, and the
+    // credentials are read again at once.
+    bao.ok(&["lease", "revoke", "-prefix", "database/creds/app"]);
+    wait_until(
+        "the revoked role to be dropped",
+        Duration::from_secs(10),
+        || !pg.login(&second.0, &second.1),
+    );
+    wait_until(
+        "a fresh read after the refused renewal",
+        Duration::from_secs(10),
+        || credentials(&sb) != second && !credentials(&sb).1.is_empty(),
+    );
+    wait_until("the app to be told again", Duration::from_secs(5), || {
+        sb.read("hups") == "hup\nhup\n"
+    });
+    let third = credentials(&sb);
+    assert!(pg.login(&third.0, &third.1));
+    assert_eq!(sb.status()["outcome"], "ready");
+    assert_eq!(audited(&audit, "sys/leases/revoke"), 0);
+
+    sigterm(child.id());
+    let out = child.wait_output(Duration::from_secs(20));
+    assert!(
+        audited(&audit, "sys/leases/revoke") >= 1,
+        "the held lease was not revoked"
+    );
+    wait_until(
+        "the last role to be dropped",
+        Duration::from_secs(10),
+        || !pg.login(&third.0, &third.1),
+    );
+    let leases = bao.cli(&["list", "sys/leases/lookup/database/creds/app"]);
+    assert!(
+        !String::from_utf8_lossy(&leases.stdout).contains("Keys")
+            || String::from_utf8_lossy(&leases.stdout).lines().count() <= 2,
+        "leases left: {}",
+        dump(&leases)
+    );
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.contains("was not renewed"), "{logs}");
+    assert!(logs.contains("near its max TTL"), "{logs}");
+    for (user, password) in [&first, &second, &third] {
+        assert!(!logs.contains(user.as_str()), "a user name leaked");
+        assert!(!logs.contains(password.as_str()), "a password leaked");
+    }
+    assert!(!logs.contains(&token), "the token leaked");
+}
+
+/// A KV v2 secret refreshed every second costs one metadata read per cycle
+/// while its version stays: no data read, no rendering, no reload; a new
+/// version is still picked up (one data read, one reload).
+#[test]
+fn an_unchanged_kv2_secret_costs_one_metadata_read_per_refresh() {
+    let Some(bao) = Bao::start_audited() else {
+        return;
+    };
+    let audit = bao.audit_log();
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/meta/db",
+        "password=metadata-first-value",
+    ]);
+    bao.ok_with_file(
+        &["policy", "write", "meta", "FILE"],
+        "meta.hcl",
+        "path \"secret/data/meta/*\" { capabilities = [\"read\"] }\n\
+         path \"secret/metadata/meta/*\" { capabilities = [\"read\"] }\n",
+    );
+    let token = bao.ok(&["token", "create", "-policy=meta", "-field=token"]);
+    let sb = Sandbox::new();
+    kv2_plan(&sb, &bao);
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", &token)]);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("up").exists()
+    });
+    wait_until("four metadata reads", Duration::from_secs(15), || {
+        reads(&audit, "secret/metadata/meta/db") >= 4
+    });
+    assert_eq!(
+        reads(&audit, "secret/data/meta/db"),
+        1,
+        "an unchanged secret was read again"
+    );
+    assert_eq!(sb.read("hups"), "");
+
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/meta/db",
+        "password=metadata-second-value",
+    ]);
+    wait_until("the new value", Duration::from_secs(5), || {
+        sb.read("conf.txt") == "metadata-second-value"
+    });
+    wait_until("the app to be told", Duration::from_secs(5), || {
+        sb.read("hups") == "hup\n"
+    });
+    let after = reads(&audit, "secret/metadata/meta/db");
+    wait_until("two more metadata reads", Duration::from_secs(10), || {
+        reads(&audit, "secret/metadata/meta/db") >= after + 2
+    });
+    assert_eq!(reads(&audit, "secret/data/meta/db"), 2);
+    assert_eq!(sb.read("hups"), "hup\n");
+
+    sigterm(child.id());
+    let out = child.wait_output(Duration::from_secs(20));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(!logs.contains("metadata-first-value"), "{logs}");
+    assert!(!logs.contains("metadata-second-value"), "{logs}");
+}
+
+/// A policy without metadata access: the refresh falls back to reading the
+/// data every cycle, with one warning for the whole run.
+#[test]
+fn a_policy_without_metadata_access_falls_back_to_data_reads() {
+    let Some(bao) = Bao::start_audited() else {
+        return;
+    };
+    let audit = bao.audit_log();
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/meta/db",
+        "password=fallback-first-value",
+    ]);
+    bao.ok_with_file(
+        &["policy", "write", "data-only", "FILE"],
+        "data-only.hcl",
+        "path \"secret/data/meta/*\" { capabilities = [\"read\"] }\n",
+    );
+    let token = bao.ok(&["token", "create", "-policy=data-only", "-field=token"]);
+    let sb = Sandbox::new();
+    kv2_plan(&sb, &bao);
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", &token)]);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("up").exists()
+    });
+    wait_until("three more data reads", Duration::from_secs(15), || {
+        reads(&audit, "secret/data/meta/db") >= 4
+    });
+    bao.ok(&[
+        "kv",
+        "put",
+        "secret/meta/db",
+        "password=fallback-second-value",
+    ]);
+    wait_until("the new value", Duration::from_secs(5), || {
+        sb.read("conf.txt") == "fallback-second-value"
+    });
+    assert_eq!(sb.status()["outcome"], "ready");
+    sigterm(child.id());
+    let out = child.wait_output(Duration::from_secs(20));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        logs.matches("does not allow reading").count(),
+        1,
+        "one warning: {logs}"
+    );
+    assert!(!logs.contains("fallback-first-value"), "{logs}");
+}
+
+fn kv2_plan(sb: &Sandbox, bao: &Bao) -> PathBuf {
+    sb.plan(&format!(
+        r#"
+version: 1
+name: versions
+backends:
+  vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }} }}
+secrets:
+  db: {{ vault: {{ path: secret/meta/db, key: password }}, refresh: 1s }}
+steps:
+  conf:
+    template: {{ inline: "{{{{ secrets.db }}}}", dest: conf.txt }}
+    on_change: {{ reload: {{ signal: HUP, target: app }} }}
+  app:
+    exec: ["sh", "-c", "trap 'echo hup >> hups' HUP; touch up hups; while :; do sleep 0.05; done"]
+    needs: [conf]
+"#,
+        addr = bao.addr()
+    ))
+}

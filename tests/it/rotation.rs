@@ -438,3 +438,95 @@ steps:
         addr = bao.addr()
     ))
 }
+
+/// The length and SHA-256 of `value`, as the test program records them.
+fn fingerprint(value: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{} {hex}", value.len())
+}
+
+/// A secret used in the `env` of a service and of the app: a new value
+/// restarts both (a signal cannot change an environment), once each, and
+/// the new processes see the new value; the template's HUP to the app is
+/// dropped for the restart. The processes record only a length and a hash
+/// of their variable, and no value reaches the output.
+#[test]
+fn a_changed_secret_in_env_restarts_the_service_and_the_app_once() {
+    let Some(bao) = Bao::start_audited() else {
+        return;
+    };
+    let audit = bao.audit_log();
+    bao.ok(&["kv", "put", "secret/env/db", "password=env-first-value"]);
+    let sb = Sandbox::new();
+    sb.write(
+        "envhash.sh",
+        r#"# Records the length and SHA-256 of $DB (never the value), then waits.
+printf '%s %s\n' "${#DB}" "$(printf %s "$DB" | sha256sum | cut -d' ' -f1)" >> "$1.env"
+trap 'echo hup >> "$1.hups"' HUP
+touch "$1.ready"
+while :; do sleep 0.05; done
+"#,
+    );
+    sb.plan(&format!(
+        r#"
+version: 1
+name: restarts
+backends:
+  vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }} }}
+secrets:
+  db: {{ vault: {{ path: secret/env/db, key: password }}, refresh: 1s }}
+steps:
+  conf:
+    template: {{ inline: "{{{{ secrets.db }}}}", dest: conf.txt }}
+    on_change: {{ reload: {{ signal: HUP, target: app }} }}
+  svc:
+    service: ["sh", "envhash.sh", "svc"]
+    env: {{ DB: "{{{{ secrets.db }}}}" }}
+    ready: {{ file: svc.ready, interval: 20ms }}
+  app:
+    exec: ["sh", "envhash.sh", "app"]
+    env: {{ DB: "{{{{ secrets.db }}}}" }}
+    needs: [conf, svc]
+"#,
+        addr = bao.addr()
+    ));
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", "root")]);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("app.ready").exists()
+    });
+    let first = fingerprint("env-first-value");
+    assert_eq!(sb.read("svc.env"), format!("{first}\n"));
+    assert_eq!(sb.read("app.env"), format!("{first}\n"));
+
+    bao.ok(&["kv", "put", "secret/env/db", "password=env-second-value"]);
+    let second = fingerprint("env-second-value");
+    let both = format!("{first}\n{second}\n");
+    wait_until("both to start again", Duration::from_secs(10), || {
+        sb.read("svc.env") == both && sb.read("app.env") == both
+    });
+    assert_eq!(sb.read("conf.txt"), "env-second-value");
+    // Two more refresh cycles: nothing starts a third time.
+    let cycles = reads(&audit, "secret/metadata/env/db");
+    wait_until("two more refreshes", Duration::from_secs(10), || {
+        reads(&audit, "secret/metadata/env/db") >= cycles + 2
+    });
+    assert_eq!(sb.read("svc.env"), both, "the service restarted twice");
+    assert_eq!(sb.read("app.env"), both, "the app restarted twice");
+    assert_eq!(sb.read("app.hups"), "", "a restarted app was signalled too");
+    assert_eq!(sb.status()["outcome"], "ready");
+
+    sigterm(child.id());
+    let out = child.wait_output(Duration::from_secs(20));
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.contains("restarted service `svc`"), "{logs}");
+    assert!(logs.contains("supervising `sh` again"), "{logs}");
+    for value in ["env-first-value", "env-second-value"] {
+        assert!(!logs.contains(value), "{value} leaked: {logs}");
+    }
+}

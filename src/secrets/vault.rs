@@ -49,7 +49,7 @@ pub struct VaultClient {
     /// taken from it shares the one answer.
     paths: std::sync::Mutex<std::collections::HashMap<String, PathCell>>,
     /// The KV v2 version last read of each path, for change detection.
-    versions: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    versions: std::sync::Mutex<std::collections::HashMap<String, Version>>,
     /// Each KV v2 path's current version, asked once per refresh cycle.
     current: std::sync::Mutex<std::collections::HashMap<String, VersionCell>>,
     /// The policy does not allow metadata reads: refreshes read the data
@@ -61,13 +61,22 @@ pub struct VaultClient {
 /// One KV path's data, once read.
 type PathCell = Arc<tokio::sync::OnceCell<Arc<PathRead>>>;
 /// One KV v2 path's current version (`None`: not known), once asked.
-type VersionCell = Arc<tokio::sync::OnceCell<Option<u64>>>;
+type VersionCell = Arc<tokio::sync::OnceCell<Option<Version>>>;
+
+/// A KV v2 version: its number and when it was written (numbers start
+/// again at 1 when a secret is deleted and written anew, or on another
+/// server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    number: u64,
+    created: String,
+}
 
 /// What one read of a path gave.
 struct PathRead {
     data: Zeroizing<String>,
     /// KV v2: the version read.
-    version: Option<u64>,
+    version: Option<Version>,
     lease: Option<Lease>,
 }
 
@@ -199,7 +208,7 @@ impl VaultClient {
         let read = cell
             .get_or_try_init(|| async {
                 let read = self.read_path(name, spec, &api_path).await?;
-                if let Some(version) = read.version {
+                if let Some(version) = read.version.clone() {
                     self.versions
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -232,7 +241,7 @@ impl VaultClient {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&api_path)
-            .copied()
+            .cloned()
         else {
             return Ok(false);
         };
@@ -249,7 +258,7 @@ impl VaultClient {
         let current = cell
             .get_or_try_init(|| self.current_version(name, &metadata_path))
             .await?;
-        Ok(*current == Some(read))
+        Ok(current.as_ref() == Some(&read))
     }
 
     /// `current_version` from a KV v2 path's metadata.
@@ -257,7 +266,7 @@ impl VaultClient {
         &self,
         name: &str,
         metadata_path: &str,
-    ) -> Result<Option<u64>, SecretError> {
+    ) -> Result<Option<Version>, SecretError> {
         let url = format!("{}/v1/{metadata_path}", self.session.address);
         let token = self.token(name).await?;
         let result = self
@@ -290,7 +299,15 @@ impl VaultClient {
                 backend: BACKEND,
                 detail: format!("{url}: unexpected answer: {err}"),
             })?;
-        Ok(Some(metadata.data.current_version))
+        let number = metadata.data.current_version;
+        Ok(metadata
+            .data
+            .versions
+            .get(&number.to_string())
+            .map(|v| Version {
+                number,
+                created: v.created_time.clone(),
+            }))
     }
 
     /// Renews a lease by its duration as issued (`sys/leases/renew`).
@@ -1143,7 +1160,10 @@ fn kv_data(response: &Response, kv: u8) -> Result<PathRead, String> {
     }
     let inner: DataEnvelope<'_> =
         serde_json::from_str(data.get()).map_err(|err| format!("not a KV v2 answer: {err}"))?;
-    let version = inner.metadata.map(|m| m.version);
+    let version = inner.metadata.map(|m| Version {
+        number: m.version,
+        created: m.created_time,
+    });
     match inner.data {
         Some(data) if data.get() != "null" => Ok(PathRead {
             data: Zeroizing::new(data.get().to_string()),
@@ -1245,6 +1265,8 @@ struct DataEnvelope<'a> {
 struct VersionMetadata {
     #[serde(default)]
     version: u64,
+    #[serde(default)]
+    created_time: String,
 }
 
 #[derive(Deserialize)]
@@ -1255,6 +1277,14 @@ struct MetadataResponse {
 #[derive(Deserialize)]
 struct MetadataData {
     current_version: u64,
+    #[serde(default)]
+    versions: std::collections::HashMap<String, VersionCreated>,
+}
+
+#[derive(Deserialize)]
+struct VersionCreated {
+    #[serde(default)]
+    created_time: String,
 }
 
 #[derive(Deserialize)]
@@ -1324,6 +1354,19 @@ mod tests {
             version,
             kv,
         }
+    }
+
+    #[test]
+    fn metadata_paths() {
+        assert_eq!(
+            metadata_api_path("secret/data/web/db").as_deref(),
+            Some("secret/metadata/web/db")
+        );
+        assert_eq!(
+            metadata_api_path("kv/team/data/a/data/b").as_deref(),
+            Some("kv/team/metadata/a/data/b")
+        );
+        assert_eq!(metadata_api_path("kv1/web"), None);
     }
 
     #[test]

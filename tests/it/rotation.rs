@@ -175,6 +175,28 @@ fn reads(log: &std::path::Path, path: &str) -> usize {
         .count()
 }
 
+/// `bootplan_secret_expiry_timestamp_seconds` of `secret`, from the metrics endpoint.
+fn expiry(port: u16, secret: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let label = format!("secret=\"{secret}\"");
+    let series = "bootplan_secret_expiry_timestamp_seconds{";
+    text.lines()
+        .find(|l| l.starts_with(series) && l.contains(&label))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}{label}}}: {text}"))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 fn sigterm(pid: u32) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -198,11 +220,13 @@ fn dynamic_database_credentials_are_renewed_replaced_and_revoked() {
     };
     let audit = bao.audit_log();
     let token = database_engine(&bao, &pg, "4s", "12s");
+    let metrics_port = free_port();
     let sb = Sandbox::new();
     sb.plan(&format!(
         r#"
 version: 1
 name: leases
+telemetry: {{ metrics: {{ listen: "127.0.0.1:{metrics}" }} }}
 backends:
   vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }}, revoke_on_exit: true }}
 secrets:
@@ -216,7 +240,8 @@ steps:
     exec: ["sh", "-c", "trap 'echo hup >> hups' HUP; touch up; while :; do sleep 0.05; done"]
     needs: [conf]
 "#,
-        addr = bao.addr()
+        addr = bao.addr(),
+        metrics = metrics_port,
     ));
     let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", &token)]);
     wait_until("the app to start", Duration::from_secs(20), || {
@@ -268,9 +293,16 @@ steps:
         sb.read("hups") == "hup\nhup\n"
     });
     let third = credentials(&sb);
+    let third_read = unix_now();
     assert!(pg.login(&third.0, &third.1));
     assert_eq!(sb.status()["outcome"], "ready");
     assert_eq!(audited(&audit, "sys/leases/revoke"), 0);
+    // The gauge holds the current lease's end: after its read, within its max TTL.
+    let end = expiry(metrics_port, "db_pass");
+    assert!(
+        end > third_read && end < third_read + 14.0,
+        "lease end {end}, read at {third_read}"
+    );
 
     sigterm(child.id());
     let out = child.wait_output(Duration::from_secs(20));

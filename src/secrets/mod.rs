@@ -132,6 +132,10 @@ pub struct SecretStore {
     certificates: std::sync::Mutex<BTreeMap<String, Certificate>>,
     /// The leases of `refresh: lease` secrets, by secret.
     leases: std::sync::Mutex<Leases>,
+    /// The Secrets Manager version id each secret was last read at.
+    sm_versions: std::sync::Mutex<BTreeMap<String, String>>,
+    /// `DescribeSecret` was denied: refreshes read the value (said once).
+    describe_denied: std::sync::atomic::AtomicBool,
 }
 
 /// The leases bootplan holds for `refresh: lease` secrets.
@@ -220,6 +224,8 @@ impl SecretStore {
             scope: None,
             certificates: std::sync::Mutex::new(BTreeMap::new()),
             leases: std::sync::Mutex::new(Leases::default()),
+            sm_versions: std::sync::Mutex::new(BTreeMap::new()),
+            describe_denied: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -367,10 +373,52 @@ impl SecretStore {
                 {
                     return Ok(false);
                 }
+                // Secrets Manager: the version id the stage points at.
+                if let Some(spec) = source.and_then(|s| s.aws_secretsmanager.as_ref())
+                    && self.cell(name).initialized()
+                    && self.sm_unchanged(name, spec).await?
+                {
+                    return Ok(false);
+                }
             }
             None => {}
         }
         self.read_again(name).await
+    }
+
+    /// Whether a Secrets Manager secret's stage still points at the
+    /// version last read (`DescribeSecret`). `false` when that cannot be
+    /// told; a denied `DescribeSecret` is said once, and the value read
+    /// from then on.
+    async fn sm_unchanged(
+        &self,
+        name: &str,
+        spec: &crate::plan::secret_source::AwsSecretsManagerSecret,
+    ) -> Result<bool, SecretError> {
+        use std::sync::atomic::Ordering;
+        let read = self
+            .sm_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        let Some(read) = read else { return Ok(false) };
+        if self.describe_denied.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let client = self.aws_client(name, "aws_secretsmanager").await?;
+        match aws::secretsmanager::current_version(client, name, spec).await {
+            Ok(current) => Ok(current.as_deref() == Some(read.as_str())),
+            Err(SecretError::Denied { detail, .. }) => {
+                if !self.describe_denied.swap(true, Ordering::Relaxed) {
+                    self.warn(format!(
+                        "Secrets Manager denied DescribeSecret ({detail}): refreshed secrets are read in full every time (allow secretsmanager:DescribeSecret to read them only when their version changed)"
+                    ));
+                }
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Whether a `refresh: lease` secret must be read again now: its
@@ -791,7 +839,13 @@ impl SecretStore {
         }
         if let Some(spec) = &source.aws_secretsmanager {
             let client = self.aws_client(name, "aws_secretsmanager").await?;
-            return aws::secretsmanager::fetch(client, name, spec).await;
+            let (value, version) = aws::secretsmanager::fetch(client, name, spec).await?;
+            let mut versions = self.sm_versions.lock().unwrap_or_else(|p| p.into_inner());
+            match version {
+                Some(version) => versions.insert(name.to_string(), version),
+                None => versions.remove(name),
+            };
+            return Ok(value);
         }
         if let Some(spec) = &source.aws_ssm {
             let client = self.aws_client(name, "aws_ssm").await?;

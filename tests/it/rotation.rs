@@ -177,17 +177,25 @@ fn reads(log: &std::path::Path, path: &str) -> usize {
 
 /// `bootplan_secret_expiry_timestamp_seconds` of `secret`, from the metrics endpoint.
 fn expiry(port: u16, secret: &str) -> f64 {
+    metric(
+        port,
+        "bootplan_secret_expiry_timestamp_seconds{",
+        &format!("secret=\"{secret}\""),
+    )
+    .unwrap_or_else(|| panic!("no expiry gauge of {secret}"))
+}
+
+/// The value of the first series named `series` (up to its `{`) with
+/// `label`, from the metrics endpoint.
+fn metric(port: u16, series: &str, label: &str) -> Option<f64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
-    let label = format!("secret=\"{secret}\"");
-    let series = "bootplan_secret_expiry_timestamp_seconds{";
     text.lines()
-        .find(|l| l.starts_with(series) && l.contains(&label))
+        .find(|l| l.starts_with(series) && l.contains(label))
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series}{label}}}: {text}"))
 }
 
 fn unix_now() -> f64 {
@@ -561,4 +569,86 @@ steps:
     for value in ["env-first-value", "env-second-value"] {
         assert!(!logs.contains(value), "{value} leaked: {logs}");
     }
+}
+
+/// A Secrets Manager secret refreshed every second (moto): while its
+/// `AWSCURRENT` version stays, each refresh is one `DescribeSecret` and no
+/// `GetSecretValue` (the fetch histogram counts value reads only); a new
+/// version is read once and the app told once.
+#[test]
+fn an_unchanged_secrets_manager_secret_is_not_read_again() {
+    let Some(moto) = crate::secrets::Moto::start() else {
+        return;
+    };
+    moto.boto("sm.create_secret(Name='rot/db', SecretString='sm-first-value')\n");
+    let metrics_port = free_port();
+    let sb = Sandbox::new();
+    sb.plan(&format!(
+        r#"
+version: 1
+name: sm-versions
+telemetry: {{ metrics: {{ listen: "127.0.0.1:{metrics_port}" }} }}
+backends:
+  aws: {{ region: us-east-1, endpoints: {{ secretsmanager: "{moto}" }} }}
+secrets:
+  db: {{ aws_secretsmanager: {{ id: rot/db }}, refresh: 1s }}
+steps:
+  conf:
+    template: {{ inline: "{{{{ secrets.db }}}}", dest: conf.txt }}
+    on_change: {{ reload: {{ signal: HUP, target: app }} }}
+  app:
+    exec: ["sh", "-c", "trap 'echo hup >> hups' HUP; touch up hups; while :; do sleep 0.05; done"]
+    needs: [conf]
+"#,
+        moto = moto.url()
+    ));
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &env);
+    wait_until("the app to start", Duration::from_secs(15), || {
+        sb.path().join("up").exists()
+    });
+    let reads = || {
+        metric(
+            metrics_port,
+            "bootplan_secret_fetch_duration_seconds_count{",
+            "backend=\"aws_secretsmanager\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let unchanged = || {
+        metric(
+            metrics_port,
+            "bootplan_secret_rotations_total{",
+            "outcome=\"unchanged\"",
+        )
+        .unwrap_or(0.0)
+    };
+    wait_until("three unchanged refreshes", Duration::from_secs(15), || {
+        unchanged() >= 3.0
+    });
+    assert_eq!(reads(), 1.0, "an unchanged secret was read again");
+
+    moto.boto("sm.put_secret_value(SecretId='rot/db', SecretString='sm-second-value')\n");
+    wait_until("the new value", Duration::from_secs(5), || {
+        sb.read("conf.txt") == "sm-second-value"
+    });
+    wait_until("the app to be told", Duration::from_secs(5), || {
+        sb.read("hups") == "hup\n"
+    });
+    let before = unchanged();
+    wait_until("two more refreshes", Duration::from_secs(10), || {
+        unchanged() >= before + 2.0
+    });
+    assert_eq!(reads(), 2.0);
+    assert_eq!(sb.read("hups"), "hup\n");
+
+    sigterm(child.id());
+    let out = child.wait_output(Duration::from_secs(20));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(!logs.contains("sm-first-value"), "{logs}");
+    assert!(!logs.contains("sm-second-value"), "{logs}");
 }

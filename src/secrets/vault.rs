@@ -10,6 +10,11 @@
 //! renewed (or obtained again by logging in) before use. [`VaultClient::close`]
 //! stops the renewal and revokes the token when the plan sets `revoke_on_exit`.
 //!
+//! For refreshes: a read keeps the lease it came with (renewed through
+//! `sys/leases/renew`, revoked through `sys/leases/revoke`) and the KV v2
+//! version read, which [`VaultClient::unchanged`] compares with the
+//! path's metadata so that an unchanged secret costs one small request.
+//!
 //! To add an auth method: a field in `plan::secret_source::VaultAuth`, a
 //! check in `plan::secret_checks`, and an arm in [`VaultClient::login`].
 

@@ -260,10 +260,8 @@ async fn restart(
     match target {
         ReloadTarget::App => match app {
             Some(app) => {
-                ctx.reporter.notice(
-                    Level::Info,
-                    "restarting the app: a secret in its environment changed",
-                );
+                ctx.reporter
+                    .notice(Level::Info, "restarting the app: a secret it uses changed");
                 app.restart.notify_one();
             }
             None => ctx.reporter.notice(
@@ -290,11 +288,13 @@ async fn restart(
             match started.await {
                 Ok(()) => ctx.reporter.notice(
                     Level::Info,
-                    format!("restarted service `{name}`: a secret in its environment changed"),
+                    format!("restarted service `{name}`: a secret it uses changed"),
                 ),
                 Err(err) => ctx.reporter.notice(
                     Level::Error,
-                    format!("service `{name}` did not start again after a secret in its environment changed: {err}"),
+                    format!(
+                        "service `{name}` did not start again after a secret it uses changed: {err}"
+                    ),
                 ),
             }
         }
@@ -345,8 +345,11 @@ struct Reloads<'a>(Vec<(Tell<'a>, Duration)>);
 
 impl<'a> Reloads<'a> {
     fn add(&mut self, change: &'a crate::plan::OnChange) {
-        let Some(reload) = &change.reload else { return };
-        self.push(Tell::Reload(reload), change.splay);
+        match &change.reload {
+            Some(Reload::Restart(target)) => self.restart(target.clone(), change.splay),
+            Some(reload) => self.push(Tell::Reload(reload), change.splay),
+            None => {}
+        }
     }
 
     fn restart(&mut self, target: ReloadTarget, splay: Duration) {
@@ -483,6 +486,8 @@ async fn run_reload(
             };
             ctx.reporter.notice(level, message);
         }
+        // Made by `restart`: `Reloads` keeps restarts apart.
+        Reload::Restart(_) => {}
         Reload::Command(argv) => {
             let cmd = Cmd {
                 argv: argv.clone(),

@@ -652,3 +652,59 @@ steps:
     assert!(!logs.contains("sm-first-value"), "{logs}");
     assert!(!logs.contains("sm-second-value"), "{logs}");
 }
+
+/// `reload: { restart: SERVICE }`: a service that reads its file only when
+/// it starts is restarted once when the file is rendered again, and its
+/// new process reads the new file.
+#[test]
+fn a_restart_reload_starts_the_service_again_with_the_new_file() {
+    let Some(bao) = Bao::start(false) else { return };
+    bao.ok(&["kv", "put", "secret/file/db", "password=file-first-value"]);
+    let sb = Sandbox::new();
+    sb.write(
+        "reader.sh",
+        r#"# Records the length and SHA-256 of conf.txt as it starts, then waits.
+printf '%s %s\n' "$(wc -c < conf.txt)" "$(sha256sum < conf.txt | cut -d' ' -f1)" >> starts
+touch svc.ready
+while :; do sleep 0.05; done
+"#,
+    );
+    sb.plan(&format!(
+        r#"
+version: 1
+name: restart-reload
+backends:
+  vault: {{ address: {addr}, auth: {{ token: {{ env: T }} }} }}
+secrets:
+  db: {{ vault: {{ path: secret/file/db, key: password }}, refresh: 1s }}
+steps:
+  conf:
+    template: {{ inline: "{{{{ secrets.db }}}}", dest: conf.txt }}
+    on_change: {{ reload: {{ restart: svc }} }}
+  svc:
+    service: ["sh", "reader.sh"]
+    ready: {{ file: svc.ready, interval: 20ms }}
+    needs: [conf]
+"#,
+        addr = bao.addr()
+    ));
+    let child = crate::harness::start_run_with_env(&sb, &["--supervise"], &[("T", "root")]);
+    wait_until("the service to start", Duration::from_secs(15), || {
+        sb.path().join("svc.ready").exists()
+    });
+    let first = fingerprint("file-first-value");
+    assert_eq!(sb.read("starts"), format!("{first}\n"));
+    bao.ok(&["kv", "put", "secret/file/db", "password=file-second-value"]);
+    let both = format!("{first}\n{}\n", fingerprint("file-second-value"));
+    wait_until(
+        "the service to start again",
+        Duration::from_secs(10),
+        || sb.read("starts") == both,
+    );
+    sigterm(child.id());
+    let out = child.wait_output(Duration::from_secs(20));
+    assert_eq!(sb.read("starts"), both, "restarted more than once");
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(logs.contains("restarted service `svc`"), "{logs}");
+    assert!(!logs.contains("file-second-value"), "{logs}");
+}

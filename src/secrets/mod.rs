@@ -963,3 +963,19 @@ fn record(backend: &'static str, started: Instant, error: Option<&SecretError>) 
         .increment(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_lease_is_due_near_two_thirds_the_same_for_every_secret_sharing_it() {
+        let duration = Duration::from_secs(300);
+        for id in ["database/creds/app/a", "database/creds/app/b", ""] {
+            let wait = lease_wait(id, duration);
+            assert!(wait >= Duration::from_secs(170) && wait <= Duration::from_secs(230));
+            assert_eq!(wait, lease_wait(id, duration));
+        }
+    }
+}

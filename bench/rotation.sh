@@ -7,7 +7,9 @@
 #     SIGHUP (the app timestamps each signal), over ROTATIONS rotations;
 #   - requests to the server, counted in OpenBao's audit log over WINDOW
 #     seconds with no rotation, per refresh cycle, and scaled to one hour at
-#     a 1-minute refresh.
+#     a 1-minute refresh; KV data reads (which carry the values) apart from
+#     metadata reads (bootplan asks a secret's version before its data; the
+#     policy allows both to both sides).
 # The two run one after the other against the same dev server.
 #
 # Usage: bench/rotation.sh [rotations] [interval_s] [window_s]   (default 10 2 20)
@@ -44,7 +46,7 @@ pids+=($!)
 until "$bao" status >/dev/null 2>&1; do sleep 0.1; done
 
 "$bao" auth enable approle >/dev/null
-printf 'path "secret/data/bench/*" { capabilities = ["read"] }\n' >"$work/policy.hcl"
+printf 'path "secret/data/bench/*" { capabilities = ["read"] }\npath "secret/metadata/bench/*" { capabilities = ["read"] }\n' >"$work/policy.hcl"
 "$bao" policy write bench "$work/policy.hcl" >/dev/null
 "$bao" write auth/approle/role/bench token_policies=bench token_ttl=1h token_max_ttl=24h >/dev/null
 "$bao" read -field=role_id auth/approle/role/bench/role-id >"$work/role-id"
@@ -83,7 +85,7 @@ for line in lines:
     if entry.get("type") != "response":
         continue
     path = entry["request"]["path"]
-    kind = "kv read" if path.startswith("secret/") else path
+    kind = ("kv metadata" if "/metadata/" in path else "kv data") if path.startswith("secret/") else path
     kinds[kind] = kinds.get(kind, 0) + 1
 print(" ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
 print(sum(kinds.values()))

@@ -7,11 +7,16 @@
 //! old content when the check fails; then the `reload`s run, each target
 //! once however many files changed. A store that does not answer leaves
 //! the current values in place: a warning, a count, another try next time.
+//! A service or the app whose `env` (or argv) uses a changed secret is
+//! restarted, since a running process's environment cannot change: once
+//! per refresh, instead of any signal to it, after the longest `splay` of
+//! the changed secrets' own `on_change`.
 //! While a secret cannot be refreshed, or a step's new file was refused by
 //! its check, the status says `degraded` with the reasons; it says `ready`
 //! again once they are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -27,19 +32,69 @@ use crate::telemetry::{EventKind, Level};
 /// Longest an `on_change.check` or reload command may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
+/// The supervised app as the refresh sees it: its process group, for
+/// `reload` signals, and the restarts it asks of the supervisor.
+pub struct App {
+    pgid: AtomicU32,
+    restart: tokio::sync::Notify,
+}
+
+impl App {
+    pub fn new(pgid: u32) -> App {
+        App {
+            pgid: AtomicU32::new(pgid),
+            restart: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The process group of the app now running (after a restart, the new one).
+    pub fn pgid(&self) -> u32 {
+        self.pgid.load(Ordering::SeqCst)
+    }
+
+    pub fn set_pgid(&self, pgid: u32) {
+        self.pgid.store(pgid, Ordering::SeqCst);
+    }
+
+    /// Resolves when a changed secret in the app's `env` asks for a restart.
+    pub async fn restart_asked(&self) {
+        self.restart.notified().await;
+    }
+}
+
+/// The exec step's command rendered again with the current secrets, for
+/// a restart of the app.
+pub async fn app_request(
+    step: &Step,
+    ctx: &StepContext,
+) -> Result<crate::steps::exec::ExecRequest, steps::StepError> {
+    let StepKind::Exec { argv } = &step.kind else {
+        return Err(steps::StepError::Internal(format!(
+            "step `{}` is not an exec step",
+            step.name
+        )));
+    };
+    let secrets = ctx.secrets.resolve(&step.secret_refs).await?;
+    let inputs = StepInputs { step, secrets };
+    steps::exec::prepare(argv, &inputs, ctx)
+}
+
 /// Keeps the plan's refreshed secrets current until `stop` fires. `app`
-/// is the supervised app's process group, for `reload` signals to `app`.
+/// is the supervised app, for `reload` signals and restarts.
 pub async fn keep_fresh(
     plan: &Plan,
     ctx: &StepContext,
-    app: Option<u32>,
+    app: Option<&App>,
     stop: &CancellationToken,
 ) {
     let mut due: Vec<(String, Duration, Instant)> = ctx
         .secrets
         .refresh_intervals()
         .into_iter()
-        .map(|(name, every)| (name, every, Instant::now() + splayed(every)))
+        .map(|(name, every)| {
+            let at = next_time(ctx, &name, every, Instant::now());
+            (name, every, at)
+        })
         .collect();
     let Some(first) = due.iter().map(|d| d.2).min() else {
         return stop.cancelled().await;
@@ -85,7 +140,7 @@ pub async fn keep_fresh(
                 .increment(1);
             // A certificate's next renewal follows from the one just issued.
             *every = ctx.secrets.refresh_interval(name).unwrap_or(*every);
-            *at = now + splayed(*every);
+            *at = next_time(ctx, name, *every, now);
         }
         if !changed.is_empty() {
             rerender(plan, ctx, &changed, app, stop, &mut health).await;
@@ -93,6 +148,14 @@ pub async fn keep_fresh(
         health.report(ctx);
         next = due.iter().map(|d| d.2).min().unwrap_or(next);
     }
+}
+
+/// When `name` is next refreshed: when its lease is due (`refresh:
+/// lease`), else `every` from `now`, splayed.
+fn next_time(ctx: &StepContext, name: &str, every: Duration, now: Instant) -> Instant {
+    ctx.secrets
+        .refresh_at(name)
+        .unwrap_or_else(|| now + splayed(every))
 }
 
 /// `every`, a tenth of it at random either way.
@@ -107,7 +170,7 @@ async fn rerender(
     plan: &Plan,
     ctx: &StepContext,
     changed: &BTreeSet<String>,
-    app: Option<u32>,
+    app: Option<&App>,
     stop: &CancellationToken,
     health: &mut Health,
 ) {
@@ -115,6 +178,23 @@ async fn rerender(
     let mut reloads = Reloads::default();
     for change in changed.iter().filter_map(|n| plan.secret_reloads.get(n)) {
         reloads.add(change);
+    }
+    // A process whose environment (or argv) has a changed secret starts again.
+    let splay = changed
+        .iter()
+        .filter_map(|n| plan.secret_reloads.get(n))
+        .map(|c| c.splay)
+        .max()
+        .unwrap_or_default();
+    for step in &plan.steps {
+        let target = match step.kind {
+            StepKind::Exec { .. } => ReloadTarget::App,
+            StepKind::Service { .. } => ReloadTarget::Service(step.name.clone()),
+            _ => continue,
+        };
+        if started_with_any(step, changed) {
+            reloads.restart(target, splay);
+        }
     }
     for step in plan.steps.iter().filter(|s| uses_any(s, changed)) {
         let key = format!("step {}", step.name);
@@ -137,15 +217,88 @@ async fn rerender(
         }
     }
     // Each after its own random wait (at most its splay), all at once.
-    let runs = reloads.0.into_iter().map(|(reload, splay)| async move {
-        tokio::select! {
-            () = stop.cancelled() => {}
-            () = tokio::time::sleep(crate::retry::full_jitter(splay)) => {
-                run_reload(reload, ctx, app, stop).await;
+    let runs = reloads
+        .into_list()
+        .into_iter()
+        .map(|(tell, splay)| async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(crate::retry::full_jitter(splay)) => match tell {
+                    Tell::Reload(reload) => run_reload(reload, ctx, app, stop).await,
+                    Tell::Restart(target) => restart(plan, &target, ctx, app, stop).await,
+                }
+            }
+        });
+    futures_util::future::join_all(runs).await;
+}
+
+/// Whether `step`'s `env` or argv (what a process is started with) uses
+/// one of `changed`.
+fn started_with_any(step: &Step, changed: &BTreeSet<String>) -> bool {
+    let argv = match &step.kind {
+        StepKind::Exec { argv } | StepKind::Service { argv } => argv,
+        _ => return false,
+    };
+    argv.iter().chain(step.env.values()).any(|text| {
+        crate::plan::refs::references(text).is_ok_and(|refs| {
+            refs.iter().any(|r| {
+                r.root == "secrets" && r.name.as_ref().is_some_and(|n| changed.contains(n))
+            })
+        })
+    })
+}
+
+/// Starts a service (or asks the supervisor to start the app) again with
+/// the new values in its environment.
+async fn restart(
+    plan: &Plan,
+    target: &ReloadTarget,
+    ctx: &StepContext,
+    app: Option<&App>,
+    stop: &CancellationToken,
+) {
+    match target {
+        ReloadTarget::App => match app {
+            Some(app) => {
+                ctx.reporter
+                    .notice(Level::Info, "restarting the app: a secret it uses changed");
+                app.restart.notify_one();
+            }
+            None => ctx.reporter.notice(
+                Level::Warn,
+                "could not restart the app: it is not supervised",
+            ),
+        },
+        ReloadTarget::Service(name) => {
+            let Some(step) = plan.step_id(name).map(|id| &plan.steps[id]) else {
+                return;
+            };
+            if !ctx.services.stop_one(name, ctx.kill_grace).await {
+                ctx.reporter.notice(
+                    Level::Warn,
+                    format!("could not restart service `{name}`: it is not running"),
+                );
+                return;
+            }
+            let started = async {
+                let secrets = ctx.secrets.resolve(&step.secret_refs).await?;
+                let inputs = StepInputs { step, secrets };
+                steps::run_attempt(&inputs, ctx, stop).await
+            };
+            match started.await {
+                Ok(()) => ctx.reporter.notice(
+                    Level::Info,
+                    format!("restarted service `{name}`: a secret it uses changed"),
+                ),
+                Err(err) => ctx.reporter.notice(
+                    Level::Error,
+                    format!(
+                        "service `{name}` did not start again after a secret it uses changed: {err}"
+                    ),
+                ),
             }
         }
-    });
-    futures_util::future::join_all(runs).await;
+    }
 }
 
 /// The problems found since ready, keyed by what they are about, and
@@ -178,18 +331,58 @@ impl Health {
     }
 }
 
+/// What a refresh tells a target.
+#[derive(Debug, PartialEq)]
+enum Tell<'a> {
+    Reload(&'a Reload),
+    Restart(ReloadTarget),
+}
+
 /// The reloads to make after one refresh: each target once, with the
-/// longest splay asked for it.
+/// longest splay asked for it; a target that is restarted gets no signal.
 #[derive(Default)]
-struct Reloads<'a>(Vec<(&'a Reload, Duration)>);
+struct Reloads<'a>(Vec<(Tell<'a>, Duration)>);
 
 impl<'a> Reloads<'a> {
     fn add(&mut self, change: &'a crate::plan::OnChange) {
-        let Some(reload) = &change.reload else { return };
-        match self.0.iter_mut().find(|(r, _)| *r == reload) {
-            Some((_, splay)) => *splay = (*splay).max(change.splay),
-            None => self.0.push((reload, change.splay)),
+        match &change.reload {
+            Some(Reload::Restart(target)) => self.restart(target.clone(), change.splay),
+            Some(reload) => self.push(Tell::Reload(reload), change.splay),
+            None => {}
         }
+    }
+
+    fn restart(&mut self, target: ReloadTarget, splay: Duration) {
+        self.push(Tell::Restart(target), splay);
+    }
+
+    fn push(&mut self, tell: Tell<'a>, with: Duration) {
+        match self.0.iter_mut().find(|(t, _)| *t == tell) {
+            Some((_, splay)) => *splay = (*splay).max(with),
+            None => self.0.push((tell, with)),
+        }
+    }
+
+    /// The list to run: a signal to a target that is restarted is
+    /// dropped (the new process reads every file anew), its splay kept.
+    fn into_list(self) -> Vec<(Tell<'a>, Duration)> {
+        let (mut list, signals): (Vec<_>, Vec<_>) = self
+            .0
+            .into_iter()
+            .partition(|(t, _)| !matches!(t, Tell::Reload(Reload::Signal { .. })));
+        for (tell, splay) in signals {
+            let Tell::Reload(Reload::Signal { target, .. }) = &tell else {
+                continue;
+            };
+            match list
+                .iter_mut()
+                .find(|(t, _)| matches!(t, Tell::Restart(r) if r == target))
+            {
+                Some((_, longest)) => *longest = (*longest).max(splay),
+                None => list.push((tell, splay)),
+            }
+        }
+        list
     }
 }
 
@@ -261,7 +454,7 @@ async fn rerender_step(
 async fn run_reload(
     reload: &Reload,
     ctx: &StepContext,
-    app: Option<u32>,
+    app: Option<&App>,
     stop: &CancellationToken,
 ) {
     match reload {
@@ -270,8 +463,8 @@ async fn run_reload(
                 return;
             };
             let sent = match target {
-                ReloadTarget::App => app.is_some_and(|pgid| {
-                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), signal)
+                ReloadTarget::App => app.is_some_and(|app| {
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.pgid() as i32), signal)
                         .is_ok()
                 }),
                 ReloadTarget::Service(step) => ctx.services.signal(step, signal),
@@ -293,6 +486,8 @@ async fn run_reload(
             };
             ctx.reporter.notice(level, message);
         }
+        // Made by `restart`: `Reloads` keeps restarts apart.
+        Reload::Restart(_) => {}
         Reload::Command(argv) => {
             let cmd = Cmd {
                 argv: argv.clone(),
@@ -353,5 +548,26 @@ mod tests {
         }
         let splays: Vec<u64> = reloads.0.iter().map(|(_, s)| s.as_secs()).collect();
         assert_eq!(splays, [30, 0]);
+    }
+
+    #[test]
+    fn a_restarted_target_gets_no_signal_but_its_splay() {
+        let (a, b) = (change(1, 20), change(10, 0));
+        let mut reloads = Reloads::default();
+        reloads.add(&a);
+        reloads.restart(ReloadTarget::App, Duration::from_secs(5));
+        reloads.add(&b);
+        reloads.restart(ReloadTarget::Service("db".into()), Duration::ZERO);
+        let list = reloads.into_list();
+        assert_eq!(
+            list,
+            [
+                (Tell::Restart(ReloadTarget::App), Duration::from_secs(20)),
+                (
+                    Tell::Restart(ReloadTarget::Service("db".into())),
+                    Duration::ZERO
+                ),
+            ]
+        );
     }
 }

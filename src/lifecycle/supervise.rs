@@ -124,7 +124,7 @@ pub async fn supervise(
                 .await;
         }
     };
-    let mut app = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
+    let app = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
         Ok(app) => {
             if let Some(listener) = &listener {
                 listener.expect_from(app.members());
@@ -141,7 +141,9 @@ pub async fn supervise(
         }
     };
     let pid = app.pid();
-    let pgid = Pid::from_raw(pid as i32);
+    // The app's process group; a restart (a secret in its `env` changed) makes a new one.
+    let control = super::refresh::App::new(pid);
+    let pgid = || Pid::from_raw(control.pgid() as i32);
     ctx.reporter.notice(
         Level::Info,
         format!("supervising `{}` (pid {pid})", request.cmd.program()),
@@ -155,13 +157,8 @@ pub async fn supervise(
         }
     };
     tokio::pin!(readiness);
-    let app_exit = async {
-        match app.wait().await {
-            Ok(status) => exit_code(status),
-            Err(_) => exit::SOFTWARE,
-        }
-    };
-    tokio::pin!(app_exit);
+    let mut app_exit = Box::pin(wait_app(app));
+    let mut restarting = false;
     let mut phase = Phase::Starting;
     let mut ending: Option<Ending> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
@@ -173,16 +170,36 @@ pub async fn supervise(
         .and_then(|s| Signal::try_from(s).ok())
         .unwrap_or(Signal::SIGTERM);
     let stop_app = |kill_at: &mut Option<tokio::time::Instant>| {
-        let _ = killpg(pgid, stop_signal);
+        let _ = killpg(pgid(), stop_signal);
         *kill_at = Some(tokio::time::Instant::now() + grace);
     };
 
     let refresh_stop = CancellationToken::new();
-    let refresher = super::refresh::keep_fresh(plan, &ctx, Some(pid), &refresh_stop);
+    let refresher = super::refresh::keep_fresh(plan, &ctx, Some(&control), &refresh_stop);
     tokio::pin!(refresher);
     let app_code = loop {
         tokio::select! {
-            code = &mut app_exit => break code,
+            code = &mut app_exit => {
+                if !(restarting && ending.is_none()) {
+                    break code;
+                }
+                restarting = false;
+                kill_at = None;
+                match restart_app(step, &ctx, listener.as_deref()).await {
+                    Ok(app) => {
+                        control.set_pgid(app.pid());
+                        app_exit = Box::pin(wait_app(app));
+                    }
+                    Err(message) => {
+                        ctx.reporter.notice(Level::Error, message);
+                        break code;
+                    }
+                }
+            }
+            () = control.restart_asked(), if phase == Phase::Ready && ending.is_none() && !restarting => {
+                restarting = true;
+                stop_app(&mut kill_at);
+            }
             () = &mut refresher, if phase == Phase::Ready && ending.is_none() => {}
             result = &mut readiness, if phase == Phase::Starting && ending.is_none() => {
                 match result.map_err(|e| ErrorInfo { code: e.code(), message: format!("the app did not get ready: {e}") }) {
@@ -240,7 +257,7 @@ pub async fn supervise(
                 } else {
                     Signal::try_from(sig).unwrap_or(Signal::SIGTERM)
                 };
-                let _ = killpg(pgid, forwarded);
+                let _ = killpg(pgid(), forwarded);
                 if stop && ending.is_none() {
                     ctx.reporter.notice(Level::Info, format!("signal {sig}: stopping the app (grace {})", humantime::format_duration(grace)));
                     ending = Some(Ending::Signal(sig));
@@ -260,7 +277,7 @@ pub async fn supervise(
             }
             () = sleep_until_opt(kill_at) => {
                 ctx.reporter.notice(Level::Warn, "the app outlived its grace; SIGKILL");
-                let _ = killpg(pgid, Signal::SIGKILL);
+                let _ = killpg(pgid(), Signal::SIGKILL);
                 kill_at = None;
             }
         }
@@ -339,6 +356,39 @@ pub async fn hold_services(
     super::close_secrets(ctx).await;
     super::remove_secret_files(ctx);
     code
+}
+
+/// The app's exit code, once it exits.
+async fn wait_app(mut app: crate::process::Child) -> i32 {
+    match app.wait().await {
+        Ok(status) => exit_code(status),
+        Err(_) => exit::SOFTWARE,
+    }
+}
+
+/// Starts the app again, with its `env` rendered from the current secrets.
+async fn restart_app(
+    step: &Step,
+    ctx: &StepContext,
+    listener: Option<&NotifyListener>,
+) -> Result<crate::process::Child, String> {
+    let request = super::refresh::app_request(step, ctx)
+        .await
+        .map_err(|e| format!("could not start the app again: {e}"))?;
+    let app = spawn_app(&request, listener.map(NotifyListener::path))
+        .map_err(|e| format!("could not start `{}` again: {e}", request.cmd.program()))?;
+    if let Some(listener) = listener {
+        listener.expect_from(app.members());
+    }
+    ctx.reporter.notice(
+        Level::Info,
+        format!(
+            "supervising `{}` again (pid {})",
+            request.cmd.program(),
+            app.pid()
+        ),
+    );
+    Ok(app)
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

@@ -21,7 +21,8 @@ pub struct RawOnChange {
     pub splay: Option<super::duration::HumanDuration>,
 }
 
-/// `on_change.reload`: a signal to the app or a service, or a command.
+/// `on_change.reload`: a signal to the app or a service, a restart of
+/// one, or a command.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawReload {
@@ -34,4 +35,8 @@ pub struct RawReload {
     /// A command (argv) to run instead of a signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// Restart instead of a signal: `app` or the name of a `service` step
+    /// (for a process that reads the file only when it starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
 }

@@ -368,8 +368,23 @@ pub struct OnChange {
 /// Who hears of a changed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reload {
-    Signal { signal: i32, target: ReloadTarget },
+    Signal {
+        signal: i32,
+        target: ReloadTarget,
+    },
+    /// Stop the process and start it again.
+    Restart(ReloadTarget),
     Command(Vec<String>),
+}
+
+impl Reload {
+    /// The supervised process told, for a signal or a restart.
+    pub fn target(&self) -> Option<&ReloadTarget> {
+        match self {
+            Reload::Signal { target, .. } | Reload::Restart(target) => Some(target),
+            Reload::Command(_) => None,
+        }
+    }
 }
 
 /// A process bootplan supervises.

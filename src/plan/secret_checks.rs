@@ -244,9 +244,17 @@ fn check_secret(
             ));
         }
     }
+    if source.refresh == Some(super::secret_source::Refresh::Lease) && source.vault.is_none() {
+        problems.push((
+            format!("{field}.refresh"),
+            "`refresh: lease` follows the lease of a `vault` secret".into(),
+            Some("give other secrets an interval, e.g. `refresh: 5m`".into()),
+        ));
+    }
     if source
         .refresh
-        .is_some_and(|r| r.get() < std::time::Duration::from_secs(1))
+        .and_then(super::secret_source::Refresh::every)
+        .is_some_and(|r| r < std::time::Duration::from_secs(1))
     {
         problems.push((
             format!("{field}.refresh"),

@@ -41,11 +41,12 @@ pub struct SecretSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_file: Option<SecretFile>,
     /// While bootplan supervises, fetch the secret again this often (a
-    /// tenth of it at random either way, so a fleet does not poll in step);
-    /// a changed value is written again and the steps that render it run
-    /// their `on_change`.
+    /// tenth of it at random either way, so a fleet does not poll in step),
+    /// or `lease`: when its lease nears its end, renewing a renewable lease
+    /// instead while it can be. A changed value is written again and the
+    /// steps that render it run their `on_change`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh: Option<HumanDuration>,
+    pub refresh: Option<Refresh>,
     /// Who to tell when a refresh wrote new files for this secret (its
     /// `to_file`, or a `vault_pki` certificate): `reload` only; the steps
     /// that render it have their own `on_change`.
@@ -89,6 +90,78 @@ impl SecretSource {
             ("exec", self.exec.is_some()),
             ("vault_pki", self.vault_pki.is_some()),
         ])
+    }
+}
+
+/// `refresh:` of a secret: an interval, or `lease`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Fetch again this often.
+    Every(HumanDuration),
+    /// Follow the lease the value came with: renew it at two thirds of its
+    /// duration while it is renewable, fetch again when it is not (or the
+    /// renewal is refused, or its max TTL is near).
+    Lease,
+}
+
+impl Refresh {
+    /// The interval, for `Every`.
+    pub fn every(self) -> Option<std::time::Duration> {
+        match self {
+            Refresh::Every(every) => Some(every.get()),
+            Refresh::Lease => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Refresh {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Refresh;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a duration such as 30s or 5m, or `lease`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Refresh, E> {
+                if v.trim() == "lease" {
+                    return Ok(Refresh::Lease);
+                }
+                super::duration::parse_duration(v)
+                    .map(|d| Refresh::Every(HumanDuration(d)))
+                    .map_err(|err| E::custom(format!("{err}; or `lease`")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Refresh, E> {
+                Err(E::custom(format!(
+                    "a bare number `{v}` is ambiguous as a duration: add a unit, such as {v}s or {v}m"
+                )))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Refresh, E> {
+                self.visit_u64(v.unsigned_abs())
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for Refresh {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Refresh::Every(every) => every.serialize(serializer),
+            Refresh::Lease => serializer.serialize_str("lease"),
+        }
+    }
+}
+
+impl JsonSchema for Refresh {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Refresh".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let every = generator.subschema_for::<HumanDuration>();
+        schemars::json_schema!({
+            "description": "An interval (a duration with a unit, such as 30s or 5m), or `lease`.",
+            "anyOf": [every, { "type": "string", "const": "lease" }]
+        })
     }
 }
 

@@ -845,6 +845,22 @@ impl Validator {
         r: &super::change::RawReload,
     ) -> Option<super::Reload> {
         use super::{Reload, ReloadTarget};
+        let target_of = |name: Option<&str>| match name {
+            None | Some("app") => ReloadTarget::App,
+            Some(step) => ReloadTarget::Service(step.to_string()),
+        };
+        if let Some(restart) = &r.restart {
+            if r.signal.is_some() || r.target.is_some() || r.command.is_some() {
+                self.error(
+                    pos,
+                    format!("{where_}.reload"),
+                    "a reload is a `signal` (with an optional `target`), a `restart` or a `command`",
+                    Some("e.g. `reload: { restart: app }`".into()),
+                );
+                return None;
+            }
+            return Some(Reload::Restart(target_of(Some(restart.as_str()))));
+        }
         match (&r.signal, &r.target, &r.command) {
             (Some(signal), target, None) => {
                 let name = signal.trim().to_ascii_uppercase();
@@ -856,10 +872,7 @@ impl Validator {
                 match name.parse::<nix::sys::signal::Signal>() {
                     Ok(sig) => Some(Reload::Signal {
                         signal: sig as i32,
-                        target: match target.as_deref() {
-                            None | Some("app") => ReloadTarget::App,
-                            Some(step) => ReloadTarget::Service(step.to_string()),
-                        },
+                        target: target_of(target.as_deref()),
                     }),
                     Err(_) => {
                         self.error(
@@ -879,7 +892,7 @@ impl Validator {
                 self.error(
                     pos,
                     format!("{where_}.reload"),
-                    "a reload is a `signal` (with an optional `target`) or a `command`",
+                    "a reload is a `signal` (with an optional `target`), a `restart` or a `command`",
                     Some("e.g. `reload: { signal: HUP, target: app }`".into()),
                 );
                 None
@@ -922,7 +935,7 @@ impl Validator {
         });
         let targets: Vec<_> = step_targets.chain(secret_targets).collect();
         for (field, pos, reload) in targets {
-            let super::Reload::Signal { target, .. } = reload else {
+            let Some(target) = reload.target() else {
                 continue;
             };
             let problem = match target {

@@ -130,6 +130,66 @@ pub struct SecretStore {
     scope: Option<crate::plan::refs::TemplateScope>,
     /// The public parts of each `vault_pki` secret's latest certificate.
     certificates: std::sync::Mutex<BTreeMap<String, Certificate>>,
+    /// The leases of `refresh: lease` secrets, by secret.
+    leases: std::sync::Mutex<Leases>,
+    /// The Secrets Manager version id each secret was last read at.
+    sm_versions: std::sync::Mutex<BTreeMap<String, String>>,
+    /// `DescribeSecret` was denied: refreshes read the value (said once).
+    describe_denied: std::sync::atomic::AtomicBool,
+}
+
+/// The leases bootplan holds for `refresh: lease` secrets.
+#[derive(Default)]
+struct Leases {
+    by_secret: BTreeMap<String, HeldLease>,
+    /// Leases replaced by a fresh read (not renewed any more), by id.
+    superseded: std::collections::BTreeSet<String>,
+    /// Every lease id obtained, with its end, for revocation on shutdown.
+    ends: BTreeMap<String, tokio::time::Instant>,
+}
+
+/// One secret's lease and when it is next looked at.
+#[derive(Clone)]
+struct HeldLease {
+    lease: vault::Lease,
+    expires: tokio::time::Instant,
+    due: tokio::time::Instant,
+    /// The last renewal gave less than asked: the max TTL caps the lease,
+    /// so at `due` it is replaced, not renewed.
+    capped: bool,
+}
+
+impl HeldLease {
+    fn new(lease: vault::Lease) -> HeldLease {
+        let expires = lease.obtained + lease.duration;
+        let due = lease.obtained + lease_wait(&lease.id, lease.duration);
+        HeldLease {
+            lease,
+            expires,
+            due,
+            capped: false,
+        }
+    }
+}
+
+/// When a lease of `duration` is next renewed or replaced: at two thirds
+/// of it, a tenth of it either way drawn from the lease id, so secrets
+/// sharing a lease are due together and a fleet does not renew in step.
+fn lease_wait(id: &str, duration: std::time::Duration) -> std::time::Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    let fraction = (hasher.finish() % 2001) as f64 / 1000.0 - 1.0;
+    duration.mul_f64(2.0 / 3.0 + fraction / 10.0)
+}
+
+/// The gauge of a secret's end (a lease's, a certificate's), in Unix seconds.
+fn expiry_gauge(name: &str, expires: tokio::time::Instant) {
+    let left = expires.saturating_duration_since(tokio::time::Instant::now());
+    let at = (std::time::SystemTime::now() + left)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(crate::telemetry::metrics::SECRET_EXPIRY, "secret" => name.to_string()).set(at);
 }
 
 /// A certificate that goes with a `vault_pki` secret's private key.
@@ -163,6 +223,9 @@ impl SecretStore {
             limits: std::sync::Mutex::new(BTreeMap::new()),
             scope: None,
             certificates: std::sync::Mutex::new(BTreeMap::new()),
+            leases: std::sync::Mutex::new(Leases::default()),
+            sm_versions: std::sync::Mutex::new(BTreeMap::new()),
+            describe_denied: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -285,6 +348,201 @@ impl SecretStore {
     /// changed: the new one is registered with the redactor (which keeps
     /// masking the old), written to its file, and what later resolves give.
     pub async fn refresh(&self, name: &str) -> Result<bool, SecretError> {
+        let source = self.sources.get(name);
+        match source.and_then(|s| s.refresh) {
+            Some(crate::plan::secret_source::Refresh::Lease) => {
+                match self.lease_needs_read(name).await {
+                    Ok(false) => return Ok(false),
+                    Ok(true) => {}
+                    Err(err) => {
+                        self.retry_lease_later(name);
+                        return Err(err);
+                    }
+                }
+                let result = self.read_again(name).await;
+                if result.is_err() {
+                    self.retry_lease_later(name);
+                }
+                return result;
+            }
+            Some(crate::plan::secret_source::Refresh::Every(_)) => {
+                // KV v2: the version tells whether the data is worth a read.
+                if let Some(spec) = source.and_then(|s| s.vault.as_ref())
+                    && self.cell(name).initialized()
+                    && self.vault_client(name).await?.unchanged(name, spec).await?
+                {
+                    return Ok(false);
+                }
+                // Secrets Manager: the version id the stage points at.
+                if let Some(spec) = source.and_then(|s| s.aws_secretsmanager.as_ref())
+                    && self.cell(name).initialized()
+                    && self.sm_unchanged(name, spec).await?
+                {
+                    return Ok(false);
+                }
+            }
+            None => {}
+        }
+        self.read_again(name).await
+    }
+
+    /// Whether a Secrets Manager secret's stage still points at the
+    /// version last read (`DescribeSecret`). `false` when that cannot be
+    /// told; a denied `DescribeSecret` is said once, and the value read
+    /// from then on.
+    async fn sm_unchanged(
+        &self,
+        name: &str,
+        spec: &crate::plan::secret_source::AwsSecretsManagerSecret,
+    ) -> Result<bool, SecretError> {
+        use std::sync::atomic::Ordering;
+        let read = self
+            .sm_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        let Some(read) = read else { return Ok(false) };
+        if self.describe_denied.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let client = self.aws_client(name, "aws_secretsmanager").await?;
+        match aws::secretsmanager::current_version(client, name, spec).await {
+            Ok(current) => Ok(current.as_deref() == Some(read.as_str())),
+            Err(SecretError::Denied { detail, .. }) => {
+                if !self.describe_denied.swap(true, Ordering::Relaxed) {
+                    self.warn(format!(
+                        "Secrets Manager denied DescribeSecret ({detail}): refreshed secrets are read in full every time (allow secretsmanager:DescribeSecret to read them only when their version changed)"
+                    ));
+                }
+                Ok(false)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Whether a `refresh: lease` secret must be read again now: its
+    /// lease cannot be renewed, the renewal was refused, or it is near its
+    /// max TTL. A lease renewed here is good until its next due time.
+    async fn lease_needs_read(&self, name: &str) -> Result<bool, SecretError> {
+        let now = tokio::time::Instant::now();
+        let held = {
+            let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(held) = leases.by_secret.get(name).cloned() else {
+                return Ok(true);
+            };
+            if leases.superseded.contains(&held.lease.id) {
+                return Ok(true);
+            }
+            held
+        };
+        // Renewed already in this cycle for a secret sharing the lease.
+        if held.due > now {
+            return Ok(false);
+        }
+        if !held.lease.renewable || held.expires <= now {
+            return Ok(true);
+        }
+        let near_max = || {
+            self.note(
+                crate::telemetry::Level::Info,
+                format!("the lease of secret `{name}` is near its max TTL: reading it again"),
+            );
+            Ok(true)
+        };
+        if held.capped {
+            return near_max();
+        }
+        let client = self.vault_client(name).await?;
+        match client.renew_lease(name, &held.lease).await? {
+            vault::Renewal::Renewed(ttl) if ttl >= held.lease.duration / 3 => {
+                // Less than asked for: the max TTL is reached at its end.
+                let capped = ttl < held.lease.duration;
+                let expires = now + ttl;
+                let due = now + lease_wait(&held.lease.id, ttl);
+                let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+                leases.ends.insert(held.lease.id.clone(), expires);
+                let sharing: Vec<String> = leases
+                    .by_secret
+                    .iter()
+                    .filter(|(_, h)| h.lease.id == held.lease.id)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for secret in sharing {
+                    if let Some(h) = leases.by_secret.get_mut(&secret) {
+                        h.expires = expires;
+                        h.due = due;
+                        h.capped = capped;
+                    }
+                    expiry_gauge(&secret, expires);
+                }
+                tracing::debug!(secret = name, "lease renewed");
+                Ok(false)
+            }
+            vault::Renewal::Renewed(_) => near_max(),
+            vault::Renewal::Refused(why) => {
+                self.note(
+                    crate::telemetry::Level::Info,
+                    format!(
+                        "the lease of secret `{name}` was not renewed ({why}): reading it again"
+                    ),
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// After a failed renewal or read, the lease is looked at again a
+    /// tenth of its duration later (at least 1 s).
+    fn retry_lease_later(&self, name: &str) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = leases.by_secret.get_mut(name) {
+            held.due = tokio::time::Instant::now()
+                + (held.lease.duration / 10).max(std::time::Duration::from_secs(1));
+        }
+    }
+
+    /// Records the lease a `refresh: lease` secret's value came with; a
+    /// new lease supersedes the one held before.
+    fn note_lease(&self, name: &str, lease: Option<vault::Lease>) {
+        let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(lease) = lease else {
+            leases.by_secret.remove(name);
+            drop(leases);
+            self.warn(format!(
+                "secret `{name}` has `refresh: lease` but its value came without a lease: it is not refreshed"
+            ));
+            return;
+        };
+        if let Some(old) = leases.by_secret.get(name) {
+            if old.lease.id == lease.id && !lease.id.is_empty() {
+                return;
+            }
+            let old = old.lease.id.clone();
+            leases.superseded.insert(old);
+        }
+        let held = HeldLease::new(lease);
+        expiry_gauge(name, held.expires);
+        if !held.lease.id.is_empty() {
+            leases.ends.insert(held.lease.id.clone(), held.expires);
+        }
+        leases.by_secret.insert(name.to_string(), held);
+    }
+
+    /// When a `refresh: lease` secret is next looked at.
+    pub fn refresh_at(&self, name: &str) -> Option<tokio::time::Instant> {
+        let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        leases.by_secret.get(name).map(|h| h.due)
+    }
+
+    fn note(&self, level: crate::telemetry::Level, message: String) {
+        if let Some(reporter) = &self.reporter {
+            reporter.notice(level, message);
+        }
+    }
+
+    /// Reads `name` from its store again; see [`Self::refresh`].
+    async fn read_again(&self, name: &str) -> Result<bool, SecretError> {
         let fresh = self.fetch_measured(name).await?;
         let old = self.cell(name).get().cloned();
         if old.is_some_and(|old| old.expose() == fresh.expose()) {
@@ -327,8 +585,13 @@ impl SecretStore {
     /// How long until `name` is fetched again (see [`Self::refresh_intervals`]).
     pub fn refresh_interval(&self, name: &str) -> Option<std::time::Duration> {
         let source = self.sources.get(name)?;
-        if let Some(every) = source.refresh {
-            return Some(every.get());
+        match source.refresh {
+            Some(crate::plan::secret_source::Refresh::Every(every)) => return Some(every.get()),
+            Some(crate::plan::secret_source::Refresh::Lease) => {
+                let due = self.refresh_at(name)?;
+                return Some(due.saturating_duration_since(tokio::time::Instant::now()));
+            }
+            None => {}
         }
         source.vault_pki.as_ref()?;
         let certificates = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,17 +614,44 @@ impl SecretStore {
         cells.entry(name.to_string()).or_default().clone()
     }
 
-    /// Ends the store's sessions: revokes the Vault token when the plan asks.
-    /// Returns a message for the log when that failed.
+    /// Ends the store's sessions: when the plan asks (`revoke_on_exit`),
+    /// revokes the leases held for `refresh: lease` secrets that have not
+    /// ended yet, then the Vault token. Returns a message for the log when
+    /// that failed.
     pub async fn close(&self) -> Option<String> {
         let Some(Ok(client)) = self.vault.get() else {
             return None;
         };
-        client
-            .close()
-            .await
-            .err()
-            .map(|err| format!("could not revoke the Vault token: {err}"))
+        let revoke = self
+            .backends
+            .vault
+            .as_ref()
+            .is_some_and(|v| v.revoke_on_exit);
+        let held: Vec<String> = {
+            let mut leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            let ends = std::mem::take(&mut leases.ends);
+            leases.by_secret.clear();
+            ends.into_iter()
+                .filter(|(_, end)| *end > now)
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let mut problems = Vec::new();
+        if revoke && !held.is_empty() {
+            let failed = client.revoke_leases(&held).await;
+            if !failed.is_empty() {
+                problems.push(format!(
+                    "could not revoke {} lease(s): {}",
+                    failed.len(),
+                    failed.join("; ")
+                ));
+            }
+        }
+        if let Err(err) = client.close().await {
+            problems.push(format!("could not revoke the Vault token: {err}"));
+        }
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     /// Registers a fresh value with the redactor and writes its file, if any.
@@ -539,11 +829,23 @@ impl SecretStore {
             return local::fetch_env(name, env);
         }
         if let Some(spec) = &source.vault {
-            return self.vault_client(name).await?.read(name, spec).await;
+            let (value, lease) = self.vault_client(name).await?.read(name, spec).await?;
+            if source.refresh == Some(crate::plan::secret_source::Refresh::Lease) {
+                self.note_lease(name, lease);
+            } else if let Some(lease) = lease {
+                expiry_gauge(name, lease.obtained + lease.duration);
+            }
+            return Ok(value);
         }
         if let Some(spec) = &source.aws_secretsmanager {
             let client = self.aws_client(name, "aws_secretsmanager").await?;
-            return aws::secretsmanager::fetch(client, name, spec).await;
+            let (value, version) = aws::secretsmanager::fetch(client, name, spec).await?;
+            let mut versions = self.sm_versions.lock().unwrap_or_else(|p| p.into_inner());
+            match version {
+                Some(version) => versions.insert(name.to_string(), version),
+                None => versions.remove(name),
+            };
+            return Ok(value);
         }
         if let Some(spec) = &source.aws_ssm {
             let client = self.aws_client(name, "aws_ssm").await?;
@@ -659,5 +961,21 @@ fn record(backend: &'static str, started: Instant, error: Option<&SecretError>) 
             "code" => err.code().as_str()
         )
         .increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_lease_is_due_near_two_thirds_the_same_for_every_secret_sharing_it() {
+        let duration = Duration::from_secs(300);
+        for id in ["database/creds/app/a", "database/creds/app/b", ""] {
+            let wait = lease_wait(id, duration);
+            assert!(wait >= Duration::from_secs(170) && wait <= Duration::from_secs(230));
+            assert_eq!(wait, lease_wait(id, duration));
+        }
     }
 }

@@ -10,6 +10,11 @@
 //! renewed (or obtained again by logging in) before use. [`VaultClient::close`]
 //! stops the renewal and revokes the token when the plan sets `revoke_on_exit`.
 //!
+//! For refreshes: a read keeps the lease it came with (renewed through
+//! `sys/leases/renew`, revoked through `sys/leases/revoke`) and the KV v2
+//! version read, which [`VaultClient::unchanged`] compares with the
+//! path's metadata so that an unchanged secret costs one small request.
+//!
 //! To add an auth method: a field in `plan::secret_source::VaultAuth`, a
 //! check in `plan::secret_checks`, and an arm in [`VaultClient::login`].
 
@@ -48,10 +53,55 @@ pub struct VaultClient {
     /// Each KV path (with its version) read once per run: every secret
     /// taken from it shares the one answer.
     paths: std::sync::Mutex<std::collections::HashMap<String, PathCell>>,
+    /// The KV v2 version last read of each path, for change detection.
+    versions: std::sync::Mutex<std::collections::HashMap<String, Version>>,
+    /// Each KV v2 path's current version, asked once per refresh cycle.
+    current: std::sync::Mutex<std::collections::HashMap<String, VersionCell>>,
+    /// The policy does not allow metadata reads: refreshes read the data
+    /// (said once).
+    metadata_denied: std::sync::atomic::AtomicBool,
+    reporter: Option<Arc<crate::telemetry::Reporter>>,
 }
 
 /// One KV path's data, once read.
-type PathCell = Arc<tokio::sync::OnceCell<Arc<Zeroizing<String>>>>;
+type PathCell = Arc<tokio::sync::OnceCell<Arc<PathRead>>>;
+/// One KV v2 path's current version (`None`: not known), once asked.
+type VersionCell = Arc<tokio::sync::OnceCell<Option<Version>>>;
+
+/// A KV v2 version: its number and when it was written (numbers start
+/// again at 1 when a secret is deleted and written anew, or on another
+/// server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    number: u64,
+    created: String,
+}
+
+/// What one read of a path gave.
+struct PathRead {
+    data: Zeroizing<String>,
+    /// KV v2: the version read.
+    version: Option<Version>,
+    lease: Option<Lease>,
+}
+
+/// The lease a read came with: a dynamic secret's, or a KV v1 `ttl`.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Empty for a lease that cannot be renewed or revoked (KV v1 `ttl`).
+    pub id: String,
+    pub duration: Duration,
+    pub renewable: bool,
+    pub obtained: Instant,
+}
+
+/// How a lease renewal went.
+pub enum Renewal {
+    /// Extended: this long from now.
+    Renewed(Duration),
+    /// The server will not renew it (gone, revoked, not renewable, denied).
+    Refused(String),
+}
 
 /// What the client and its renewal task share.
 struct Session {
@@ -122,7 +172,7 @@ impl VaultClient {
             deadline,
             "vault",
         )
-        .with_reporter(reporter)
+        .with_reporter(reporter.clone())
         .with_rate_limit(config.max_requests_per_second);
         Ok(VaultClient {
             session: Arc::new(Session {
@@ -137,12 +187,20 @@ impl VaultClient {
             renewer: std::sync::Mutex::new(None),
             aws,
             paths: std::sync::Mutex::new(std::collections::HashMap::new()),
+            versions: std::sync::Mutex::new(std::collections::HashMap::new()),
+            current: std::sync::Mutex::new(std::collections::HashMap::new()),
+            metadata_denied: std::sync::atomic::AtomicBool::new(false),
+            reporter,
         })
     }
 
     /// Reads one KV secret (and key) for the secret named `name`.
     #[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name, path = %spec.path))]
-    pub async fn read(&self, name: &str, spec: &VaultSecret) -> Result<SecretValue, SecretError> {
+    pub async fn read(
+        &self,
+        name: &str,
+        spec: &VaultSecret,
+    ) -> Result<(SecretValue, Option<Lease>), SecretError> {
         let api_path = kv_api_path(spec);
         let cell = self
             .paths
@@ -152,10 +210,183 @@ impl VaultClient {
             .or_default()
             .clone();
         // A failed read leaves the cell empty: the next secret tries again.
-        let data = cell
-            .get_or_try_init(|| async { self.read_path(name, spec, &api_path).await.map(Arc::new) })
+        let read = cell
+            .get_or_try_init(|| async {
+                let read = self.read_path(name, spec, &api_path).await?;
+                if let Some(version) = read.version.clone() {
+                    self.versions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(api_path.clone(), version);
+                }
+                Ok::<_, SecretError>(Arc::new(read))
+            })
             .await?;
-        local::select_key(name, BACKEND, data, spec.key.as_deref())
+        let value = local::select_key(name, BACKEND, &read.data, spec.key.as_deref())?;
+        Ok((value, read.lease.clone()))
+    }
+
+    /// Whether a KV v2 secret is known to be unchanged since it was last
+    /// read: its metadata's `current_version` is the version read. One
+    /// small request per path and refresh cycle, instead of the data.
+    /// `false` when that cannot be told (KV v1, a pinned version, nothing
+    /// read yet, or a policy without metadata access: said once).
+    #[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name, path = %spec.path))]
+    pub async fn unchanged(&self, name: &str, spec: &VaultSecret) -> Result<bool, SecretError> {
+        use std::sync::atomic::Ordering;
+        if spec.kv.unwrap_or(2) != 2
+            || spec.version.is_some()
+            || self.metadata_denied.load(Ordering::Relaxed)
+        {
+            return Ok(false);
+        }
+        let api_path = kv_api_path(spec);
+        let Some(read) = self
+            .versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&api_path)
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let Some(metadata_path) = metadata_api_path(&api_path) else {
+            return Ok(false);
+        };
+        let cell = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(metadata_path.clone())
+            .or_default()
+            .clone();
+        let current = cell
+            .get_or_try_init(|| self.current_version(name, &metadata_path))
+            .await?;
+        Ok(current.as_ref() == Some(&read))
+    }
+
+    /// `current_version` from a KV v2 path's metadata.
+    async fn current_version(
+        &self,
+        name: &str,
+        metadata_path: &str,
+    ) -> Result<Option<Version>, SecretError> {
+        let url = format!("{}/v1/{metadata_path}", self.session.address);
+        let token = self.token(name).await?;
+        let result = self
+            .session
+            .net
+            .send(&url, |c| self.session.request(c.get(&url), Some(&token)))
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(Failure::Status { status: 403, .. }) if self.token_valid(&token).await => {
+                if !self
+                    .metadata_denied
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    && let Some(reporter) = &self.reporter
+                {
+                    reporter.notice(
+                        crate::telemetry::Level::Warn,
+                        format!(
+                            "the Vault policy does not allow reading {url}: refreshed KV v2 secrets are read in full every time (allow `read` on the metadata path to read them only when their version changed)"
+                        ),
+                    );
+                }
+                return Ok(None);
+            }
+            Err(failure) => return Err(read_failure(name, &url, failure)),
+        };
+        let metadata: MetadataResponse =
+            serde_json::from_slice(&response.body).map_err(|err| SecretError::NotFound {
+                name: name.into(),
+                backend: BACKEND,
+                detail: format!("{url}: unexpected answer: {err}"),
+            })?;
+        let number = metadata.data.current_version;
+        Ok(metadata
+            .data
+            .versions
+            .get(&number.to_string())
+            .map(|v| Version {
+                number,
+                created: v.created_time.clone(),
+            }))
+    }
+
+    /// Renews a lease by its duration as issued (`sys/leases/renew`).
+    #[tracing::instrument(skip_all, fields(backend = BACKEND, secret = name))]
+    pub async fn renew_lease(&self, name: &str, lease: &Lease) -> Result<Renewal, SecretError> {
+        let url = format!("{}/v1/sys/leases/renew", self.session.address);
+        let body = serde_json::to_vec(&serde_json::json!({
+            "lease_id": lease.id,
+            "increment": lease.duration.as_secs().max(1),
+        }))
+        .unwrap_or_default();
+        let token = self.token(name).await?;
+        let result = self
+            .session
+            .net
+            .send(&url, |c| {
+                self.session
+                    .request(c.put(&url), Some(&token))
+                    .header("Content-Type", "application/json")
+                    .body(body.clone())
+            })
+            .await;
+        match result {
+            Ok(response) => {
+                let renewed: LeaseResponse =
+                    serde_json::from_slice(&response.body).map_err(|err| {
+                        SecretError::NotFound {
+                            name: name.into(),
+                            backend: BACKEND,
+                            detail: format!("{url}: unexpected answer: {err}"),
+                        }
+                    })?;
+                Ok(Renewal::Renewed(Duration::from_secs(
+                    renewed.lease_duration,
+                )))
+            }
+            Err(Failure::Status { status, message }) if (400..500).contains(&status) => {
+                Ok(Renewal::Refused(format!("HTTP {status}: {message}")))
+            }
+            Err(failure) => Err(read_failure(name, &url, failure)),
+        }
+    }
+
+    /// Revokes leases (`sys/leases/revoke`), one attempt each; the
+    /// messages of those that failed.
+    #[tracing::instrument(skip_all, fields(backend = BACKEND))]
+    pub async fn revoke_leases(&self, ids: &[String]) -> Vec<String> {
+        let url = format!("{}/v1/sys/leases/revoke", self.session.address);
+        let mut failed = Vec::new();
+        let token = match self.token("lease revocation").await {
+            Ok(token) => token,
+            Err(err) => return vec![err.to_string()],
+        };
+        let net = self.session.net.single_attempt();
+        for id in ids {
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "lease_id": id })).unwrap_or_default();
+            let result = net
+                .send(&url, |c| {
+                    self.session
+                        .request(c.put(&url), Some(&token))
+                        .header("Content-Type", "application/json")
+                        .body(body.clone())
+                })
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(Failure::Status { status, message }) => {
+                    failed.push(format!("{url} ({id}): HTTP {status}: {message}"));
+                }
+                Err(Failure::Unreachable(detail)) => failed.push(format!("{id}: {detail}")),
+            }
+        }
+        failed
     }
 
     /// One KV path's data (the JSON object of its keys).
@@ -164,7 +395,7 @@ impl VaultClient {
         name: &str,
         spec: &VaultSecret,
         api_path: &str,
-    ) -> Result<Zeroizing<String>, SecretError> {
+    ) -> Result<PathRead, SecretError> {
         let url = format!("{}/v1/{api_path}", self.session.address);
         let token = self.token(name).await?;
         let result = self
@@ -251,9 +482,14 @@ impl VaultClient {
         })
     }
 
-    /// Forgets the KV paths read so far: the next read asks the server.
+    /// Forgets the KV paths read so far (and their current versions): the
+    /// next read asks the server.
     pub fn forget_reads(&self) {
         self.paths.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Revokes the token when the plan asks. Best effort: one attempt.
@@ -908,20 +1144,45 @@ fn kv_api_path(spec: &VaultSecret) -> String {
     }
 }
 
-/// The secret's data object, as JSON text (kept in a zeroized buffer).
-fn kv_data(response: &Response, kv: u8) -> Result<Zeroizing<String>, String> {
+/// The secret's data object, as JSON text (kept in a zeroized buffer),
+/// with the KV v2 version and the lease the answer came with.
+fn kv_data(response: &Response, kv: u8) -> Result<PathRead, String> {
     let outer: DataEnvelope<'_> = serde_json::from_slice(&response.body)
         .map_err(|err| format!("unexpected answer (HTTP {}): {err}", response.status))?;
+    let lease = (outer.lease_duration > 0).then(|| Lease {
+        id: outer.lease_id.clone(),
+        duration: Duration::from_secs(outer.lease_duration),
+        renewable: outer.renewable && !outer.lease_id.is_empty(),
+        obtained: Instant::now(),
+    });
     let data = outer.data.ok_or("the answer has no data")?;
     if kv == 1 {
-        return Ok(Zeroizing::new(data.get().to_string()));
+        return Ok(PathRead {
+            data: Zeroizing::new(data.get().to_string()),
+            version: None,
+            lease,
+        });
     }
     let inner: DataEnvelope<'_> =
         serde_json::from_str(data.get()).map_err(|err| format!("not a KV v2 answer: {err}"))?;
+    let version = inner.metadata.map(|m| Version {
+        number: m.version,
+        created: m.created_time,
+    });
     match inner.data {
-        Some(data) if data.get() != "null" => Ok(Zeroizing::new(data.get().to_string())),
+        Some(data) if data.get() != "null" => Ok(PathRead {
+            data: Zeroizing::new(data.get().to_string()),
+            version,
+            lease,
+        }),
         _ => Err("this version has no data (deleted or destroyed)".into()),
     }
+}
+
+/// The metadata path of a KV v2 data path (`secret/data/a` → `secret/metadata/a`).
+fn metadata_api_path(api_path: &str) -> Option<String> {
+    let (mount, rest) = api_path.split_once("/data/")?;
+    Some(format!("{mount}/metadata/{rest}"))
 }
 
 fn json_body(name: &str, value: &impl Serialize) -> Result<Zeroizing<Vec<u8>>, SecretError> {
@@ -994,6 +1255,47 @@ fn login_failure(name: &str, url: &str, failure: Failure) -> SecretError {
 struct DataEnvelope<'a> {
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    lease_id: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+    /// KV v2's inner envelope: the version read.
+    #[serde(default)]
+    metadata: Option<VersionMetadata>,
+}
+
+#[derive(Deserialize)]
+struct VersionMetadata {
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    created_time: String,
+}
+
+#[derive(Deserialize)]
+struct MetadataResponse {
+    data: MetadataData,
+}
+
+#[derive(Deserialize)]
+struct MetadataData {
+    current_version: u64,
+    #[serde(default)]
+    versions: std::collections::HashMap<String, VersionCreated>,
+}
+
+#[derive(Deserialize)]
+struct VersionCreated {
+    #[serde(default)]
+    created_time: String,
+}
+
+#[derive(Deserialize)]
+struct LeaseResponse {
+    #[serde(default)]
+    lease_duration: u64,
 }
 
 #[derive(Deserialize)]
@@ -1057,6 +1359,19 @@ mod tests {
             version,
             kv,
         }
+    }
+
+    #[test]
+    fn metadata_paths() {
+        assert_eq!(
+            metadata_api_path("secret/data/web/db").as_deref(),
+            Some("secret/metadata/web/db")
+        );
+        assert_eq!(
+            metadata_api_path("kv/team/data/a/data/b").as_deref(),
+            Some("kv/team/metadata/a/data/b")
+        );
+        assert_eq!(metadata_api_path("kv1/web"), None);
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn describe() {
     describe_gauge!(
         SECRET_EXPIRY,
         metrics::Unit::Seconds,
-        "When the secret's current value ends (a certificate's notAfter), Unix time."
+        "When the secret's current value ends (a certificate's notAfter, a lease's end), Unix time."
     );
     describe_counter!(
         DOWNLOAD_BYTES,

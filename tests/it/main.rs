@@ -19,6 +19,7 @@ mod os;
 mod platform;
 mod process;
 mod robust;
+mod rotation;
 mod secrets;
 mod security;
 mod userdata;

@@ -24,7 +24,7 @@ use crate::harness::{Sandbox, code, dump, free_port, log_lines, peer, under_ci, 
 // ---------------------------------------------------------------- peers
 
 /// Kills and reaps a server when the test ends, however it ends.
-struct Server(Child);
+pub(crate) struct Server(pub(crate) Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -60,11 +60,11 @@ impl Bao {
 
     /// A server that logs every request to `audit_log()` (OpenBao enables
     /// audit devices from its configuration only).
-    fn start_audited() -> Option<Bao> {
+    pub(crate) fn start_audited() -> Option<Bao> {
         Bao::start_on(free_port(), false, true)
     }
 
-    fn audit_log(&self) -> PathBuf {
+    pub(crate) fn audit_log(&self) -> PathBuf {
         self._dir.path().join("audit.log")
     }
 
@@ -133,14 +133,14 @@ impl Bao {
     }
 
     /// Runs a CLI command that must succeed and returns its trimmed stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(out.status.success(), "bao {args:?}: {}", dump(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Runs a CLI command with a file argument written from `text` (policies, keys).
-    fn ok_with_file(&self, args: &[&str], name: &str, text: &str) -> String {
+    pub(crate) fn ok_with_file(&self, args: &[&str], name: &str, text: &str) -> String {
         let path = self._dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         let args: Vec<String> = args
@@ -2170,7 +2170,7 @@ steps:
 }
 
 /// Requests of a kind in an OpenBao file audit log (each answer once).
-fn audited(log: &Path, path: &str) -> usize {
+pub(crate) fn audited(log: &Path, path: &str) -> usize {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()

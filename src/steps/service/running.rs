@@ -141,6 +141,24 @@ impl Services {
         rx.wait_for(Option::is_some).await.ok()?.clone()
     }
 
+    /// Stops service `step` within `grace` and forgets it, so that it can
+    /// be started again (with a new environment). False when it was not running.
+    pub async fn stop_one(&self, step: &str, grace: Duration) -> bool {
+        let handle = {
+            let mut running = self.lock();
+            let Some(at) = running.iter().position(|h| h.step == step) else {
+                return false;
+            };
+            running.remove(at)
+        };
+        handle
+            .grace_ms
+            .store(grace.as_millis() as u64, Ordering::SeqCst);
+        handle.stop.cancel();
+        let _ = handle.task.await;
+        true
+    }
+
     /// Stops every service, newest first, each within `grace`.
     pub async fn stop_all(&self, grace: Duration) {
         let handles: Vec<Handle> = std::mem::take(&mut *self.lock());

@@ -10,6 +10,7 @@
 //! the one before, so the plan runs them in the order cloud-init would.
 
 mod modules;
+mod schema;
 pub mod userdata;
 
 use indexmap::IndexMap;
@@ -27,6 +28,9 @@ pub enum Outcome {
     Changed,
     /// Not carried over (the note says what to do).
     Unsupported,
+    /// A value cloud-init's schema refuses (the note says which and why);
+    /// the module's other entries are still mapped where they can be.
+    Invalid,
 }
 
 impl Outcome {
@@ -35,6 +39,7 @@ impl Outcome {
             Outcome::Mapped => "mapped",
             Outcome::Changed => "mapped with a change",
             Outcome::Unsupported => "not supported",
+            Outcome::Invalid => "invalid",
         }
     }
 }
@@ -88,10 +93,11 @@ impl Import {
         }
         let count = |o: Outcome| self.entries.iter().filter(|e| e.outcome == o).count();
         out.push_str(&format!(
-            "{} mapped, {} mapped with a change, {} not supported\n",
+            "{} mapped, {} mapped with a change, {} not supported, {} invalid\n",
             count(Outcome::Mapped),
             count(Outcome::Changed),
-            count(Outcome::Unsupported)
+            count(Outcome::Unsupported),
+            count(Outcome::Invalid)
         ));
         out
     }

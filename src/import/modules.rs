@@ -103,8 +103,25 @@ pub fn parse_configs(builder: &mut Builder, parts: &[&Part]) -> Vec<Item> {
             duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
             with_snippet: false,
         };
+        let yaml = binary_as_base64(&text);
         let parsed: Result<Option<IndexMap<String, Spanned<Value>>>, _> =
-            serde_saphyr::from_str_with_options(&binary_as_base64(&text), options);
+            serde_saphyr::from_str_with_options(&yaml, options);
+        if parsed.is_ok() {
+            for problem in super::schema::check(&yaml) {
+                builder.entry(Entry {
+                    key: problem.key.to_string(),
+                    origin: part.origin.clone(),
+                    line: problem.line,
+                    column: problem.column,
+                    outcome: Outcome::Invalid,
+                    note: format!(
+                        "{}; cloud-init would warn and go on; fix the value",
+                        problem.message
+                    ),
+                    steps: Vec::new(),
+                });
+            }
+        }
         let map = match parsed {
             Ok(Some(map)) if !map.is_empty() => map,
             Ok(_) => {

@@ -14,9 +14,10 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::diagnostic::{Diagnostic, Position, Severity};
+use super::diagnostic::{Diagnostic, Position};
 use super::duration::HumanDuration;
 use super::refs;
+use super::report::Problems;
 pub use super::report::{RawReport, ReportSpec};
 
 const DEFAULT_RESTART_LIMIT: u32 = 3;
@@ -221,25 +222,6 @@ pub struct EtcdSpec {
     pub timeout: Duration,
     /// Secrets the key, address and password templates use.
     pub secret_refs: Vec<String>,
-}
-
-/// Collects problems for one plan file.
-struct Problems<'a> {
-    file: &'a Path,
-    found: Vec<Diagnostic>,
-}
-
-impl Problems<'_> {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
-        self.found.push(Diagnostic {
-            severity: Severity::Error,
-            file: self.file.to_path_buf(),
-            position: None,
-            field: field.into(),
-            message: message.into(),
-            hint: hint.map(str::to_string),
-        });
-    }
 }
 
 /// The names templates may use, for checking registration templates.

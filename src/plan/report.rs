@@ -177,13 +177,19 @@ impl PlatformSignal {
     }
 }
 
-struct Problems<'a> {
-    file: &'a std::path::Path,
-    found: Vec<Diagnostic>,
+/// Collects problems for one plan file (also the lifecycle sections').
+pub(super) struct Problems<'a> {
+    pub(super) file: &'a std::path::Path,
+    pub(super) found: Vec<Diagnostic>,
 }
 
 impl Problems<'_> {
-    fn push(&mut self, field: impl Into<String>, message: impl Into<String>, hint: Option<&str>) {
+    pub(super) fn push(
+        &mut self,
+        field: impl Into<String>,
+        message: impl Into<String>,
+        hint: Option<&str>,
+    ) {
         self.found.push(Diagnostic {
             severity: Severity::Error,
             file: self.file.to_path_buf(),

@@ -179,6 +179,44 @@ fn the_report_names_each_key_its_position_and_what_changed() {
 /// base64, gzip+base64, appended, with owner and mode), a group, a user
 /// with sudo and a key, the host name and commands in order.
 #[test]
+fn values_cloud_init_schema_refuses_are_reported_where_they_are() {
+    let sb = Sandbox::new();
+    sb.write(
+        "user-data",
+        "#cloud-config
+write_files:
+  - path: /etc/a.conf
+    content: x
+  - path: /etc/b.conf
+    permisions: '0644'
+runcmd:
+  - echo fine
+  - {echo: not a command}
+",
+    );
+    let out = Command::new(bin())
+        .args(["import", "cloud-config"])
+        .arg(sb.path().join("user-data"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stderr);
+    let invalid: Vec<_> = report
+        .lines()
+        .filter(|l| l.contains(": invalid: "))
+        .collect();
+    assert_eq!(invalid.len(), 2, "{report}");
+    assert!(
+        invalid[0].contains("user-data:6:") && invalid[0].contains("permisions"),
+        "{report}"
+    );
+    assert!(
+        invalid[1].contains("user-data:9:") && invalid[1].contains("runcmd"),
+        "{report}"
+    );
+    assert!(report.contains("2 invalid"), "{report}");
+}
+
+#[test]
 fn an_imported_first_boot_runs_in_a_throwaway_root() {
     let Some(root) = crate::os::Root::new() else {
         return;

@@ -266,19 +266,31 @@ impl VaultClient {
         Ok(current.as_ref() == Some(&read))
     }
 
-    /// `current_version` from a KV v2 path's metadata.
-    async fn current_version(
+    /// A GET of `api_path` with the token secret `name` reads with: the
+    /// URL, the token (a 403 is judged by whether it is still valid) and
+    /// the answer.
+    async fn get_as(
         &self,
         name: &str,
-        metadata_path: &str,
-    ) -> Result<Option<Version>, SecretError> {
-        let url = format!("{}/v1/{metadata_path}", self.session.address);
+        api_path: &str,
+    ) -> Result<(String, SecretValue, Result<Response, Failure>), SecretError> {
+        let url = format!("{}/v1/{api_path}", self.session.address);
         let token = self.token(name).await?;
         let result = self
             .session
             .net
             .send(&url, |c| self.session.request(c.get(&url), Some(&token)))
             .await;
+        Ok((url, token, result))
+    }
+
+    /// `current_version` from a KV v2 path's metadata.
+    async fn current_version(
+        &self,
+        name: &str,
+        metadata_path: &str,
+    ) -> Result<Option<Version>, SecretError> {
+        let (url, token, result) = self.get_as(name, metadata_path).await?;
         let response = match result {
             Ok(response) => response,
             Err(Failure::Status { status: 403, .. }) if self.token_valid(&token).await => {
@@ -396,13 +408,7 @@ impl VaultClient {
         spec: &VaultSecret,
         api_path: &str,
     ) -> Result<PathRead, SecretError> {
-        let url = format!("{}/v1/{api_path}", self.session.address);
-        let token = self.token(name).await?;
-        let result = self
-            .session
-            .net
-            .send(&url, |c| self.session.request(c.get(&url), Some(&token)))
-            .await;
+        let (url, token, result) = self.get_as(name, api_path).await?;
         let response = match result {
             Ok(response) => response,
             Err(Failure::Status {

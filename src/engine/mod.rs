@@ -216,6 +216,17 @@ async fn schedule(
             return stop;
         }
         let stopped = tokio::select! {
+            // The reasons to stop first: a step that always has work (a
+            // command flooding its output) uses up the task's budget when
+            // polled, and a timer polled after it would never see its turn.
+            biased;
+            () = &mut deadline_passed, if stop.is_none() => Some(Stop::Deadline),
+            signal = &mut signalled, if stop.is_none() => Some(Stop::Signal(signal)),
+            failure = &mut service_failed, if stop.is_none() => {
+                // A required service is gone for good: the run cannot be ready.
+                let step = plan.step_id(&failure.step).unwrap_or(0);
+                Some(Stop::Failed { step, error: failure.error })
+            }
             Some((id, result)) = running.next() => {
                 let step = &plan.steps[id];
                 let finished = finish_step(step, result, stop.as_ref(), ctx);
@@ -223,13 +234,6 @@ async fn schedule(
                     .finished(step, finished)
                     .filter(|_| stop.is_none())
                     .map(|error| Stop::Failed { step: id, error })
-            }
-            () = &mut deadline_passed, if stop.is_none() => Some(Stop::Deadline),
-            signal = &mut signalled, if stop.is_none() => Some(Stop::Signal(signal)),
-            failure = &mut service_failed, if stop.is_none() => {
-                // A required service is gone for good: the run cannot be ready.
-                let step = plan.step_id(&failure.step).unwrap_or(0);
-                Some(Stop::Failed { step, error: failure.error })
             }
         };
         if let Some(reason) = stopped {

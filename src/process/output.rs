@@ -18,6 +18,12 @@ const MAX_LINE: usize = 16 * 1024;
 /// Largest read of a command's output at once.
 const MAX_READ: usize = 16 * 1024;
 
+/// Lines reported before the pump lets other work of its task run: a
+/// command that floods its output must not hold off the deadline, signals
+/// or the other steps (the read alone would let hundreds of lines through
+/// per read, many reads per turn).
+const LINES_PER_TURN: usize = 256;
+
 /// How long to wait for output pipes to close once the process tree is
 /// gone. Without a cgroup, a process that left the group may hold a pipe
 /// open forever.
@@ -153,6 +159,7 @@ pub async fn pump(
     // print little), doubled while reads fill it.
     let mut chunk = Vec::with_capacity(512);
     let mut line = Vec::new();
+    let mut emitted = 0;
     let mut emit = |line: &mut Vec<u8>| {
         while line.last().is_some_and(|b| *b == b'\r') {
             line.pop();
@@ -180,7 +187,11 @@ pub async fn pump(
             continue;
         }
         let clean = redacting.push(&chunk[..read]);
-        split_lines(&clean, &mut line, &mut emit);
+        emitted += split_lines(&clean, &mut line, &mut emit);
+        if emitted >= LINES_PER_TURN {
+            emitted = 0;
+            tokio::task::yield_now().await;
+        }
     }
     if output == Output::Log {
         let clean = redacting.finish();
@@ -192,8 +203,9 @@ pub async fn pump(
 }
 
 /// Adds `bytes` to the partial `line`, emitting each complete line (and
-/// each [`MAX_LINE`] piece of a longer one).
-fn split_lines(mut bytes: &[u8], line: &mut Vec<u8>, emit: &mut impl FnMut(&mut Vec<u8>)) {
+/// each [`MAX_LINE`] piece of a longer one); returns how many it emitted.
+fn split_lines(mut bytes: &[u8], line: &mut Vec<u8>, emit: &mut impl FnMut(&mut Vec<u8>)) -> usize {
+    let mut emitted = 0;
     while !bytes.is_empty() {
         let room = MAX_LINE - line.len();
         let window = &bytes[..bytes.len().min(room)];
@@ -201,15 +213,18 @@ fn split_lines(mut bytes: &[u8], line: &mut Vec<u8>, emit: &mut impl FnMut(&mut 
             line.extend_from_slice(&bytes[..end]);
             bytes = &bytes[end + 1..];
             emit(line);
+            emitted += 1;
         } else if window.len() == room {
             line.extend_from_slice(window);
             bytes = &bytes[room..];
             emit(line);
+            emitted += 1;
         } else {
             line.extend_from_slice(bytes);
             bytes = &[];
         }
     }
+    emitted
 }
 
 #[cfg(test)]

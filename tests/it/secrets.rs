@@ -246,50 +246,108 @@ fn step_code(sb: &Sandbox, step: &str) -> String {
 // --------------------------------------------------------------- vault
 
 /// A proxy in front of the server that keeps everything the clients sent,
-/// and the most connections it had open at once.
+/// and the most requests it had in flight at once. It counts requests, not
+/// connections: a pooling client may open a connection it then never uses.
 struct RecordingProxy {
     port: u16,
     sent: Arc<Mutex<Vec<u8>>>,
-    most_open: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
 }
 
 fn recording_proxy(target: u16) -> RecordingProxy {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
     let port = listener.local_addr().unwrap().port();
     let sent = Arc::new(Mutex::new(Vec::new()));
-    let (open, most_open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (record, most) = (sent.clone(), most_open.clone());
+    let most_in_flight = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (record, most) = (sent.clone(), most_in_flight.clone());
     std::thread::spawn(move || {
         for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            let Ok(mut server) = TcpStream::connect(("127.0.0.1", target)) else {
+            let Ok(client) = client else { continue };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                 continue;
             };
-            let now = open.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(now, Ordering::SeqCst);
-            let (mut back_from, mut back_to) =
-                (server.try_clone().unwrap(), client.try_clone().unwrap());
+            let (record, most, in_flight) = (record.clone(), most.clone(), in_flight.clone());
             std::thread::spawn(move || {
-                let _ = std::io::copy(&mut back_from, &mut back_to);
-            });
-            let (record, open) = (record.clone(), open.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = client.read(&mut buf) {
-                    if n == 0 || server.write_all(&buf[..n]).is_err() {
-                        break;
+                let mut from_client = BufReader::new(client.try_clone().unwrap());
+                let mut from_server = BufReader::new(server.try_clone().unwrap());
+                let (mut to_client, mut to_server) = (client, server);
+                while let Some(request) = read_http_message(&mut from_client) {
+                    record.lock().unwrap().extend_from_slice(&request);
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let response = to_server
+                        .write_all(&request)
+                        .ok()
+                        .and_then(|()| read_http_message(&mut from_server));
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    match response {
+                        Some(response) if to_client.write_all(&response).is_ok() => {}
+                        _ => break,
                     }
-                    record.lock().unwrap().extend_from_slice(&buf[..n]);
                 }
-                let _ = server.shutdown(std::net::Shutdown::Write);
-                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
     RecordingProxy {
         port,
         sent,
-        most_open,
+        most_in_flight,
+    }
+}
+
+/// One HTTP/1.1 message as it came: the head and a body framed by
+/// `Content-Length`, chunked encoding or (a response without either) the end
+/// of the stream. `None` at the end of the stream.
+fn read_http_message(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut message = Vec::new();
+    let (mut length, mut chunked) = (None, false);
+    loop {
+        let start = message.len();
+        if reader.read_until(b'\n', &mut message).ok()? == 0 {
+            return None;
+        }
+        let line = String::from_utf8_lossy(&message[start..]).to_ascii_lowercase();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.strip_prefix("content-length:") {
+            length = Some(value.trim().parse::<usize>().ok()?);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let head = String::from_utf8_lossy(&message);
+    let status = head
+        .strip_prefix("HTTP/")
+        .map(|s| s.split(' ').nth(1).unwrap_or_default());
+    let bodiless = status.is_some_and(|s| s.starts_with('1') || s == "204" || s == "304");
+    if bodiless || (!chunked && length.is_none() && status.is_none()) {
+        return Some(message);
+    }
+    if !chunked && length.is_none() {
+        reader.read_to_end(&mut message).ok()?;
+        return Some(message);
+    }
+    if let Some(length) = length.filter(|_| !chunked) {
+        let start = message.len();
+        message.resize(start + length, 0);
+        reader.read_exact(&mut message[start..]).ok()?;
+        return Some(message);
+    }
+    loop {
+        let start = message.len();
+        reader.read_until(b'\n', &mut message).ok()?;
+        let size = String::from_utf8_lossy(&message[start..]);
+        let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+        let start = message.len();
+        // The chunk and its CRLF; the last (empty) chunk ends with an empty trailer line.
+        message.resize(start + size + 2, 0);
+        reader.read_exact(&mut message[start..]).ok()?;
+        if size == 0 {
+            return Some(message);
+        }
     }
 }
 
@@ -330,8 +388,8 @@ fn secrets_of_a_step_are_read_in_parallel_within_the_backends_bound() {
     assert_eq!(code(&out), 0, "{}", dump(&out));
     let expected: Vec<String> = (0..12).map(|i| format!("parallel-value-{i},")).collect();
     assert_eq!(sb.read("out.txt"), expected.concat());
-    let most = proxy.most_open.load(Ordering::SeqCst);
-    assert!((2..=4).contains(&most), "{most} connections open at once");
+    let most = proxy.most_in_flight.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&most), "{most} requests in flight at once");
     let sent = String::from_utf8_lossy(&proxy.sent.lock().unwrap()).into_owned();
     for i in 0..12 {
         assert_eq!(

@@ -17,6 +17,7 @@ mod process;
 mod redact;
 mod retry;
 mod secrets;
+mod sigmask;
 mod signature;
 mod stdio;
 mod steps;

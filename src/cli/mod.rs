@@ -186,6 +186,9 @@ pub enum ImportCommand {
 /// Runs the command line and returns the process exit code. A panic is
 /// `internal.error`, exit 70.
 pub fn main() -> i32 {
+    if crate::lifecycle::lean::invoked() {
+        return crate::lifecycle::lean::main();
+    }
     if compat::invoked_as_cloud_init() {
         return compat::cloud_init_main();
     }

@@ -202,6 +202,18 @@ fn read_file<T: serde::de::DeserializeOwned>(
 }
 
 impl Journal {
+    /// Keeps the state directory's lock held across an `exec` of bootplan
+    /// (the lean supervisor): its descriptor stays open in the new image,
+    /// and the lock with it. The journal must not be dropped afterwards,
+    /// which would unlock it.
+    pub fn keep_lock_across_exec(&self) -> std::io::Result<()> {
+        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+        use std::os::fd::AsFd;
+        fcntl((*self._lock).as_fd(), FcntlArg::F_SETFD(FdFlag::empty()))
+            .map(drop)
+            .map_err(std::io::Error::from)
+    }
+
     /// Opens the journal of `plan` under the state directory's `lock`.
     pub fn open(
         state_dir: &Path,

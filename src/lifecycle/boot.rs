@@ -241,15 +241,20 @@ impl Outputs {
     }
 }
 
-/// JSON lines on stdout, or the console view on stderr.
-fn add_log_sink(reporter: &Reporter, opts: &BootOptions) {
+/// Whether the run logs JSON lines (on stdout) rather than the console view.
+fn logs_json(opts: &BootOptions) -> bool {
     use std::io::IsTerminal;
-    let json = match opts.log_format {
+    match opts.log_format {
         LogFormat::Json => true,
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
-    };
-    if json {
+    }
+}
+
+/// JSON lines on stdout, or the console view on stderr.
+fn add_log_sink(reporter: &Reporter, opts: &BootOptions) {
+    use std::io::IsTerminal;
+    if logs_json(opts) {
         reporter.add_sink(Box::new(JsonLogSink::new(
             QueuedWriter::stdout(),
             opts.log_level,
@@ -429,6 +434,7 @@ fn run_steps(
     let ctx = Arc::new(ctx);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(crate::sigmask::block_handled)
         .build()
     {
         Ok(rt) => rt,
@@ -448,6 +454,11 @@ fn run_steps(
             bootstrap_id: ctx.bootstrap_id.clone(),
             started: outputs.started,
         },
+        lean: (!outputs.obs.exports()).then(|| super::lean::LogSpec {
+            json: logs_json(opts),
+            level: opts.log_level,
+            bootstrap_id: ctx.bootstrap_id.clone(),
+        }),
     };
     let finished = runtime
         .block_on(super::run(plan, ctx, journal.clone(), &options).instrument(root_span.clone()));
@@ -460,6 +471,9 @@ fn run_steps(
     // The root span must end before the final trace flush.
     drop(root_span);
     drop(options);
+    if let Some(handoff) = finished.lean {
+        return hand_off(*handoff, journal, runtime, containment, outputs);
+    }
     drop(journal);
     outputs.finish();
     let Some(request) = finished.exec else {
@@ -495,6 +509,35 @@ fn run_steps(
     });
     outputs.reporter.finish();
     ErrorCode::ExecFailed.exit_code()
+}
+
+/// Hands the ready app to the lean supervisor: the run's outputs are
+/// flushed and the runtime is gone first; the state directory's lock and
+/// the run's cgroup go with the app.
+fn hand_off(
+    mut handoff: super::lean::Handoff,
+    journal: Arc<Journal>,
+    runtime: tokio::runtime::Runtime,
+    containment: crate::process::cgroup::RunContainment,
+    outputs: &mut Outputs,
+) -> i32 {
+    if let Err(err) = journal.flush() {
+        outputs
+            .reporter
+            .notice(Level::Warn, format!("cannot write the journal: {err}"));
+    }
+    if let Err(err) = journal.keep_lock_across_exec() {
+        outputs.reporter.notice(
+            Level::Warn,
+            format!("the state directory's lock is not kept while the app runs: {err}"),
+        );
+    }
+    // Never dropped: that would unlock the state directory.
+    std::mem::forget(journal);
+    outputs.finish();
+    drop(runtime);
+    handoff.run_group = containment.release();
+    super::lean::hand_off(handoff)
 }
 
 /// Gathers facts before any step: reports where they came from and

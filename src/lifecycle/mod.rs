@@ -13,6 +13,7 @@
 pub mod boot;
 pub mod cloud_init;
 pub mod dirs;
+pub mod lean;
 pub mod notify;
 pub mod platform;
 pub mod readyfile;
@@ -44,6 +45,10 @@ pub struct Options {
     pub supervise_flag: bool,
     /// Who gives the verdict (and what it must make true first).
     pub verdict: verdict::Verdict,
+    /// Set when nothing outside the plan keeps the run busy after its
+    /// verdict (no telemetry exported): a ready app may then be handed to
+    /// the lean supervisor. How the run logs.
+    pub lean: Option<lean::LogSpec>,
 }
 
 /// Whether bootplan stays the parent of the exec app: with an `exec` step,
@@ -132,11 +137,13 @@ pub fn report_spec(plan: &Plan, report_url: Option<&str>) -> Option<ReportSpec> 
 
 /// How [`run`] ended: the verdict was given. `exec` is the app the caller
 /// replaces itself with, when the run is ready and has one and bootplan
-/// does not supervise it.
+/// does not supervise it; `lean`, the ready app the caller hands to the
+/// lean supervisor.
 #[derive(Debug)]
 pub struct Finished {
     pub exit_code: i32,
     pub exec: Option<ExecRequest>,
+    pub lean: Option<Box<lean::Handoff>>,
 }
 
 /// Runs the plan, gives the verdict, and supervises the app when
@@ -158,10 +165,20 @@ pub async fn run(
     let ready = summary.outcome.is_ready();
     let exec = summary.exec.take();
     let finished = match (signals.as_mut(), exec) {
-        (Some(signals), Some(request)) if ready => Finished {
-            exit_code: supervise::supervise(plan, ctx, summary, request, signals, opts).await,
-            exec: None,
-        },
+        (Some(signals), Some(request)) if ready => {
+            match supervise::supervise(plan, ctx, summary, request, signals, opts).await {
+                supervise::Supervised::Exited(code) => Finished {
+                    exit_code: code,
+                    exec: None,
+                    lean: None,
+                },
+                supervise::Supervised::HandedOff(handoff) => Finished {
+                    exit_code: exit::READY,
+                    exec: None,
+                    lean: Some(handoff),
+                },
+            }
+        }
         (Some(signals), None) if ready => {
             // A services-only plan under supervision: ready now, and the
             // services kept until told to stop.
@@ -178,6 +195,7 @@ pub async fn run(
             Finished {
                 exit_code: code,
                 exec: None,
+                lean: None,
             }
         }
         (_, exec) => {
@@ -191,6 +209,7 @@ pub async fn run(
             Finished {
                 exit_code: code,
                 exec: exec.filter(|_| code == exit::READY),
+                lean: None,
             }
         }
     };

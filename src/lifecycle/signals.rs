@@ -49,6 +49,19 @@ impl Forwarder {
         stop
     }
 
+    /// Every signal received and not taken yet, for the lean supervisor
+    /// to forward.
+    pub(super) fn drain_all(&mut self) -> Vec<i32> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut received = Vec::new();
+        for (n, s) in &mut self.streams {
+            while let Poll::Ready(Some(())) = s.poll_recv(&mut cx) {
+                received.push(*n);
+            }
+        }
+        received
+    }
+
     /// The next signal received.
     pub(super) async fn recv(&mut self) -> i32 {
         std::future::poll_fn(|cx| {

@@ -45,6 +45,15 @@ enum Phase {
     Ready,
 }
 
+/// How supervision ended.
+pub enum Supervised {
+    /// The app exited (or never started): bootplan's exit code.
+    Exited(i32),
+    /// The app is ready and only the app needs bootplan: the lean
+    /// supervisor takes over (see [`super::lean`]).
+    HandedOff(Box<super::lean::Handoff>),
+}
+
 /// Why supervision is ending, when not by the app's own exit.
 enum Ending {
     Signal(i32),
@@ -55,7 +64,8 @@ enum Ending {
     Unrecorded(i32),
 }
 
-/// Runs the app under supervision and returns bootplan's exit code.
+/// Runs the app under supervision and returns bootplan's exit code, or
+/// what the lean supervisor needs to take over.
 pub async fn supervise(
     plan: &Plan,
     ctx: Arc<StepContext>,
@@ -63,9 +73,9 @@ pub async fn supervise(
     request: ExecRequest,
     signals: &mut Forwarder,
     opts: &Options,
-) -> i32 {
+) -> Supervised {
     let Some(step) = plan.step_id(&request.step).map(|id| &plan.steps[id]) else {
-        return exit::SOFTWARE;
+        return Supervised::Exited(exit::SOFTWARE);
     };
     let grace = plan.lifecycle.stop_grace.unwrap_or(plan.kill_grace);
     let deadline =
@@ -81,7 +91,9 @@ pub async fn supervise(
             message: format!("bootplan received signal {sig} before the app started"),
         };
         let (outcome, code) = (Outcome::Interrupted, 128 + sig);
-        return finish_run(plan, &ctx, &summary, outcome, code, Some(info), None, opts).await;
+        return Supervised::Exited(
+            finish_run(plan, &ctx, &summary, outcome, code, Some(info), None, opts).await,
+        );
     }
     let app_started = Instant::now();
     ctx.reporter.emit(EventKind::StepStarted {
@@ -100,17 +112,19 @@ pub async fn supervise(
         ctx.services.stop_all(grace).await;
         let code = failure.error.code.exit_code();
         let failed = Some(step_name);
-        return finish_run(
-            plan,
-            &ctx,
-            &summary,
-            Outcome::Failed,
-            code,
-            Some(failure.error),
-            failed,
-            opts,
-        )
-        .await;
+        return Supervised::Exited(
+            finish_run(
+                plan,
+                &ctx,
+                &summary,
+                Outcome::Failed,
+                code,
+                Some(failure.error),
+                failed,
+                opts,
+            )
+            .await,
+        );
     }
     let prepared = prepare_probe(step, &ctx).await;
     let (probe, listener) = match prepared {
@@ -120,11 +134,12 @@ pub async fn supervise(
                 code: err.code(),
                 message: err.to_string(),
             };
-            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started, opts)
-                .await;
+            return Supervised::Exited(
+                fail_before_start(plan, &ctx, &summary, step, info, grace, app_started, opts).await,
+            );
         }
     };
-    let app = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
+    let mut app = match spawn_app(&request, listener.as_deref().map(NotifyListener::path)) {
         Ok(app) => {
             if let Some(listener) = &listener {
                 listener.expect_from(app.members());
@@ -136,8 +151,9 @@ pub async fn supervise(
                 code: ErrorCode::ExecFailed,
                 message: format!("cannot start `{}`: {err}", request.cmd.program()),
             };
-            return fail_before_start(plan, &ctx, &summary, step, info, grace, app_started, opts)
-                .await;
+            return Supervised::Exited(
+                fail_before_start(plan, &ctx, &summary, step, info, grace, app_started, opts).await,
+            );
         }
     };
     let pid = app.pid();
@@ -157,8 +173,8 @@ pub async fn supervise(
         }
     };
     tokio::pin!(readiness);
-    let mut app_exit = Box::pin(wait_app(app));
     let mut restarting = false;
+    let mut lean_now = false;
     let mut phase = Phase::Starting;
     let mut ending: Option<Ending> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
@@ -178,21 +194,25 @@ pub async fn supervise(
     let refresher = super::refresh::keep_fresh(plan, &ctx, Some(&control), &refresh_stop);
     tokio::pin!(refresher);
     let app_code = loop {
+        if lean_now {
+            break None;
+        }
         tokio::select! {
-            code = &mut app_exit => {
+            status = app.wait() => {
+                let code = status.map_or(exit::SOFTWARE, exit_code);
                 if !(restarting && ending.is_none()) {
-                    break code;
+                    break Some(code);
                 }
                 restarting = false;
                 kill_at = None;
                 match restart_app(step, &ctx, listener.as_deref()).await {
-                    Ok(app) => {
-                        control.set_pgid(app.pid());
-                        app_exit = Box::pin(wait_app(app));
+                    Ok(again) => {
+                        control.set_pgid(again.pid());
+                        app = again;
                     }
                     Err(message) => {
                         ctx.reporter.notice(Level::Error, message);
-                        break code;
+                        break Some(code);
                     }
                 }
             }
@@ -220,6 +240,10 @@ pub async fn supervise(
                                 if !ctx.secrets.refreshes() {
                                     super::close_secrets(&ctx).await;
                                 }
+                                lean_now = opts.lean.is_some()
+                                    && registration.is_none()
+                                    && !ctx.secrets.refreshes()
+                                    && ctx.services.is_empty();
                             } else {
                                 // Ready, but bootplan could not record it.
                                 phase = Phase::Ready;
@@ -286,6 +310,11 @@ pub async fn supervise(
     probe_cancel.cancel();
     refresh_stop.cancel();
     drop(listener);
+    let Some(app_code) = app_code else {
+        let stop = (stop_signal, grace);
+        let handoff = hand_off(app, &request, stop, signals, &ctx, opts).await;
+        return Supervised::HandedOff(Box::new(handoff));
+    };
     notify::stopping();
     readyfile::remove(&opts.verdict.ready_file);
     if let Some(reg) = registration {
@@ -301,18 +330,20 @@ pub async fn supervise(
             format!("reaped {orphans} orphaned process(es)"),
         );
     }
-    conclude(
-        plan,
-        &ctx,
-        &summary,
-        step,
-        phase,
-        ending,
-        app_code,
-        app_started,
-        opts,
+    Supervised::Exited(
+        conclude(
+            plan,
+            &ctx,
+            &summary,
+            step,
+            phase,
+            ending,
+            app_code,
+            app_started,
+            opts,
+        )
+        .await,
     )
-    .await
 }
 
 /// Keeps the services of a ready, app-less plan running until SIGTERM or
@@ -358,11 +389,39 @@ pub async fn hold_services(
     code
 }
 
-/// The app's exit code, once it exits.
-async fn wait_app(mut app: crate::process::Child) -> i32 {
-    match app.wait().await {
-        Ok(status) => exit_code(status),
-        Err(_) => exit::SOFTWARE,
+/// What the lean supervisor needs to take the ready app over (see
+/// [`super::lean`]). From here on the forwarded signals stay pending for
+/// it; those received already are passed on.
+async fn hand_off(
+    app: crate::process::Child,
+    request: &ExecRequest,
+    (stop_signal, grace): (Signal, Duration),
+    signals: &mut Forwarder,
+    ctx: &StepContext,
+    opts: &Options,
+) -> super::lean::Handoff {
+    super::lean::hold_signals();
+    // A signal caught before the block reaches the forwarder once the
+    // runtime's driver has run.
+    tokio::task::yield_now().await;
+    let pending = signals.drain_all();
+    let app = crate::process::Released {
+        stop_signal: stop_signal as i32,
+        ..app.release()
+    };
+    super::lean::Handoff {
+        app,
+        program: request.cmd.program().to_string(),
+        grace_ms: grace.as_millis() as u64,
+        pending,
+        ready_file: opts.verdict.ready_file.clone(),
+        secret_files: ctx.secrets.file_paths(),
+        run_group: None,
+        log: opts.lean.clone().unwrap_or_else(|| super::lean::LogSpec {
+            json: true,
+            level: Level::Info,
+            bootstrap_id: ctx.bootstrap_id.clone(),
+        }),
     }
 }
 

@@ -252,7 +252,42 @@ pub fn contain_run(run_dir: &Path, reporter: &Arc<Reporter>) -> RunContainment {
     }
 }
 
+/// A run group given up by one supervisor ([`RunContainment::release`])
+/// for another to end ([`ReleasedGroup::adopt`]); passed on as JSON across
+/// an `exec` of bootplan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedGroup {
+    pub group: PathBuf,
+    pub record: PathBuf,
+}
+
+impl ReleasedGroup {
+    /// Takes the group over: it is ended (killed, emptied, removed, its
+    /// record deleted) when the containment is dropped. No new leaves are
+    /// made in it.
+    pub fn adopt(self) -> RunContainment {
+        RunContainment {
+            group: Some(self.group),
+            why_not: None,
+            record: self.record,
+            record_error: None,
+        }
+    }
+}
+
 impl RunContainment {
+    /// Gives the run group up without ending it, for another supervisor
+    /// of the same run; `None` when the run has no group. No leaf is made
+    /// from now on.
+    pub fn release(mut self) -> Option<ReleasedGroup> {
+        lock().take();
+        let group = self.group.take()?;
+        Some(ReleasedGroup {
+            group,
+            record: std::mem::take(&mut self.record),
+        })
+    }
+
     /// What the operator should know: where the children go, or why they
     /// are not in a cgroup.
     pub fn notices(&self) -> Vec<(Level, String)> {
@@ -366,6 +401,19 @@ pub(crate) fn disable(why: String) {
 impl Leaf {
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Gives the leaf up without killing what is in it (see
+    /// [`crate::process::Child::release`]).
+    pub(crate) fn release(mut self) -> PathBuf {
+        let path = std::mem::take(&mut self.path);
+        std::mem::forget(self);
+        path
+    }
+
+    /// Takes over a leaf another supervisor gave up.
+    pub(crate) fn adopt(path: PathBuf) -> Leaf {
+        Leaf { path }
     }
 
     /// The leaf's `cgroup.procs`, open for writing (close-on-exec): a child

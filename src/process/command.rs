@@ -519,6 +519,54 @@ fn process_group(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(2)?.parse().ok()
 }
 
+/// A child given up by one supervisor ([`Child::release`]), for another to
+/// take over ([`Released::adopt`]): across an `exec` of bootplan, it is
+/// passed on as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Released {
+    pub pid: u32,
+    pub stop_signal: i32,
+    /// Its cgroup leaf, when it has one.
+    pub leaf: Option<PathBuf>,
+}
+
+impl Released {
+    /// Takes the child over: its tree is killed when it ends, as for a
+    /// [`Child`]. The caller must be the child's parent and reap it itself.
+    pub fn adopt(self) -> Adopted {
+        Adopted {
+            pid: self.pid,
+            stop_signal: Signal::try_from(self.stop_signal).unwrap_or(Signal::SIGTERM),
+            tree: Tree::new(self.leaf.map(Leaf::adopt)),
+        }
+    }
+}
+
+/// A child taken over from another supervisor; its owner reaps it.
+#[derive(Debug)]
+pub struct Adopted {
+    pid: u32,
+    stop_signal: Signal,
+    tree: Tree,
+}
+
+impl Adopted {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// What asks it to stop (its `stop_signal`, SIGTERM unless set).
+    pub fn stop_signal(&self) -> Signal {
+        self.stop_signal
+    }
+
+    /// Once it has been reaped: SIGKILL to what it left, and its cgroup
+    /// leaf removed.
+    pub fn exited(self) {
+        self.tree.kill(self.pid);
+    }
+}
+
 /// Whether `ancestor` is among `pid`'s parents.
 fn descends_from(pid: u32, ancestor: u32) -> bool {
     let mut current = pid;
@@ -604,6 +652,22 @@ impl Child {
         // while any of them is in it.
         self.tree.kill(self.pid);
         status
+    }
+
+    /// Gives the running child up to another supervisor (see
+    /// [`Released`]): nothing here kills, signals or waits for it any
+    /// more. The runtime's handle on it is leaked on purpose: dropping it
+    /// would kill the child, and the new supervisor reaps the child with
+    /// `waitpid` (in this process, or in the image an `exec` puts here).
+    pub fn release(mut self) -> Released {
+        let leaf = self.tree.leaf.take().map(Leaf::release);
+        let released = Released {
+            pid: self.pid,
+            stop_signal: self.stop_signal as i32,
+            leaf,
+        };
+        std::mem::forget(self);
+        released
     }
 
     /// SIGKILL to the child alone, if it has not been waited for.

@@ -26,7 +26,9 @@ mod command;
 mod output;
 pub mod reaper;
 
-pub use command::{Child, Command, Ids, Members, Restrictions, Stdio, withheld_env, withhold_env};
+pub use command::{
+    Child, Command, Ids, Members, Released, Restrictions, Stdio, withheld_env, withhold_env,
+};
 pub use output::{Output, drain, log_in_background, pump, run};
 
 /// A command that did not run to its end.

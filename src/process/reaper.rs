@@ -52,6 +52,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Reaps every child that has exited, for a supervisor that is the only
+/// waiter in its process (the lean supervisor, see
+/// `lifecycle::lean`). Returns the exit code of `pid` (128+n for signal
+/// n) when it was among them, and how many other children were reaped.
+pub fn reap_exited(pid: u32) -> (Option<i32>, u64) {
+    let (mut code, mut others) = (None, 0);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(p, status)) if p.as_raw() as u32 == pid => code = Some(status),
+            Ok(WaitStatus::Signaled(p, signal, _)) if p.as_raw() as u32 == pid => {
+                code = Some(128 + signal as i32);
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return (code, others),
+            Ok(_) => others += 1,
+        }
+    }
+}
+
 /// Runs `spawn`, which starts one child that bootplan will wait for
 /// itself, under the lock the reaper scans under, and keeps the reaper off
 /// that child (`pid_of` names it). Every [`crate::process::Command`] spawns

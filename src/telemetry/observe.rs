@@ -201,6 +201,12 @@ impl Observability {
 
     /// The endpoint, if serving. A supervisor that outlives the run keeps
     /// the `Observability` (or takes the server) to keep it up.
+    /// Whether anything is exported: metrics (an endpoint, a textfile, a
+    /// push) or traces. Without, nothing outlives the run's verdict.
+    pub fn exports(&self) -> bool {
+        self.metrics.is_some() || self.server.is_some() || self.tracing.is_some()
+    }
+
     pub fn server(&self) -> Option<&TelemetryServer> {
         self.server.as_ref()
     }

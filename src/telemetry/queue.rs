@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,23 +31,27 @@ pub fn dropped() -> u64 {
 
 /// A non-blocking writer for one output stream.
 pub struct QueuedWriter {
-    queue: SyncSender<Vec<u8>>,
+    // Unbounded as a channel (it grows block by block, where a bounded one
+    // would set aside room for every line up front): bounded by the counts
+    // in `Progress`.
+    queue: Sender<Vec<u8>>,
     progress: Arc<Progress>,
     sent: u64,
 }
 
-/// How far the draining thread got, for `flush`, and how many bytes wait.
+/// How far the draining thread got, for `flush`, and how much waits.
 #[derive(Default)]
 struct Progress {
     written: Mutex<u64>,
     changed: Condvar,
     queued_bytes: std::sync::atomic::AtomicUsize,
+    queued_lines: std::sync::atomic::AtomicUsize,
 }
 
 impl QueuedWriter {
     /// A queue in front of `out`, drained by a new thread.
     pub fn new(out: impl Write + Send + 'static) -> QueuedWriter {
-        let (queue, lines) = sync_channel::<Vec<u8>>(QUEUE_LINES);
+        let (queue, lines) = channel::<Vec<u8>>();
         let progress = Arc::new(Progress::default());
         let drained = progress.clone();
         let mut out = out;
@@ -55,12 +59,14 @@ impl QueuedWriter {
         let _ = std::thread::Builder::new()
             .name("bootplan-log".into())
             .spawn(move || {
+                crate::sigmask::block_handled();
                 for line in lines {
                     // A closed reader: keep draining, so nothing waits.
                     let _ = out.write_all(&line).and_then(|()| out.flush());
                     drained
                         .queued_bytes
                         .fetch_sub(line.len(), Ordering::Relaxed);
+                    drained.queued_lines.fetch_sub(1, Ordering::Relaxed);
                     let mut written = drained.written.lock().unwrap_or_else(|p| p.into_inner());
                     *written += 1;
                     drained.changed.notify_all();
@@ -84,14 +90,17 @@ impl QueuedWriter {
 
 impl Write for QueuedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let queued = &self.progress.queued_bytes;
-        let room = queued.load(Ordering::Relaxed) + buf.len() <= QUEUE_BYTES;
+        let (bytes, lines) = (&self.progress.queued_bytes, &self.progress.queued_lines);
+        let room = bytes.load(Ordering::Relaxed) + buf.len() <= QUEUE_BYTES
+            && lines.load(Ordering::Relaxed) < QUEUE_LINES;
         let sent = room && {
-            queued.fetch_add(buf.len(), Ordering::Relaxed);
-            match self.queue.try_send(buf.to_vec()) {
+            bytes.fetch_add(buf.len(), Ordering::Relaxed);
+            lines.fetch_add(1, Ordering::Relaxed);
+            match self.queue.send(buf.to_vec()) {
                 Ok(()) => true,
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    queued.fetch_sub(buf.len(), Ordering::Relaxed);
+                Err(_) => {
+                    bytes.fetch_sub(buf.len(), Ordering::Relaxed);
+                    lines.fetch_sub(1, Ordering::Relaxed);
                     false
                 }
             }

@@ -1466,3 +1466,116 @@ fn the_exit_of_a_supervised_app_is_noticed_at_once() {
         );
     }
 }
+
+/// The command line of process `pid`, its arguments joined by spaces.
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Once the app is ready and nothing else needs bootplan, the lean
+/// supervisor takes over in the same process: the state directory stays
+/// locked, signals still reach the app, and its exit ends the run as
+/// before (readiness file and secret file gone, the app's code).
+#[test]
+fn a_ready_app_alone_is_kept_by_the_lean_supervisor_in_the_same_process() {
+    let sb = Sandbox::new();
+    sb.write("app.sh", SIGNAL_APP);
+    sb.write("token.txt", "lean-secret-value\n");
+    sb.plan(
+        r#"
+version: 1
+name: lean
+secrets:
+  token: { file: { path: token.txt }, to_file: { path: token } }
+steps:
+  app:
+    exec: ["sh", "app.sh"]
+    ready: { file: app.up, interval: 20ms }
+    secrets: [token]
+"#,
+    );
+    let secret_file = sb.run_dir().join("secrets/token");
+    let mut child = start_run(&sb, &["--supervise"]);
+    wait_ready(&sb, &mut child);
+    let pid = child.id();
+    wait_until("the lean supervisor", LONG, || {
+        cmdline(pid).contains("__supervise sh")
+    });
+    let app_parent = sb.read("app.up");
+    assert!(
+        app_parent.trim().ends_with(&format!(" {pid}")),
+        "the app is still bootplan's child: {app_parent}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret_file).unwrap(),
+        "lean-secret-value"
+    );
+    // The state directory is still taken.
+    let second = sb.cmd().args(["run", "plan.yaml"]).output().unwrap();
+    assert_ne!(code(&second), 0, "{}", dump(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another bootplan is running"),
+        "{}",
+        dump(&second)
+    );
+    signal(pid, libc::SIGUSR1);
+    wait_until("app to record USR1", LONG, || {
+        sb.read("signals.log").lines().any(|l| l == "USR1")
+    });
+    signal(pid, libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "the app's own code: {}", dump(&out));
+    assert!(sb.read("signals.log").lines().any(|l| l == "TERM"));
+    assert!(
+        !sb.run_dir().join("ready").exists(),
+        "the readiness file is gone"
+    );
+    assert!(!secret_file.exists(), "the secret file outlived the app");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("the app exited with code 0"), "{stdout}");
+    assert!(!stdout.contains("lean-secret-value"), "{stdout}");
+}
+
+/// A SIGTERM sent while bootplan hands the app over (right after the
+/// verdict) is held for the lean supervisor, never lost: the app is asked
+/// to stop each time.
+#[test]
+fn a_stop_signal_sent_during_the_hand_over_still_stops_the_app() {
+    for round in 0..5 {
+        let sb = Sandbox::new();
+        sb.write("app.sh", SIGNAL_APP);
+        sb.plan(
+            "version: 1\nname: lean-race\nsteps:\n  app: { exec: [\"sh\", \"app.sh\"], ready: { file: app.up, interval: 10ms } }\n",
+        );
+        let mut child = start_run(&sb, &["--supervise"]);
+        wait_ready(&sb, &mut child);
+        signal(child.id(), libc::SIGTERM);
+        let out = wait_output(child);
+        assert_eq!(code(&out), 0, "round {round}: {}", dump(&out));
+        assert!(
+            sb.read("signals.log").lines().any(|l| l == "TERM"),
+            "round {round}: the app never got the stop signal"
+        );
+    }
+}
+
+/// With telemetry to export, the full supervisor stays (its endpoint keeps
+/// answering while the app runs).
+#[test]
+fn a_run_that_exports_metrics_keeps_the_full_supervisor() {
+    let sb = Sandbox::new();
+    sb.write("app.sh", SIGNAL_APP);
+    sb.plan(
+        "version: 1\nname: full\ntelemetry:\n  metrics: { textfile: m.prom }\nsteps:\n  app: { exec: [\"sh\", \"app.sh\"], ready: { file: app.up, interval: 20ms } }\n",
+    );
+    let mut child = start_run(&sb, &["--supervise"]);
+    wait_ready(&sb, &mut child);
+    let pid = child.id();
+    assert!(cmdline(pid).contains("run plan.yaml"), "{}", cmdline(pid));
+    signal(pid, libc::SIGTERM);
+    let out = wait_output(child);
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    assert!(cmdline(pid).is_empty() || !cmdline(pid).contains("__supervise"));
+}

@@ -130,6 +130,11 @@ impl Services {
         pid != 0 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal).is_ok()
     }
 
+    /// Whether no service runs (none was started, or all were stopped).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The required service already gone for good, if any.
     pub fn failed(&self) -> Option<ServiceFailure> {
         self.failure.borrow().clone()

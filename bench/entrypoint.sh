@@ -5,7 +5,11 @@
 #     `exec: ["/bin/true"]` against `tini -s -- /bin/true` and
 #     `dumb-init /bin/true` (interleaved rounds, per-round ratios);
 #   - `bootplan run --supervise` of the same plan, RUNS runs: the slowest;
-#   - RSS of each supervisor while it supervises `sleep 30`.
+#   - `bootplan --version` beside them: the floor of any bootplan command
+#     (loading the binary), for reading the exec-path ratio;
+#   - RSS of each supervisor while it supervises `sleep 30` (bootplan once
+#     its lean supervisor has taken over), with its anonymous and
+#     file-backed parts.
 #
 # Usage: bench/entrypoint.sh [rounds] [runs]   (default 40 200)
 # Needs: tini and dumb-init (installed with apt when missing), python3.
@@ -28,8 +32,9 @@ printf 'version: 1\nname: entry\nsteps:\n  app: { exec: ["/bin/true"] }\n' >"$wo
 printf 'version: 1\nname: entry\nsteps:\n  app: { exec: ["/bin/sleep", "30"] }\n' >"$work/sleep.yaml"
 
 echo "== exec path"
-python3 bench/interleave.py --ratio 1/2 --ratio 1/3 "$rounds" \
-  "$bin run $work/true.yaml" "$(command -v tini) -s -- /bin/true" "$(command -v dumb-init) /bin/true"
+python3 bench/interleave.py --ratio 1/2 --ratio 1/3 --ratio 4/2 "$rounds" \
+  "$bin run $work/true.yaml" "$(command -v tini) -s -- /bin/true" "$(command -v dumb-init) /bin/true" \
+  "$bin --version"
 
 echo "== run --supervise of /bin/true, $runs runs"
 python3 - "$bin" "$work/true.yaml" "$runs" <<'EOF'
@@ -47,10 +52,11 @@ print(f"median {statistics.median(times):.1f} ms, p99 {times[int(len(times) * 0.
 EOF
 
 echo "== RSS while supervising sleep 30"
-rss() { awk '/^VmRSS/ {print $2 " KiB"}' "/proc/$1/status"; }
+rss() { awk '/^(VmRSS|RssAnon|RssFile)/ {printf "%s %s KiB  ", $1, $2} END {print ""}' "/proc/$1/status"; }
 "$bin" run --supervise "$work/sleep.yaml" >/dev/null &
 bp=$!
-until grep -q '"outcome": "ready"' "$rundir/status.json" 2>/dev/null; do sleep 0.05; done
+until tr '\0' ' ' <"/proc/$bp/cmdline" | grep -q __supervise; do sleep 0.05; done
+sleep 0.5
 echo "bootplan run --supervise: $(rss $bp)"
 kill $bp; wait $bp 2>/dev/null || true
 tini -s -- /bin/sleep 30 &

@@ -195,7 +195,11 @@ pub async fn supervise(
     tokio::pin!(refresher);
     let app_code = loop {
         if lean_now {
-            break None;
+            // An app that is gone already needs no hand-over.
+            match app.try_wait() {
+                Ok(Some(status)) => break Some(exit_code(status)),
+                _ => break None,
+            }
         }
         tokio::select! {
             status = app.wait() => {

@@ -13,6 +13,7 @@ pub mod history;
 pub mod jsonlog;
 pub mod metrics;
 pub mod observe;
+pub mod otlp;
 pub mod queue;
 pub mod status;
 pub mod traces;

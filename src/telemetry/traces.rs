@@ -7,42 +7,37 @@
 //! `bootstrap.id`, `plan`, `step`, `attempt`, `outcome`, `error.code`; never
 //! an error message or any other free text, so no secret can reach a span.
 //!
-//! Spans leave through a batch processor on its own thread. An exporter
-//! wrapper ([`Retaining`]) keeps batches the collector refused or could not
-//! take (it may not be up yet: it is often started by the plan itself) and
-//! sends them with the next batch; [`Tracing::shutdown`] flushes within a
-//! bound and never holds up exit.
+//! A finished span goes into a bounded in-memory buffer ([`super::otlp`]):
+//! no thread of bootplan's own and no HTTP client runtime. Batches are POSTed
+//! as protobuf from the run's runtime (every second, or sooner when a batch
+//! is full) and what is left at the end by [`Tracing::shutdown`], which is
+//! bounded by `traces.flush_timeout` and never holds up exit. Batches the
+//! collector refused or could not take (it may not be up yet: it is often
+//! started by the plan itself) are kept and sent with the next batch, up to
+//! a bound; spans beyond it are dropped and counted in the final warning.
 //!
 //! When traces are off no subscriber is installed and every span here is a
 //! disabled no-op, so child processes get no `TRACEPARENT`.
 
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider, SpanData, SpanExporter,
-};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 
 use super::export::ExportError;
+use super::otlp::{Exporter, Queue};
 
 /// Default bound on the final flush.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on one export request.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Most spans kept while the collector is unreachable.
-const RETAIN_MAX: usize = 8192;
 
 /// The installed trace pipeline.
 pub struct Tracing {
-    provider: SdkTracerProvider,
+    exporter: Arc<Exporter>,
     flush_timeout: Duration,
-    url: String,
 }
 
 /// The OTLP/HTTP traces URL: `<base>/v1/traces` unless the URL has a path.
@@ -56,139 +51,61 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
-/// Builds the exporter and installs the global `tracing` subscriber. Call it
-/// outside any async runtime (the blocking HTTP client owns one).
+/// Installs the global `tracing` subscriber whose finished spans go to the
+/// OTLP exporter. Starts no thread and opens no connection: the first
+/// export happens on the run's runtime (see [`super::otlp`]).
 pub fn init(endpoint: &str, flush_timeout: Option<Duration>) -> Result<Tracing, ExportError> {
     let url = traces_url(endpoint);
-    let fail = |message: String| ExportError::Traces {
-        url: url.clone(),
-        message,
-    };
-    let mut client = crate::http::blocking_client_builder()
-        .timeout(EXPORT_TIMEOUT)
-        .no_proxy();
-    if crate::http::needs_no_roots(&url) {
-        client = client.tls_certs_only([]);
-    }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(client.build().map_err(|e| fail(e.to_string()))?)
-        .with_endpoint(url.clone())
-        .with_timeout(EXPORT_TIMEOUT)
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let processor = BatchSpanProcessor::builder(Retaining::new(exporter))
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_scheduled_delay(Duration::from_secs(1))
-                .with_max_queue_size(RETAIN_MAX)
-                .build(),
-        )
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("bootplan")
         .build();
+    let exporter = Exporter::new(url.clone(), &resource);
     let provider = SdkTracerProvider::builder()
-        .with_span_processor(processor)
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name("bootplan")
-                .build(),
-        )
+        .with_span_processor(Queue(exporter.clone()))
+        .with_resource(resource)
         .build();
     let tracer = provider.tracer("bootplan");
     let subscriber =
         tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
-    tracing::subscriber::set_global_default(subscriber)
-        .map_err(|e| fail(format!("a tracing subscriber is already installed: {e}")))?;
-    Ok(Tracing {
-        provider,
-        flush_timeout: flush_timeout.unwrap_or(DEFAULT_FLUSH_TIMEOUT),
+    tracing::subscriber::set_global_default(subscriber).map_err(|e| ExportError::Traces {
         url,
+        message: format!("a tracing subscriber is already installed: {e}"),
+    })?;
+    Ok(Tracing {
+        exporter,
+        flush_timeout: flush_timeout.unwrap_or(DEFAULT_FLUSH_TIMEOUT),
     })
 }
 
 impl Tracing {
-    /// Flushes and stops the pipeline, giving up after the flush timeout so
-    /// an unreachable collector never holds up exit.
+    /// Sends what is left, giving up after the flush timeout so an
+    /// unreachable collector never holds up exit. Spans that did not reach
+    /// the collector (refused, unreachable, or dropped beyond the bound)
+    /// come back as one error that counts them.
     pub fn shutdown(self) -> Result<(), ExportError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let provider = self.provider;
-        let timeout = self.flush_timeout;
-        let url = self.url;
-        let spawned = std::thread::Builder::new()
-            .name("bootplan-trace-flush".into())
-            .spawn(move || {
-                let _ = provider.force_flush();
-                let _ = tx.send(provider.shutdown_with_timeout(timeout));
-            });
-        if spawned.is_err() {
-            return Err(ExportError::Traces {
-                url,
-                message: "cannot start the flush thread".into(),
-            });
+        let left = self.exporter.final_flush(self.flush_timeout);
+        if left.unsent == 0 && left.dropped == 0 {
+            return Ok(());
         }
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ExportError::Traces {
-                url,
-                message: format!("flush failed: {e}"),
-            }),
-            Err(_) => Err(ExportError::Traces {
-                url,
-                message: format!(
-                    "spans not flushed within {}",
-                    humantime::format_duration(timeout)
-                ),
-            }),
+        let mut parts = Vec::new();
+        if left.unsent > 0 {
+            let why = left.reason.as_deref().unwrap_or("not sent");
+            parts.push(format!(
+                "{} span(s) could not be delivered ({why})",
+                left.unsent
+            ));
         }
-    }
-}
-
-/// An exporter that keeps what it could not send and retries it with the
-/// next batch (bounded by [`RETAIN_MAX`], oldest dropped first).
-#[derive(Debug)]
-pub struct Retaining<E> {
-    inner: E,
-    pending: Mutex<Vec<SpanData>>,
-}
-
-impl<E> Retaining<E> {
-    pub fn new(inner: E) -> Retaining<E> {
-        Retaining {
-            inner,
-            pending: Mutex::new(Vec::new()),
+        if left.dropped > 0 {
+            parts.push(format!(
+                "{} span(s) were dropped: more than {} spans waited for the collector",
+                left.dropped,
+                super::otlp::RETAIN_MAX
+            ));
         }
-    }
-}
-
-impl<E: SpanExporter> SpanExporter for Retaining<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let mut all = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        all.extend(batch);
-        let result = self.inner.export(all.clone()).await;
-        if result.is_err() {
-            let excess = all.len().saturating_sub(RETAIN_MAX);
-            all.drain(..excess);
-            *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = all;
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let left = self.pending.lock().map(|p| p.len()).unwrap_or(0);
-        self.inner.shutdown_with_timeout(timeout)?;
-        if left > 0 {
-            return Err(OTelSdkError::InternalFailure(format!(
-                "{left} span(s) could not be delivered"
-            )));
-        }
-        Ok(())
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.inner.set_resource(resource);
+        Err(ExportError::Traces {
+            url: self.exporter.url().to_string(),
+            message: parts.join("; "),
+        })
     }
 }
 

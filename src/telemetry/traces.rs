@@ -5,7 +5,8 @@
 //! `#[tracing::instrument]` in the secret, metadata and registry clients
 //! become children of the span that is current when they run). Attributes:
 //! `bootstrap.id`, `plan`, `step`, `attempt`, `outcome`, `error.code`; never
-//! an error message or any other free text, so no secret can reach a span.
+//! an error message or any other free text, so no secret can reach a span
+//! (`tracing` events, whose message is free text, are not recorded).
 //!
 //! A finished span goes into a bounded in-memory buffer ([`super::otlp`]):
 //! no thread of bootplan's own and no HTTP client runtime. Batches are POSTed
@@ -26,6 +27,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 
 use super::export::ExportError;
@@ -65,8 +67,20 @@ pub fn init(endpoint: &str, flush_timeout: Option<Duration>) -> Result<Tracing, 
         .with_resource(resource)
         .build();
     let tracer = provider.tracer("bootplan");
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
+    // Only our attributes, and the least work per span: no source location,
+    // thread, target or busy/idle timing (taken on every poll), no OTel
+    // context switched on every poll (nothing reads it: trace context goes
+    // to children from the span itself). Events never reach a span: their
+    // message is free text.
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| meta.is_span()));
+    let subscriber = tracing_subscriber::registry().with(layer);
     tracing::subscriber::set_global_default(subscriber).map_err(|e| ExportError::Traces {
         url,
         message: format!("a tracing subscriber is already installed: {e}"),

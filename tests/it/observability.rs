@@ -634,12 +634,32 @@ fn traces_have_the_bootstrap_step_attempt_tree_and_children_get_traceparent() {
         Some(bootstrap_id.as_str())
     );
     assert_eq!(attr(root, "outcome").as_deref(), Some("ready"));
+    // Only the documented attributes: no source paths, threads or timings.
+    let allowed = [
+        "bootstrap.id",
+        "plan",
+        "step",
+        "step.kind",
+        "attempt",
+        "attempts",
+        "outcome",
+        "error.code",
+    ];
     for s in &spans {
         assert_eq!(
             s.trace_id, root.trace_id,
             "one trace per bootstrap: {}",
             s.name
         );
+        for kv in &s.attributes {
+            assert!(
+                allowed.contains(&kv.key.as_str()),
+                "{}: unexpected attribute {}",
+                s.name,
+                kv.key
+            );
+        }
+        assert!(s.events.is_empty(), "{}: events {:?}", s.name, s.events);
     }
     for step in ["a", "b", "c"] {
         let span = by_name[&format!("step {step}")];

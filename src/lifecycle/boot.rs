@@ -475,6 +475,7 @@ fn run_steps(
         return hand_off(*handoff, journal, runtime, containment, outputs);
     }
     drop(journal);
+    runtime.block_on(outputs.obs.flush_traces());
     outputs.finish();
     let Some(request) = finished.exec else {
         linger(&runtime, &opts.telemetry, &outputs.obs);

@@ -211,6 +211,14 @@ impl Observability {
         self.server.as_ref()
     }
 
+    /// The end-of-run trace flush, on the run's runtime (call it there,
+    /// before [`Observability::finish_run`]); bounded by the flush timeout.
+    pub async fn flush_traces(&self) {
+        if let Some(tracing) = &self.tracing {
+            tracing.drain().await;
+        }
+    }
+
     /// End-of-run deliveries: the textfile, the Pushgateway push and the
     /// trace flush, each bounded. Runs once; later calls do nothing.
     /// Blocking: call it outside the async runtime.

@@ -10,9 +10,13 @@
 //!   (the run's `current_thread` runtime), wakes every [`FLUSH_INTERVAL`] or
 //!   when [`BATCH`] spans wait; it dies with its runtime and is spawned
 //!   again on the next runtime a span ends in;
-//! - [`Exporter::final_flush`] sends what is left at the end of the run on a
-//!   small runtime of its own, bounded by a timeout, never waiting on a
-//!   thread it started.
+//! - [`Exporter::drain`], at the end of the run on the run's runtime, waits
+//!   for a request under way (never sending a batch twice) and sends what is
+//!   left, bounded by a timeout;
+//! - [`Exporter::final_flush`] reports what is still left, and sends it on
+//!   a small runtime of its own (bounded, never waiting on a thread it
+//!   started) where no run's runtime drained it (a run that ended before
+//!   its steps).
 //!
 //! Encoded batches stay until the collector accepts them (it may not be up
 //! yet: the plan often starts it) and are sent again, in front of the next
@@ -60,6 +64,11 @@ pub struct Exporter {
     /// The flush task's client (its pooled connection belongs to the
     /// runtime the task runs on).
     client: Mutex<Option<reqwest::Client>>,
+    /// Held while a request is out: one at a time, so the end-of-run flush
+    /// waits for the answer to one under way instead of sending it twice.
+    sending: tokio::sync::Mutex<()>,
+    /// The end-of-run flush ran on the run's runtime, with this outcome.
+    drained: Mutex<Option<Result<(), String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +111,8 @@ impl Exporter {
             wake: tokio::sync::Notify::new(),
             flusher: AtomicBool::new(false),
             client: Mutex::new(None),
+            sending: tokio::sync::Mutex::new(()),
+            drained: Mutex::new(None),
         })
     }
 
@@ -171,9 +182,14 @@ impl Exporter {
         }
     }
 
-    /// Sends everything waiting or retained in one request. A refusal or a
-    /// failure keeps it for the next flush.
+    /// Sends everything waiting or retained in one request, after any
+    /// request under way. A refusal or a failure keeps it for the next flush.
     async fn flush(&self, client: &reqwest::Client) -> Result<(), String> {
+        let _turn = self.sending.lock().await;
+        self.send(client).await
+    }
+
+    async fn send(&self, client: &reqwest::Client) -> Result<(), String> {
         let Some((body, last)) = self.take_body() else {
             return Ok(());
         };
@@ -227,25 +243,42 @@ impl Exporter {
                     () = tokio::time::sleep(FLUSH_INTERVAL) => {}
                     () = exporter.wake.notified() => {}
                 }
-                let client = lock(&exporter.client).clone();
-                let client = match client {
-                    Some(client) => client,
-                    None => match exporter.client(true) {
-                        Ok(client) => lock(&exporter.client).insert(client).clone(),
-                        // Retried on the next round; the final flush says why.
-                        Err(_) => continue,
-                    },
-                };
                 // A failure keeps the spans; the final flush reports it.
-                let _ = exporter.flush(&client).await;
+                if let Ok(client) = exporter.pooled_client() {
+                    let _ = exporter.flush(&client).await;
+                }
             }
         });
+    }
+
+    fn pooled_client(&self) -> Result<reqwest::Client, String> {
+        let mut slot = lock(&self.client);
+        if let Some(client) = &*slot {
+            return Ok(client.clone());
+        }
+        Ok(slot.insert(self.client(true)?).clone())
+    }
+
+    /// The end-of-run flush on the run's own runtime (where the flush task's
+    /// connection is): waits for a request under way, then sends the rest,
+    /// all within `timeout`. [`Exporter::final_flush`] then only reports.
+    pub async fn drain(&self, timeout: Duration) {
+        let outcome = tokio::time::timeout(timeout, async {
+            let client = self.pooled_client()?;
+            self.flush(&client).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(not_flushed(timeout)));
+        *lock(&self.drained) = Some(outcome);
     }
 
     /// Sends what is left, within `timeout`, on a runtime of its own (or, if
     /// called inside a runtime, on a thread of its own); it returns at the
     /// timeout whatever the collector does.
     pub fn final_flush(self: &Arc<Self>, timeout: Duration) -> Undelivered {
+        if let Some(outcome) = lock(&self.drained).take() {
+            return self.undelivered(outcome.err());
+        }
         let exporter = self.clone();
         let work = move || -> Option<String> {
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -259,13 +292,12 @@ impl Exporter {
                 // A connection of its own: a pooled one belongs to the run's
                 // runtime, which nothing drives any more.
                 let client = exporter.client(false)?;
-                match tokio::time::timeout(timeout, exporter.flush(&client)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!(
-                        "spans not flushed within {}",
-                        humantime::format_duration(timeout)
-                    )),
-                }
+                // A request under way on a runtime nothing drives any more
+                // never ends: send without waiting for it.
+                let _turn = exporter.sending.try_lock();
+                tokio::time::timeout(timeout, exporter.send(&client))
+                    .await
+                    .unwrap_or_else(|_| Err(not_flushed(timeout)))
             });
             // Never wait for a blocking task (a name lookup) to end.
             runtime.shutdown_background();
@@ -282,22 +314,28 @@ impl Exporter {
                 Err(e) => Some(format!("cannot start the flush thread: {e}")),
                 Ok(_) => rx
                     .recv_timeout(timeout + Duration::from_millis(100))
-                    .unwrap_or_else(|_| {
-                        Some(format!(
-                            "spans not flushed within {}",
-                            humantime::format_duration(timeout)
-                        ))
-                    }),
+                    .unwrap_or_else(|_| Some(not_flushed(timeout))),
             }
         } else {
             work()
         };
+        self.undelivered(reason)
+    }
+
+    fn undelivered(&self, reason: Option<String>) -> Undelivered {
         Undelivered {
             unsent: lock(&self.unsent).spans + lock(&self.waiting).len(),
             dropped: self.dropped.load(Ordering::Relaxed),
             reason,
         }
     }
+}
+
+fn not_flushed(timeout: Duration) -> String {
+    format!(
+        "spans not flushed within {}",
+        humantime::format_duration(timeout)
+    )
 }
 
 /// Marks the flush task dead when its runtime drops it.

@@ -92,7 +92,14 @@ pub fn init(endpoint: &str, flush_timeout: Option<Duration>) -> Result<Tracing, 
 }
 
 impl Tracing {
-    /// Sends what is left, giving up after the flush timeout so an
+    /// The end-of-run flush, on the run's runtime: within the flush
+    /// timeout, after the answer to a request under way.
+    pub async fn drain(&self) {
+        self.exporter.drain(self.flush_timeout).await;
+    }
+
+    /// Sends what [`Tracing::drain`] did not (or all, without it), giving
+    /// up after the flush timeout so an
     /// unreachable collector never holds up exit. Spans that did not reach
     /// the collector (refused, unreachable, or dropped beyond the bound)
     /// come back as one error that counts them.

@@ -715,6 +715,29 @@ fn traces_have_the_bootstrap_step_attempt_tree_and_children_get_traceparent() {
 }
 
 #[test]
+fn a_batch_under_way_at_the_end_is_sent_once() {
+    // More spans than one batch: the flush task sends a batch while the
+    // steps still run, and the run may end before its answer.
+    let receiver = Receiver::start(false);
+    let sb = Sandbox::new();
+    let mut plan = format!(
+        "version: 1\nname: obs-batches\ntelemetry:\n  traces: {{ otlp: \"http://127.0.0.1:{}\" }}\nsteps:\n",
+        receiver.port
+    );
+    for i in 0..400 {
+        plan.push_str(&format!("  w{i}:\n    wait: {{ file: plan.yaml }}\n"));
+    }
+    sb.plan(&plan);
+    let out = sb.run();
+    assert_eq!(code(&out), 0, "{}", dump(&out));
+    let spans = receiver.spans();
+    let ids: BTreeSet<&[u8]> = spans.iter().map(|s| s.span_id.as_slice()).collect();
+    assert_eq!(ids.len(), spans.len(), "no span arrives twice");
+    // The root, and a step and an attempt span per step.
+    assert_eq!(spans.len(), 1 + 2 * 400);
+}
+
+#[test]
 fn spans_are_kept_while_the_collector_is_down_and_sent_later() {
     let receiver = Receiver::start(true);
     let sb = Sandbox::new();

@@ -276,8 +276,13 @@ impl Exporter {
     /// called inside a runtime, on a thread of its own); it returns at the
     /// timeout whatever the collector does.
     pub fn final_flush(self: &Arc<Self>, timeout: Duration) -> Undelivered {
-        if let Some(outcome) = lock(&self.drained).take() {
-            return self.undelivered(outcome.err());
+        // After a failed drain the collector had its chance; after a good
+        // one only spans that ended since (a report's calls) are left.
+        if let Some(Err(reason)) = lock(&self.drained).take() {
+            return self.undelivered(Some(reason));
+        }
+        if self.undelivered(None).unsent == 0 {
+            return self.undelivered(None);
         }
         let exporter = self.clone();
         let work = move || -> Option<String> {

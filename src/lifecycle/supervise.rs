@@ -45,6 +45,11 @@ enum Phase {
     Ready,
 }
 
+/// How long the app must have been ready before the lean supervisor takes
+/// it over: the hand-over costs an `exec`, which an app that exits at once
+/// should not pay.
+const LEAN_AFTER: Duration = Duration::from_secs(1);
+
 /// How supervision ended.
 pub enum Supervised {
     /// The app exited (or never started): bootplan's exit code.
@@ -175,6 +180,7 @@ pub async fn supervise(
     tokio::pin!(readiness);
     let mut restarting = false;
     let mut lean_now = false;
+    let mut lean_at: Option<tokio::time::Instant> = None;
     let mut phase = Phase::Starting;
     let mut ending: Option<Ending> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
@@ -244,10 +250,11 @@ pub async fn supervise(
                                 if !ctx.secrets.refreshes() {
                                     super::close_secrets(&ctx).await;
                                 }
-                                lean_now = opts.lean.is_some()
+                                let lean = opts.lean.is_some()
                                     && registration.is_none()
                                     && !ctx.secrets.refreshes()
                                     && ctx.services.is_empty();
+                                lean_at = lean.then(|| tokio::time::Instant::now() + LEAN_AFTER);
                             } else {
                                 // Ready, but bootplan could not record it.
                                 phase = Phase::Ready;
@@ -302,6 +309,9 @@ pub async fn supervise(
             () = tokio::time::sleep_until(deadline), if phase == Phase::Starting && ending.is_none() => {
                 ending = Some(Ending::Deadline);
                 stop_app(&mut kill_at);
+            }
+            () = sleep_until_opt(lean_at), if ending.is_none() && !restarting => {
+                lean_now = true;
             }
             () = sleep_until_opt(kill_at) => {
                 ctx.reporter.notice(Level::Warn, "the app outlived its grace; SIGKILL");

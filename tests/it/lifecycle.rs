@@ -1538,9 +1538,9 @@ steps:
     assert!(!stdout.contains("lean-secret-value"), "{stdout}");
 }
 
-/// A SIGTERM sent while bootplan hands the app over (right after the
-/// verdict) is held for the lean supervisor, never lost: the app is asked
-/// to stop each time.
+/// A SIGTERM sent while bootplan hands the app over (the moment the new
+/// image starts, before it reads its signals) is held for the lean
+/// supervisor, never lost: the app is asked to stop each time.
 #[test]
 fn a_stop_signal_sent_during_the_hand_over_still_stops_the_app() {
     for round in 0..5 {
@@ -1551,7 +1551,15 @@ fn a_stop_signal_sent_during_the_hand_over_still_stops_the_app() {
         );
         let mut child = start_run(&sb, &["--supervise"]);
         wait_ready(&sb, &mut child);
-        signal(child.id(), libc::SIGTERM);
+        let pid = child.id();
+        // Polled without a pause: the signal must land as the new image starts.
+        let started = std::time::Instant::now();
+        while !cmdline(pid).contains("__supervise") {
+            assert!(pid_alive(pid as i32), "round {round}: bootplan is gone");
+            assert!(started.elapsed() < LONG, "round {round}: no hand-over");
+            std::thread::yield_now();
+        }
+        signal(pid, libc::SIGTERM);
         let out = wait_output(child);
         assert_eq!(code(&out), 0, "round {round}: {}", dump(&out));
         assert!(

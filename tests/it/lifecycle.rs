@@ -1587,3 +1587,39 @@ fn a_run_that_exports_metrics_keeps_the_full_supervisor() {
     assert_eq!(code(&out), 0, "{}", dump(&out));
     assert!(cmdline(pid).is_empty() || !cmdline(pid).contains("__supervise"));
 }
+
+/// The lean supervisor's entry is bootplan's own: run by hand, without a
+/// hand-over or naming a process that is not its child, it refuses (64)
+/// and touches nothing.
+#[test]
+fn the_lean_supervisor_entry_refuses_what_bootplan_did_not_hand_over() {
+    let sb = Sandbox::new();
+    let out = sb.cmd().args(["__supervise", "app"]).output().unwrap();
+    assert_eq!(code(&out), 64, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("started by bootplan itself"),
+        "{}",
+        dump(&out)
+    );
+    let ready = sb.path().join("ready");
+    std::fs::write(&ready, "{}").unwrap();
+    let handoff = serde_json::json!({
+        "app": { "pid": 1, "stop_signal": 15, "leaf": null },
+        "program": "init", "grace_ms": 10, "pending": [15],
+        "ready_file": ready, "secret_files": [], "run_group": null,
+        "log": { "json": true, "level": "info", "bootstrap_id": "x" },
+    });
+    let out = sb
+        .cmd()
+        .args(["__supervise", "init"])
+        .env("BOOTPLAN_HANDOFF", handoff.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 64, "{}", dump(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a child of this process"),
+        "{}",
+        dump(&out)
+    );
+    assert!(ready.exists(), "nothing was touched");
+}

@@ -342,9 +342,7 @@ impl VaultClient {
             .net
             .send(&url, |c| {
                 self.session
-                    .request(c.put(&url), Some(&token))
-                    .header("Content-Type", "application/json")
-                    .body(body.clone())
+                    .json_request(c.put(&url), Some(&token), body.clone())
             })
             .await;
         match result {
@@ -385,9 +383,7 @@ impl VaultClient {
             let result = net
                 .send(&url, |c| {
                     self.session
-                        .request(c.put(&url), Some(&token))
-                        .header("Content-Type", "application/json")
-                        .body(body.clone())
+                        .json_request(c.put(&url), Some(&token), body.clone())
                 })
                 .await;
             match result {
@@ -462,9 +458,7 @@ impl VaultClient {
             .net
             .send(&url, |c| {
                 self.session
-                    .request(c.post(&url), Some(&token))
-                    .header("Content-Type", "application/json")
-                    .body(body.to_vec())
+                    .json_request(c.post(&url), Some(&token), body.to_vec())
             })
             .await
             .map_err(|failure| read_failure(name, &url, failure))?;
@@ -892,10 +886,7 @@ impl VaultClient {
             .session
             .net
             .send(&url, |c| {
-                self.session
-                    .request(c.post(&url), None)
-                    .header("Content-Type", "application/json")
-                    .body(body.to_vec())
+                self.session.json_request(c.post(&url), None, body.to_vec())
             })
             .await
             .map_err(|f| login_failure(name, &url, f))?;
@@ -952,6 +943,18 @@ impl VaultClient {
 }
 
 impl Session {
+    /// [`Session::request`] with a JSON body.
+    fn json_request(
+        &self,
+        builder: reqwest::RequestBuilder,
+        token: Option<&SecretValue>,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
+        self.request(builder, token)
+            .header("Content-Type", "application/json")
+            .body(body)
+    }
+
     fn request(
         &self,
         builder: reqwest::RequestBuilder,
@@ -975,11 +978,7 @@ impl Session {
         let url = format!("{}/v1/auth/token/renew-self", self.address);
         let response = self
             .net
-            .send(&url, |c| {
-                self.request(c.post(&url), Some(token))
-                    .header("Content-Type", "application/json")
-                    .body("{}")
-            })
+            .send(&url, |c| self.json_request(c.post(&url), Some(token), "{}"))
             .await
             .map_err(|f| format!("{f:?}"))?;
         let auth: AuthResponse = serde_json::from_slice(&response.body)

@@ -86,21 +86,6 @@ getent passwd bench >/dev/null
 test "$(hostname)" = bench-host
 INNER
 
-cat > "$t/setup.sh" <<'SETUP'
-set -euo pipefail
-T=$1; shift
-M=$(mktemp -d "$T/mnt.XXXX")
-mount -t tmpfs -o mode=0755 tmpfs "$M"
-mkdir "$M/upper" "$M/work" "$M/root"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$M/upper,workdir=$M/work" "$M/root"
-mount -t proc proc "$M/root/proc"
-mount -t tmpfs -o mode=0755 tmpfs "$M/root/run"
-mount -t tmpfs -o mode=1777 tmpfs "$M/root/tmp"
-mount --rbind /dev "$M/root/dev"
-ip link set lo up
-cp "$T/inner.sh" "$T/user-data" "$T/meta-data" "$M/root/tmp/"
-exec chroot "$M/root" env -i bash /tmp/inner.sh "$@"
-SETUP
 
 echo "bootplan $($bin --version 2>/dev/null | awk '{print $2}'), cloud-init $(cloud-init --version 2>&1 | awk '{print $2}'); $(nproc) cores; $(uname -r)"
 kinds=(bootplan cloud-init-used cloud-init-default)
@@ -108,7 +93,7 @@ for round in $(seq "$rounds"); do
   # Rotate the order so no kind always runs first.
   for i in 0 1 2; do
     kind=${kinds[$(( (i + round) % 3 ))]}
-    result=$(unshare --mount --uts --ipc --net --propagation private bash "$t/setup.sh" "$t" "$kind" "$bin")
+    result=$(unshare --mount --uts --ipc --net --propagation private bash bench/throwaway-root.sh "$t" "$t/inner.sh" "$t/user-data" "$t/meta-data" -- "$kind" "$bin")
     echo "$kind $result" >> "$t/results"
   done
 done

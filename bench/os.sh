@@ -102,20 +102,5 @@ print(f"install ratio bootplan / apt-get: {b / a:.3f}x")
 PY
 INNER
 
-cat > "$t/setup.sh" <<'SETUP'
-set -euo pipefail
-T=$1; shift
-mount -t tmpfs -o mode=0755 tmpfs "$T/mnt"
-mkdir "$T/mnt/upper" "$T/mnt/work" "$T/mnt/root"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$T/mnt/upper,workdir=$T/mnt/work" "$T/mnt/root"
-mount -t proc proc "$T/mnt/root/proc"
-mount -t tmpfs -o mode=0755 tmpfs "$T/mnt/root/run"
-mount -t tmpfs -o mode=1777 tmpfs "$T/mnt/root/tmp"
-mount --rbind /dev "$T/mnt/root/dev"
-ip link set lo up
-cp "$T/inner.sh" "$T/mnt/root/tmp/inner.sh"
-exec chroot "$T/mnt/root" env -i bash /tmp/inner.sh "$@"
-SETUP
-mkdir "$t/mnt"
 echo "bootplan $($bin --version 2>/dev/null || true); $(nproc) cores; $(uname -r)"
-unshare --mount --uts --ipc --net --propagation private bash "$t/setup.sh" "$t" "$bin" "$runs"
+unshare --mount --uts --ipc --net --propagation private bash bench/throwaway-root.sh "$t" "$t/inner.sh" -- "$bin" "$runs"

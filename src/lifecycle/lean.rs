@@ -123,7 +123,7 @@ pub fn main() -> i32 {
             return exit::USAGE;
         }
     };
-    if !is_own_child(handoff.app.pid) {
+    if crate::process::parent_of(handoff.app.pid) != Some(std::process::id()) {
         errln!(
             "bootplan: `{LEAN_ARG}`: process {} is not a child of this process",
             handoff.app.pid
@@ -132,18 +132,6 @@ pub fn main() -> i32 {
     }
     hold_signals();
     supervise(handoff)
-}
-
-/// Whether `pid` is this process's child (`/proc/PID/stat`'s parent).
-fn is_own_child(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let parent = stat
-        .rfind(')')
-        .and_then(|end| stat[end + 1..].split_whitespace().nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
-    parent == Some(std::process::id())
 }
 
 /// The run's log, for the few lines the lean supervisor writes: in the
@@ -298,12 +286,7 @@ impl Stop {
 }
 
 fn remove_secret_files(paths: &[PathBuf], log: &mut Log) {
-    for path in paths {
-        if std::fs::symlink_metadata(path).is_err() {
-            continue;
-        }
-        if let Err(err) = crate::fsutil::remove_file(path) {
-            log.notice(Level::Warn, format!("cannot remove a secret file: {err}"));
-        }
+    if let Err(err) = crate::secrets::files::remove(paths) {
+        log.notice(Level::Warn, format!("cannot remove a secret file: {err}"));
     }
 }

@@ -179,8 +179,8 @@ pub async fn supervise(
     };
     tokio::pin!(readiness);
     let mut restarting = false;
-    let mut lean_now = false;
-    let mut lean_at: Option<tokio::time::Instant> = None;
+    // When, and with which log, the lean supervisor takes over.
+    let mut lean: Option<(tokio::time::Instant, super::lean::LogSpec)> = None;
     let mut phase = Phase::Starting;
     let mut ending: Option<Ending> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
@@ -200,18 +200,11 @@ pub async fn supervise(
     let refresher = super::refresh::keep_fresh(plan, &ctx, Some(&control), &refresh_stop);
     tokio::pin!(refresher);
     let app_code = loop {
-        if lean_now {
-            // An app that is gone already needs no hand-over.
-            match app.try_wait() {
-                Ok(Some(status)) => break Some(exit_code(status)),
-                _ => break None,
-            }
-        }
         tokio::select! {
             status = app.wait() => {
                 let code = status.map_or(exit::SOFTWARE, exit_code);
                 if !(restarting && ending.is_none()) {
-                    break Some(code);
+                    break Ok(code);
                 }
                 restarting = false;
                 kill_at = None;
@@ -222,7 +215,7 @@ pub async fn supervise(
                     }
                     Err(message) => {
                         ctx.reporter.notice(Level::Error, message);
-                        break Some(code);
+                        break Ok(code);
                     }
                 }
             }
@@ -250,11 +243,12 @@ pub async fn supervise(
                                 if !ctx.secrets.refreshes() {
                                     super::close_secrets(&ctx).await;
                                 }
-                                let lean = opts.lean.is_some()
-                                    && registration.is_none()
+                                let alone = registration.is_none()
                                     && !ctx.secrets.refreshes()
                                     && ctx.services.is_empty();
-                                lean_at = lean.then(|| tokio::time::Instant::now() + LEAN_AFTER);
+                                lean = opts.lean.clone().filter(|_| alone).map(|log| {
+                                    (tokio::time::Instant::now() + LEAN_AFTER, log)
+                                });
                             } else {
                                 // Ready, but bootplan could not record it.
                                 phase = Phase::Ready;
@@ -310,8 +304,14 @@ pub async fn supervise(
                 ending = Some(Ending::Deadline);
                 stop_app(&mut kill_at);
             }
-            () = sleep_until_opt(lean_at), if ending.is_none() && !restarting => {
-                lean_now = true;
+            () = sleep_until_opt(lean.as_ref().map(|l| l.0)), if ending.is_none() && !restarting => {
+                // An app that is gone already needs no hand-over.
+                if let Ok(Some(status)) = app.try_wait() {
+                    break Ok(exit_code(status));
+                }
+                if let Some((_, log)) = lean.take() {
+                    break Err(log);
+                }
             }
             () = sleep_until_opt(kill_at) => {
                 ctx.reporter.notice(Level::Warn, "the app outlived its grace; SIGKILL");
@@ -324,10 +324,13 @@ pub async fn supervise(
     probe_cancel.cancel();
     refresh_stop.cancel();
     drop(listener);
-    let Some(app_code) = app_code else {
-        let stop = (stop_signal, grace);
-        let handoff = hand_off(app, &request, stop, signals, &ctx, opts).await;
-        return Supervised::HandedOff(Box::new(handoff));
+    let app_code = match app_code {
+        Ok(code) => code,
+        Err(log) => {
+            let stop = (stop_signal, grace);
+            let handoff = hand_off(app, &request, stop, signals, &ctx, opts, log).await;
+            return Supervised::HandedOff(Box::new(handoff));
+        }
     };
     notify::stopping();
     readyfile::remove(&opts.verdict.ready_file);
@@ -413,6 +416,7 @@ async fn hand_off(
     signals: &mut Forwarder,
     ctx: &StepContext,
     opts: &Options,
+    log: super::lean::LogSpec,
 ) -> super::lean::Handoff {
     super::lean::hold_signals();
     // A signal caught before the block reaches the forwarder once the
@@ -431,11 +435,7 @@ async fn hand_off(
         ready_file: opts.verdict.ready_file.clone(),
         secret_files: ctx.secrets.file_paths(),
         run_group: None,
-        log: opts.lean.clone().unwrap_or_else(|| super::lean::LogSpec {
-            json: true,
-            level: Level::Info,
-            bootstrap_id: ctx.bootstrap_id.clone(),
-        }),
+        log,
     }
 }
 

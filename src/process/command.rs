@@ -567,12 +567,17 @@ impl Adopted {
     }
 }
 
+/// The parent of process `pid` (`/proc/PID/stat`), while it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
 /// Whether `ancestor` is among `pid`'s parents.
 fn descends_from(pid: u32, ancestor: u32) -> bool {
     let mut current = pid;
     // A process tree is not deeper than this; a loop in a racing read is cut.
     for _ in 0..128 {
-        let Some(parent) = stat_fields(current).and_then(|f| f.get(1)?.parse::<u32>().ok()) else {
+        let Some(parent) = parent_of(current) else {
             return false;
         };
         if parent == ancestor {

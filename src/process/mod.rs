@@ -27,7 +27,8 @@ mod output;
 pub mod reaper;
 
 pub use command::{
-    Child, Command, Ids, Members, Released, Restrictions, Stdio, withheld_env, withhold_env,
+    Child, Command, Ids, Members, Released, Restrictions, Stdio, parent_of, withheld_env,
+    withhold_env,
 };
 pub use output::{Output, drain, log_in_background, pump, run};
 

@@ -12,6 +12,19 @@ use crate::plan::secret_source::{SecretFile, SecretSource};
 
 const DEFAULT_MODE: u32 = 0o600;
 
+/// Removes those of the secret files at `paths` that exist; returns how
+/// many it removed. Stops at the first that cannot be removed.
+pub fn remove(paths: &[PathBuf]) -> Result<usize, crate::fsutil::FsError> {
+    let mut removed = 0;
+    for path in paths {
+        if std::fs::symlink_metadata(path).is_ok() {
+            crate::fsutil::remove_file(path)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Where the secret file of `spec` goes.
 pub fn path_for(dir: &Path, spec: &SecretFile) -> PathBuf {
     dir.join(&spec.path)

@@ -274,14 +274,7 @@ impl SecretStore {
     /// Removes the `to_file` secret files of this plan (when the app that
     /// read them has stopped). Returns how many there were.
     pub fn remove_files(&self) -> Result<usize, crate::fsutil::FsError> {
-        let mut removed = 0;
-        for path in self.file_paths() {
-            if std::fs::symlink_metadata(&path).is_ok() {
-                crate::fsutil::remove_file(&path)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        files::remove(&self.file_paths())
     }
 
     /// Where the declared secret files will be written.
